@@ -1,0 +1,382 @@
+// pybind11 glue for reverie._core: converts arguments while holding the GIL, releases it
+// around every call into the core, and maps core exceptions to Python ones. No engine logic.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dlpack.h"
+#include "reverie/prioritized_sampler.h"
+#include "reverie/replay_buffer.h"
+#include "reverie/uniform_sampler.h"
+
+namespace py = pybind11;
+using namespace reverie;
+
+namespace {
+
+// Keeps converted Python values alive (and holds Python scalars) during one call.
+struct Inputs {
+  explicit Inputs(size_t n) { scalars.resize(n); }
+  union Scalar {
+    int64_t i;
+    double d;
+    uint8_t b;
+  };
+  std::vector<Scalar> scalars;  // sized up front: pointers into it stay valid
+  std::vector<py::object> keep;
+  std::vector<FieldInput> fields;
+};
+
+[[noreturn]] void ThrowType(const std::string& message) { throw reverie::TypeError(message); }
+
+bool DTypeFromNumpy(const py::dtype& dt, DType* out) {
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  const char order = dt.byteorder();
+  if (order == '>') return false;
+  switch (kind) {
+    case 'b': *out = DType::kBool; return size == 1;
+    case 'u': *out = DType::kUInt8; return size == 1;
+    case 'i':
+      switch (size) {
+        case 1: *out = DType::kInt8; return true;
+        case 2: *out = DType::kInt16; return true;
+        case 4: *out = DType::kInt32; return true;
+        case 8: *out = DType::kInt64; return true;
+      }
+      return false;
+    case 'f':
+      switch (size) {
+        case 2: *out = DType::kFloat16; return true;
+        case 4: *out = DType::kFloat32; return true;
+        case 8: *out = DType::kFloat64; return true;
+      }
+      return false;
+  }
+  return false;
+}
+
+bool DTypeFromDLPack(const dlpack::DataType& dt, DType* out) {
+  if (dt.lanes != 1) return false;
+  switch (dt.code) {
+    case dlpack::kBool: *out = DType::kBool; return dt.bits == 8;
+    case dlpack::kUInt: *out = DType::kUInt8; return dt.bits == 8;
+    case dlpack::kInt:
+      switch (dt.bits) {
+        case 8: *out = DType::kInt8; return true;
+        case 16: *out = DType::kInt16; return true;
+        case 32: *out = DType::kInt32; return true;
+        case 64: *out = DType::kInt64; return true;
+      }
+      return false;
+    case dlpack::kFloat:
+      switch (dt.bits) {
+        case 16: *out = DType::kFloat16; return true;
+        case 32: *out = DType::kFloat32; return true;
+        case 64: *out = DType::kFloat64; return true;
+      }
+      return false;
+    case dlpack::kBfloat: *out = DType::kBFloat16; return dt.bits == 16;
+  }
+  return false;
+}
+
+void FromNumpy(const std::string& name, py::array arr, bool typed, Inputs& in, ArrayView* view) {
+  if (!(arr.flags() & py::array::c_style)) {
+    arr = py::array::ensure(arr, py::array::c_style);
+  }
+  if (!DTypeFromNumpy(arr.dtype(), &view->dtype)) {
+    ThrowType("field '" + name + "': dtype " + std::string(py::str(arr.dtype())) +
+              " is not supported (bool, uint8, int8..int64, float16/32/64, bfloat16)");
+  }
+  if (!typed && view->dtype != DType::kBool && view->dtype != DType::kInt64 &&
+      view->dtype != DType::kFloat64) {
+    ThrowType("field '" + name + "': cannot read a value of numpy dtype " +
+              std::string(py::str(arr.dtype())));
+  }
+  if (arr.ndim() >= kMaxDims) {
+    throw std::invalid_argument("field '" + name + "': too many dimensions (" +
+                                std::to_string(arr.ndim()) + ")");
+  }
+  view->typed = typed;
+  view->ndim = static_cast<int>(arr.ndim());
+  for (int d = 0; d < view->ndim; ++d) view->shape[d] = arr.shape(d);
+  view->data = arr.data();
+  in.keep.push_back(std::move(arr));
+}
+
+bool FromDLPack(const std::string& name, py::handle value, Inputs& in, ArrayView* view) {
+  py::object capsule;
+  try {
+    capsule = value.attr("__dlpack__")();
+  } catch (py::error_already_set& e) {
+    ThrowType("field '" + name + "': cannot read this tensor: " + std::string(e.what()));
+  }
+  auto* managed = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  if (managed == nullptr) {
+    PyErr_Clear();
+    ThrowType("field '" + name + "': __dlpack__ did not return a DLPack tensor capsule");
+  }
+  const dlpack::Tensor& t = managed->dl_tensor;
+  if (t.device.device_type != dlpack::kCPU && t.device.device_type != dlpack::kCUDAHost) {
+    ThrowType("field '" + name + "': the tensor is on a device (DLPack device type " +
+              std::to_string(t.device.device_type) +
+              "); this buffer stores in host memory: pass tensor.cpu()");
+  }
+  if (!DTypeFromDLPack(t.dtype, &view->dtype)) {
+    ThrowType("field '" + name + "': tensor dtype (DLPack code " + std::to_string(t.dtype.code) +
+              ", " + std::to_string(t.dtype.bits) + " bits) is not supported");
+  }
+  if (t.ndim >= kMaxDims) {
+    throw std::invalid_argument("field '" + name + "': too many dimensions (" +
+                                std::to_string(t.ndim) + ")");
+  }
+  if (t.strides != nullptr) {
+    int64_t expected = 1;
+    for (int d = t.ndim - 1; d >= 0; --d) {
+      if (t.shape[d] != 1 && t.strides[d] != expected) return false;  // not C-contiguous
+      expected *= t.shape[d];
+    }
+  }
+  view->typed = true;
+  view->ndim = t.ndim;
+  for (int d = 0; d < t.ndim; ++d) view->shape[d] = t.shape[d];
+  view->data = static_cast<const uint8_t*>(t.data) + t.byte_offset;
+  in.keep.push_back(std::move(capsule));  // the capsule's destructor releases the tensor
+  return true;
+}
+
+// Converts one Python value into an ArrayView that stays valid while `in` lives.
+void ToView(const std::string& name, py::handle value, size_t index, Inputs& in, ArrayView* view) {
+  PyObject* obj = value.ptr();
+  auto& scalar = in.scalars[index];
+  view->typed = false;
+  view->ndim = 0;
+  if (PyBool_Check(obj)) {
+    scalar.b = obj == Py_True ? 1 : 0;
+    view->dtype = DType::kBool;
+    view->data = &scalar.b;
+    return;
+  }
+  if (PyLong_Check(obj)) {
+    int overflow = 0;
+    scalar.i = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow != 0) throw std::invalid_argument("field '" + name + "': integer out of int64 range");
+    view->dtype = DType::kInt64;
+    view->data = &scalar.i;
+    return;
+  }
+  if (PyFloat_Check(obj)) {
+    scalar.d = PyFloat_AS_DOUBLE(obj);
+    view->dtype = DType::kFloat64;
+    view->data = &scalar.d;
+    return;
+  }
+  if (py::isinstance<py::array>(value)) {
+    FromNumpy(name, py::reinterpret_borrow<py::array>(value), true, in, view);
+    return;
+  }
+  if (PyObject_HasAttrString(obj, "__dlpack__")) {
+    if (FromDLPack(name, value, in, view)) return;
+    // A strided tensor: ask it for a contiguous copy once.
+    if (PyObject_HasAttrString(obj, "contiguous")) {
+      py::object dense = value.attr("contiguous")();
+      in.keep.push_back(dense);
+      if (FromDLPack(name, dense, in, view)) return;
+    }
+    ThrowType("field '" + name + "': the tensor is not contiguous");
+  }
+  // numpy scalars keep their dtype; lists and tuples of Python numbers do not have one.
+  static py::object np_generic = py::module_::import("numpy").attr("generic");
+  const bool typed = py::isinstance(value, np_generic);
+  py::array arr;
+  try {
+    arr = py::array(py::module_::import("numpy").attr("asarray")(value));
+  } catch (py::error_already_set& e) {
+    ThrowType("field '" + name + "': cannot read a value of type " +
+              std::string(py::str(value.get_type().attr("__name__"))) + ": " + e.what());
+  }
+  if (arr.dtype().kind() == 'O' || arr.dtype().kind() == 'U' || arr.dtype().kind() == 'S') {
+    ThrowType("field '" + name + "': expected a number, array or tensor, got " +
+              std::string(py::str(value.get_type().attr("__name__"))));
+  }
+  FromNumpy(name, arr, typed, in, view);
+}
+
+void Convert(const py::dict& values, Inputs& in) {
+  in.fields.resize(values.size());
+  size_t i = 0;
+  for (auto item : values) {
+    if (!PyUnicode_Check(item.first.ptr())) ThrowType("field names must be strings");
+    Py_ssize_t len = 0;
+    const char* utf8 = PyUnicode_AsUTF8AndSize(item.first.ptr(), &len);
+    if (utf8 == nullptr) throw py::error_already_set();
+    FieldInput& field = in.fields[i];
+    field.name = std::string_view(utf8, static_cast<size_t>(len));
+    ToView(std::string(field.name), item.second, i, in, &field.value);
+    ++i;
+  }
+}
+
+py::dtype NumpyDType(DType dtype) {
+  switch (dtype) {
+    case DType::kBool: return py::dtype("bool");
+    case DType::kUInt8: return py::dtype("uint8");
+    case DType::kInt8: return py::dtype("int8");
+    case DType::kInt16: return py::dtype("int16");
+    case DType::kInt32: return py::dtype("int32");
+    case DType::kInt64: return py::dtype("int64");
+    case DType::kFloat16: return py::dtype("float16");
+    case DType::kBFloat16: return py::dtype("uint16");  // numpy has no bfloat16: raw bits
+    case DType::kFloat32: return py::dtype("float32");
+    case DType::kFloat64: return py::dtype("float64");
+  }
+  return py::dtype("uint8");
+}
+
+PrioritizedSampler& Prioritized(ReplayBuffer& buf) {
+  auto* p = dynamic_cast<const PrioritizedSampler*>(&buf.sampler());
+  if (p == nullptr) throw std::invalid_argument("this buffer's sampler is not prioritized");
+  return const_cast<PrioritizedSampler&>(*p);
+}
+
+using Int64Array = py::array_t<int64_t, py::array::c_style>;
+using DoubleArray = py::array_t<double, py::array::c_style>;
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "reverie's native core (private: use the reverie package)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const reverie::TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    }
+  });
+  m.def("cuda_built", [] {
+#ifdef REVERIE_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  }, "Whether the CUDA kernels were compiled into this build.");
+  m.def("dtype_names", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < kNumDTypes; ++i) names.emplace_back(DTypeName(static_cast<DType>(i)));
+    return names;
+  });
+
+  py::class_<ReplayBuffer>(m, "ReplayBuffer")
+      .def(py::init([](int64_t capacity, const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& spec,
+                       const std::string& sampler, bool replacement, double alpha, double beta,
+                       double eps, uint64_t seed) {
+             std::vector<FieldSpec> fields;
+             for (const auto& [name, dtype, shape] : spec) {
+               fields.push_back(FieldSpec{name, DTypeFromName(dtype), shape});
+             }
+             std::unique_ptr<Sampler> s;
+             if (sampler == "uniform") {
+               s = std::make_unique<UniformSampler>(replacement);
+             } else if (sampler == "prioritized") {
+               REVERIE_CHECK(capacity >= 1, "capacity must be >= 1, got ", capacity);
+               s = std::make_unique<PrioritizedSampler>(capacity, PrioritizedConfig{alpha, beta, eps});
+             } else {
+               throw std::invalid_argument("unknown sampler '" + sampler + "'");
+             }
+             return std::make_unique<ReplayBuffer>(capacity, std::move(fields), std::move(s), seed);
+           }),
+           py::arg("capacity"), py::arg("spec"), py::arg("sampler"), py::arg("replacement"),
+           py::arg("alpha"), py::arg("beta"), py::arg("eps"), py::arg("seed"))
+      .def("add", [](ReplayBuffer& buf, const py::dict& values) {
+        Inputs in(values.size());
+        Convert(values, in);
+        py::gil_scoped_release release;
+        buf.Add(in.fields.data(), in.fields.size());
+      })
+      .def("extend", [](ReplayBuffer& buf, const py::dict& values) {
+        Inputs in(values.size());
+        Convert(values, in);
+        py::gil_scoped_release release;
+        buf.Extend(in.fields.data(), in.fields.size());
+      })
+      .def("sample", [](ReplayBuffer& buf, int64_t batch, const std::vector<uintptr_t>& out,
+                        uintptr_t keys, uintptr_t weights) {
+        // Addresses of caller-owned tensors (python/reverie/_buffer.py sizes and checks them).
+        if (out.size() != buf.spec().size()) throw std::invalid_argument("one output per field expected");
+        std::vector<uint8_t*> dst(out.size());
+        for (size_t i = 0; i < out.size(); ++i) dst[i] = reinterpret_cast<uint8_t*>(out[i]);
+        py::gil_scoped_release release;
+        buf.Sample(batch, dst.data(), reinterpret_cast<int64_t*>(keys), reinterpret_cast<float*>(weights));
+      })
+      .def("update_priorities", [](ReplayBuffer& buf, const Int64Array& keys, const DoubleArray& priorities) {
+        if (keys.ndim() != 1 || priorities.ndim() != 1 || keys.shape(0) != priorities.shape(0)) {
+          throw std::invalid_argument("indices and priorities must be 1-D and of equal length, got " +
+                                      std::to_string(keys.size()) + " and " + std::to_string(priorities.size()));
+        }
+        py::gil_scoped_release release;
+        return buf.UpdatePriorities(keys.data(), priorities.data(), keys.shape(0));
+      })
+      .def_property_readonly("capacity", &ReplayBuffer::capacity)
+      .def_property_readonly("size", &ReplayBuffer::size)
+      .def_property_readonly("written", &ReplayBuffer::written)
+      .def_property_readonly("stale_updates", &ReplayBuffer::stale_updates)
+      .def_property_readonly("seed", &ReplayBuffer::seed)
+      .def_property_readonly("sample_calls", &ReplayBuffer::sample_calls)
+      .def_property_readonly("prioritized", [](const ReplayBuffer& buf) { return buf.sampler().prioritized(); })
+      .def_property_readonly("item_bytes", [](const ReplayBuffer& buf) { return buf.storage().item_bytes(); })
+      .def("column", [](py::object self, size_t field) {
+        // A numpy view of the whole column [capacity, *shape]; it keeps the buffer alive.
+        auto& buf = self.cast<ReplayBuffer&>();
+        if (field >= buf.spec().size()) throw std::out_of_range("no field number " + std::to_string(field));
+        const FieldSpec& spec = buf.spec()[field];
+        std::vector<py::ssize_t> shape{buf.capacity()};
+        shape.insert(shape.end(), spec.shape.begin(), spec.shape.end());
+        return py::array(NumpyDType(spec.dtype), shape, buf.column(field), self);
+      })
+      .def("get_counters", [](const ReplayBuffer& buf) {
+        const auto c = buf.GetCounters();
+        return py::make_tuple(c.written, c.sample_calls, c.stale_updates);
+      })
+      .def("set_counters", [](ReplayBuffer& buf, int64_t written, uint64_t calls, int64_t stale) {
+        buf.SetCounters(ReplayBuffer::Counters{written, calls, stale});
+      })
+      .def("load_column", [](ReplayBuffer& buf, size_t field, const py::array& data) {
+        if (!(data.flags() & py::array::c_style)) throw std::invalid_argument("column data must be C-contiguous");
+        const auto bytes = static_cast<size_t>(data.nbytes());
+        const void* ptr = data.data();
+        py::gil_scoped_release release;
+        buf.LoadColumn(field, ptr, bytes);
+      })
+      // Prioritized sampler access.
+      .def_property("beta",
+                    [](ReplayBuffer& buf) { return Prioritized(buf).config().beta; },
+                    [](ReplayBuffer& buf, double beta) {
+                      Prioritized(buf);
+                      buf.WithSampler([&](Sampler& s) { static_cast<PrioritizedSampler&>(s).set_beta(beta); });
+                    })
+      .def("priority_state", [](ReplayBuffer& buf) {
+        PrioritizedSampler& p = Prioritized(buf);
+        auto state = buf.WithSampler([&](Sampler&) { return p.GetState(); });
+        py::array_t<uint64_t> leaves(static_cast<py::ssize_t>(state.leaves.size()));
+        std::copy(state.leaves.begin(), state.leaves.end(), leaves.mutable_data());
+        return py::make_tuple(leaves, state.scale_exp, state.max_q);
+      })
+      .def("set_priority_state", [](ReplayBuffer& buf, const py::array_t<uint64_t, py::array::c_style>& leaves,
+                                    int scale_exp, double max_q) {
+        PrioritizedSampler& p = Prioritized(buf);
+        PrioritizedSampler::State state;
+        state.leaves.assign(leaves.data(), leaves.data() + leaves.size());
+        state.scale_exp = scale_exp;
+        state.max_q = max_q;
+        py::gil_scoped_release release;
+        buf.WithSampler([&](Sampler&) { p.SetState(state); });
+      })
+      .def("tree_total", [](ReplayBuffer& buf) { return Prioritized(buf).tree().total(); })
+      .def("tree_min", [](ReplayBuffer& buf) { return Prioritized(buf).tree().min_positive(); });
+}

@@ -1,0 +1,79 @@
+// Proportional prioritized sampling (Schaul et al., "Prioritized Experience Replay", ICLR
+// 2016): P(i) = p_i^alpha / sum_k p_k^alpha with p_i = |delta_i| + eps, and importance
+// weights w_i = (N * P(i))^-beta / max_j w_j.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "reverie/sampler.h"
+#include "reverie/sum_tree.h"
+
+namespace reverie {
+
+struct PrioritizedConfig {
+  double alpha = 0.6;  // >= 0; 0 is uniform
+  double beta = 0.4;   // >= 0; 0 turns weights off (all 1)
+  double eps = 1e-6;   // >= 0, added to every priority before the exponent
+};
+
+// The tree holds q_i = (p_i + eps)^alpha in fixed point: units_i = round(q_i * 2^scale_exp),
+// at least 1 when q_i > 0. scale_exp is chosen so that the largest q seen maps to about
+// 2^-4 of the per-leaf budget 2^62 / capacity, leaving the total below 2^62; when a larger q
+// arrives, every leaf is shifted right (and the tree rebuilt, O(capacity), at most once per
+// 16x growth of the largest priority). The relative resolution of the largest priority is
+// 2^-(58 - log2 capacity), e.g. 2^-38 at capacity 1M; a priority below 2^-scale_exp units
+// rounds up to one unit and stays samplable.
+//
+// New items get the running max q (1.0 before any update), as in the paper. Stratified
+// sampling: the total is cut into B equal segments and draw i falls uniformly in segment i.
+// Importance weights use the realised probabilities: w_i = (units_min / units_i)^beta, which
+// is (N P(i))^-beta / max_j (N P(j))^-beta with N cancelled.
+class PrioritizedSampler final : public Sampler {
+ public:
+  // Throws ValueError for capacity < 1 or alpha/beta/eps negative or not finite.
+  PrioritizedSampler(int64_t capacity, PrioritizedConfig config);
+
+  const PrioritizedConfig& config() const { return config_; }
+  // Throws ValueError unless beta is finite and >= 0.
+  void set_beta(double beta);
+
+  void ValidateSample(const SampleRequest& request) const override;
+  // O(B * depth) tree descent (queries interleaved level by level) + O(B) weights.
+  void Sample(const SampleRequest& request, int64_t* slots, float* weights) const override;
+  // O(n + depth) for a contiguous range (wrapping ranges are two).
+  void OnInsert(int64_t first, int64_t n) override;
+  bool prioritized() const override { return true; }
+  void ValidatePriorities(const double* priorities, int64_t n) const override;
+  // O(n * depth); may rescale the tree (see above).
+  void UpdatePriorities(const int64_t* slots, const double* priorities, int64_t n) override;
+
+  // q = (p + eps)^alpha for a raw priority p. O(1).
+  double Transform(double priority) const;
+  // The stored q of `slot` as the tree holds it (units / 2^scale_exp). O(1).
+  double StoredPriority(int64_t slot) const;
+  const SumTree& tree() const { return tree_; }
+
+  // State for checkpoints: leaves in units, the scale and the running max q.
+  struct State {
+    std::vector<uint64_t> leaves;
+    int scale_exp = 0;
+    double max_q = 1.0;
+  };
+  State GetState() const;
+  // Throws ValueError (changing nothing) unless the state fits this sampler.
+  void SetState(const State& state);
+
+ private:
+  uint64_t ToUnits(double q) const;
+  // Makes sure q fits the fixed-point budget, rescaling the tree if it does not.
+  void Reserve(double q);
+
+  PrioritizedConfig config_;
+  SumTree tree_;
+  double unit_budget_;  // largest units a leaf may hold: 2^62 / capacity
+  int scale_exp_;
+  double max_q_ = 1.0;
+};
+
+}  // namespace reverie

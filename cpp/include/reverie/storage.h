@@ -1,0 +1,71 @@
+// Columnar storage: one contiguous, 64-byte aligned array per field, `capacity` rows.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "reverie/aligned_buffer.h"
+#include "reverie/dtype.h"
+
+namespace reverie {
+
+inline constexpr int kMaxDims = 8;
+
+// One field of a buffer's spec: its name, element type and per-item shape.
+struct FieldSpec {
+  std::string name;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;  // per item; empty for a scalar
+
+  int64_t item_elements() const;
+  size_t row_bytes() const { return static_cast<size_t>(item_elements()) * DTypeSize(dtype); }
+};
+
+// Renders a shape as "(4, 84, 84)"; for error messages.
+std::string ShapeString(const int64_t* shape, int ndim);
+
+// A caller's contiguous (C-order) input array, borrowed for the duration of one call.
+// `typed` is false for values without a dtype of their own (Python bool/int/float and lists
+// of them, seen as bool/int64/float64): those are converted to the field's dtype when the
+// kind allows (UntypedConvertible); typed values must match the dtype exactly.
+struct ArrayView {
+  const void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  bool typed = true;
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+
+  int64_t elements() const;
+};
+
+// An input value for one named field.
+struct FieldInput {
+  std::string_view name;
+  ArrayView value;
+};
+
+// Thread-safety: the columns' memory is stable for the object's lifetime; who may write
+// which rows when is decided by ReplayBuffer.
+class Storage {
+ public:
+  // Validates the spec (names non-empty and unique, dims >= 0) and reserves capacity rows
+  // per field (resident only once written). Throws ValueError on a bad spec.
+  Storage(int64_t capacity, std::vector<FieldSpec> spec);
+
+  int64_t capacity() const { return capacity_; }
+  const std::vector<FieldSpec>& spec() const { return spec_; }
+  size_t num_fields() const { return spec_.size(); }
+  uint8_t* column(size_t field) { return columns_[field].data(); }
+  const uint8_t* column(size_t field) const { return columns_[field].data(); }
+  // Stored bytes per item over all fields.
+  size_t item_bytes() const;
+
+ private:
+  int64_t capacity_;
+  std::vector<FieldSpec> spec_;
+  std::vector<AlignedBuffer> columns_;
+};
+
+}  // namespace reverie

@@ -1,0 +1,23 @@
+// Uniform sampling over the stored items, with or without replacement.
+#pragma once
+
+#include "reverie/sampler.h"
+
+namespace reverie {
+
+class UniformSampler final : public Sampler {
+ public:
+  explicit UniformSampler(bool replacement) : replacement_(replacement) {}
+
+  bool replacement() const { return replacement_; }
+  void ValidateSample(const SampleRequest& request) const override;
+  // With replacement: slot_i = floor(r_i * size / 2^64), r_i the i-th draw of the call. O(B).
+  // Without: Floyd's algorithm (a uniform B-subset, in draw order). O(B) expected.
+  void Sample(const SampleRequest& request, int64_t* slots, float* weights) const override;
+  void OnInsert(int64_t, int64_t) override {}
+
+ private:
+  bool replacement_;
+};
+
+}  // namespace reverie

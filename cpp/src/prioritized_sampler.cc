@@ -1,0 +1,153 @@
+#include "reverie/prioritized_sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "reverie/common.h"
+#include "reverie/philox.h"
+
+namespace reverie {
+namespace {
+
+constexpr double kHeadroom = 16.0;  // the largest q maps to budget / kHeadroom units
+
+bool FiniteNonNegative(double v) { return std::isfinite(v) && v >= 0; }
+
+// Largest e with q * 2^e <= limit.
+int ScaleFor(double q, double limit) {
+  return static_cast<int>(std::floor(std::log2(limit / q)));
+}
+
+int64_t CheckedCapacity(int64_t capacity) {
+  REVERIE_CHECK(capacity >= 1, "capacity must be >= 1, got ", capacity);
+  return capacity;
+}
+
+}  // namespace
+
+PrioritizedSampler::PrioritizedSampler(int64_t capacity, PrioritizedConfig config)
+    : config_(config), tree_(CheckedCapacity(capacity)) {
+  REVERIE_CHECK(FiniteNonNegative(config.alpha), "alpha must be finite and >= 0, got ", config.alpha);
+  REVERIE_CHECK(FiniteNonNegative(config.beta), "beta must be finite and >= 0, got ", config.beta);
+  REVERIE_CHECK(FiniteNonNegative(config.eps), "eps must be finite and >= 0, got ", config.eps);
+  unit_budget_ = std::ldexp(1.0, 62) / static_cast<double>(capacity);
+  scale_exp_ = ScaleFor(max_q_, unit_budget_ / kHeadroom);
+}
+
+void PrioritizedSampler::set_beta(double beta) {
+  REVERIE_CHECK(FiniteNonNegative(beta), "beta must be finite and >= 0, got ", beta);
+  config_.beta = beta;
+}
+
+double PrioritizedSampler::Transform(double priority) const {
+  return std::pow(priority + config_.eps, config_.alpha);
+}
+
+uint64_t PrioritizedSampler::ToUnits(double q) const {
+  if (q <= 0) return 0;
+  const double scaled = std::nearbyint(std::ldexp(q, scale_exp_));
+  return scaled < 1 ? 1 : static_cast<uint64_t>(scaled);
+}
+
+double PrioritizedSampler::StoredPriority(int64_t slot) const {
+  return std::ldexp(static_cast<double>(tree_.leaf(slot)), -scale_exp_);
+}
+
+void PrioritizedSampler::Reserve(double q) {
+  if (q <= max_q_) return;
+  max_q_ = q;
+  if (std::ldexp(q, scale_exp_) <= unit_budget_) return;
+  const int target = ScaleFor(q, unit_budget_ / kHeadroom);
+  tree_.ShiftLeavesRight(scale_exp_ - target);
+  scale_exp_ = target;
+}
+
+void PrioritizedSampler::ValidateSample(const SampleRequest& request) const {
+  REVERIE_CHECK(request.batch > 0, "batch_size must be > 0, got ", request.batch);
+  REVERIE_CHECK(request.size > 0, "cannot sample ", request.batch,
+                " items: the buffer is empty (add items first)");
+  REVERIE_CHECK(tree_.total() > 0, "cannot sample: every stored item has priority 0");
+}
+
+void PrioritizedSampler::Sample(const SampleRequest& request, int64_t* slots,
+                                float* weights) const {
+  const int64_t batch = request.batch;
+  const uint64_t total = tree_.total();
+  std::vector<uint64_t> u(static_cast<size_t>(batch));
+  for (int64_t i = 0; i < batch; ++i) {
+    // Segment i is [total*i/B, total*(i+1)/B); one uniform draw inside it.
+    const auto lo = static_cast<uint64_t>(
+        static_cast<unsigned __int128>(total) * static_cast<uint64_t>(i) / static_cast<uint64_t>(batch));
+    const auto hi = static_cast<uint64_t>(
+        static_cast<unsigned __int128>(total) * static_cast<uint64_t>(i + 1) / static_cast<uint64_t>(batch));
+    const uint64_t r = RandomBits(request.seed, request.call, static_cast<uint32_t>(i));
+    u[static_cast<size_t>(i)] = hi > lo ? lo + MulHi64(r, hi - lo) : std::min(lo, total - 1);
+  }
+  tree_.DescendBatch(u.data(), slots, batch);
+  if (weights == nullptr) return;
+  const double beta = config_.beta;
+  if (beta == 0) {
+    std::fill(weights, weights + batch, 1.0f);
+    return;
+  }
+  const double log_min = std::log(static_cast<double>(tree_.min_positive()));
+  for (int64_t i = 0; i < batch; ++i) {
+    const double log_units = std::log(static_cast<double>(tree_.leaf(slots[i])));
+    weights[i] = static_cast<float>(std::exp(beta * (log_min - log_units)));
+  }
+}
+
+void PrioritizedSampler::OnInsert(int64_t first, int64_t n) {
+  const uint64_t units = ToUnits(max_q_);
+  const int64_t capacity = tree_.leaves();
+  const int64_t head = std::min(n, capacity - first);
+  tree_.FillRange(first, head, units);
+  tree_.FillRange(0, n - head, units);
+}
+
+void PrioritizedSampler::ValidatePriorities(const double* priorities, int64_t n) const {
+  for (int64_t k = 0; k < n; ++k) {
+    REVERIE_CHECK(FiniteNonNegative(priorities[k]), "priorities must be finite and >= 0; got ",
+                  priorities[k], " at position ", k);
+  }
+}
+
+void PrioritizedSampler::UpdatePriorities(const int64_t* slots, const double* priorities,
+                                          int64_t n) {
+  std::vector<double> q(static_cast<size_t>(n));
+  double largest = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    q[static_cast<size_t>(k)] = Transform(priorities[k]);
+    largest = std::max(largest, q[static_cast<size_t>(k)]);
+  }
+  Reserve(largest);  // before converting: the scale may change
+  std::vector<uint64_t> units(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) units[static_cast<size_t>(k)] = ToUnits(q[static_cast<size_t>(k)]);
+  tree_.SetLeaves(slots, units.data(), n);
+}
+
+PrioritizedSampler::State PrioritizedSampler::GetState() const {
+  State state;
+  state.leaves.resize(static_cast<size_t>(tree_.leaves()));
+  for (int64_t i = 0; i < tree_.leaves(); ++i) state.leaves[static_cast<size_t>(i)] = tree_.leaf(i);
+  state.scale_exp = scale_exp_;
+  state.max_q = max_q_;
+  return state;
+}
+
+void PrioritizedSampler::SetState(const State& state) {
+  REVERIE_CHECK(static_cast<int64_t>(state.leaves.size()) == tree_.leaves(),
+                "priority state has ", state.leaves.size(), " leaves, the buffer has capacity ",
+                tree_.leaves());
+  REVERIE_CHECK(std::isfinite(state.max_q) && state.max_q > 0,
+                "priority state: max priority must be finite and > 0, got ", state.max_q);
+  unsigned __int128 total = 0;
+  for (uint64_t v : state.leaves) total += v;
+  REVERIE_CHECK(total < (static_cast<unsigned __int128>(1) << 63),
+                "priority state: the leaves sum past the fixed-point budget");
+  tree_.AssignLeaves(state.leaves.data());
+  scale_exp_ = state.scale_exp;
+  max_q_ = state.max_q;
+}
+
+}  // namespace reverie

@@ -1,0 +1,121 @@
+#include "reverie/sum_tree.h"
+
+#include <algorithm>
+
+namespace reverie {
+namespace {
+
+int64_t RoundUpToFanout(int64_t n) { return (n + kTreeFanout - 1) / kTreeFanout * kTreeFanout; }
+
+}  // namespace
+
+TreeLayout MakeTreeLayout(int64_t leaves) {
+  REVERIE_CHECK(leaves >= 1, "a tree needs at least one leaf, got ", leaves);
+  // Count the levels bottom-up, then lay them out top-down.
+  int64_t counts[kTreeMaxLevels];
+  int levels = 0;
+  int64_t n = leaves;
+  counts[levels++] = n;
+  do {
+    n = (n + kTreeFanout - 1) / kTreeFanout;
+    counts[levels++] = n;
+  } while (n > 1);
+  TreeLayout layout;
+  layout.depth = levels - 1;
+  int64_t offset = 0;
+  for (int level = 0; level < levels; ++level) {
+    layout.count[level] = counts[levels - 1 - level];
+    layout.offset[level] = offset;
+    offset += RoundUpToFanout(layout.count[level]);
+  }
+  layout.total_nodes = offset;
+  return layout;
+}
+
+SumTree::SumTree(int64_t leaves)
+    : layout_(MakeTreeLayout(leaves)),
+      sums_(static_cast<size_t>(layout_.total_nodes) * sizeof(uint64_t)),
+      mins_(static_cast<size_t>(layout_.offset[layout_.depth]) * sizeof(uint64_t)) {}
+
+void SumTree::RefreshRange(int64_t first_leaf, int64_t last_leaf) {
+  uint64_t* s = sums();
+  uint64_t* m = mins();
+  int64_t lo = first_leaf, hi = last_leaf;
+  for (int level = layout_.depth - 1; level >= 0; --level) {
+    lo /= kTreeFanout;
+    hi /= kTreeFanout;
+    const uint64_t* child_sums = s + layout_.offset[level + 1];
+    const uint64_t* child_mins =
+        level + 1 == layout_.depth ? child_sums : m + layout_.offset[level + 1];
+    for (int64_t node = lo; node <= hi; ++node) {
+      const uint64_t* c = child_sums + node * kTreeFanout;
+      uint64_t total = 0;
+      for (int k = 0; k < kTreeFanout; ++k) total += c[k];
+      s[layout_.offset[level] + node] = total;
+      m[layout_.offset[level] + node] = MinPositive(child_mins + node * kTreeFanout);
+    }
+  }
+}
+
+void SumTree::FillRange(int64_t first, int64_t n, uint64_t units) {
+  if (n <= 0) return;
+  uint64_t* leaf = sums() + layout_.offset[layout_.depth];
+  std::fill(leaf + first, leaf + first + n, units);
+  RefreshRange(first, first + n - 1);
+}
+
+void SumTree::SetLeaves(const int64_t* index, const uint64_t* units, int64_t n) {
+  uint64_t* s = sums();
+  const uint64_t* leaf = s + layout_.offset[layout_.depth];
+  for (int64_t k = 0; k < n; ++k) __builtin_prefetch(leaf + index[k], 1);
+  for (int64_t k = 0; k < n; ++k) {
+    if (k + 8 < n) {
+      // The parent line of a later update, so its miss overlaps this one.
+      __builtin_prefetch(s + layout_.offset[layout_.depth - 1] + index[k + 8] / kTreeFanout, 1);
+    }
+    SetLeafSum(s, layout_, index[k], units[k]);
+    RefreshMinPath(s, mins(), layout_, index[k]);
+  }
+}
+
+void SumTree::DescendBatch(const uint64_t* u, int64_t* leaf, int64_t n) const {
+  constexpr int64_t kBlock = 64;  // queries in flight together (their remainders stay in L1)
+  const uint64_t* s = sums();
+  uint64_t rest[kBlock];
+  for (int64_t begin = 0; begin < n; begin += kBlock) {
+    const int64_t count = std::min(kBlock, n - begin);
+    for (int64_t q = 0; q < count; ++q) {
+      rest[q] = u[begin + q];
+      leaf[begin + q] = 0;
+    }
+    for (int level = 0; level < layout_.depth; ++level) {
+      const uint64_t* next = level + 2 <= layout_.depth ? s + layout_.offset[level + 2] : nullptr;
+      for (int64_t q = 0; q < count; ++q) {
+        const int64_t node = DescendOneLevel(s, layout_, level, leaf[begin + q], &rest[q]);
+        leaf[begin + q] = node;
+        if (next != nullptr) __builtin_prefetch(next + node * kTreeFanout);
+      }
+    }
+  }
+}
+
+void SumTree::ShiftLeavesRight(int shift) {
+  uint64_t* leaf = sums() + layout_.offset[layout_.depth];
+  const int64_t n = leaves();
+  for (int64_t i = 0; i < n; ++i) {
+    if (leaf[i] != 0) leaf[i] = std::max<uint64_t>(leaf[i] >> shift, 1);
+  }
+  Rebuild();
+}
+
+void SumTree::AssignLeaves(const uint64_t* units) {
+  std::copy(units, units + leaves(), sums() + layout_.offset[layout_.depth]);
+  Rebuild();
+}
+
+void SumTree::Rebuild() {
+  // Padding leaves are zero, so refreshing every real leaf's range covers the tree.
+  RefreshRange(0, leaves() - 1);
+}
+
+}  // namespace reverie

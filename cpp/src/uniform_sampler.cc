@@ -1,0 +1,52 @@
+#include "reverie/uniform_sampler.h"
+
+#include <cmath>
+#include <unordered_set>
+
+#include "reverie/common.h"
+#include "reverie/philox.h"
+
+namespace reverie {
+
+void Sampler::ValidatePriorities(const double*, int64_t) const {
+  throw std::invalid_argument(
+      "update_priorities needs a prioritized sampler; this buffer samples uniformly");
+}
+
+void Sampler::UpdatePriorities(const int64_t*, const double*, int64_t) {
+  throw std::invalid_argument(
+      "update_priorities needs a prioritized sampler; this buffer samples uniformly");
+}
+
+void UniformSampler::ValidateSample(const SampleRequest& request) const {
+  REVERIE_CHECK(request.batch > 0, "batch_size must be > 0, got ", request.batch);
+  REVERIE_CHECK(request.size > 0, "cannot sample ", request.batch,
+                " items: the buffer is empty (add items first)");
+  REVERIE_CHECK(replacement_ || request.batch <= request.size, "cannot sample ", request.batch,
+                " distinct items without replacement: the buffer holds only ", request.size);
+}
+
+void UniformSampler::Sample(const SampleRequest& request, int64_t* slots, float*) const {
+  const uint64_t size = static_cast<uint64_t>(request.size);
+  if (replacement_) {
+    for (int64_t i = 0; i < request.batch; ++i) {
+      slots[i] = static_cast<int64_t>(
+          MulHi64(RandomBits(request.seed, request.call, static_cast<uint32_t>(i)), size));
+    }
+    return;
+  }
+  // Floyd: for j = size-B .. size-1 draw t in [0, j]; take t unless taken, else j.
+  std::unordered_set<int64_t> taken;
+  taken.reserve(static_cast<size_t>(request.batch) * 2);
+  const int64_t first = request.size - request.batch;
+  for (int64_t i = 0; i < request.batch; ++i) {
+    const int64_t j = first + i;
+    const auto t = static_cast<int64_t>(MulHi64(
+        RandomBits(request.seed, request.call, static_cast<uint32_t>(i)), static_cast<uint64_t>(j) + 1));
+    const int64_t pick = taken.insert(t).second ? t : j;
+    if (pick == j) taken.insert(j);
+    slots[i] = pick;
+  }
+}
+
+}  // namespace reverie

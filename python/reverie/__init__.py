@@ -1,0 +1,20 @@
+"""reverie: a native replay engine for PyTorch.
+
+>>> import reverie as rv
+>>> buf = rv.ReplayBuffer(1_000_000, sampler=rv.Prioritized(alpha=0.6, beta=0.4), seed=0)
+"""
+
+from . import _core
+from ._buffer import Batch, ReplayBuffer
+from ._samplers import Prioritized, Uniform
+from ._spec import Field
+
+__version__ = "0.1.0"
+
+
+def cuda_built() -> bool:
+    """Whether this build contains the CUDA kernels."""
+    return bool(_core.cuda_built())
+
+
+__all__ = ["Batch", "Field", "Prioritized", "ReplayBuffer", "Uniform", "cuda_built", "__version__"]

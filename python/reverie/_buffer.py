@@ -1,0 +1,380 @@
+"""The public replay buffer: a thin, validated front over reverie._core."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from . import _core
+from ._samplers import Prioritized, Uniform, sampler_from_config
+from ._spec import Field, SpecLike, infer_field, normalize_spec
+
+_STATE_VERSION = 1
+
+
+class Batch(dict):
+    """A sampled batch: a dict of field name -> tensor [B, *shape], with attribute access.
+
+    Attributes:
+        indices: int64 tensor [B], the items' keys for ``update_priorities`` (key = the
+            item's insertion number; ``key % capacity`` is its slot).
+        weights: float32 tensor [B] of importance weights (prioritized sampling), else None.
+    """
+
+    __slots__ = ("indices", "weights")
+
+    def __init__(self, fields: Dict[str, torch.Tensor], indices: torch.Tensor,
+                 weights: Optional[torch.Tensor]) -> None:
+        super().__init__(fields)
+        self.indices = indices
+        self.weights = weights
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"batch has no field '{name}'; fields: {', '.join(self)}"
+            ) from None
+
+    def to(self, *args: Any, **kwargs: Any) -> "Batch":
+        """Moves every tensor (e.g. ``batch.to("cuda", non_blocking=True)``)."""
+        moved = {k: v.to(*args, **kwargs) for k, v in self.items()}
+        weights = None if self.weights is None else self.weights.to(*args, **kwargs)
+        return Batch(moved, self.indices, weights)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in self.items())
+        return f"Batch({fields}, weights={'yes' if self.weights is not None else 'no'})"
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def _as_1d(name: str, value: Any, kinds: str, dtype: np.dtype) -> np.ndarray:
+    """A 1-D contiguous numpy array of `dtype` from a tensor, array or sequence whose dtype
+    kind is one of `kinds` (no silent float -> int truncation)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        arr = value.numpy()
+    else:
+        arr = np.asarray(value)
+        if arr.size == 0 and arr.dtype.kind == "f":
+            arr = arr.astype(dtype)
+    if arr.dtype.kind not in kinds:
+        raise TypeError(f"{name} must be {'integers' if kinds == 'iu' else 'numbers'}, "
+                        f"got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+class ReplayBuffer:
+    """A fixed-capacity replay buffer with a C++ core; batches come out as torch tensors.
+
+    Items are dicts of named fields. The spec (each field's dtype and per-item shape) is
+    given or inferred from the first ``add``/``extend``. When full, the oldest items are
+    overwritten. All heavy work runs with the GIL released; any number of threads may use
+    one buffer.
+
+    Args:
+        capacity: how many items the buffer holds.
+        spec: optional {name: Field(dtype, shape) | (dtype, shape)}.
+        sampler: ``Uniform()`` (default) or ``Prioritized(alpha, beta, eps)``.
+        seed: seeds the counter-based generator: the same seed and the same calls give the
+            same samples on any machine. Default: a random seed.
+
+    >>> buf = ReplayBuffer(100_000, sampler=Prioritized(alpha=0.6, beta=0.4), seed=0)
+    >>> buf.add(obs=np.zeros(4, np.float32), action=1, reward=0.5, done=False)
+    >>> batch = buf.sample(32)
+    >>> buf.update_priorities(batch.indices, torch.rand(32))
+    """
+
+    def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
+                 sampler: Union[Uniform, Prioritized, None] = None,
+                 seed: Optional[int] = None) -> None:
+        capacity = _as_int("capacity", capacity)
+        if capacity <= 0:
+            raise ValueError(f"capacity must be > 0, got {capacity}")
+        if sampler is None:
+            sampler = Uniform()
+        if not isinstance(sampler, (Uniform, Prioritized)):
+            raise TypeError(f"sampler must be Uniform or Prioritized, got {type(sampler).__name__}")
+        if seed is None:
+            seed = secrets.randbits(63)
+        seed = _as_int("seed", seed)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        self._capacity = capacity
+        self._seed = seed
+        self._sampler = copy.copy(sampler)  # bound to this buffer (beta changes reach its core)
+        self._core: Any = None
+        self._spec: Dict[str, Field] = {}
+        self._columns: Optional[Dict[str, torch.Tensor]] = None
+        if spec is not None:
+            self._build(normalize_spec(spec))
+
+    # ---- construction -------------------------------------------------------------------
+
+    def _build(self, spec: Dict[str, Field]) -> Any:
+        core = _core.ReplayBuffer(
+            self._capacity, [(n, f.dtype, list(f.shape)) for n, f in spec.items()],
+            seed=self._seed, **self._sampler._core_args())
+        self._spec = spec
+        self._names = list(spec)
+        self._out_shapes = [(f.shape, f.torch_dtype) for f in spec.values()]
+        self._core = core
+        if isinstance(self._sampler, Prioritized):
+            self._sampler._core = core
+        return core
+
+    def _build_from(self, fields: Mapping[str, Any], batched: bool) -> Any:
+        if not fields:
+            raise ValueError("add()/extend() need at least one field, e.g. add(obs=..., reward=...)")
+        return self._build({name: infer_field(name, v, batched) for name, v in fields.items()})
+
+    # ---- writing ----------------------------------------------------------------------
+
+    def add(self, **fields: Any) -> None:
+        """Stores one item. Values: tensors, numpy arrays or Python numbers.
+
+        Arrays and tensors must have the field's dtype and shape exactly; Python numbers are
+        converted when their kind fits (bool -> any, int -> int/float, float -> float).
+
+        Raises:
+            ValueError: a field is missing, unknown, or has the wrong shape.
+            TypeError: a value has the wrong dtype or type.
+        """
+        core = self._core or self._build_from(fields, batched=False)
+        core.add(fields)
+
+    def extend(self, **fields: Any) -> None:
+        """Stores a batch of items given along the leading axis of every field."""
+        core = self._core or self._build_from(fields, batched=True)
+        core.extend(fields)
+
+    # ---- sampling ---------------------------------------------------------------------
+
+    def sample(self, batch_size: int, *, out: Optional[Mapping[str, torch.Tensor]] = None) -> Batch:
+        """Draws ``batch_size`` items.
+
+        Args:
+            batch_size: items per batch (> 0).
+            out: optional {field: tensor [B, *shape]} to gather into (e.g. pinned memory);
+                each must be a contiguous CPU tensor of the field's dtype.
+
+        Returns:
+            A Batch whose tensors own freshly gathered memory (or are the ``out`` tensors).
+
+        Raises:
+            ValueError: the buffer is empty, the batch is too large without replacement,
+                every priority is zero, or ``out`` does not fit.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            batch_size = _as_int("batch_size", batch_size)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        core = self._core
+        if core is None:
+            raise ValueError(f"cannot sample {batch_size} items: the buffer is empty (add items first)")
+        if out is None:
+            tensors = [torch.empty((batch_size, *shape), dtype=dt) for shape, dt in self._out_shapes]
+        else:
+            tensors = self._check_out(out, batch_size)
+        keys = torch.empty(batch_size, dtype=torch.int64)
+        if core.prioritized:
+            weights: Optional[torch.Tensor] = torch.empty(batch_size, dtype=torch.float32)
+            core.sample(batch_size, [t.data_ptr() for t in tensors], keys.data_ptr(),
+                        weights.data_ptr())  # type: ignore[union-attr]
+        else:
+            weights = None
+            core.sample(batch_size, [t.data_ptr() for t in tensors], keys.data_ptr(), 0)
+        return Batch(dict(zip(self._names, tensors)), keys, weights)
+
+    def _check_out(self, out: Mapping[str, torch.Tensor], batch_size: int) -> list:
+        if set(out) != set(self._names):
+            raise ValueError(f"out must have exactly the fields {self._names}, got {list(out)}")
+        tensors = []
+        for name, (shape, dt) in zip(self._names, self._out_shapes):
+            t = out[name]
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"out['{name}'] must be a tensor, got {type(t).__name__}")
+            want = (batch_size, *shape)
+            if t.dtype != dt:
+                raise TypeError(f"out['{name}']: expected dtype {dt}, got {t.dtype}")
+            if tuple(t.shape) != want:
+                raise ValueError(f"out['{name}']: expected shape {want}, got {tuple(t.shape)}")
+            if t.device.type != "cpu" or not t.is_contiguous():
+                raise ValueError(f"out['{name}'] must be a contiguous CPU tensor")
+            tensors.append(t)
+        return tensors
+
+    def update_priorities(self, indices: Any, priorities: Any) -> int:
+        """Sets the priorities of sampled items (e.g. ``|TD error|``).
+
+        Args:
+            indices: the items' keys, as in ``batch.indices`` (1-D ints).
+            priorities: 1-D, finite and >= 0, one per index. A repeated index keeps the
+                last value.
+
+        Returns:
+            How many updates were ignored because their item has been overwritten since it
+            was sampled (also counted in ``stale_updates``).
+
+        Raises:
+            IndexError: an index was never written.
+            ValueError: a priority is NaN, infinite or negative; lengths differ; or the
+                sampler is not prioritized.
+        """
+        keys = _as_1d("indices", indices, "iu", np.dtype(np.int64))
+        values = _as_1d("priorities", priorities, "iuf", np.dtype(np.float64))
+        if keys.shape != values.shape:
+            raise ValueError(f"got {keys.shape[0]} indices but {values.shape[0]} priorities")
+        if self._core is None:
+            if keys.size:
+                raise IndexError(f"index {int(keys[0])} was never written: the buffer is empty")
+            return 0
+        return int(self._core.update_priorities(keys, values))
+
+    # ---- inspection ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return 0 if self._core is None else self._core.size
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def spec(self) -> Dict[str, Field]:
+        """{name: Field}; empty until the spec is given or inferred."""
+        return dict(self._spec)
+
+    @property
+    def sampler(self) -> Union[Uniform, Prioritized]:
+        """This buffer's sampler; e.g. ``buf.sampler.beta = 1.0`` anneals beta."""
+        return self._sampler
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def stale_updates(self) -> int:
+        """Priority updates ignored because their item had been overwritten."""
+        return 0 if self._core is None else self._core.stale_updates
+
+    @property
+    def columns(self) -> Dict[str, torch.Tensor]:
+        """Zero-copy views of the storage: {name: tensor [capacity, *shape]}.
+
+        Rows ``[0, len(self))`` hold items; writing to a view writes the buffer.
+        """
+        if self._core is None:
+            return {}
+        if self._columns is None:
+            cols = {}
+            for i, (name, field) in enumerate(self._spec.items()):
+                view = torch.from_numpy(self._core.column(i))
+                if field.dtype == "bfloat16":
+                    view = view.view(torch.bfloat16)
+                cols[name] = view
+            self._columns = cols
+        return dict(self._columns)
+
+    def priorities(self) -> torch.Tensor:
+        """The stored ``(p + eps)^alpha`` of every slot [capacity] (0 for empty slots), as the
+        sum-tree holds them (fixed point). Prioritized buffers only."""
+        if not isinstance(self._sampler, Prioritized):
+            raise ValueError("priorities() needs a Prioritized sampler")
+        if self._core is None:
+            return torch.zeros(self._capacity, dtype=torch.float64)
+        leaves, scale_exp, _ = self._core.priority_state()
+        return torch.from_numpy(np.ldexp(leaves.astype(np.float64), -scale_exp))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}: {f}" for n, f in self._spec.items()) or "inferred on first add"
+        return (f"ReplayBuffer(capacity={self._capacity}, size={len(self)}, "
+                f"sampler={self._sampler!r}, fields={{{fields}}})")
+
+    # ---- state ----------------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue exactly: spec, storage, priorities, counters, seed and
+        the generator's position. Tensors are copies."""
+        state: Dict[str, Any] = {
+            "version": _STATE_VERSION,
+            "capacity": self._capacity,
+            "seed": self._seed,
+            "sampler": self._sampler.config(),
+            "spec": {n: (f.dtype, f.shape) for n, f in self._spec.items()},
+        }
+        if self._core is None:
+            return state
+        written, calls, stale = self._core.get_counters()
+        state["counters"] = {"written": written, "sample_calls": calls, "stale_updates": stale}
+        state["columns"] = {n: t.clone() for n, t in self.columns.items()}
+        if self._core.prioritized:
+            leaves, scale_exp, max_q = self._core.priority_state()
+            state["priorities"] = {"leaves": torch.from_numpy(leaves.view(np.int64)),
+                                   "scale_exp": scale_exp, "max_q": max_q}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a ``state_dict()``: afterwards the buffer samples what the original would.
+
+        Raises:
+            ValueError: the state is from another version, capacity, spec or sampler kind, or
+                is malformed. Nothing is changed then.
+        """
+        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
+            raise ValueError(f"not a reverie state_dict of version {_STATE_VERSION}")
+        if state["capacity"] != self._capacity:
+            raise ValueError(f"state has capacity {state['capacity']}, this buffer {self._capacity}")
+        sampler = sampler_from_config(dict(state["sampler"]))
+        if sampler.kind != self._sampler.kind:
+            raise ValueError(f"state has a {sampler.kind} sampler, this buffer {self._sampler.kind}")
+        spec = normalize_spec(state["spec"]) if state["spec"] else {}
+        if self._spec and spec != self._spec:
+            raise ValueError(f"state has spec {spec}, this buffer {self._spec}")
+        if "counters" not in state:
+            return  # an empty buffer's state
+        columns = state["columns"]
+        arrays = []
+        for name, field in spec.items():
+            t = columns.get(name)
+            want = (self._capacity, *field.shape)
+            if not isinstance(t, torch.Tensor) or t.dtype != field.torch_dtype or tuple(t.shape) != want:
+                raise ValueError(f"state column '{name}' must be a {field.torch_dtype} tensor of shape {want}")
+            t = t.detach().cpu().contiguous()
+            arrays.append(t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy())
+        counters = state["counters"]
+        if self._seed != state["seed"] or self._core is None:
+            # The seed is part of the core: rebuild it (nothing is lost, all is replaced).
+            self._seed = _as_int("seed", state["seed"])
+            self._sampler = copy.copy(self._sampler)
+            self._sampler.__dict__.update({k: v for k, v in sampler.__dict__.items() if k != "_core"})
+            self._columns = None
+            self._build(spec)
+        elif isinstance(self._sampler, Prioritized):
+            self._sampler.beta = sampler.beta
+        core = self._core
+        if core.prioritized:
+            pr = state["priorities"]
+            leaves = pr["leaves"].detach().cpu().contiguous().numpy().view(np.uint64)
+            core.set_priority_state(leaves, int(pr["scale_exp"]), float(pr["max_q"]))
+        for i, arr in enumerate(arrays):
+            core.load_column(i, arr)
+        core.set_counters(int(counters["written"]), int(counters["sample_calls"]),
+                          int(counters["stale_updates"]))

@@ -1,0 +1,139 @@
+"""Field specs: a name's dtype and per-item shape, and how they are inferred from values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Tuple, Union
+
+import numpy as np
+import torch
+
+# reverie's dtype names, each with its torch dtype. The C++ core knows the same names.
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+_NAME_OF_TORCH = {v: k for k, v in TORCH_DTYPES.items()}
+
+DTypeLike = Union[str, torch.dtype, np.dtype, type]
+
+
+def dtype_name(dtype: DTypeLike) -> str:
+    """Normalises a torch dtype, numpy dtype or name to reverie's dtype name.
+
+    Raises:
+        TypeError: the dtype is not one reverie stores.
+    """
+    if isinstance(dtype, torch.dtype):
+        name = _NAME_OF_TORCH.get(dtype)
+    elif isinstance(dtype, str) and dtype in TORCH_DTYPES:
+        name = dtype
+    else:
+        try:
+            name = np.dtype(dtype).name  # type: ignore[arg-type]
+        except TypeError:
+            name = None
+        if name not in TORCH_DTYPES:
+            name = None
+    if name is None:
+        raise TypeError(
+            f"unsupported dtype {dtype!r}; supported: {', '.join(TORCH_DTYPES)}"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Field:
+    """One stored field: element dtype and per-item shape.
+
+    Args:
+        dtype: torch dtype, numpy dtype or name ("float32", "uint8", "bfloat16", ...).
+        shape: shape of one item, () for a scalar.
+
+    >>> Field(torch.uint8, (4, 84, 84))
+    Field(dtype='uint8', shape=(4, 84, 84))
+    """
+
+    dtype: str
+    shape: Tuple[int, ...] = ()
+
+    def __init__(self, dtype: DTypeLike, shape: Any = ()) -> None:
+        if isinstance(shape, int):
+            shape = (shape,)
+        try:
+            dims = tuple(int(d) for d in shape)
+        except TypeError:
+            raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
+        if any(d < 0 for d in dims):
+            raise ValueError(f"shape dimensions must be >= 0, got {dims}")
+        object.__setattr__(self, "dtype", dtype_name(dtype))
+        object.__setattr__(self, "shape", dims)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+    def __str__(self) -> str:
+        return f"{self.dtype}{list(self.shape)}"
+
+
+SpecLike = Mapping[str, Union[Field, Tuple[Any, Any], DTypeLike]]
+
+
+def normalize_spec(spec: SpecLike) -> dict[str, Field]:
+    """Turns {name: Field | (dtype, shape) | dtype} into {name: Field}."""
+    if not isinstance(spec, Mapping) or not spec:
+        raise TypeError(f"spec must be a non-empty mapping name -> Field, got {spec!r}")
+    out: dict[str, Field] = {}
+    for name, field in spec.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"field names must be non-empty strings, got {name!r}")
+        if isinstance(field, Field):
+            out[name] = field
+        elif isinstance(field, tuple) and len(field) == 2:
+            out[name] = Field(*field)
+        else:
+            out[name] = Field(field)
+    return out
+
+
+def infer_field(name: str, value: Any, batched: bool) -> Field:
+    """The Field a value implies: arrays and tensors keep their dtype, a Python float is
+    float32, an int int64, a bool bool. With `batched` the leading axis is the batch."""
+    if isinstance(value, torch.Tensor):
+        dtype: str = dtype_name(value.dtype)
+        shape = tuple(value.shape)
+    elif isinstance(value, (np.ndarray, np.generic)):
+        dtype, shape = dtype_name(value.dtype), tuple(value.shape)
+    elif isinstance(value, bool):
+        dtype, shape = "bool", ()
+    elif isinstance(value, int):
+        dtype, shape = "int64", ()
+    elif isinstance(value, float):
+        dtype, shape = "float32", ()
+    elif isinstance(value, (list, tuple)):
+        arr = np.asarray(value)
+        kinds = {"b": "bool", "i": "int64", "u": "int64", "f": "float32"}
+        if arr.dtype.kind not in kinds:
+            raise TypeError(f"field '{name}': cannot store a list of {arr.dtype}")
+        dtype, shape = kinds[arr.dtype.kind], tuple(arr.shape)
+    else:
+        raise TypeError(
+            f"field '{name}': expected a tensor, numpy array or number, "
+            f"got {type(value).__name__}"
+        )
+    if batched:
+        if not shape:
+            raise ValueError(
+                f"field '{name}': extend() needs a leading batch axis, got a scalar"
+            )
+        shape = shape[1:]
+    return Field(dtype, shape)
