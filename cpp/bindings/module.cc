@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -245,8 +246,8 @@ PrioritizedSampler& Prioritized(ReplayBuffer& buf) {
   return const_cast<PrioritizedSampler&>(*p);
 }
 
-using Int64Array = py::array_t<int64_t, py::array::c_style>;
-using DoubleArray = py::array_t<double, py::array::c_style>;
+using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
 }  // namespace
 
@@ -305,22 +306,57 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release release;
         buf.Extend(in.fields.data(), in.fields.size());
       })
-      .def("sample", [](ReplayBuffer& buf, int64_t batch, const std::vector<uintptr_t>& out,
-                        uintptr_t keys, uintptr_t weights) {
-        // Addresses of caller-owned tensors (python/reverie/_buffer.py sizes and checks them).
-        if (out.size() != buf.spec().size()) throw std::invalid_argument("one output per field expected");
-        std::vector<uint8_t*> dst(out.size());
-        for (size_t i = 0; i < out.size(); ++i) dst[i] = reinterpret_cast<uint8_t*>(out[i]);
-        py::gil_scoped_release release;
-        buf.Sample(batch, dst.data(), reinterpret_cast<int64_t*>(keys), reinterpret_cast<float*>(weights));
-      })
-      .def("update_priorities", [](ReplayBuffer& buf, const Int64Array& keys, const DoubleArray& priorities) {
-        if (keys.ndim() != 1 || priorities.ndim() != 1 || keys.shape(0) != priorities.shape(0)) {
-          throw std::invalid_argument("indices and priorities must be 1-D and of equal length, got " +
-                                      std::to_string(keys.size()) + " and " + std::to_string(priorities.size()));
+      .def("sample", [](ReplayBuffer& buf, int64_t batch, const std::optional<std::vector<uintptr_t>>& out) {
+        // Gathers into fresh numpy arrays (that the caller's tensors then own), or into the
+        // caller's tensors at the given addresses (python/reverie/_buffer.py checks them).
+        if (batch <= 0) throw std::invalid_argument("batch_size must be > 0, got " + std::to_string(batch));
+        const auto& spec = buf.spec();
+        std::vector<uint8_t*> dst(spec.size());
+        py::list arrays;
+        if (out) {
+          if (out->size() != spec.size()) throw std::invalid_argument("one output per field expected");
+          for (size_t i = 0; i < spec.size(); ++i) dst[i] = reinterpret_cast<uint8_t*>((*out)[i]);
+        } else {
+          for (size_t i = 0; i < spec.size(); ++i) {
+            std::vector<py::ssize_t> shape{batch};
+            shape.insert(shape.end(), spec[i].shape.begin(), spec[i].shape.end());
+            py::array a(NumpyDType(spec[i].dtype), shape);
+            dst[i] = static_cast<uint8_t*>(a.mutable_data());
+            arrays.append(std::move(a));
+          }
         }
+        py::array_t<int64_t> keys(batch);
+        py::object weights = py::none();
+        float* w = nullptr;
+        if (buf.sampler().prioritized()) {
+          py::array_t<float> wa(batch);
+          w = wa.mutable_data();
+          weights = std::move(wa);
+        }
+        int64_t* k = keys.mutable_data();
+        {
+          py::gil_scoped_release release;
+          buf.Sample(batch, dst.data(), k, w);
+        }
+        return py::make_tuple(std::move(arrays), std::move(keys), std::move(weights));
+      }, py::arg("batch"), py::arg("out") = py::none())
+      .def("update_priorities", [](ReplayBuffer& buf, const py::array& keys, const py::array& priorities) {
+        // Argument conversion: integer keys -> int64, numeric priorities -> float64.
+        const char kk = keys.dtype().kind(), pk = priorities.dtype().kind();
+        if (kk != 'i' && kk != 'u') ThrowType("indices must be integers, got dtype " + std::string(py::str(keys.dtype())));
+        if (pk != 'f' && pk != 'i' && pk != 'u') ThrowType("priorities must be numbers, got dtype " + std::string(py::str(priorities.dtype())));
+        if (keys.ndim() != 1 || priorities.ndim() != 1) {
+          throw std::invalid_argument("indices and priorities must be 1-D, got " + std::to_string(keys.ndim()) +
+                                      "-D and " + std::to_string(priorities.ndim()) + "-D");
+        }
+        if (keys.shape(0) != priorities.shape(0)) {
+          throw std::invalid_argument("got " + std::to_string(keys.shape(0)) + " indices but " +
+                                      std::to_string(priorities.shape(0)) + " priorities");
+        }
+        const auto k = Int64Array::ensure(keys);
+        const auto p = DoubleArray::ensure(priorities);
         py::gil_scoped_release release;
-        return buf.UpdatePriorities(keys.data(), priorities.data(), keys.shape(0));
+        return buf.UpdatePriorities(k.data(), p.data(), k.shape(0));
       })
       .def_property_readonly("capacity", &ReplayBuffer::capacity)
       .def_property_readonly("size", &ReplayBuffer::size)

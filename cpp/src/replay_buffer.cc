@@ -177,7 +177,7 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   } else {
     gather(0, batch);
   }
-  for (int64_t i = 0; i < batch; ++i) keys[i] = ring_.key_of(keys[i]);
+  ring_.SlotsToKeys(keys, batch);
 }
 
 int64_t ReplayBuffer::UpdatePriorities(const int64_t* keys, const double* priorities, int64_t n) {

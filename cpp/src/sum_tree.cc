@@ -38,8 +38,8 @@ SumTree::SumTree(int64_t leaves)
       mins_(static_cast<size_t>(layout_.offset[layout_.depth]) * sizeof(uint64_t)) {}
 
 void SumTree::RefreshRange(int64_t first_leaf, int64_t last_leaf) {
-  uint64_t* s = sums();
-  uint64_t* m = mins();
+  uint64_t* s = mutable_sums();
+  uint64_t* m = mutable_mins();
   int64_t lo = first_leaf, hi = last_leaf;
   for (int level = layout_.depth - 1; level >= 0; --level) {
     lo /= kTreeFanout;
@@ -59,13 +59,13 @@ void SumTree::RefreshRange(int64_t first_leaf, int64_t last_leaf) {
 
 void SumTree::FillRange(int64_t first, int64_t n, uint64_t units) {
   if (n <= 0) return;
-  uint64_t* leaf = sums() + layout_.offset[layout_.depth];
+  uint64_t* leaf = mutable_sums() + layout_.offset[layout_.depth];
   std::fill(leaf + first, leaf + first + n, units);
   RefreshRange(first, first + n - 1);
 }
 
 void SumTree::SetLeaves(const int64_t* index, const uint64_t* units, int64_t n) {
-  uint64_t* s = sums();
+  uint64_t* s = mutable_sums();
   const uint64_t* leaf = s + layout_.offset[layout_.depth];
   for (int64_t k = 0; k < n; ++k) __builtin_prefetch(leaf + index[k], 1);
   for (int64_t k = 0; k < n; ++k) {
@@ -74,7 +74,7 @@ void SumTree::SetLeaves(const int64_t* index, const uint64_t* units, int64_t n) 
       __builtin_prefetch(s + layout_.offset[layout_.depth - 1] + index[k + 8] / kTreeFanout, 1);
     }
     SetLeafSum(s, layout_, index[k], units[k]);
-    RefreshMinPath(s, mins(), layout_, index[k]);
+    RefreshMinPath(s, mutable_mins(), layout_, index[k]);
   }
 }
 
@@ -100,7 +100,7 @@ void SumTree::DescendBatch(const uint64_t* u, int64_t* leaf, int64_t n) const {
 }
 
 void SumTree::ShiftLeavesRight(int shift) {
-  uint64_t* leaf = sums() + layout_.offset[layout_.depth];
+  uint64_t* leaf = mutable_sums() + layout_.offset[layout_.depth];
   const int64_t n = leaves();
   for (int64_t i = 0; i < n; ++i) {
     if (leaf[i] != 0) leaf[i] = std::max<uint64_t>(leaf[i] >> shift, 1);
@@ -109,7 +109,7 @@ void SumTree::ShiftLeavesRight(int shift) {
 }
 
 void SumTree::AssignLeaves(const uint64_t* units) {
-  std::copy(units, units + leaves(), sums() + layout_.offset[layout_.depth]);
+  std::copy(units, units + leaves(), mutable_sums() + layout_.offset[layout_.depth]);
   Rebuild();
 }
 

@@ -1,1 +1,565 @@
-int main() { return 0; }
+// C++ tests of the core (run by ctest; also built with sanitizers in CI).
+// `reverie_tests --bench-tree` instead times the tree (README, "Design notes").
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "harness.h"
+#include "reverie/dtype.h"
+#include "reverie/philox.h"
+#include "reverie/prioritized_sampler.h"
+#include "reverie/replay_buffer.h"
+#include "reverie/sum_tree.h"
+#include "reverie/thread_pool.h"
+#include "reverie/uniform_sampler.h"
+
+using namespace reverie;
+
+namespace {
+
+// Brute force: the leaf whose prefix interval holds u.
+int64_t BruteDescend(const std::vector<uint64_t>& leaves, uint64_t u) {
+  uint64_t prefix = 0;
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    prefix += leaves[i];
+    if (u < prefix) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+uint64_t BruteMinPositive(const std::vector<uint64_t>& leaves) {
+  uint64_t best = 0;
+  for (uint64_t v : leaves) {
+    if (v != 0 && (best == 0 || v < best)) best = v;
+  }
+  return best;
+}
+
+// Checks every internal node against the sum / min of its children.
+bool TreeConsistent(const SumTree& tree) {
+  const TreeLayout& l = tree.layout();
+  for (int level = 0; level < l.depth; ++level) {
+    for (int64_t node = 0; node < l.count[level]; ++node) {
+      const uint64_t* c = tree.sums() + l.offset[level + 1] + node * kTreeFanout;
+      uint64_t s = 0;
+      for (int k = 0; k < kTreeFanout; ++k) s += c[k];
+      if (tree.sums()[l.offset[level] + node] != s) return false;
+      const uint64_t* cm = level + 1 == l.depth ? c : tree.mins() + l.offset[level + 1] + node * kTreeFanout;
+      if (tree.mins()[l.offset[level] + node] != MinPositive(cm)) return false;
+    }
+  }
+  return true;
+}
+
+std::vector<FieldSpec> TwoFieldSpec() {
+  return {FieldSpec{"id", DType::kInt64, {}}, FieldSpec{"obs", DType::kFloat32, {3}}};
+}
+
+FieldInput Scalar(const char* name, const int64_t* v) {
+  FieldInput in;
+  in.name = name;
+  in.value.data = v;
+  in.value.dtype = DType::kInt64;
+  in.value.ndim = 0;
+  return in;
+}
+
+FieldInput Vec3(const char* name, const float* v) {
+  FieldInput in;
+  in.name = name;
+  in.value.data = v;
+  in.value.dtype = DType::kFloat32;
+  in.value.ndim = 1;
+  in.value.shape[0] = 3;
+  return in;
+}
+
+void AddItem(ReplayBuffer& buf, int64_t id) {
+  const float obs[3] = {static_cast<float>(id), static_cast<float>(id) + 0.5f, -static_cast<float>(id)};
+  FieldInput in[2] = {Scalar("id", &id), Vec3("obs", obs)};
+  buf.Add(in, 2);
+}
+
+struct Drawn {
+  std::vector<int64_t> ids, keys;
+  std::vector<float> obs, weights;
+};
+
+Drawn Draw(ReplayBuffer& buf, int64_t batch) {
+  Drawn d;
+  d.ids.resize(static_cast<size_t>(batch));
+  d.obs.resize(static_cast<size_t>(batch) * 3);
+  d.keys.resize(static_cast<size_t>(batch));
+  d.weights.resize(static_cast<size_t>(batch));
+  uint8_t* out[2] = {reinterpret_cast<uint8_t*>(d.ids.data()), reinterpret_cast<uint8_t*>(d.obs.data())};
+  buf.Sample(batch, out, d.keys.data(), d.weights.data());
+  return d;
+}
+
+}  // namespace
+
+TEST(LayoutShapes) {
+  for (int64_t n : {1, 2, 7, 8, 9, 63, 64, 65, 1000, 1000000}) {
+    const TreeLayout l = MakeTreeLayout(n);
+    CHECK(l.count[0] == 1);
+    CHECK(l.count[l.depth] == n);
+    CHECK(l.depth >= 1);
+    for (int d = 0; d <= l.depth; ++d) CHECK(l.offset[d] % kTreeFanout == 0);
+    for (int d = 0; d < l.depth; ++d) CHECK(l.count[d] == (l.count[d + 1] + 7) / 8);
+  }
+  CHECK_THROWS(MakeTreeLayout(0), std::invalid_argument);
+}
+
+TEST(PickChildSkipsZeros) {
+  const uint64_t children[8] = {0, 3, 0, 0, 5, 0, 1, 0};
+  std::vector<int> hits(8, 0);
+  for (uint64_t u0 = 0; u0 < 9; ++u0) {
+    uint64_t u = u0;
+    const int c = PickChild(children, &u);
+    ++hits[static_cast<size_t>(c)];
+    CHECK(u < children[c]);
+  }
+  CHECK(hits[0] == 0 && hits[2] == 0 && hits[3] == 0 && hits[5] == 0 && hits[7] == 0);
+  CHECK(hits[1] == 3 && hits[4] == 5 && hits[6] == 1);
+}
+
+TEST(TreeMatchesBruteForceAndRebuild) {
+  std::mt19937_64 rng(7);
+  for (int64_t n : {1, 5, 8, 9, 100, 777}) {
+    SumTree tree(n);
+    std::vector<uint64_t> leaves(static_cast<size_t>(n), 0);
+    for (int round = 0; round < 300; ++round) {
+      if (round % 3 == 0) {
+        const int64_t first = static_cast<int64_t>(rng() % static_cast<uint64_t>(n));
+        const int64_t count = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(n - first));
+        const uint64_t v = rng() % 1000;
+        tree.FillRange(first, count, v);
+        std::fill(leaves.begin() + first, leaves.begin() + first + count, v);
+      } else {
+        std::vector<int64_t> idx(4);
+        std::vector<uint64_t> val(4);
+        for (int k = 0; k < 4; ++k) {
+          idx[k] = static_cast<int64_t>(rng() % static_cast<uint64_t>(n));
+          val[k] = rng() % 4 == 0 ? 0 : rng() % (uint64_t{1} << 40);
+        }
+        tree.SetLeaves(idx.data(), val.data(), 4);
+        for (int k = 0; k < 4; ++k) leaves[static_cast<size_t>(idx[k])] = val[k];  // last wins
+      }
+      uint64_t total = 0;
+      for (uint64_t v : leaves) total += v;
+      CHECK(tree.total() == total);
+      CHECK(tree.min_positive() == BruteMinPositive(leaves));
+      if (total > 0) {
+        std::vector<uint64_t> us(16);
+        std::vector<int64_t> got(16);
+        for (auto& u : us) u = rng() % total;
+        tree.DescendBatch(us.data(), got.data(), 16);
+        for (int k = 0; k < 16; ++k) CHECK(got[k] == BruteDescend(leaves, us[k]));
+        for (int k = 0; k < 16; ++k) CHECK(Descend(tree.sums(), tree.layout(), us[k]) == got[k]);
+      }
+    }
+    CHECK(TreeConsistent(tree));
+    // No drift: after all those updates the tree equals a rebuild bit for bit.
+    std::vector<uint64_t> before(tree.sums(), tree.sums() + tree.layout().total_nodes);
+    tree.Rebuild();
+    CHECK(std::equal(before.begin(), before.end(), tree.sums()));
+  }
+}
+
+TEST(PrioritizedDistributionMatchesPriorities) {
+  // 1e6 draws from 50 leaves with priorities 1..50 (alpha=1, eps=0); every count within
+  // 5 standard deviations of its expectation, and the chi-square statistic below the
+  // p=1e-6 critical value for 49 degrees of freedom (~103).
+  const int64_t n = 50;
+  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 0.0, 0.0});
+  sampler.OnInsert(0, n);
+  std::vector<int64_t> slots(static_cast<size_t>(n));
+  std::vector<double> pr(static_cast<size_t>(n));
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    slots[i] = i;
+    pr[i] = static_cast<double>(i + 1);
+    total += pr[i];
+  }
+  sampler.UpdatePriorities(slots.data(), pr.data(), n);
+  std::vector<int64_t> counts(static_cast<size_t>(n), 0);
+  const int64_t batch = 1000;
+  std::vector<int64_t> out(batch);
+  for (uint64_t call = 0; call < 1000; ++call) {
+    sampler.Sample(SampleRequest{123, call, n, batch}, out.data(), nullptr);
+    for (int64_t s : out) ++counts[static_cast<size_t>(s)];
+  }
+  double chi2 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double expected = 1e6 * pr[i] / total;
+    const double diff = static_cast<double>(counts[i]) - expected;
+    chi2 += diff * diff / expected;
+    CHECK(std::fabs(diff) < 5 * std::sqrt(expected));
+  }
+  CHECK(chi2 < 103.0);
+}
+
+TEST(ZeroNeverSampledTinyAlwaysCan) {
+  const int64_t n = 1000;
+  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 1.0, 0.0});
+  sampler.OnInsert(0, n);
+  std::vector<int64_t> slots(n);
+  std::vector<double> pr(n, 0.0);
+  for (int64_t i = 0; i < n; ++i) slots[i] = i;
+  pr[10] = 1e300;   // forces a rescale: everything else is tiny next to it
+  pr[500] = 1e-300;  // positive: rounds up to one unit, still samplable
+  sampler.UpdatePriorities(slots.data(), pr.data(), n);
+  CHECK(sampler.tree().leaf(500) >= 1);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i != 10 && i != 500) CHECK(sampler.tree().leaf(i) == 0);
+  }
+  std::vector<int64_t> out(256);
+  std::vector<float> w(256);
+  sampler.Sample(SampleRequest{1, 0, n, 256}, out.data(), w.data());
+  for (int64_t s : out) CHECK(s == 10 || s == 500);
+  // Alone, the tiny one is all that is drawn.
+  const int64_t ten = 10;
+  const double zero = 0.0;
+  sampler.UpdatePriorities(&ten, &zero, 1);
+  sampler.Sample(SampleRequest{1, 1, n, 64}, out.data(), w.data());
+  for (int i = 0; i < 64; ++i) CHECK(out[i] == 500 && w[i] == 1.0f);
+  // All zero: sampling is refused cleanly.
+  const int64_t five_hundred = 500;
+  sampler.UpdatePriorities(&five_hundred, &zero, 1);
+  CHECK_THROWS(sampler.ValidateSample(SampleRequest{1, 2, n, 4}), std::invalid_argument);
+}
+
+TEST(RescaleKeepsRatios) {
+  const int64_t n = 4;
+  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 0.0, 0.0});
+  sampler.OnInsert(0, n);
+  const int64_t slots[4] = {0, 1, 2, 3};
+  const double pr[4] = {1.0, 2.0, 3.0, 4.0};
+  sampler.UpdatePriorities(slots, pr, 4);
+  const int64_t big_slot = 3;
+  const double big = 1e12;
+  sampler.UpdatePriorities(&big_slot, &big, 1);
+  CHECK(std::fabs(sampler.StoredPriority(1) / sampler.StoredPriority(0) - 2.0) < 1e-9);
+  CHECK(std::fabs(sampler.StoredPriority(3) / 1e12 - 1.0) < 1e-9);
+}
+
+TEST(ImportanceWeights) {
+  const int64_t n = 3;
+  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 0.5, 0.0});
+  sampler.OnInsert(0, n);
+  const int64_t slots[3] = {0, 1, 2};
+  const double pr[3] = {1.0, 4.0, 16.0};
+  sampler.UpdatePriorities(slots, pr, 3);
+  std::vector<int64_t> out(30);
+  std::vector<float> w(30);
+  sampler.Sample(SampleRequest{9, 0, n, 30}, out.data(), w.data());
+  for (int i = 0; i < 30; ++i) {
+    const double expected = std::pow(1.0 / pr[out[i]], 0.5);  // (p_min / p_i)^beta
+    CHECK(std::fabs(w[i] - expected) < 1e-6);
+  }
+}
+
+TEST(EmptyAndBadRequests) {
+  PrioritizedSampler p(10, PrioritizedConfig{});
+  CHECK_THROWS(p.ValidateSample(SampleRequest{0, 0, 0, 4}), std::invalid_argument);
+  UniformSampler u(false);
+  CHECK_THROWS(u.ValidateSample(SampleRequest{0, 0, 0, 4}), std::invalid_argument);
+  CHECK_THROWS(u.ValidateSample(SampleRequest{0, 0, 3, 4}), std::invalid_argument);
+  CHECK_THROWS(PrioritizedSampler(0, PrioritizedConfig{}), std::invalid_argument);
+  CHECK_THROWS(PrioritizedSampler(5, (PrioritizedConfig{-1.0, 0.4, 0.0})), std::invalid_argument);
+  CHECK_THROWS(PrioritizedSampler(5, (PrioritizedConfig{0.6, NAN, 0.0})), std::invalid_argument);
+  const double bad[2] = {1.0, NAN};
+  CHECK_THROWS(p.ValidatePriorities(bad, 2), std::invalid_argument);
+  const double neg = -1.0;
+  CHECK_THROWS(p.ValidatePriorities(&neg, 1), std::invalid_argument);
+}
+
+TEST(UniformWithoutReplacementDistinct) {
+  UniformSampler u(false);
+  std::vector<int64_t> out(50);
+  for (uint64_t call = 0; call < 100; ++call) {
+    u.Sample(SampleRequest{3, call, 50, 50}, out.data(), nullptr);
+    std::vector<int64_t> sorted = out;
+    std::sort(sorted.begin(), sorted.end());
+    for (int64_t i = 0; i < 50; ++i) CHECK(sorted[i] == i);
+  }
+}
+
+TEST(RingKeys) {
+  Ring ring{5, 0};
+  ring.written = 12;  // keys 7..11 stored in slots 2,3,4,0,1
+  CHECK(ring.size() == 5);
+  CHECK(ring.key_of(2) == 7 && ring.key_of(4) == 9 && ring.key_of(0) == 10 && ring.key_of(1) == 11);
+  int64_t slots[5] = {0, 1, 2, 3, 4};
+  ring.SlotsToKeys(slots, 5);
+  for (int64_t s = 0; s < 5; ++s) CHECK(slots[s] == ring.key_of(s));
+  CHECK(ring.is_stored(7) && !ring.is_stored(6) && !ring.is_stored(12) && ring.was_written(6));
+}
+
+TEST(BufferAddSampleEvict) {
+  ReplayBuffer buf(4, TwoFieldSpec(), std::make_unique<UniformSampler>(true), 42);
+  for (int64_t id = 0; id < 6; ++id) AddItem(buf, id);
+  CHECK(buf.size() == 4 && buf.written() == 6);
+  const Drawn d = Draw(buf, 64);
+  for (int i = 0; i < 64; ++i) {
+    CHECK(d.ids[i] >= 2 && d.ids[i] <= 5);   // 0 and 1 were evicted
+    CHECK(d.keys[i] == d.ids[i]);             // key = insertion number
+    CHECK(d.obs[3 * i] == static_cast<float>(d.ids[i]));
+    CHECK(d.obs[3 * i + 2] == -static_cast<float>(d.ids[i]));
+  }
+}
+
+TEST(BufferSeededDeterminism) {
+  auto make = [](uint64_t seed) {
+    auto buf = std::make_unique<ReplayBuffer>(100, TwoFieldSpec(),
+                                              std::make_unique<PrioritizedSampler>(100, PrioritizedConfig{}), seed);
+    for (int64_t id = 0; id < 150; ++id) AddItem(*buf, id);
+    return buf;
+  };
+  auto a = make(5), b = make(5), c = make(6);
+  for (int round = 0; round < 5; ++round) {
+    const Drawn da = Draw(*a, 32), db = Draw(*b, 32), dc = Draw(*c, 32);
+    CHECK(da.keys == db.keys && da.weights == db.weights);
+    CHECK(da.keys != dc.keys);
+    std::vector<double> pr(32, 0.5 + round);
+    a->UpdatePriorities(da.keys.data(), pr.data(), 32);
+    b->UpdatePriorities(db.keys.data(), pr.data(), 32);
+  }
+}
+
+TEST(BufferBadInputChangesNothing) {
+  ReplayBuffer buf(8, TwoFieldSpec(), std::make_unique<PrioritizedSampler>(8, PrioritizedConfig{}), 1);
+  for (int64_t id = 0; id < 5; ++id) AddItem(buf, id);
+  const int64_t id = 9;
+  const float obs[3] = {1, 2, 3};
+  FieldInput missing[1] = {Scalar("id", &id)};
+  CHECK_THROWS(buf.Add(missing, 1), std::invalid_argument);
+  FieldInput unknown[3] = {Scalar("id", &id), Vec3("obs", obs), Scalar("nope", &id)};
+  CHECK_THROWS(buf.Add(unknown, 3), std::invalid_argument);
+  FieldInput wrong_type[2] = {Scalar("id", &id), Vec3("obs", obs)};
+  wrong_type[1].value.dtype = DType::kFloat64;
+  CHECK_THROWS(buf.Add(wrong_type, 2), reverie::TypeError);
+  FieldInput wrong_shape[2] = {Scalar("id", &id), Vec3("obs", obs)};
+  wrong_shape[1].value.shape[0] = 4;
+  CHECK_THROWS(buf.Add(wrong_shape, 2), std::invalid_argument);
+  const int64_t keys[2] = {1, 99};
+  const double pr[2] = {1.0, 1.0};
+  CHECK_THROWS(buf.UpdatePriorities(keys, pr, 2), std::out_of_range);
+  const double nan_pr[2] = {1.0, NAN};
+  const int64_t ok_keys[2] = {1, 2};
+  CHECK_THROWS(buf.UpdatePriorities(ok_keys, nan_pr, 2), std::invalid_argument);
+  CHECK(buf.size() == 5 && buf.written() == 5 && buf.stale_updates() == 0);
+  const auto* p = dynamic_cast<const PrioritizedSampler*>(&buf.sampler());
+  for (int64_t s = 0; s < 5; ++s) CHECK(p->StoredPriority(s) == 1.0);
+  CHECK(buf.sample_calls() == 0);
+  CHECK_THROWS(Draw(buf, 0), std::invalid_argument);
+  CHECK(buf.sample_calls() == 0);
+}
+
+TEST(StaleUpdatesIgnoredAndCounted) {
+  ReplayBuffer buf(4, TwoFieldSpec(), std::make_unique<PrioritizedSampler>(4, PrioritizedConfig{1.0, 0.4, 0.0}), 1);
+  for (int64_t id = 0; id < 4; ++id) AddItem(buf, id);
+  AddItem(buf, 4);  // overwrites key 0 in slot 0
+  const int64_t keys[2] = {0, 1};
+  const double pr[2] = {7.0, 3.0};
+  CHECK(buf.UpdatePriorities(keys, pr, 2) == 1);
+  CHECK(buf.stale_updates() == 1);
+  const auto* p = dynamic_cast<const PrioritizedSampler*>(&buf.sampler());
+  CHECK(p->StoredPriority(0) == 1.0);  // the new occupant keeps its priority
+  CHECK(std::fabs(p->StoredPriority(1) - 3.0) < 1e-9);
+}
+
+TEST(HalfAndBFloat16Conversion) {
+  CHECK(FloatToHalf(1.0f) == 0x3C00);
+  CHECK(FloatToHalf(-2.0f) == 0xC000);
+  CHECK(FloatToHalf(65504.0f) == 0x7BFF);
+  CHECK(FloatToHalf(1e6f) == 0x7C00);
+  CHECK(FloatToHalf(5.960464477539063e-08f) == 0x0001);  // smallest subnormal
+  CHECK(FloatToHalf(1.0009765625f) == 0x3C01);
+  CHECK((FloatToHalf(NAN) & 0x7C00) == 0x7C00 && (FloatToHalf(NAN) & 0x3FF) != 0);
+  CHECK(FloatToBFloat16(1.0f) == 0x3F80);
+  CHECK(FloatToBFloat16(-1.5f) == 0xBFC0);
+  CHECK(FloatToBFloat16(1.00390625f) == 0x3F80);  // a tie rounds to even
+  int64_t bad = 0;
+  const int64_t values[3] = {0, 255, 256};
+  CHECK(!IntegersFitIn(values, 3, DType::kUInt8, &bad) && bad == 256);
+  CHECK(IntegersFitIn(values, 3, DType::kInt16, &bad));
+}
+
+TEST(ThreadPoolCoversRangeOnce) {
+  ThreadPool pool(3);
+  std::vector<std::atomic<int>> hits(1000);
+  pool.ParallelFor(1000, 7, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+  });
+  for (auto& h : hits) CHECK(h.load() == 1);
+  CHECK_THROWS(pool.ParallelFor(10, 4, [](int64_t, int64_t) { throw std::runtime_error("x"); }),
+               std::runtime_error);
+}
+
+TEST(ConcurrentWritersSamplersUpdaters) {
+  // Writers add rows whose fields all encode writer*1e6+seq; samplers check no row is torn;
+  // an updater changes priorities of sampled keys. At the end nothing is lost.
+  const int64_t capacity = 4096;
+  ReplayBuffer buf(capacity, TwoFieldSpec(),
+                   std::make_unique<PrioritizedSampler>(capacity, PrioritizedConfig{}), 3);
+  constexpr int kWriters = 3, kPerWriter = 3000;
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> torn{0}, sampled{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWriters; ++w) {
+    threads.emplace_back([&, w] {
+      for (int64_t s = 0; s < kPerWriter; ++s) AddItem(buf, w * 1000000 + s);
+    });
+  }
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      while (!done.load()) {
+        if (buf.size() == 0) continue;
+        Drawn d = Draw(buf, 64);
+        for (int i = 0; i < 64; ++i) {
+          const float id = static_cast<float>(d.ids[i]);
+          if (d.obs[3 * i] != id || d.obs[3 * i + 1] != id + 0.5f || d.obs[3 * i + 2] != -id) ++torn;
+        }
+        sampled += 64;
+        if (r == 0) {
+          std::vector<double> pr(64, 2.0);
+          buf.UpdatePriorities(d.keys.data(), pr.data(), 64);
+        }
+      }
+    });
+  }
+  for (int w = 0; w < kWriters; ++w) threads[static_cast<size_t>(w)].join();
+  done = true;
+  for (size_t t = kWriters; t < threads.size(); ++t) threads[t].join();
+  CHECK(torn.load() == 0);
+  CHECK(buf.written() == kWriters * kPerWriter);
+  CHECK(buf.size() == capacity);
+  // Every one of the last `capacity` rows is a distinct (writer, seq).
+  std::map<int64_t, int> seen;
+  const auto* ids = reinterpret_cast<const int64_t*>(buf.storage().column(0));
+  for (int64_t s = 0; s < capacity; ++s) ++seen[ids[s]];
+  CHECK(static_cast<int64_t>(seen.size()) == capacity);
+  std::printf("  (%lld rows sampled concurrently)\n", static_cast<long long>(sampled.load()));
+}
+
+// ---- --bench-tree -------------------------------------------------------------------------
+
+namespace {
+
+// The same 8-wide descent over float64 sums, for the number-format comparison.
+int PickChildDouble(const double* children, double* u) {
+  double prefix = 0, below = 0;
+  int child = 0;
+  for (int k = 0; k < kTreeFanout - 1; ++k) {
+    prefix += children[k];
+    const bool passed = *u >= prefix;
+    child += passed;
+    below += passed ? children[k] : 0.0;
+  }
+  *u -= below;
+  return child;
+}
+
+void BenchTree() {
+  const int64_t n = 1000000, batch = 256, rounds = 4000;
+  SumTree tree(n);
+  std::mt19937_64 rng(1);
+  std::vector<int64_t> all(n);
+  std::vector<uint64_t> units(n);
+  for (int64_t i = 0; i < n; ++i) {
+    all[i] = i;
+    units[i] = 1 + rng() % (uint64_t{1} << 30);
+  }
+  tree.SetLeaves(all.data(), units.data(), n);
+  // float64 twin with identical layout
+  const TreeLayout& l = tree.layout();
+  std::vector<double> dsums(static_cast<size_t>(l.total_nodes));
+  for (int64_t i = 0; i < l.total_nodes; ++i) dsums[i] = static_cast<double>(tree.sums()[i]);
+  std::vector<uint64_t> u(batch), upd(batch);
+  std::vector<int64_t> leaf(batch);
+  std::vector<double> du(batch);
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t r = 0; r < rounds; ++r) {
+    for (int64_t i = 0; i < batch; ++i) u[i] = rng() % tree.total();
+    tree.DescendBatch(u.data(), leaf.data(), batch);
+    for (int64_t i = 0; i < batch; ++i) upd[i] = 1 + rng() % (uint64_t{1} << 30);
+    tree.SetLeaves(leaf.data(), upd.data(), batch);
+  }
+  auto t1 = std::chrono::steady_clock::now();
+  double descend_us = 0, update_us = 0;
+  for (int64_t r = 0; r < rounds; ++r) {
+    for (int64_t i = 0; i < batch; ++i) u[i] = rng() % tree.total();
+    for (int64_t i = 0; i < batch; ++i) upd[i] = 1 + rng() % (uint64_t{1} << 30);
+    auto a = std::chrono::steady_clock::now();
+    tree.DescendBatch(u.data(), leaf.data(), batch);
+    auto b = std::chrono::steady_clock::now();
+    tree.SetLeaves(leaf.data(), upd.data(), batch);
+    auto c = std::chrono::steady_clock::now();
+    descend_us += std::chrono::duration<double, std::micro>(b - a).count() / rounds;
+    update_us += std::chrono::duration<double, std::micro>(c - b).count() / rounds;
+  }
+  std::printf("  split: descend %.1f us, update %.1f us\n", descend_us, update_us);
+  t1 = std::chrono::steady_clock::now();
+  // float64: same interleaved descent and a delta update (the fastest float64 variant).
+  for (int64_t r = 0; r < rounds; ++r) {
+    for (int64_t i = 0; i < batch; ++i) {
+      du[i] = static_cast<double>(rng() % tree.total());
+      leaf[i] = 0;
+    }
+    for (int level = 0; level < l.depth; ++level) {
+      for (int64_t i = 0; i < batch; ++i) {
+        const double* c = dsums.data() + l.offset[level + 1] + leaf[i] * kTreeFanout;
+        leaf[i] = leaf[i] * kTreeFanout + PickChildDouble(c, &du[i]);
+        if (level + 2 <= l.depth) __builtin_prefetch(dsums.data() + l.offset[level + 2] + leaf[i] * kTreeFanout);
+      }
+    }
+    for (int64_t i = 0; i < batch; ++i) {
+      double* slot = dsums.data() + l.offset[l.depth] + leaf[i];
+      const double delta = static_cast<double>(1 + rng() % (uint64_t{1} << 30)) - *slot;
+      *slot += delta;
+      int64_t node = leaf[i];
+      for (int level = l.depth - 1; level >= 0; --level) {
+        node /= kTreeFanout;
+        dsums[static_cast<size_t>(l.offset[level] + node)] += delta;
+      }
+    }
+  }
+  auto t2 = std::chrono::steady_clock::now();
+  const double us_fixed = std::chrono::duration<double, std::micro>(t1 - t0).count() / rounds;
+  const double us_double = std::chrono::duration<double, std::micro>(t2 - t1).count() / rounds;
+  std::printf("1M leaves, sample(256)+update(256) incl. min-tree: fixed-point uint64 %.1f us;"
+              " float64 sum-tree only %.1f us\n", us_fixed, us_double);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--bench-tree") == 0) {
+    BenchTree();
+    return 0;
+  }
+  int failed_cases = 0;
+  for (const auto& c : reverie_test::Registry()) {
+    const int before = reverie_test::Failures();
+    try {
+      c.fn();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "  unexpected exception: %s\n", e.what());
+      ++reverie_test::Failures();
+    }
+    const bool ok = reverie_test::Failures() == before;
+    failed_cases += ok ? 0 : 1;
+    std::printf("[%s] %s\n", ok ? "PASS" : "FAIL", c.name.c_str());
+  }
+  const size_t total = reverie_test::Registry().size();
+  std::printf("%zu passed, %d failed\n", total - static_cast<size_t>(failed_cases), failed_cases);
+  return failed_cases == 0 ? 0 : 1;
+}

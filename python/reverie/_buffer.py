@@ -58,26 +58,20 @@ def _as_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _as_1d(name: str, value: Any, kinds: str, dtype: np.dtype) -> np.ndarray:
-    """A 1-D contiguous numpy array of `dtype` from a tensor, array or sequence whose dtype
-    kind is one of `kinds` (no silent float -> int truncation)."""
+def _to_numpy(value: Any) -> np.ndarray:
+    """A numpy view (CPU tensors, arrays) or conversion (other devices, sequences)."""
     if isinstance(value, torch.Tensor):
-        value = value.detach()
+        if value.requires_grad:
+            value = value.detach()
         if value.device.type != "cpu":
             value = value.cpu()
         if value.dtype == torch.bfloat16:
             value = value.float()
-        arr = value.numpy()
-    else:
-        arr = np.asarray(value)
-        if arr.size == 0 and arr.dtype.kind == "f":
-            arr = arr.astype(dtype)
-    if arr.dtype.kind not in kinds:
-        raise TypeError(f"{name} must be {'integers' if kinds == 'iu' else 'numbers'}, "
-                        f"got dtype {arr.dtype}")
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+        return value.numpy()
+    arr = np.asarray(value)
+    if arr.size == 0 and arr.dtype.kind == "f":
+        arr = arr.astype(np.int64)  # an empty list: no dtype to judge
+    return arr
 
 
 class ReplayBuffer:
@@ -134,6 +128,7 @@ class ReplayBuffer:
         self._spec = spec
         self._names = list(spec)
         self._out_shapes = [(f.shape, f.torch_dtype) for f in spec.values()]
+        self._bf16 = [i for i, f in enumerate(spec.values()) if f.dtype == "bfloat16"]
         self._core = core
         if isinstance(self._sampler, Prioritized):
             self._sampler._core = core
@@ -189,18 +184,16 @@ class ReplayBuffer:
         if core is None:
             raise ValueError(f"cannot sample {batch_size} items: the buffer is empty (add items first)")
         if out is None:
-            tensors = [torch.empty((batch_size, *shape), dtype=dt) for shape, dt in self._out_shapes]
+            arrays, keys, weights = core.sample(batch_size)
+            tensors = [torch.from_numpy(a) for a in arrays]
+            if self._bf16:
+                for i in self._bf16:
+                    tensors[i] = tensors[i].view(torch.bfloat16)
         else:
             tensors = self._check_out(out, batch_size)
-        keys = torch.empty(batch_size, dtype=torch.int64)
-        if core.prioritized:
-            weights: Optional[torch.Tensor] = torch.empty(batch_size, dtype=torch.float32)
-            core.sample(batch_size, [t.data_ptr() for t in tensors], keys.data_ptr(),
-                        weights.data_ptr())  # type: ignore[union-attr]
-        else:
-            weights = None
-            core.sample(batch_size, [t.data_ptr() for t in tensors], keys.data_ptr(), 0)
-        return Batch(dict(zip(self._names, tensors)), keys, weights)
+            _, keys, weights = core.sample(batch_size, [t.data_ptr() for t in tensors])
+        return Batch(dict(zip(self._names, tensors)), torch.from_numpy(keys),
+                     None if weights is None else torch.from_numpy(weights))
 
     def _check_out(self, out: Mapping[str, torch.Tensor], batch_size: int) -> list:
         if set(out) != set(self._names):
@@ -236,16 +229,16 @@ class ReplayBuffer:
             IndexError: an index was never written.
             ValueError: a priority is NaN, infinite or negative; lengths differ; or the
                 sampler is not prioritized.
+            TypeError: indices are not integers or priorities not numbers.
         """
-        keys = _as_1d("indices", indices, "iu", np.dtype(np.int64))
-        values = _as_1d("priorities", priorities, "iuf", np.dtype(np.float64))
-        if keys.shape != values.shape:
-            raise ValueError(f"got {keys.shape[0]} indices but {values.shape[0]} priorities")
-        if self._core is None:
+        keys = _to_numpy(indices)
+        values = _to_numpy(priorities)
+        core = self._core
+        if core is None:
             if keys.size:
-                raise IndexError(f"index {int(keys[0])} was never written: the buffer is empty")
+                raise IndexError(f"index {keys.flat[0]} was never written: the buffer is empty")
             return 0
-        return int(self._core.update_priorities(keys, values))
+        return int(core.update_priorities(keys, values))
 
     # ---- inspection ---------------------------------------------------------------------
 

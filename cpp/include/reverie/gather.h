@@ -21,21 +21,49 @@ REVERIE_HD void GatherRows(uint8_t* out, const uint8_t* column, size_t row_bytes
     for (size_t b = 0; b < row_bytes; ++b) dst[b] = src[b];
   }
 #else
+  // Random rows miss the cache; prefetching a few rows ahead keeps many misses in flight.
+  constexpr int64_t kAhead = 16;
+  const auto prefetch = [&](int64_t i) {
+    if (i < end) {
+      const uint8_t* row = column + static_cast<size_t>(slots[i]) * row_bytes;
+      __builtin_prefetch(row);
+      if (row_bytes > 64) __builtin_prefetch(row + row_bytes - 1);
+    }
+  };
+  if (row_bytes <= 256) {
+    for (int64_t i = begin; i < begin + kAhead; ++i) prefetch(i);
+  }
   switch (row_bytes) {
     case 1:
-      for (int64_t i = begin; i < end; ++i) out[i] = column[slots[i]];
+      for (int64_t i = begin; i < end; ++i) {
+        prefetch(i + kAhead);
+        out[i] = column[slots[i]];
+      }
       return;
     case 4: {
-      auto* dst = reinterpret_cast<uint32_t*>(out);
-      for (int64_t i = begin; i < end; ++i) std::memcpy(dst + i, column + slots[i] * 4, 4);
+      for (int64_t i = begin; i < end; ++i) {
+        prefetch(i + kAhead);
+        std::memcpy(out + i * 4, column + slots[i] * 4, 4);
+      }
       return;
     }
     case 8: {
-      auto* dst = reinterpret_cast<uint64_t*>(out);
-      for (int64_t i = begin; i < end; ++i) std::memcpy(dst + i, column + slots[i] * 8, 8);
+      for (int64_t i = begin; i < end; ++i) {
+        prefetch(i + kAhead);
+        std::memcpy(out + i * 8, column + slots[i] * 8, 8);
+      }
       return;
     }
     default:
+      if (row_bytes <= 256) {
+        for (int64_t i = begin; i < end; ++i) {
+          prefetch(i + kAhead);
+          std::memcpy(out + static_cast<size_t>(i) * row_bytes,
+                      column + static_cast<size_t>(slots[i]) * row_bytes, row_bytes);
+        }
+        return;
+      }
+      // Large rows: the copy itself streams; hardware prefetch follows it.
       for (int64_t i = begin; i < end; ++i) {
         std::memcpy(out + static_cast<size_t>(i) * row_bytes,
                     column + static_cast<size_t>(slots[i]) * row_bytes, row_bytes);

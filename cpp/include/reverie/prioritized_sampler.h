@@ -68,11 +68,13 @@ class PrioritizedSampler final : public Sampler {
   uint64_t ToUnits(double q) const;
   // Makes sure q fits the fixed-point budget, rescaling the tree if it does not.
   void Reserve(double q);
+  void SetScale(int scale_exp);
 
   PrioritizedConfig config_;
   SumTree tree_;
   double unit_budget_;  // largest units a leaf may hold: 2^62 / capacity
-  int scale_exp_;
+  int scale_exp_ = 0;
+  double scale_ = 1.0;  // 2^scale_exp_
   double max_q_ = 1.0;
 };
 

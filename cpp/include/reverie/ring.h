@@ -23,6 +23,15 @@ struct Ring {
   int64_t key_of(int64_t slot) const {
     return slot + (written - 1 - slot) / capacity * capacity;
   }
+  // key_of for n slots in place, with one division for all of them. O(n).
+  void SlotsToKeys(int64_t* slots, int64_t n) const {
+    const int64_t last = written - 1;  // the newest key; its slot is last % capacity
+    const int64_t newest_slot = last % capacity;
+    const int64_t base = last - newest_slot;  // key of slot 0 in the newest lap
+    for (int64_t i = 0; i < n; ++i) {
+      slots[i] += slots[i] <= newest_slot ? base : base - capacity;
+    }
+  }
 };
 
 }  // namespace reverie

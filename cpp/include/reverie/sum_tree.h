@@ -158,8 +158,8 @@ class SumTree {
   void Rebuild();
 
  private:
-  uint64_t* sums() { return sums_.as<uint64_t>(); }
-  uint64_t* mins() { return mins_.as<uint64_t>(); }
+  uint64_t* mutable_sums() { return sums_.as<uint64_t>(); }
+  uint64_t* mutable_mins() { return mins_.as<uint64_t>(); }
   void RefreshRange(int64_t first_leaf, int64_t last_leaf);
 
   TreeLayout layout_;
