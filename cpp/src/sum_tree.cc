@@ -103,7 +103,7 @@ void SumTree::ShiftLeavesRight(int shift) {
   uint64_t* leaf = mutable_sums() + layout_.offset[layout_.depth];
   const int64_t n = leaves();
   for (int64_t i = 0; i < n; ++i) {
-    if (leaf[i] != 0) leaf[i] = std::max<uint64_t>(leaf[i] >> shift, 1);
+    if (leaf[i] != 0) leaf[i] = shift >= 64 ? 1 : std::max<uint64_t>(leaf[i] >> shift, 1);
   }
   Rebuild();
 }
