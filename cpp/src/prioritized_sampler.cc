@@ -122,7 +122,8 @@ void PrioritizedSampler::ValidatePriorities(const double* priorities, int64_t n)
   for (int64_t k = 0; k < n; ++k) {
     REVERIE_CHECK(FiniteNonNegative(priorities[k]), "priorities must be finite and >= 0; got ",
                   priorities[k], " at position ", k);
-    REVERIE_CHECK(std::isfinite(Transform(priorities[k])), "priority ", priorities[k],
+    // Only alpha > 1 can overflow a finite priority.
+    REVERIE_CHECK(config_.alpha <= 1.0 || std::isfinite(Transform(priorities[k])), "priority ", priorities[k],
                   " at position ", k, " overflows (p + eps)^alpha with alpha = ", config_.alpha);
   }
 }
