@@ -12,7 +12,6 @@ as before. "Exactly" is checked two ways after every error:
 from __future__ import annotations
 
 import math
-import re
 import subprocess
 import sys
 import textwrap
@@ -129,16 +128,32 @@ def assert_unchanged(buf, twin, before) -> None:
     assert_same(snapshot(buf), snapshot(twin), "after error vs twin")
     if len(buf):
         for i in range(3):
-            a, b = buf.sample(5), twin.sample(5)
-            assert_batches_equal(a, b)
+            drawn = sample_both(buf, twin, 5)
+            if drawn is None:
+                break
+            a, b = drawn
             if buf.sampler.kind == "prioritized":
                 pr = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]) * (i + 1)
                 buf.update_priorities(a.indices, pr)
                 twin.update_priorities(b.indices, pr)
         buf.add(**good_item(100))
         twin.add(**good_item(100))
-        assert_batches_equal(buf.sample(7), twin.sample(7))
+        sample_both(buf, twin, 3)
         assert_same(snapshot(buf), snapshot(twin), "after more calls")
+
+
+def sample_both(buf, twin, n):
+    """Samples both; they must return equal batches, or both refuse with a ValueError."""
+    try:
+        a = buf.sample(n)
+    except ValueError as error:
+        with pytest.raises(ValueError) as twin_error:
+            twin.sample(n)
+        assert str(twin_error.value) == str(error)
+        return None
+    b = twin.sample(n)
+    assert_batches_equal(a, b)
+    return a, b
 
 
 def check_error(buf, twin, call, exc, parts) -> None:
@@ -309,7 +324,7 @@ def test_bad_beta_on_a_live_buffer(ppair, value, exc):
 
 @pytest.mark.parametrize("spec,exc", [
     ({}, TypeError), ({"x": "complex64"}, TypeError), ({"x": ("float32", (-1,))}, ValueError),
-    ({"x": ("float32", "ab")}, ValueError), ({"": "float32"}, TypeError), ({1: "float32"}, TypeError),
+({"": "float32"}, TypeError), ({1: "float32"}, TypeError),
     ({"x": "nope"}, TypeError), ([("x", "float32")], TypeError),
 ])
 def test_bad_spec(spec, exc):
@@ -372,12 +387,13 @@ def test_sample_when_every_priority_is_zero(ppair):
     for b in (buf, twin):
         b.update_priorities(torch.arange(3, 13), torch.zeros(10))
     check_error(buf, twin, lambda b: b.sample(3), ValueError, ["priorit"])
-    # a new item gets the running max priority: sampling works again, and only draws it
+    # check_error added one item (key 13) with the running max priority; add another: only
+    # these two can be drawn
     buf.add(**good_item(50))
     twin.add(**good_item(50))
-    a = buf.sample(8)
-    assert_batches_equal(a, twin.sample(8))
-    assert a.indices.tolist() == [13] * 8
+    a = buf.sample(64)
+    assert_batches_equal(a, twin.sample(64))
+    assert set(a.indices.tolist()) == {13, 14}
 
 
 def test_prioritized_unbuilt_all_zero_after_eps0():
@@ -448,7 +464,7 @@ UPDATE_CASES = {
     "bool_indices": (lambda b: b.update_priorities(np.array([True]), [1.0]), TypeError, ["indices", "bool"]),
     "string_priorities": (lambda b: b.update_priorities([5], ["1"]), TypeError, ["priorities"]),
     "length_mismatch": (lambda b: b.update_priorities([5, 6], [1.0, 2.0, 3.0]), ValueError, ["2", "3"]),
-    "indices_2d": (lambda b: b.update_priorities([[5, 6]], [[1.0, 2.0]]), ValueError, ["indices", "(1, 2)"]),
+    "indices_2d": (lambda b: b.update_priorities([[5, 6]], [[1.0, 2.0]]), ValueError, ["1-D", "2-D"]),
     "priorities_scalar": (lambda b: b.update_priorities([5], 1.0), ValueError, ["priorities"]),
 }
 
@@ -499,10 +515,10 @@ def test_huge_finite_priority_is_refused_or_handled():
 # ---- load_state_dict ------------------------------------------------------------------------------
 
 
-def foreign_state(kind: str = "prioritized") -> dict:
-    """A valid state of another buffer: other seed, other contents and priorities, so that a
-    partial load would be visible."""
-    other = rv.ReplayBuffer(CAP, spec=SPEC, sampler=SAMPLERS[kind](), seed=99)
+def foreign_state(kind: str = "prioritized", seed: int = 99) -> dict:
+    """A valid state of another buffer: other contents and priorities (and by default another
+    seed), so that a partial load would be visible."""
+    other = rv.ReplayBuffer(CAP, spec=SPEC, sampler=SAMPLERS[kind](), seed=seed)
     other.extend(**good_batch(14, start=500))
     if kind == "prioritized":
         other.update_priorities(np.arange(4, 14), np.linspace(0.5, 5.0, 10))
@@ -511,8 +527,8 @@ def foreign_state(kind: str = "prioritized") -> dict:
 
 
 def corrupt(mutate, kind: str = "prioritized"):
-    def call(b):
-        state = foreign_state(kind)
+    def call(b, seed=99):
+        state = foreign_state(kind, seed)
         mutate(state)
         b.load_state_dict(state)
     return call
@@ -556,10 +572,17 @@ LOAD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(LOAD_CASES))
-def test_load_state_dict_errors(ppair, case):
+@pytest.mark.parametrize("state_seed", ["same_seed", "other_seed"])
+def test_load_state_dict_errors(ppair, case, state_seed):
+    """The bad state comes from a buffer with the same seed as the target (no rebuild of the
+    target needed) or another seed (the target must take the state's seed)."""
     call, exc, parts = LOAD_CASES[case]
     buf, twin = ppair
-    check_error(buf, twin, call, exc, parts)
+    seed = buf.seed if state_seed == "same_seed" else 99
+    if case == "not_a_mapping":
+        check_error(buf, twin, call, exc, parts)
+    else:
+        check_error(buf, twin, lambda b: call(b, seed), exc, parts)
 
 
 @pytest.mark.parametrize("kind", ["uniform", "uniform_norep"])

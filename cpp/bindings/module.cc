@@ -116,7 +116,17 @@ bool FromDLPack(const std::string& name, py::handle value, Inputs& in, ArrayView
   try {
     capsule = value.attr("__dlpack__")();
   } catch (py::error_already_set& e) {
-    ThrowType("field '" + name + "': cannot read this tensor: " + std::string(e.what()));
+    // A tensor that requires grad refuses export; its data is what we store.
+    if (!PyObject_HasAttrString(value.ptr(), "detach")) {
+      ThrowType("field '" + name + "': cannot read this tensor: " + std::string(e.what()));
+    }
+    py::object detached = value.attr("detach")();
+    try {
+      capsule = detached.attr("__dlpack__")();
+    } catch (py::error_already_set& e2) {
+      ThrowType("field '" + name + "': cannot read this tensor: " + std::string(e2.what()));
+    }
+    in.keep.push_back(std::move(detached));
   }
   auto* managed = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
   if (managed == nullptr) {

@@ -122,22 +122,42 @@ class ReplayBuffer:
     # ---- construction -------------------------------------------------------------------
 
     def _build(self, spec: Dict[str, Field]) -> Any:
-        core = _core.ReplayBuffer(
+        return self._install(self._make_core(spec, self._sampler, self._seed), spec)
+
+    def _make_core(self, spec: Dict[str, Field], sampler: Union[Uniform, Prioritized],
+                   seed: int) -> Any:
+        return _core.ReplayBuffer(
             self._capacity, [(n, f.dtype, list(f.shape)) for n, f in spec.items()],
-            seed=self._seed, **self._sampler._core_args())
+            seed=seed, **sampler._core_args())
+
+    def _install(self, core: Any, spec: Dict[str, Field]) -> Any:
         self._spec = spec
         self._names = list(spec)
         self._out_shapes = [(f.shape, f.torch_dtype) for f in spec.values()]
         self._bf16 = [i for i, f in enumerate(spec.values()) if f.dtype == "bfloat16"]
+        self._columns = None
         self._core = core
         if isinstance(self._sampler, Prioritized):
             self._sampler._core = core
         return core
 
-    def _build_from(self, fields: Mapping[str, Any], batched: bool) -> Any:
+    def _first_write(self, fields: Mapping[str, Any], batched: bool) -> None:
+        """Infers the spec from the first add/extend; if that write fails, the buffer stays
+        unbuilt (the spec is not fixed by a rejected call)."""
         if not fields:
             raise ValueError("add()/extend() need at least one field, e.g. add(obs=..., reward=...)")
-        return self._build({name: infer_field(name, v, batched) for name, v in fields.items()})
+        core = self._build({name: infer_field(name, v, batched) for name, v in fields.items()})
+        try:
+            if batched:
+                core.extend(fields)
+            else:
+                core.add(fields)
+        except BaseException:
+            self._core = None
+            self._spec = {}
+            if isinstance(self._sampler, Prioritized):
+                self._sampler._core = None
+            raise
 
     # ---- writing ----------------------------------------------------------------------
 
@@ -151,13 +171,22 @@ class ReplayBuffer:
             ValueError: a field is missing, unknown, or has the wrong shape.
             TypeError: a value has the wrong dtype or type.
         """
-        core = self._core or self._build_from(fields, batched=False)
-        core.add(fields)
+        core = self._core
+        if core is None:
+            self._first_write(fields, batched=False)
+        else:
+            core.add(fields)
 
     def extend(self, **fields: Any) -> None:
-        """Stores a batch of items given along the leading axis of every field."""
-        core = self._core or self._build_from(fields, batched=True)
-        core.extend(fields)
+        """Stores a batch of items given along the leading axis of every field.
+
+        When more items than the capacity come at once, only the last ``capacity`` stay.
+        """
+        core = self._core
+        if core is None:
+            self._first_write(fields, batched=True)
+        else:
+            core.extend(fields)
 
     # ---- sampling ---------------------------------------------------------------------
 
@@ -235,6 +264,9 @@ class ReplayBuffer:
         values = _to_numpy(priorities)
         core = self._core
         if core is None:
+            if not isinstance(self._sampler, Prioritized):
+                raise ValueError("update_priorities needs a prioritized sampler; this buffer "
+                                 "samples uniformly")
             if keys.size:
                 raise IndexError(f"index {keys.flat[0]} was never written: the buffer is empty")
             return 0
@@ -327,10 +359,21 @@ class ReplayBuffer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores a ``state_dict()``: afterwards the buffer samples what the original would.
 
+        The state's seed and sampler settings (alpha, beta, eps, replacement) are adopted;
+        capacity, spec and sampler kind must match this buffer's (an unbuilt buffer takes
+        the state's spec). Everything is checked and loaded into a new core first, and only
+        then swapped in.
+
         Raises:
-            ValueError: the state is from another version, capacity, spec or sampler kind, or
-                is malformed. Nothing is changed then.
+            ValueError: the state is malformed, inconsistent, or from another version,
+                capacity, spec or sampler kind. Nothing is changed then.
         """
+        try:
+            self._load_state(state)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"malformed reverie state_dict: {type(e).__name__}: {e}") from None
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
             raise ValueError(f"not a reverie state_dict of version {_STATE_VERSION}")
         if state["capacity"] != self._capacity:
@@ -341,33 +384,44 @@ class ReplayBuffer:
         spec = normalize_spec(state["spec"]) if state["spec"] else {}
         if self._spec and spec != self._spec:
             raise ValueError(f"state has spec {spec}, this buffer {self._spec}")
+        seed = _as_int("seed", state["seed"])
         if "counters" not in state:
-            return  # an empty buffer's state
-        columns = state["columns"]
+            if self._core is not None:
+                raise ValueError("state is of an empty (unbuilt) buffer; this buffer holds data")
+            self._seed, self._sampler = seed, sampler
+            return
+        counters = state["counters"]
+        written = _as_int("written", counters["written"])
+        calls = _as_int("sample_calls", counters["sample_calls"])
+        stale = _as_int("stale_updates", counters["stale_updates"])
+        if written < 0 or calls < 0 or stale < 0:
+            raise ValueError(f"state counters must be >= 0, got {dict(counters)}")
         arrays = []
         for name, field in spec.items():
-            t = columns.get(name)
+            t = state["columns"].get(name)
             want = (self._capacity, *field.shape)
             if not isinstance(t, torch.Tensor) or t.dtype != field.torch_dtype or tuple(t.shape) != want:
                 raise ValueError(f"state column '{name}' must be a {field.torch_dtype} tensor of shape {want}")
             t = t.detach().cpu().contiguous()
             arrays.append(t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy())
-        counters = state["counters"]
-        if self._seed != state["seed"] or self._core is None:
-            # The seed is part of the core: rebuild it (nothing is lost, all is replaced).
-            self._seed = _as_int("seed", state["seed"])
-            self._sampler = copy.copy(self._sampler)
-            self._sampler.__dict__.update({k: v for k, v in sampler.__dict__.items() if k != "_core"})
-            self._columns = None
-            self._build(spec)
-        elif isinstance(self._sampler, Prioritized):
-            self._sampler.beta = sampler.beta
-        core = self._core
+        if set(state["columns"]) != set(spec):
+            raise ValueError(f"state columns {list(state['columns'])} do not match its spec {list(spec)}")
+        core = self._make_core(spec, sampler, seed)
         if core.prioritized:
             pr = state["priorities"]
-            leaves = pr["leaves"].detach().cpu().contiguous().numpy().view(np.uint64)
-            core.set_priority_state(leaves, int(pr["scale_exp"]), float(pr["max_q"]))
+            leaves = pr["leaves"]
+            if not isinstance(leaves, torch.Tensor) or leaves.dtype != torch.int64 or tuple(leaves.shape) != (self._capacity,):
+                raise ValueError(f"state priority leaves must be an int64 tensor of shape ({self._capacity},)")
+            leaves = leaves.detach().cpu().contiguous().numpy()
+            stored = min(written, self._capacity)
+            if (leaves < 0).any() or leaves[stored:].any():
+                raise ValueError("state priorities are inconsistent with its counters: "
+                                 f"only the first {stored} slots hold items")
+            core.set_priority_state(leaves.view(np.uint64), int(pr["scale_exp"]), float(pr["max_q"]))
         for i, arr in enumerate(arrays):
             core.load_column(i, arr)
-        core.set_counters(int(counters["written"]), int(counters["sample_calls"]),
-                          int(counters["stale_updates"]))
+        core.set_counters(written, calls, stale)
+        # All loaded: swap in.
+        self._seed = seed
+        self._sampler = sampler
+        self._install(core, spec)
