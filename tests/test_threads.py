@@ -332,7 +332,7 @@ def test_heavy_calls_release_the_gil():
         ("control: bytes * n holds the GIL", lambda: b"x" * (150 * 10**6)),
         ("update_priorities 1M", lambda: pbuf.update_priorities(keys, prio)),
         ("extend 1500 W3 rows", lambda: big.extend(obs=frames)),
-        ("sample 3000 W3 rows", lambda: big.sample(3000)),
+        ("sample 6000 W3 rows", lambda: big.sample(6000)),
         ("prioritized sample 300k", lambda: pbuf.sample(300_000)),
     ] * 2
     results = heartbeat_gaps(calls)
@@ -345,5 +345,8 @@ def test_heavy_calls_release_the_gil():
     assert control_gap > 0.5 * control_duration
     for name, (duration, gap) in longest.items():
         assert duration > 0.005, f"{name} too short to judge ({duration * 1e3:.1f} ms)"
-        assert gap < 0.5 * duration, (
+        # Holding the GIL stops the heartbeat for the whole call (gap ~ duration). Without it
+        # the heartbeat still beats, though on 2 cores it can wait a scheduler slice or two
+        # while the call's own threads (the gather uses every core) run.
+        assert gap < 0.8 * duration, (
             f"{name}: the heartbeat stopped for {gap * 1e3:.1f} of {duration * 1e3:.1f} ms: GIL held")

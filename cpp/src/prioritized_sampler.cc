@@ -79,32 +79,35 @@ void PrioritizedSampler::ValidateSample(const SampleRequest& request) const {
   REVERIE_CHECK(tree_.total() > 0, "cannot sample: every stored item has priority 0");
 }
 
-void PrioritizedSampler::Sample(const SampleRequest& request, int64_t* slots,
-                                float* weights) const {
-  const int64_t batch = request.batch;
+void PrioritizedSampler::Sample(const SampleRequest& request, int64_t begin, int64_t end,
+                                int64_t* slots, float* weights) const {
+  const uint64_t batch = static_cast<uint64_t>(request.batch);
   const uint64_t total = tree_.total();
-  std::vector<uint64_t> u(static_cast<size_t>(batch));
-  for (int64_t i = 0; i < batch; ++i) {
-    // Segment i is [total*i/B, total*(i+1)/B); one uniform draw inside it.
-    const auto lo = static_cast<uint64_t>(
-        static_cast<unsigned __int128>(total) * static_cast<uint64_t>(i) / static_cast<uint64_t>(batch));
-    const auto hi = static_cast<uint64_t>(
-        static_cast<unsigned __int128>(total) * static_cast<uint64_t>(i + 1) / static_cast<uint64_t>(batch));
-    const uint64_t r = RandomBits(request.seed, request.call, static_cast<uint32_t>(i));
-    u[static_cast<size_t>(i)] = hi > lo ? lo + MulHi64(r, hi - lo) : std::min(lo, total - 1);
+  constexpr int64_t kPiece = 256;  // queries descending together
+  uint64_t u[kPiece];
+  for (int64_t first = begin; first < end; first += kPiece) {
+    const int64_t count = std::min(kPiece, end - first);
+    for (int64_t q = 0; q < count; ++q) {
+      // Segment i is [total*i/B, total*(i+1)/B); one uniform draw inside it.
+      const auto i = static_cast<uint64_t>(first + q);
+      const auto lo = static_cast<uint64_t>(static_cast<unsigned __int128>(total) * i / batch);
+      const auto hi = static_cast<uint64_t>(static_cast<unsigned __int128>(total) * (i + 1) / batch);
+      const uint64_t r = RandomBits(request.seed, request.call, static_cast<uint32_t>(i));
+      u[q] = hi > lo ? lo + MulHi64(r, hi - lo) : std::min(lo, total - 1);
+    }
+    tree_.DescendBatch(u, slots + first, count);
   }
-  tree_.DescendBatch(u.data(), slots, batch);
   if (weights == nullptr) return;
   const double beta = config_.beta;
   if (beta == 0) {
-    std::fill(weights, weights + batch, 1.0f);
+    std::fill(weights + begin, weights + end, 1.0f);
     return;
   }
   // w = (min / units)^beta. The ratio is formed in double and the power taken in float:
   // relative error ~1e-7, below the float32 result's own resolution.
   const double min_units = static_cast<double>(tree_.min_positive());
   const float beta_f = static_cast<float>(beta);
-  for (int64_t i = 0; i < batch; ++i) {
+  for (int64_t i = begin; i < end; ++i) {
     const auto ratio = static_cast<float>(min_units / static_cast<double>(tree_.leaf(slots[i])));
     weights[i] = ratio == 1.0f ? 1.0f : std::exp(beta_f * std::log(ratio));
   }

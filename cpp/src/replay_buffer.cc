@@ -13,6 +13,7 @@ namespace {
 
 constexpr size_t kParallelGatherBytes = size_t{1} << 20;  // below this one thread is faster
 constexpr int64_t kRowsPerChunk = 16;
+constexpr int64_t kMinParallelRows = 64;  // below this a second thread costs more than it saves
 
 std::string FieldNames(const std::vector<FieldSpec>& spec) {
   std::string out;
@@ -159,24 +160,31 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   request.batch = batch;
   sampler_->ValidateSample(request);
   request.call = calls_.fetch_add(1, std::memory_order_relaxed);
-  // The slots go to `keys` first and are turned into keys after the gather.
-  sampler_->Sample(request, keys, sampler_->prioritized() ? weights : nullptr);
+  // Slots go to `keys` first and become keys after the gather.
+  float* w = sampler_->prioritized() ? weights : nullptr;
+  const bool split = sampler_->splittable();
+  if (!split) sampler_->Sample(request, 0, batch, keys, w);
 
   const auto& spec = storage_.spec();
-  size_t total_bytes = 0;
-  for (const FieldSpec& field : spec) total_bytes += field.row_bytes() * static_cast<size_t>(batch);
-  auto gather = [&](int64_t begin, int64_t end) {
+  size_t row_bytes = 0;
+  for (const FieldSpec& field : spec) row_bytes += field.row_bytes();
+  auto work = [&](int64_t begin, int64_t end) {
+    if (split) sampler_->Sample(request, begin, end, keys, w);
     for (size_t f = 0; f < spec.size(); ++f) {
       GatherRows(out[f], storage_.column(f), spec[f].row_bytes(), keys, begin, end);
     }
   };
-  if (total_bytes >= kParallelGatherBytes) {
-    ThreadPool& pool = ThreadPool::Shared();
-    pool.ParallelFor(batch, std::min<int64_t>(batch / kRowsPerChunk + 1, 4 * (pool.workers() + 1)),
-                     gather);
-  } else {
-    gather(0, batch);
+  // Each piece draws its own slots and gathers its rows: the cache misses of the tree and of
+  // the rows then run on every core. Large gathers are cut finer to balance the copying.
+  ThreadPool& pool = ThreadPool::Shared();
+  const int64_t threads = pool.workers() + 1;
+  int64_t chunks = 1;
+  if (row_bytes * static_cast<size_t>(batch) >= kParallelGatherBytes) {
+    chunks = std::min<int64_t>(batch / kRowsPerChunk + 1, 4 * threads);
+  } else if (batch >= kMinParallelRows) {
+    chunks = threads;
   }
+  pool.ParallelFor(batch, chunks, work);
   ring_.SlotsToKeys(keys, batch);
 }
 

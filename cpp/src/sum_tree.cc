@@ -66,20 +66,28 @@ void SumTree::FillRange(int64_t first, int64_t n, uint64_t units) {
 
 void SumTree::SetLeaves(const int64_t* index, const uint64_t* units, int64_t n) {
   uint64_t* s = mutable_sums();
-  const uint64_t* leaf = s + layout_.offset[layout_.depth];
-  for (int64_t k = 0; k < n; ++k) __builtin_prefetch(leaf + index[k], 1);
+  uint64_t* m = mutable_mins();
+  const int depth = layout_.depth;
+  // First bring in, for every update, the lines its path will touch on the large levels
+  // (leaf, parent sum, parent min, grandparent sum), so the n paths miss together rather
+  // than one after the other; the small upper levels stay cached anyway.
   for (int64_t k = 0; k < n; ++k) {
-    if (k + 8 < n) {
-      // The parent line of a later update, so its miss overlaps this one.
-      __builtin_prefetch(s + layout_.offset[layout_.depth - 1] + index[k + 8] / kTreeFanout, 1);
+    const int64_t leaf = index[k];
+    __builtin_prefetch(s + layout_.offset[depth] + leaf, 1);
+    __builtin_prefetch(s + layout_.offset[depth - 1] + leaf / kTreeFanout, 1);
+    __builtin_prefetch(m + layout_.offset[depth - 1] + leaf / kTreeFanout, 1);
+    if (depth >= 2) {
+      __builtin_prefetch(s + layout_.offset[depth - 2] + leaf / (kTreeFanout * kTreeFanout), 1);
     }
+  }
+  for (int64_t k = 0; k < n; ++k) {
     SetLeafSum(s, layout_, index[k], units[k]);
-    RefreshMinPath(s, mutable_mins(), layout_, index[k]);
+    RefreshMinPath(s, m, layout_, index[k]);
   }
 }
 
 void SumTree::DescendBatch(const uint64_t* u, int64_t* leaf, int64_t n) const {
-  constexpr int64_t kBlock = 64;  // queries in flight together (their remainders stay in L1)
+  constexpr int64_t kBlock = 256;  // queries in flight together (their remainders stay in L1)
   const uint64_t* s = sums();
   uint64_t rest[kBlock];
   for (int64_t begin = 0; begin < n; begin += kBlock) {

@@ -1,9 +1,18 @@
 #include "reverie/thread_pool.h"
 
 #include <algorithm>
-#include <utility>
+#include <chrono>
 
 namespace reverie {
+namespace {
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int workers) {
   for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { WorkerLoop(); });
@@ -12,7 +21,7 @@ ThreadPool::ThreadPool(int workers) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true);
   }
   wake_.notify_all();
   for (auto& t : threads_) t.join();
@@ -25,33 +34,46 @@ ThreadPool& ThreadPool::Shared() {
   return *pool;
 }
 
-void ThreadPool::RunChunks(std::unique_lock<std::mutex>& lock) {
-  while (job_ != nullptr && next_chunk_ < job_chunks_) {
-    const int64_t chunk = next_chunk_++;
-    const auto* job = job_;
-    const int64_t begin = job_n_ * chunk / job_chunks_;
-    const int64_t end = job_n_ * (chunk + 1) / job_chunks_;
-    lock.unlock();
-    std::exception_ptr error;
+void ThreadPool::RunChunks(Job& job) {
+  for (;;) {
+    const int64_t chunk = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (chunk >= job.chunks) return;
     try {
-      (*job)(begin, end);
+      (*job.fn)(job.n * chunk / job.chunks, job.n * (chunk + 1) / job.chunks);
     } catch (...) {
-      error = std::current_exception();
+      std::lock_guard<std::mutex> lock(job.error_mu);
+      if (!job.error) job.error = std::current_exception();
     }
-    lock.lock();
-    if (error && !error_) error_ = error;
-    if (--pending_ == 0) done_.notify_all();
+    job.done.fetch_add(1, std::memory_order_release);
   }
 }
 
 void ThreadPool::WorkerLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
-  uint64_t seen = generation_;
+  uint64_t seen = generation_.load();
   for (;;) {
-    wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-    if (stop_) return;
-    seen = generation_;
-    RunChunks(lock);
+    // Spin briefly for the next loop, then sleep.
+    uint64_t now = generation_.load();
+    if (now == seen) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      for (int i = 0; now == seen && !stop_.load(std::memory_order_relaxed); ++i) {
+        CpuRelax();
+        now = generation_.load();
+        if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) break;
+      }
+    }
+    if (now == seen) {
+      std::unique_lock<std::mutex> lock(mu_);
+      ++sleepers_;
+      wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+      --sleepers_;
+      now = generation_.load();
+    }
+    if (stop_.load()) return;
+    seen = now;
+    active_.fetch_add(1);
+    Job* job = job_.load();
+    if (job != nullptr) RunChunks(*job);
+    active_.fetch_sub(1);
   }
 }
 
@@ -60,24 +82,24 @@ void ThreadPool::ParallelFor(int64_t n, int64_t chunks,
   chunks = std::max<int64_t>(1, std::min(chunks, n));
   std::unique_lock<std::mutex> owner(submit_, std::try_to_lock);
   if (threads_.empty() || chunks == 1 || !owner.owns_lock()) {
-    fn(0, n);
+    if (n > 0) fn(0, n);
     return;
   }
-  std::unique_lock<std::mutex> lock(mu_);
-  job_ = &fn;
-  job_n_ = n;
-  job_chunks_ = chunks;
-  next_chunk_ = 0;
-  pending_ = chunks;
-  error_ = nullptr;
-  ++generation_;
-  wake_.notify_all();
-  RunChunks(lock);  // the caller works too
-  done_.wait(lock, [&] { return pending_ == 0; });
-  job_ = nullptr;
-  std::exception_ptr error = std::exchange(error_, nullptr);
-  lock.unlock();
-  if (error) std::rethrow_exception(error);
+  Job job;
+  job.fn = &fn;
+  job.n = n;
+  job.chunks = chunks;
+  job_.store(&job);
+  generation_.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sleepers_ > 0) wake_.notify_all();
+  }
+  RunChunks(job);  // the caller works too
+  while (job.done.load(std::memory_order_acquire) < chunks) CpuRelax();
+  job_.store(nullptr);
+  while (active_.load() != 0) CpuRelax();
+  if (job.error) std::rethrow_exception(job.error);
 }
 
 }  // namespace reverie

@@ -26,10 +26,11 @@ void UniformSampler::ValidateSample(const SampleRequest& request) const {
                 " distinct items without replacement: the buffer holds only ", request.size);
 }
 
-void UniformSampler::Sample(const SampleRequest& request, int64_t* slots, float*) const {
+void UniformSampler::Sample(const SampleRequest& request, int64_t begin, int64_t end,
+                            int64_t* slots, float*) const {
   const uint64_t size = static_cast<uint64_t>(request.size);
   if (replacement_) {
-    for (int64_t i = 0; i < request.batch; ++i) {
+    for (int64_t i = begin; i < end; ++i) {
       slots[i] = static_cast<int64_t>(
           MulHi64(RandomBits(request.seed, request.call, static_cast<uint32_t>(i)), size));
     }

@@ -40,7 +40,8 @@ class PrioritizedSampler final : public Sampler {
 
   void ValidateSample(const SampleRequest& request) const override;
   // O(B * depth) tree descent (queries interleaved level by level) + O(B) weights.
-  void Sample(const SampleRequest& request, int64_t* slots, float* weights) const override;
+  void Sample(const SampleRequest& request, int64_t begin, int64_t end, int64_t* slots,
+              float* weights) const override;
   // O(n + depth) for a contiguous range (wrapping ranges are two).
   void OnInsert(int64_t first, int64_t n) override;
   bool prioritized() const override { return true; }

@@ -25,9 +25,14 @@ class Sampler {
   // Throws ValueError when `request` cannot be served (empty buffer, too large a batch
   // without replacement, all priorities zero). Does not draw.
   virtual void ValidateSample(const SampleRequest& request) const = 0;
-  // Writes request.batch slots (and importance weights when `weights` is not null and the
-  // sampler has them). Precondition: ValidateSample(request) passed.
-  virtual void Sample(const SampleRequest& request, int64_t* slots, float* weights) const = 0;
+  // Writes the slots [begin, end) of the request's batch into slots[begin..end) (and their
+  // importance weights when `weights` is not null and the sampler has them). Draw i depends
+  // only on (seed, call, i), so a batch may be filled in pieces by several threads when
+  // splittable(). Precondition: ValidateSample(request) passed.
+  virtual void Sample(const SampleRequest& request, int64_t begin, int64_t end, int64_t* slots,
+                      float* weights) const = 0;
+  // Whether Sample may fill a batch in independent pieces.
+  virtual bool splittable() const { return true; }
   // Slots [first, first + n) (n <= capacity, wrapping at the capacity) now hold new items.
   virtual void OnInsert(int64_t first, int64_t n) = 0;
 

@@ -12,8 +12,12 @@ class UniformSampler final : public Sampler {
   bool replacement() const { return replacement_; }
   void ValidateSample(const SampleRequest& request) const override;
   // With replacement: slot_i = floor(r_i * size / 2^64), r_i the i-th draw of the call. O(B).
-  // Without: Floyd's algorithm (a uniform B-subset, in draw order). O(B) expected.
-  void Sample(const SampleRequest& request, int64_t* slots, float* weights) const override;
+  // Without: Floyd's algorithm (a uniform B-subset, in draw order; only as a whole batch,
+  // begin = 0 and end = B). O(B) expected.
+  void Sample(const SampleRequest& request, int64_t begin, int64_t end, int64_t* slots,
+              float* weights) const override;
+  // Floyd's algorithm is sequential.
+  bool splittable() const override { return replacement_; }
   void OnInsert(int64_t, int64_t) override {}
 
  private:

@@ -48,6 +48,13 @@ def _normalize(spec: Spec) -> Dict[str, Tuple[np.dtype, Tuple[int, ...]]]:
     return out
 
 
+def _python_rows(columns: Sequence[Any], n: int) -> List[tuple]:
+    """The first ``n`` rows of the columns as item tuples: row views for array fields,
+    Python numbers for scalar fields (a fast stand-in for ``n`` separate ``add`` calls)."""
+    fields = [list(c[:n]) if np.ndim(c) > 1 else np.asarray(c[:n]).tolist() for c in columns]
+    return list(zip(*fields))
+
+
 def _rows_to_tensors(names: Sequence[str], dtypes: Sequence[np.dtype],
                      rows: Sequence[tuple]) -> Dict[str, torch.Tensor]:
     """Tutorial collation: transpose a list of item tuples, stack each field, wrap in torch."""
@@ -83,6 +90,12 @@ class DequeReplay:
         """Stores a batch (one array per field, leading axis n) one row at a time."""
         for row in zip(*columns):
             self.buffer.append(row)
+
+    def load(self, *columns: Any) -> None:
+        """Benchmark fill: the same as ``extend``, with the rows built in one pass."""
+        n = len(columns[0])
+        self.buffer.extend(_python_rows([c[max(0, n - self.capacity):] for c in columns],
+                                        min(n, self.capacity)))
 
     def sample(self, batch_size: int) -> Dict[str, torch.Tensor]:
         """Draws ``batch_size`` distinct items uniformly; a dict of tensors [B, *shape]."""
@@ -133,6 +146,10 @@ class NumpyReplay:
 
     def extend(self, *columns: Any) -> None:
         """Stores a batch (one array per field, leading axis n) with slice assignment."""
+        self._write(columns)
+
+    def load(self, *columns: Any) -> None:
+        """Benchmark fill; for this buffer the same as ``extend``."""
         self._write(columns)
 
     def sample(self, batch_size: int) -> Dict[str, torch.Tensor]:
@@ -207,8 +224,7 @@ class PythonSumTreePER:
         if self.size:
             raise ValueError("load() fills an empty buffer")
         n = min(len(columns[0]), self.capacity)
-        fields = [list(c[:n]) if np.ndim(c) > 1 else np.asarray(c[:n]).tolist() for c in columns]
-        self.data[:n] = list(zip(*fields))
+        self.data[:n] = _python_rows(columns, n)
         leaves = np.zeros(self.leaves)
         leaves[:n] = self.max_priority
         sums, mins = _build_trees(leaves, np.where(np.arange(self.leaves) < n, leaves, np.inf))
@@ -277,7 +293,8 @@ class NumpyPER(NumpyReplay):
     Trees are float64 arrays of ``2 * L`` entries (root at 1, leaf ``i`` at ``L + i``).
     Sampling is stratified (``B`` equal segments of the total) and the whole batch
     descends one level per numpy step; an update writes the leaves and then recomputes
-    the touched parents level by level, for both trees at once.
+    the touched parents level by level, for both trees at once (the top levels, where
+    the touched nodes are dense, whole).
     """
 
     def __init__(self, capacity: int, spec: Spec, alpha: float = 0.6, beta: float = 0.4,
@@ -293,23 +310,30 @@ class NumpyPER(NumpyReplay):
     # -- trees ---------------------------------------------------------------------------
 
     def _set_leaves(self, slots: np.ndarray, values: np.ndarray) -> None:
-        """Writes leaf values (a repeated slot keeps its last value) and fixes the ancestors."""
+        """Writes leaf values (a repeated slot keeps its last value) and fixes the ancestors.
+
+        Low levels recompute only the touched parents (repeats are harmless: each writes
+        the same sum); a level with at most ~4x as many nodes as updates is recomputed
+        whole with slices, which is cheaper than gathering there.
+        """
         idx = slots + self.leaves
         s, m = self.sum_tree, self.min_tree
         s[idx] = values
         m[idx] = values
-        idx = np.unique(idx)  # sorted and distinct; stays sorted when halved
-        for _ in range(self.depth):
-            idx >>= 1
-            if len(idx) > 1:
-                keep = np.empty(len(idx), dtype=bool)
-                keep[0] = True
-                np.not_equal(idx[1:], idx[:-1], out=keep[1:])
-                idx = idx[keep]
+        dense = 4 * len(idx)
+        level = self.depth
+        while level > 0 and (1 << (level - 1)) > dense:
+            level -= 1
+            idx = idx >> 1
             left = idx << 1
-            right = left + 1
+            right = left | 1
             s[idx] = s[left] + s[right]
             m[idx] = np.minimum(m[left], m[right])
+        while level > 0:
+            level -= 1
+            lo, hi = 1 << level, 2 << level
+            s[lo:hi] = s[2 * lo:2 * hi:2] + s[2 * lo + 1:2 * hi:2]
+            m[lo:hi] = np.minimum(m[2 * lo:2 * hi:2], m[2 * lo + 1:2 * hi:2])
 
     def find_prefix(self, u: np.ndarray) -> np.ndarray:
         """Slots whose prefix-sum intervals hold the values ``u`` (all descend together)."""
@@ -339,7 +363,9 @@ class NumpyPER(NumpyReplay):
         slots = self._write(columns)
         self._set_leaves(slots, np.full(len(slots), self.max_priority))
 
-    def sample(self, batch_size: int, beta: Optional[float] = None) -> Dict[str, Any]:  # type: ignore[override]
+    def sample(  # type: ignore[override]
+        self, batch_size: int, beta: Optional[float] = None
+    ) -> Dict[str, Any]:
         """Stratified proportional sampling; fields as tensors + indices + IS weights."""
         beta = self.beta if beta is None else beta
         total = self.sum_tree[1]

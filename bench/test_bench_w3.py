@@ -1,0 +1,32 @@
+"""W3, Atari-like frames u8[4,84,84]: sample(32) and sample(256), gathered bytes.
+
+Run with ``python -m pytest bench/test_bench_w3.py`` (pytest-benchmark); each result's
+``extra_info`` holds the bytes gathered per call (GB/s = bytes / mean time / 1e9).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from reverie.bench import runner as R
+
+IMPLS = [i for i, why in R.available().items() if why is None and i != "python"]
+CASES = [(impl, cap) for cap in (10_000, 50_000) for impl in IMPLS]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{i}-{R.human_count(c)}" for i, c in CASES])
+def w3(request: pytest.FixtureRequest) -> Iterator[R.Adapter]:
+    impl, cap = request.param
+    rng = np.random.default_rng(0)
+    yield R.build_filled(impl, cap, R.W3_SPEC, False, R.fill_blocks(R.W3_SPEC, cap, rng))
+
+
+@pytest.mark.parametrize("batch_size", [32, 256])
+def test_w3_sample(benchmark, w3: R.Adapter, batch_size: int) -> None:
+    benchmark.group = f"W3 sample {batch_size}"
+    benchmark.extra_info["bytes_per_call"] = batch_size * R.item_bytes(R.W3_SPEC)
+    out = benchmark(w3.sample, batch_size)
+    assert tuple(out["obs"].shape) == (batch_size, 4, 84, 84)
