@@ -61,13 +61,11 @@ def _as_int(name: str, value: Any) -> int:
 def _to_numpy(value: Any) -> np.ndarray:
     """A numpy view (CPU tensors, arrays) or conversion (other devices, sequences)."""
     if isinstance(value, torch.Tensor):
-        if value.requires_grad:
-            value = value.detach()
-        if value.device.type != "cpu":
-            value = value.cpu()
-        if value.dtype == torch.bfloat16:
-            value = value.float()
-        return value.numpy()
+        try:
+            return value.numpy()  # the common case: a CPU tensor, no copy
+        except (RuntimeError, TypeError):  # requires grad, another device, or bfloat16
+            value = value.detach().cpu()
+            return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     arr = np.asarray(value)
     if arr.size == 0 and arr.dtype.kind == "f":
         arr = arr.astype(np.int64)  # an empty list: no dtype to judge
@@ -270,7 +268,7 @@ class ReplayBuffer:
             if keys.size:
                 raise IndexError(f"index {keys.flat[0]} was never written: the buffer is empty")
             return 0
-        return int(core.update_priorities(keys, values))
+        return core.update_priorities(keys, values)
 
     # ---- inspection ---------------------------------------------------------------------
 

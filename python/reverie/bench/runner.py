@@ -466,12 +466,14 @@ def run_w1(s: Settings, impls: Sequence[str], prog: Progress) -> List[Row]:
 
 
 def _stepper(a: Adapter, pool: Any) -> Callable[[], None]:
-    """One W2 step per call, cycling through a pool of priority vectors."""
+    """One W2 step per call, cycling through a pool of priority vectors (rows taken out of
+    the pool up front, so no implementation pays for indexing it)."""
     counter = [0]
+    rows = [pool[i] for i in range(len(pool))]
 
     def step() -> None:
         counter[0] += 1
-        a.step(256, pool[counter[0] & 63])
+        a.step(256, rows[counter[0] & 63])
 
     return step
 
@@ -732,17 +734,22 @@ def report(rows: Sequence[Row], w3_rows: Sequence[Row], copies: Dict[str, Any],
     return "\n".join(lines)
 
 
+WORKLOADS = ("W1", "W2", "W3", "memory")
+
+
 def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[float] = None,
-        seed: int = 0, only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        seed: int = 0, only: Optional[Sequence[str]] = None,
+        workloads: Sequence[str] = WORKLOADS) -> Dict[str, Any]:
     """Runs every workload, prints the table and writes results.json and speedup.png."""
     t0 = time.perf_counter()
     s = Settings.make(quick, budget_s, seed)
     why = available()
     impls = [i for i in IMPLS if why[i] is None and (only is None or i in only)]
     skipped = {i: why[i] or "not selected" for i in IMPLS if i not in impls}
-    w3 = [i for i in impls if i != "python"]  # frames as Python tuples: not a real contender
-    mem = [i for i in ("reverie", "numpy", "python") if i in impls]
-    total = len(impls) * (3 + len(s.w2_capacities)) + 2 * len(w3) + len(mem)
+    w3 = [i for i in impls if i != "python"] if "W3" in workloads else []  # frames as tuples: no
+    mem = [i for i in ("reverie", "numpy", "python") if i in impls] if "memory" in workloads else []
+    total = (len(impls) * (3 * ("W1" in workloads) + len(s.w2_capacities) * ("W2" in workloads))
+             + 2 * len(w3) + len(mem))
     print(f"reverie.bench: {'quick' if quick else 'full'} run; "
           f"implementations: {', '.join(impls)}", file=sys.stderr)
     for impl, reason in skipped.items():
@@ -750,8 +757,10 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
     prog = Progress(total)
     try:
         memory = run_memory(s, mem, prog)
-        rows = run_w1(s, impls, prog) + run_w2(s, impls, prog)
+        rows = run_w1(s, impls, prog) if "W1" in workloads else []
+        rows += run_w2(s, impls, prog) if "W2" in workloads else []
         w3_rows, copies = run_w3(s, w3, prog)
+        w3_rows = [r for r in w3_rows if r.values]  # empty when W3 was not selected
         rows += w3_rows
     finally:
         prog.close()
@@ -795,6 +804,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--budget", type=float, default=None, help="timed seconds per cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", choices=IMPLS, help="run only these implementations")
+    p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS),
+                   help="run only these workloads")
     args = p.parse_args(argv)
-    run(args.quick, args.out, args.budget, args.seed, args.only)
+    run(args.quick, args.out, args.budget, args.seed, args.only, args.workloads)
     return 0
