@@ -22,7 +22,10 @@ namespace {
 
 // Keeps converted Python values alive (and holds Python scalars) during one call.
 struct Inputs {
-  explicit Inputs(size_t n) { scalars.resize(n); }
+  explicit Inputs(size_t n) {
+    scalars.resize(n);
+    keep.reserve(n);
+  }
   union Scalar {
     int64_t i;
     double d;
@@ -304,13 +307,15 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("capacity"), py::arg("spec"), py::arg("sampler"), py::arg("replacement"),
            py::arg("alpha"), py::arg("beta"), py::arg("eps"), py::arg("seed"))
-      .def("add", [](ReplayBuffer& buf, const py::dict& values) {
+      // add(**fields) / extend(**fields): python/reverie/_buffer.py binds these straight onto
+      // the ReplayBuffer object once its spec is known, so the per-item path is one call.
+      .def("add", [](ReplayBuffer& buf, const py::kwargs& values) {
         Inputs in(values.size());
         Convert(values, in);
         py::gil_scoped_release release;
         buf.Add(in.fields.data(), in.fields.size());
       })
-      .def("extend", [](ReplayBuffer& buf, const py::dict& values) {
+      .def("extend", [](ReplayBuffer& buf, const py::kwargs& values) {
         Inputs in(values.size());
         Convert(values, in);
         py::gil_scoped_release release;

@@ -137,6 +137,10 @@ class ReplayBuffer:
         self._core = core
         if isinstance(self._sampler, Prioritized):
             self._sampler._core = core
+        # The per-item path: once the spec is known, add/extend go straight to the core
+        # (which validates everything) without a Python frame in between.
+        self.add = core.add  # type: ignore[method-assign]
+        self.extend = core.extend  # type: ignore[method-assign]
         return core
 
     def _first_write(self, fields: Mapping[str, Any], batched: bool) -> None:
@@ -147,12 +151,13 @@ class ReplayBuffer:
         core = self._build({name: infer_field(name, v, batched) for name, v in fields.items()})
         try:
             if batched:
-                core.extend(fields)
+                core.extend(**fields)
             else:
-                core.add(fields)
+                core.add(**fields)
         except BaseException:
             self._core = None
             self._spec = {}
+            del self.add, self.extend  # back to the inferring methods
             if isinstance(self._sampler, Prioritized):
                 self._sampler._core = None
             raise
@@ -169,22 +174,15 @@ class ReplayBuffer:
             ValueError: a field is missing, unknown, or has the wrong shape.
             TypeError: a value has the wrong dtype or type.
         """
-        core = self._core
-        if core is None:
-            self._first_write(fields, batched=False)
-        else:
-            core.add(fields)
+        # Reached only before the spec is known (afterwards the core's add is bound here).
+        self._first_write(fields, batched=False)
 
     def extend(self, **fields: Any) -> None:
         """Stores a batch of items given along the leading axis of every field.
 
         When more items than the capacity come at once, only the last ``capacity`` stay.
         """
-        core = self._core
-        if core is None:
-            self._first_write(fields, batched=True)
-        else:
-            core.extend(fields)
+        self._first_write(fields, batched=True)
 
     # ---- sampling ---------------------------------------------------------------------
 
