@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from reference import ReferenceBuffer, assert_batches_equal, assert_tensor_equal
 
 import reverie as rv
-from reference import ReferenceBuffer, assert_batches_equal, assert_tensor_equal
 
 ALL_DTYPES = ["bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16",
               "float32", "float64"]
@@ -362,7 +362,7 @@ def test_batch_access():
     assert tuple(b.done.shape) == (6,) and b.done.dtype == torch.bool
     assert b.weights.dtype == torch.float32 and tuple(b.weights.shape) == (6,)
     with pytest.raises(AttributeError, match="nope"):
-        b.nope
+        _ = b.nope
     with pytest.raises(KeyError):
         b["nope"]
     moved = b.to(torch.float64)

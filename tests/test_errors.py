@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference import assert_batches_equal, assert_tensor_equal
 
 import reverie as rv
-from reference import assert_batches_equal, assert_tensor_equal
 
 CAP = 10
 SPEC = {

@@ -22,9 +22,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import ReferenceBuffer, assert_batches_equal, assert_tensor_equal
 
 import reverie as rv
-from reference import ReferenceBuffer, assert_batches_equal, assert_tensor_equal
 
 SPEC = {
     "k": rv.Field("int64"),

@@ -19,10 +19,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from reference import ReferenceBuffer
 from scipy import stats
 
 import reverie as rv
-from reference import ReferenceBuffer
 
 P_MIN = 1e-4
 
@@ -111,7 +111,7 @@ def test_frequencies_after_wrap_and_updates():
                           sampler=rv.Prioritized(alpha=0.7, beta=0.5, eps=1e-3), seed=77)
     ref = ReferenceBuffer(cap, prioritized=True, alpha=0.7, beta=0.5, eps=1e-3)
     rng = np.random.default_rng(5)
-    for step in range(30):
+    for _ in range(30):
         n = int(rng.integers(1, 12))
         batch = np.arange(ref.written, ref.written + n)
         buf.extend(k=batch)

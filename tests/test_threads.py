@@ -16,9 +16,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from reference import assert_tensor_equal
 
 import reverie as rv
-from reference import assert_tensor_equal
 
 W3_SHAPE = (4, 84, 84)  # Atari-like frame stack: 28224 bytes per row
 

@@ -8,9 +8,9 @@ import gc
 import numpy as np
 import pytest
 import torch
+from reference import assert_tensor_equal
 
 import reverie as rv
-from reference import assert_tensor_equal
 
 ALL = {
     "b": rv.Field("bool", (3,)), "u8": rv.Field("uint8", (4, 2)), "i8": rv.Field("int8"),
