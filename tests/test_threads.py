@@ -350,3 +350,32 @@ def test_heavy_calls_release_the_gil():
         # while the call's own threads (the gather uses every core) run.
         assert gap < 0.8 * duration, (
             f"{name}: the heartbeat stopped for {gap * 1e3:.1f} of {duration * 1e3:.1f} ms: GIL held")
+
+
+def _sample_keys_in_child(buf, conn):
+    conn.send(buf.sample(512).indices.tolist())
+    conn.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork of a threaded process
+def test_sampling_works_in_a_forked_child():
+    # The gather's worker threads do not survive fork(); the child must run its loops
+    # inline instead of waiting on them, and still draw the same items.
+    import multiprocessing as mp
+
+    buf = rv.ReplayBuffer(1000, spec={"x": rv.Field("float32", (64,))},
+                          sampler=rv.Prioritized(), seed=3)
+    buf.extend(x=np.random.default_rng(0).random((1000, 64), dtype=np.float32))
+    twin = rv.ReplayBuffer(1000, spec=buf.spec, sampler=rv.Prioritized(), seed=3)
+    twin.load_state_dict(buf.state_dict())
+    buf.sample(512)  # the worker threads exist in the parent before the fork
+    twin.sample(512)
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_sample_keys_in_child, args=(buf, child))
+    proc.start()
+    assert parent.poll(30), "the forked child did not answer (hung on the thread pool?)"
+    keys = parent.recv()
+    proc.join(10)
+    assert proc.exitcode == 0
+    assert keys == twin.sample(512).indices.tolist()

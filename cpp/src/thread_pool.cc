@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include <pthread.h>
+
 namespace reverie {
 namespace {
 
@@ -29,8 +31,12 @@ ThreadPool::~ThreadPool() {
 
 ThreadPool& ThreadPool::Shared() {
   // Leaked on purpose: worker threads must not be joined during static destruction.
-  static ThreadPool* pool = new ThreadPool(
-      std::max(0, static_cast<int>(std::thread::hardware_concurrency()) - 1));
+  static ThreadPool* pool = [] {
+    auto* p = new ThreadPool(std::max(0, static_cast<int>(std::thread::hardware_concurrency()) - 1));
+    // A forked child has none of the parent's threads: it runs every loop inline.
+    pthread_atfork(nullptr, nullptr, [] { Shared().forked_.store(true); });
+    return p;
+  }();
   return *pool;
 }
 
@@ -81,7 +87,8 @@ void ThreadPool::ParallelFor(int64_t n, int64_t chunks,
                              const std::function<void(int64_t, int64_t)>& fn) {
   chunks = std::max<int64_t>(1, std::min(chunks, n));
   std::unique_lock<std::mutex> owner(submit_, std::try_to_lock);
-  if (threads_.empty() || chunks == 1 || !owner.owns_lock()) {
+  if (threads_.empty() || chunks == 1 || forked_.load(std::memory_order_relaxed) ||
+      !owner.owns_lock()) {
     if (n > 0) fn(0, n);
     return;
   }

@@ -59,6 +59,7 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> active_{0};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> forked_{false};  // set in a fork()ed child, where the workers are gone
 
   std::mutex mu_;
   std::condition_variable wake_;
