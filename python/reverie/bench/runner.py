@@ -155,7 +155,22 @@ def _item(col: np.ndarray, i: int) -> Any:
     return col[i].copy() if col.ndim > 1 else col[i].item()
 
 
-class ReverieAdapter(Adapter):
+class KeywordAdapter(Adapter):
+    """For libraries whose add/extend take the fields as keyword arguments."""
+
+    def rows(self, cols: Columns) -> List[Any]:
+        return [dict(zip(self.names, row)) for row in super().rows(cols)]
+
+    def add_loop(self, rows: List[Any]) -> None:
+        add = self.buf.add
+        for row in rows:
+            add(**row)
+
+    def batch(self, cols: Columns) -> Any:
+        return dict(cols)
+
+
+class ReverieAdapter(KeywordAdapter):
     key = "reverie"
 
     def __init__(self, capacity: int, spec: bl.Spec, prioritized: bool, seed: int) -> None:
@@ -168,17 +183,6 @@ class ReverieAdapter(Adapter):
     def load(self, blocks: Sequence[Columns]) -> None:
         for cols in blocks:
             self.buf.extend(**cols)
-
-    def rows(self, cols: Columns) -> List[Any]:
-        return [dict(zip(self.names, row)) for row in super().rows(cols)]
-
-    def add_loop(self, rows: List[Any]) -> None:
-        add = self.buf.add
-        for row in rows:
-            add(**row)
-
-    def batch(self, cols: Columns) -> Any:
-        return dict(cols)
 
     def extend(self, batch: Any) -> None:
         self.buf.extend(**batch)
@@ -218,7 +222,7 @@ class PythonAdapter(Adapter):
         self.buf.load(*self.batch(blocks[0]))
 
 
-class CpprbAdapter(Adapter):
+class CpprbAdapter(KeywordAdapter):
     """cpprb's ReplayBuffer / PrioritizedReplayBuffer; batches converted with torch.from_numpy."""
 
     key = "cpprb"
@@ -239,17 +243,6 @@ class CpprbAdapter(Adapter):
         for cols in blocks:
             for start in range(0, len(cols[self.names[0]]), 65536):
                 self.buf.add(**{k: v[start:start + 65536] for k, v in cols.items()})
-
-    def rows(self, cols: Columns) -> List[Any]:
-        return [dict(zip(self.names, row)) for row in super().rows(cols)]
-
-    def add_loop(self, rows: List[Any]) -> None:
-        add = self.buf.add
-        for row in rows:
-            add(**row)
-
-    def batch(self, cols: Columns) -> Any:
-        return dict(cols)
 
     def extend(self, batch: Any) -> None:
         self.buf.add(**batch)
