@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "reverie/thread_pool.h"
+
 namespace reverie {
 namespace {
 
@@ -64,15 +66,17 @@ void SumTree::FillRange(int64_t first, int64_t n, uint64_t units) {
   RefreshRange(first, first + n - 1);
 }
 
-void SumTree::SetLeaves(const int64_t* index, const uint64_t* units, int64_t n) {
+void SumTree::SetLeavesIn(const int64_t* index, const uint64_t* units, int64_t n, int64_t lo,
+                          int64_t hi, int top) {
   uint64_t* s = mutable_sums();
   uint64_t* m = mutable_mins();
   const int depth = layout_.depth;
   // First bring in, for every update, the lines its path will touch on the large levels
-  // (leaf, parent sum, parent min, grandparent sum), so the n paths miss together rather
-  // than one after the other; the small upper levels stay cached anyway.
+  // (leaf, parent sum, parent min, grandparent sum), so the paths miss together rather than
+  // one after the other; the small upper levels stay cached anyway.
   for (int64_t k = 0; k < n; ++k) {
     const int64_t leaf = index[k];
+    if (leaf < lo || leaf >= hi) continue;
     __builtin_prefetch(s + layout_.offset[depth] + leaf, 1);
     __builtin_prefetch(s + layout_.offset[depth - 1] + leaf / kTreeFanout, 1);
     __builtin_prefetch(m + layout_.offset[depth - 1] + leaf / kTreeFanout, 1);
@@ -81,9 +85,35 @@ void SumTree::SetLeaves(const int64_t* index, const uint64_t* units, int64_t n) 
     }
   }
   for (int64_t k = 0; k < n; ++k) {
-    SetLeafSum(s, layout_, index[k], units[k]);
-    RefreshMinPath(s, m, layout_, index[k]);
+    if (index[k] < lo || index[k] >= hi) continue;
+    SetLeafSum(s, layout_, index[k], units[k], top);
+    RefreshMinPath(s, m, layout_, index[k], top);
   }
+}
+
+void SumTree::SetLeaves(const int64_t* index, const uint64_t* units, int64_t n) {
+  constexpr int64_t kParallelUpdates = 128;
+  const int depth = layout_.depth;
+  if (n < kParallelUpdates || depth < 2 || layout_.count[1] < 2) {
+    SetLeavesIn(index, units, n, 0, leaves(), 0);
+    return;
+  }
+  // Two halves of the level-1 nodes; each thread updates levels 1 .. depth of its half.
+  int64_t leaves_per_node1 = 1;
+  for (int level = 1; level < depth; ++level) leaves_per_node1 *= kTreeFanout;
+  const int64_t split = (layout_.count[1] + 1) / 2 * leaves_per_node1;
+  ThreadPool::Shared().ParallelFor(2, 2, [&](int64_t begin, int64_t end) {
+    for (int64_t half = begin; half < end; ++half) {
+      SetLeavesIn(index, units, n, half == 0 ? 0 : split, half == 0 ? split : leaves(), 1);
+    }
+  });
+  // The root from its children: exact, whatever order the halves ran in.
+  uint64_t* s = mutable_sums();
+  const uint64_t* children = s + layout_.offset[1];
+  uint64_t total = 0;
+  for (int k = 0; k < kTreeFanout; ++k) total += children[k];
+  s[0] = total;
+  mutable_mins()[0] = MinPositive(mins() + layout_.offset[1]);
 }
 
 void SumTree::DescendBatch(const uint64_t* u, int64_t* leaf, int64_t n) const {

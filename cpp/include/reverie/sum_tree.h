@@ -80,17 +80,19 @@ REVERIE_HD int64_t Descend(const uint64_t* sums, const TreeLayout& layout, uint6
 }
 
 // Sets leaf `leaf` to `units` and adds the (wrapping, hence exact) difference to every
-// ancestor. O(depth).
-REVERIE_HD void SetLeafSum(uint64_t* sums, const TreeLayout& layout, int64_t leaf,
-                           uint64_t units) {
+// ancestor on levels top .. depth-1 (top = 0: up to the root). Returns the difference, for
+// a caller that settles the levels above `top` itself. O(depth).
+REVERIE_HD uint64_t SetLeafSum(uint64_t* sums, const TreeLayout& layout, int64_t leaf,
+                               uint64_t units, int top = 0) {
   uint64_t* slot = sums + layout.offset[layout.depth] + leaf;
   const uint64_t delta = units - *slot;  // modulo 2^64: adding it back is exact
   *slot = units;
   int64_t node = leaf;
-  for (int level = layout.depth - 1; level >= 0; --level) {
+  for (int level = layout.depth - 1; level >= top; --level) {
     node /= kTreeFanout;
     sums[layout.offset[level] + node] += delta;
   }
+  return delta;
 }
 
 // Min of the positive values among 8 children (0 if none). O(1).
@@ -103,18 +105,19 @@ REVERIE_HD uint64_t MinPositive(const uint64_t* children) {
   return best == ~uint64_t{0} ? 0 : best;
 }
 
-// Recomputes the min-tree above leaf `leaf` after it changed, stopping as soon as a node's
-// value is unchanged (its ancestors are then unchanged too). O(depth), usually O(1).
+// Recomputes the min-tree above leaf `leaf` after it changed, on levels top .. depth-1,
+// stopping as soon as a node's value is unchanged (its ancestors are then unchanged too).
+// O(depth), usually O(1).
 REVERIE_HD void RefreshMinPath(const uint64_t* sums, uint64_t* mins, const TreeLayout& layout,
-                               int64_t leaf) {
+                               int64_t leaf, int top = 0) {
   int64_t node = leaf / kTreeFanout;
   const uint64_t* children = sums + layout.offset[layout.depth] + node * kTreeFanout;
-  for (int level = layout.depth - 1; level >= 0; --level) {
+  for (int level = layout.depth - 1; level >= top; --level) {
     const uint64_t value = MinPositive(children);
     uint64_t* target = mins + layout.offset[level] + node;
     if (*target == value) return;
     *target = value;
-    if (level == 0) return;
+    if (level == top) return;
     node /= kTreeFanout;
     children = mins + layout.offset[level] + node * kTreeFanout;
   }
@@ -143,7 +146,11 @@ class SumTree {
   void FillRange(int64_t first, int64_t n, uint64_t units);
 
   // Sets leaves[index[k]] = units[k] in order (so for a repeated index the last wins).
-  // O(n * depth) with the misses of all n paths overlapped by prefetching.
+  // O(n * depth) with the misses of all n paths overlapped by prefetching. Large batches
+  // on trees with several subtrees under the root are split between two threads by
+  // subtree: each thread owns the paths below the root of its half (a repeated index
+  // always falls to the same thread, in order), and the root is settled after both, from
+  // its children, so the result is exactly the serial one.
   void SetLeaves(const int64_t* index, const uint64_t* units, int64_t n);
 
   // Finds, for each of n values u[k] < total(), the leaf whose interval holds it. All
@@ -161,6 +168,9 @@ class SumTree {
   uint64_t* mutable_sums() { return sums_.as<uint64_t>(); }
   uint64_t* mutable_mins() { return mins_.as<uint64_t>(); }
   void RefreshRange(int64_t first_leaf, int64_t last_leaf);
+  // SetLeaves for the updates whose leaf is in [lo, hi), on levels top .. depth.
+  void SetLeavesIn(const int64_t* index, const uint64_t* units, int64_t n, int64_t lo,
+                   int64_t hi, int top);
 
   TreeLayout layout_;
   AlignedBuffer sums_;  // layout_.total_nodes entries
