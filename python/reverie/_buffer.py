@@ -27,7 +27,7 @@ class Batch(dict):
 
     __slots__ = ("indices", "weights")
 
-    def __init__(self, fields: Dict[str, torch.Tensor], indices: torch.Tensor,
+    def __init__(self, fields: Any, indices: torch.Tensor,
                  weights: Optional[torch.Tensor]) -> None:
         super().__init__(fields)
         self.indices = indices
@@ -208,17 +208,21 @@ class ReplayBuffer:
         core = self._core
         if core is None:
             raise ValueError(f"cannot sample {batch_size} items: the buffer is empty (add items first)")
+        from_numpy = torch.from_numpy
         if out is None:
             arrays, keys, weights = core.sample(batch_size)
-            tensors = [torch.from_numpy(a) for a in arrays]
             if self._bf16:
+                tensors = [from_numpy(a) for a in arrays]
                 for i in self._bf16:
                     tensors[i] = tensors[i].view(torch.bfloat16)
+                fields = zip(self._names, tensors)
+            else:
+                fields = zip(self._names, map(from_numpy, arrays))
         else:
             tensors = self._check_out(out, batch_size)
             _, keys, weights = core.sample(batch_size, [t.data_ptr() for t in tensors])
-        return Batch(dict(zip(self._names, tensors)), torch.from_numpy(keys),
-                     None if weights is None else torch.from_numpy(weights))
+            fields = zip(self._names, tensors)
+        return Batch(fields, from_numpy(keys), None if weights is None else from_numpy(weights))
 
     def _check_out(self, out: Mapping[str, torch.Tensor], batch_size: int) -> list:
         if set(out) != set(self._names):
