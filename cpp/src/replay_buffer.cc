@@ -11,7 +11,7 @@
 namespace reverie {
 namespace {
 
-constexpr size_t kParallelGatherBytes = size_t{1} << 20;  // below this one thread is faster
+constexpr size_t kParallelGatherBytes = size_t{256} << 10;  // large rows: cut finer above this
 constexpr int64_t kRowsPerChunk = 16;
 constexpr int64_t kMinParallelRows = 64;  // below this a second thread costs more than it saves
 
