@@ -237,7 +237,7 @@ void Convert(const py::dict& values, Inputs& in) {
   }
 }
 
-py::dtype NumpyDType(DType dtype) {
+py::dtype MakeNumpyDType(DType dtype) {
   switch (dtype) {
     case DType::kBool: return py::dtype("bool");
     case DType::kUInt8: return py::dtype("uint8");
@@ -251,6 +251,18 @@ py::dtype NumpyDType(DType dtype) {
     case DType::kFloat64: return py::dtype("float64");
   }
   return py::dtype("uint8");
+}
+
+// The numpy dtype for a column, made once per dtype (parsing a dtype name costs more than
+// allocating a small array). Leaked on purpose: no Python object may outlive the
+// interpreter in a static destructor. Called with the GIL held.
+const py::dtype& NumpyDType(DType dtype) {
+  static auto* cache = [] {
+    auto* table = new std::vector<py::dtype>();
+    for (int i = 0; i < kNumDTypes; ++i) table->push_back(MakeNumpyDType(static_cast<DType>(i)));
+    return table;
+  }();
+  return (*cache)[static_cast<size_t>(dtype)];
 }
 
 PrioritizedSampler& Prioritized(ReplayBuffer& buf) {
