@@ -1,6 +1,6 @@
 // A wide sum-tree and min-tree of 64-bit fixed-point priorities.
 //
-// Number format (decided by measurement, see README "Design notes"): every leaf holds an
+// Number format (decided by measurement, below): every leaf holds an
 // unsigned 64-bit count of priority units. Integer addition is exact and associative, so
 //  - a priority change is applied as a delta along the path with no rounding at all: the
 //    tree never drifts, and after any sequence of updates it is bit-identical to a rebuild
@@ -10,8 +10,10 @@
 //  - a positive priority rounds up to at least one unit, so it always keeps a non-empty
 //    interval of the total and stays samplable; a zero leaf has an empty interval and is
 //    never sampled (PickChild below).
-// Descending a uint64 node costs the same as a float64 one (8 children = one cache line);
-// measured on 1M leaves by `reverie_tests --bench-tree` (README).
+// Measured (`reverie_tests --bench-tree`, 1M leaves, best of 15 x 200 rounds, this project's
+// 2-core EPYC, all on one thread): sample(256) + update(256) took 16.6 us in this format,
+// min-tree included, against 21-25 us for the same 8-wide interleaved descent and delta
+// update over float64 sums without any min-tree. Same node width, faster, and exact.
 // The scale from real priorities to units lives in PrioritizedSampler.
 //
 // Layout: level 0 is the root; level `depth` holds the leaves; node j of level d has the
