@@ -13,16 +13,13 @@ import pytest
 
 from reverie.bench import runner as R
 
-IMPLS = [i for i, why in R.available().items() if why is None]
-CASES = [(impl, cap) for cap in (10_000, 1_000_000) for impl in IMPLS]
+CASES = R.bench_cases((10_000, 1_000_000))
 ADDS_PER_CALL = 100
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{i}-{R.human_count(c)}" for i, c in CASES])
 def w1(request: pytest.FixtureRequest) -> Iterator[R.Adapter]:
-    impl, cap = request.param
-    rng = np.random.default_rng(0)
-    yield R.build_filled(impl, cap, R.W1_SPEC, False, R.fill_blocks(R.W1_SPEC, cap, rng))
+    yield R.filled_case(request.param, R.W1_SPEC, False)
 
 
 @pytest.mark.benchmark(group="W1 add x100")

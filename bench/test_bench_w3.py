@@ -8,20 +8,16 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import pytest
 
 from reverie.bench import runner as R
 
-IMPLS = [i for i, why in R.available().items() if why is None and i != "python"]
-CASES = [(impl, cap) for cap in (10_000, 50_000) for impl in IMPLS]
+CASES = R.bench_cases((10_000, 50_000), exclude=("python",))
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{i}-{R.human_count(c)}" for i, c in CASES])
 def w3(request: pytest.FixtureRequest) -> Iterator[R.Adapter]:
-    impl, cap = request.param
-    rng = np.random.default_rng(0)
-    yield R.build_filled(impl, cap, R.W3_SPEC, False, R.fill_blocks(R.W3_SPEC, cap, rng))
+    yield R.filled_case(request.param, R.W3_SPEC, False)
 
 
 @pytest.mark.parametrize("batch_size", [32, 256])

@@ -423,6 +423,19 @@ def build_filled(impl: str, capacity: int, spec: bl.Spec, prioritized: bool,
     return adapter
 
 
+def bench_cases(capacities: Sequence[int], exclude: Sequence[str] = ()) -> List[Tuple[str, int]]:
+    """(implementation, capacity) pairs for the pytest-benchmark suite in bench/."""
+    impls = [i for i, why in available().items() if why is None and i not in exclude]
+    return [(impl, cap) for cap in capacities for impl in impls]
+
+
+def filled_case(case: Tuple[str, int], spec: bl.Spec, prioritized: bool) -> Adapter:
+    """The buffer of one bench/ case, filled with seeded random items."""
+    impl, cap = case
+    return build_filled(impl, cap, spec, prioritized,
+                        fill_blocks(spec, cap, np.random.default_rng(0)))
+
+
 def _build_all(impls: Sequence[str], capacity: int, spec: bl.Spec, prioritized: bool,
                blocks: Sequence[Columns], seed: int, prog: Progress,
                what: str) -> Dict[str, Adapter]:
