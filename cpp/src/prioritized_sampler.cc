@@ -5,13 +5,11 @@
 
 #include "reverie/common.h"
 #include "reverie/philox.h"
-#include "reverie/thread_pool.h"
 
 namespace reverie {
 namespace {
 
 constexpr double kHeadroom = 16.0;  // the largest q maps to budget / kHeadroom units
-constexpr int64_t kParallelTransform = 128;
 
 bool FiniteNonNegative(double v) { return std::isfinite(v) && v >= 0; }
 
@@ -135,17 +133,12 @@ void PrioritizedSampler::ValidatePriorities(const double* priorities, int64_t n)
 
 void PrioritizedSampler::UpdatePriorities(const int64_t* slots, const double* priorities,
                                           int64_t n) {
-  std::vector<double> q(static_cast<size_t>(n));
-  // The exponent (pow, ~17 ns each) is the bulk of the arithmetic: split it over the cores.
-  ThreadPool::Shared().ParallelFor(n, n >= kParallelTransform ? 2 : 1, [&](int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) q[static_cast<size_t>(k)] = Transform(priorities[k]);
-  });
-  double largest = 0;
-  for (int64_t k = 0; k < n; ++k) largest = std::max(largest, q[static_cast<size_t>(k)]);
-  Reserve(largest);  // before converting: the scale may change
-  std::vector<uint64_t> units(static_cast<size_t>(n));
-  for (int64_t k = 0; k < n; ++k) units[static_cast<size_t>(k)] = ToUnits(q[static_cast<size_t>(k)]);
-  tree_.SetLeaves(slots, units.data(), n);
+  if (n == 0) return;
+  // (p + eps)^alpha grows with p, so the largest new q is that of the largest p: settle the
+  // fixed-point scale for it first; then every value converts independently, on whichever
+  // thread stores it (pow, ~17 ns each, is the bulk of the arithmetic).
+  Reserve(Transform(*std::max_element(priorities, priorities + n)));
+  tree_.SetLeaves(slots, [&](int64_t k) { return ToUnits(Transform(priorities[k])); }, n);
 }
 
 PrioritizedSampler::State PrioritizedSampler::GetState() const {

@@ -66,7 +66,7 @@ void SumTree::FillRange(int64_t first, int64_t n, uint64_t units) {
   RefreshRange(first, first + n - 1);
 }
 
-void SumTree::SetLeavesIn(const int64_t* index, const uint64_t* units, int64_t n, int64_t lo,
+void SumTree::SetLeavesIn(const int64_t* index, const UnitsOf& units_of, int64_t n, int64_t lo,
                           int64_t hi, int top) {
   uint64_t* s = mutable_sums();
   uint64_t* m = mutable_mins();
@@ -86,16 +86,20 @@ void SumTree::SetLeavesIn(const int64_t* index, const uint64_t* units, int64_t n
   }
   for (int64_t k = 0; k < n; ++k) {
     if (index[k] < lo || index[k] >= hi) continue;
-    SetLeafSum(s, layout_, index[k], units[k], top);
+    SetLeafSum(s, layout_, index[k], units_of(k), top);
     RefreshMinPath(s, m, layout_, index[k], top);
   }
 }
 
 void SumTree::SetLeaves(const int64_t* index, const uint64_t* units, int64_t n) {
+  SetLeaves(index, [units](int64_t k) { return units[k]; }, n);
+}
+
+void SumTree::SetLeaves(const int64_t* index, const UnitsOf& units_of, int64_t n) {
   constexpr int64_t kParallelUpdates = 128;
   const int depth = layout_.depth;
   if (n < kParallelUpdates || depth < 2 || layout_.count[1] < 2) {
-    SetLeavesIn(index, units, n, 0, leaves(), 0);
+    SetLeavesIn(index, units_of, n, 0, leaves(), 0);
     return;
   }
   // Two halves of the level-1 nodes; each thread updates levels 1 .. depth of its half.
@@ -104,7 +108,7 @@ void SumTree::SetLeaves(const int64_t* index, const uint64_t* units, int64_t n) 
   const int64_t split = (layout_.count[1] + 1) / 2 * leaves_per_node1;
   ThreadPool::Shared().ParallelFor(2, 2, [&](int64_t begin, int64_t end) {
     for (int64_t half = begin; half < end; ++half) {
-      SetLeavesIn(index, units, n, half == 0 ? 0 : split, half == 0 ? split : leaves(), 1);
+      SetLeavesIn(index, units_of, n, half == 0 ? 0 : split, half == 0 ? split : leaves(), 1);
     }
   });
   // The root from its children: exact, whatever order the halves ran in.

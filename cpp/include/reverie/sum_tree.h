@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "reverie/aligned_buffer.h"
@@ -154,6 +155,10 @@ class SumTree {
   // always falls to the same thread, in order), and the root is settled after both, from
   // its children, so the result is exactly the serial one.
   void SetLeaves(const int64_t* index, const uint64_t* units, int64_t n);
+  // The same, with the k-th new value computed by units_of(k) on the thread that stores it
+  // (so the conversion of the values is split between the threads as well).
+  using UnitsOf = std::function<uint64_t(int64_t)>;
+  void SetLeaves(const int64_t* index, const UnitsOf& units_of, int64_t n);
 
   // Finds, for each of n values u[k] < total(), the leaf whose interval holds it. All
   // queries advance one level at a time, so their cache misses overlap. O(n * depth).
@@ -171,7 +176,7 @@ class SumTree {
   uint64_t* mutable_mins() { return mins_.as<uint64_t>(); }
   void RefreshRange(int64_t first_leaf, int64_t last_leaf);
   // SetLeaves for the updates whose leaf is in [lo, hi), on levels top .. depth.
-  void SetLeavesIn(const int64_t* index, const uint64_t* units, int64_t n, int64_t lo,
+  void SetLeavesIn(const int64_t* index, const UnitsOf& units_of, int64_t n, int64_t lo,
                    int64_t hi, int top);
 
   TreeLayout layout_;
