@@ -640,3 +640,19 @@ def test_columns_views():
     assert cols["obs"][0].tolist() == [1.0, 2.0]
     assert cols["bf"][0].item() == 0.5 and cols["d"][0].item() is True
     assert isinstance(buf.columns, dict) and buf.columns is not buf.columns
+
+
+def test_a_sampler_shared_between_buffers_binds_to_each_separately():
+    per = rv.Prioritized(alpha=0.6, beta=0.4)
+    a = rv.ReplayBuffer(8, spec={"x": rv.Field("float32")}, sampler=per, seed=0)
+    b = rv.ReplayBuffer(8, sampler=a.sampler, seed=0)  # unbuilt: no core yet
+    b.sampler.beta = 0.9
+    assert a.sampler.beta == 0.4 and b.sampler.beta == 0.9
+    a.extend(x=np.arange(8, dtype=np.float32))
+    b.extend(x=np.arange(8, dtype=np.float32))
+    a.update_priorities(np.arange(8), np.arange(1, 9, dtype=np.float64))
+    b.update_priorities(np.arange(8), np.arange(1, 9, dtype=np.float64))
+    # Same seed and priorities: the weights differ only through beta.
+    wa, wb = a.sample(16).weights, b.sample(16).weights
+    assert not torch.equal(wa, wb)
+    assert per.beta == 0.4  # the caller's object is a template, not bound to either buffer

@@ -111,6 +111,8 @@ class ReplayBuffer:
         self._capacity = capacity
         self._seed = seed
         self._sampler = copy.copy(sampler)  # bound to this buffer (beta changes reach its core)
+        if isinstance(self._sampler, Prioritized):
+            self._sampler._core = None  # a sampler passed from another buffer is not bound here
         self._core: Any = None
         self._spec: Dict[str, Field] = {}
         self._columns: Optional[Dict[str, torch.Tensor]] = None
