@@ -21,19 +21,30 @@ using namespace reverie;
 namespace {
 
 // Keeps converted Python values alive (and holds Python scalars) during one call.
+// Fields of up to kInline values live on the stack: the per-item path allocates nothing.
 struct Inputs {
-  explicit Inputs(size_t n) {
-    scalars.resize(n);
-    keep.reserve(n);
-  }
+  static constexpr size_t kInline = 16;
   union Scalar {
     int64_t i;
     double d;
     uint8_t b;
   };
-  std::vector<Scalar> scalars;  // sized up front: pointers into it stay valid
-  std::vector<py::object> keep;
-  std::vector<FieldInput> fields;
+  explicit Inputs(size_t n) : count(n) {
+    if (n > kInline) {
+      heap_scalars.resize(n);
+      heap_fields.resize(n);
+    }
+  }
+  Scalar& scalar(size_t i) { return count > kInline ? heap_scalars[i] : inline_scalars[i]; }
+  FieldInput* fields() { return count > kInline ? heap_fields.data() : inline_fields; }
+
+  size_t count;
+  Scalar inline_scalars[kInline];
+  FieldInput inline_fields[kInline];
+  std::vector<Scalar> heap_scalars;  // sized up front: pointers into it stay valid
+  std::vector<FieldInput> heap_fields;
+  std::vector<py::object> keep;  // values made here (copies, capsules); the caller's own
+                                 // arrays are kept alive by the call's arguments
 };
 
 [[noreturn]] void ThrowType(const std::string& message) { throw reverie::TypeError(message); }
@@ -90,9 +101,12 @@ bool DTypeFromDLPack(const dlpack::DataType& dt, DType* out) {
   return false;
 }
 
-void FromNumpy(const std::string& name, py::array arr, bool typed, Inputs& in, ArrayView* view) {
+void FromNumpy(const std::string& name, py::array arr, bool typed, bool owned, Inputs& in,
+               ArrayView* view) {
+  // `owned`: arr was made by this conversion and must be kept alive for the call.
   if (!(arr.flags() & py::array::c_style)) {
     arr = py::array::ensure(arr, py::array::c_style);
+    owned = true;
   }
   if (!DTypeFromNumpy(arr.dtype(), &view->dtype)) {
     ThrowType("field '" + name + "': dtype " + std::string(py::str(arr.dtype())) +
@@ -111,7 +125,7 @@ void FromNumpy(const std::string& name, py::array arr, bool typed, Inputs& in, A
   view->ndim = static_cast<int>(arr.ndim());
   for (int d = 0; d < view->ndim; ++d) view->shape[d] = arr.shape(d);
   view->data = arr.data();
-  in.keep.push_back(std::move(arr));
+  if (owned) in.keep.push_back(std::move(arr));
 }
 
 bool FromDLPack(const std::string& name, py::handle value, Inputs& in, ArrayView* view) {
@@ -168,7 +182,7 @@ bool FromDLPack(const std::string& name, py::handle value, Inputs& in, ArrayView
 // Converts one Python value into an ArrayView that stays valid while `in` lives.
 void ToView(const std::string& name, py::handle value, size_t index, Inputs& in, ArrayView* view) {
   PyObject* obj = value.ptr();
-  auto& scalar = in.scalars[index];
+  auto& scalar = in.scalar(index);
   view->typed = false;
   view->ndim = 0;
   if (PyBool_Check(obj)) {
@@ -192,7 +206,7 @@ void ToView(const std::string& name, py::handle value, size_t index, Inputs& in,
     return;
   }
   if (py::isinstance<py::array>(value)) {
-    FromNumpy(name, py::reinterpret_borrow<py::array>(value), true, in, view);
+    FromNumpy(name, py::reinterpret_borrow<py::array>(value), true, false, in, view);
     return;
   }
   if (PyObject_HasAttrString(obj, "__dlpack__")) {
@@ -219,18 +233,17 @@ void ToView(const std::string& name, py::handle value, size_t index, Inputs& in,
     ThrowType("field '" + name + "': expected a number, array or tensor, got " +
               std::string(py::str(value.get_type().attr("__name__"))));
   }
-  FromNumpy(name, arr, typed, in, view);
+  FromNumpy(name, arr, typed, true, in, view);
 }
 
 void Convert(const py::dict& values, Inputs& in) {
-  in.fields.resize(values.size());
   size_t i = 0;
   for (auto item : values) {
     if (!PyUnicode_Check(item.first.ptr())) ThrowType("field names must be strings");
     Py_ssize_t len = 0;
     const char* utf8 = PyUnicode_AsUTF8AndSize(item.first.ptr(), &len);
     if (utf8 == nullptr) throw py::error_already_set();
-    FieldInput& field = in.fields[i];
+    FieldInput& field = in.fields()[i];
     field.name = std::string_view(utf8, static_cast<size_t>(len));
     ToView(std::string(field.name), item.second, i, in, &field.value);
     ++i;
@@ -325,13 +338,13 @@ PYBIND11_MODULE(_core, m) {
         Inputs in(values.size());
         Convert(values, in);
         py::gil_scoped_release release;
-        buf.Add(in.fields.data(), in.fields.size());
+        buf.Add(in.fields(), in.count);
       })
       .def("extend", [](ReplayBuffer& buf, const py::kwargs& values) {
         Inputs in(values.size());
         Convert(values, in);
         py::gil_scoped_release release;
-        buf.Extend(in.fields.data(), in.fields.size());
+        buf.Extend(in.fields(), in.count);
       })
       .def("sample", [](ReplayBuffer& buf, int64_t batch, const std::optional<std::vector<uintptr_t>>& out) {
         // Gathers into fresh numpy arrays (that the caller's tensors then own), or into the

@@ -45,10 +45,10 @@ int64_t ReplayBuffer::stale_updates() const {
   return stale_updates_;
 }
 
-std::vector<const ArrayView*> ReplayBuffer::Validate(const FieldInput* inputs, size_t n,
-                                                     bool batched, int64_t* leading) const {
+void ReplayBuffer::Validate(const FieldInput* inputs, size_t n, bool batched,
+                            const ArrayView** values, int64_t* leading) const {
   const auto& spec = storage_.spec();
-  std::vector<const ArrayView*> values(spec.size(), nullptr);
+  std::fill(values, values + spec.size(), nullptr);
   for (size_t i = 0; i < n; ++i) {
     size_t f = 0;
     while (f < spec.size() && spec[f].name != inputs[i].name) ++f;
@@ -104,10 +104,9 @@ std::vector<const ArrayView*> ReplayBuffer::Validate(const FieldInput* inputs, s
                     DTypeName(field.dtype));
     }
   }
-  return values;
 }
 
-void ReplayBuffer::WriteRows(const std::vector<const ArrayView*>& values, int64_t count) {
+void ReplayBuffer::WriteRows(const ArrayView* const* values, int64_t count) {
   // Only the last `capacity` items survive; write just those.
   const int64_t cap = ring_.capacity;
   const int64_t skip = std::max<int64_t>(0, count - cap);
@@ -138,19 +137,22 @@ void ReplayBuffer::WriteRows(const std::vector<const ArrayView*>& values, int64_
   ring_.written += count;
 }
 
-void ReplayBuffer::Add(const FieldInput* inputs, size_t n) {
-  const auto values = Validate(inputs, n, /*batched=*/false, nullptr);
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  WriteRows(values, 1);
-}
-
-void ReplayBuffer::Extend(const FieldInput* inputs, size_t n) {
-  int64_t count = 0;
-  const auto values = Validate(inputs, n, /*batched=*/true, &count);
+void ReplayBuffer::Write(const FieldInput* inputs, size_t n, bool batched) {
+  constexpr size_t kInline = 16;
+  const size_t fields = storage_.num_fields();
+  const ArrayView* inline_values[kInline];
+  std::vector<const ArrayView*> heap_values(fields > kInline ? fields : 0);
+  const ArrayView** values = fields > kInline ? heap_values.data() : inline_values;
+  int64_t count = 1;
+  Validate(inputs, n, batched, values, &count);
   if (count == 0) return;
   std::unique_lock<std::shared_mutex> lock(mu_);
   WriteRows(values, count);
 }
+
+void ReplayBuffer::Add(const FieldInput* inputs, size_t n) { Write(inputs, n, /*batched=*/false); }
+
+void ReplayBuffer::Extend(const FieldInput* inputs, size_t n) { Write(inputs, n, /*batched=*/true); }
 
 void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights) {
   std::shared_lock<std::shared_mutex> lock(mu_);

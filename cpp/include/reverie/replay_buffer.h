@@ -78,11 +78,13 @@ class ReplayBuffer {
   void LoadColumn(size_t field, const void* data, size_t bytes);
 
  private:
-  // Maps inputs to fields and checks names, dtypes and shapes. `leading` is -1 for Add, or
-  // receives the common leading length for Extend. Returns the field order.
-  std::vector<const ArrayView*> Validate(const FieldInput* inputs, size_t n, bool batched,
-                                         int64_t* leading) const;
-  void WriteRows(const std::vector<const ArrayView*>& values, int64_t count);
+  // Maps inputs to fields (values[f] for field f, spec order) and checks names, dtypes and
+  // shapes. For Extend (`batched`), `leading` receives the common leading length.
+  void Validate(const FieldInput* inputs, size_t n, bool batched, const ArrayView** values,
+                int64_t* leading) const;
+  void WriteRows(const ArrayView* const* values, int64_t count);
+  // Validate + WriteRows under the lock, with the field table on the stack when it fits.
+  void Write(const FieldInput* inputs, size_t n, bool batched);
 
   Storage storage_;
   std::unique_ptr<Sampler> sampler_;
