@@ -400,12 +400,8 @@ PYBIND11_MODULE(_core, m) {
       })
       .def_property_readonly("capacity", &ReplayBuffer::capacity)
       .def_property_readonly("size", &ReplayBuffer::size)
-      .def_property_readonly("written", &ReplayBuffer::written)
       .def_property_readonly("stale_updates", &ReplayBuffer::stale_updates)
-      .def_property_readonly("seed", &ReplayBuffer::seed)
-      .def_property_readonly("sample_calls", &ReplayBuffer::sample_calls)
       .def_property_readonly("prioritized", [](const ReplayBuffer& buf) { return buf.sampler().prioritized(); })
-      .def_property_readonly("item_bytes", [](const ReplayBuffer& buf) { return buf.storage().item_bytes(); })
       .def("column", [](py::object self, size_t field) {
         // A numpy view of the whole column [capacity, *shape]; it keeps the buffer alive.
         auto& buf = self.cast<ReplayBuffer&>();
@@ -452,7 +448,5 @@ PYBIND11_MODULE(_core, m) {
         state.max_q = max_q;
         py::gil_scoped_release release;
         buf.WithSampler([&](Sampler&) { p.SetState(state); });
-      })
-      .def("tree_total", [](ReplayBuffer& buf) { return Prioritized(buf).tree().total(); })
-      .def("tree_min", [](ReplayBuffer& buf) { return Prioritized(buf).tree().min_positive(); });
+      });
 }
