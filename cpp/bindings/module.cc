@@ -12,8 +12,8 @@
 
 #include "dlpack.h"
 #include "reverie/prioritized_sampler.h"
+#include "reverie/rate_limiter.h"
 #include "reverie/replay_buffer.h"
-#include "reverie/uniform_sampler.h"
 
 namespace py = pybind11;
 using namespace reverie;
@@ -296,6 +296,8 @@ PYBIND11_MODULE(_core, m) {
       if (p) std::rethrow_exception(p);
     } catch (const reverie::TypeError& e) {
       PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const reverie::TimeoutError& e) {
+      PyErr_SetString(PyExc_TimeoutError, e.what());
     }
   });
   m.def("cuda_built", [] {
@@ -314,24 +316,47 @@ PYBIND11_MODULE(_core, m) {
   py::class_<ReplayBuffer>(m, "ReplayBuffer")
       .def(py::init([](int64_t capacity, const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& spec,
                        const std::string& sampler, bool replacement, double alpha, double beta,
-                       double eps, uint64_t seed) {
+                       double eps, uint64_t seed, const std::string& storage, const std::string& name) {
              std::vector<FieldSpec> fields;
-             for (const auto& [name, dtype, shape] : spec) {
-               fields.push_back(FieldSpec{name, DTypeFromName(dtype), shape});
+             for (const auto& [field, dtype, shape] : spec) {
+               fields.push_back(FieldSpec{field, DTypeFromName(dtype), shape});
              }
-             std::unique_ptr<Sampler> s;
+             SamplerConfig sc;
              if (sampler == "uniform") {
-               s = std::make_unique<UniformSampler>(replacement);
+               sc.kind = SamplerConfig::Kind::kUniform;
+               sc.replacement = replacement;
              } else if (sampler == "prioritized") {
-               REVERIE_CHECK(capacity >= 1, "capacity must be >= 1, got ", capacity);
-               s = std::make_unique<PrioritizedSampler>(capacity, PrioritizedConfig{alpha, beta, eps});
+               sc.kind = SamplerConfig::Kind::kPrioritized;
+               sc.prioritized = PrioritizedConfig{alpha, beta, eps};
              } else {
                throw std::invalid_argument("unknown sampler '" + sampler + "'");
              }
-             return std::make_unique<ReplayBuffer>(capacity, std::move(fields), std::move(s), seed);
+             StorageConfig st;
+             if (storage == "memory") {
+               st.kind = StorageConfig::Kind::kPrivate;
+             } else if (storage == "create_shared") {
+               st.kind = StorageConfig::Kind::kCreateShared;
+             } else if (storage == "attach_shared") {
+               st.kind = StorageConfig::Kind::kAttachShared;
+             } else {
+               throw std::invalid_argument("unknown storage '" + storage + "'");
+             }
+             st.name = name;
+             std::unique_ptr<ReplayBuffer> buf;
+             {
+               py::gil_scoped_release release;  // creating a large shared segment takes a while
+               buf = std::make_unique<ReplayBuffer>(capacity, std::move(fields), sc, seed, st);
+             }
+             // While a call waits for the rate limiter, Ctrl-C (and other signals) still work.
+             buf->set_wait_poll([] {
+               py::gil_scoped_acquire gil;
+               if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+             });
+             return buf;
            }),
            py::arg("capacity"), py::arg("spec"), py::arg("sampler"), py::arg("replacement"),
-           py::arg("alpha"), py::arg("beta"), py::arg("eps"), py::arg("seed"))
+           py::arg("alpha"), py::arg("beta"), py::arg("eps"), py::arg("seed"),
+           py::arg("storage") = "memory", py::arg("name") = "")
       // add(**fields) / extend(**fields): python/reverie/_buffer.py binds these straight onto
       // the ReplayBuffer object once its spec is known, so the per-item path is one call.
       .def("add", [](ReplayBuffer& buf, const py::kwargs& values) {
@@ -399,6 +424,29 @@ PYBIND11_MODULE(_core, m) {
         return buf.UpdatePriorities(k.data(), p.data(), k.shape(0));
       })
       .def_property_readonly("capacity", &ReplayBuffer::capacity)
+      .def_property_readonly("written", &ReplayBuffer::written)
+      .def_property_readonly("shared_name", [](const ReplayBuffer& buf) -> py::object {
+        if (!buf.shared()) return py::none();
+        return py::str(buf.shared_name());
+      })
+      .def("unlink", &ReplayBuffer::Unlink)
+      .def("configure_rate_limiter", [](ReplayBuffer& buf, bool enabled, int64_t min_size, double spi,
+                                        double tolerance, double timeout) {
+        RateLimitConfig c;
+        c.enabled = enabled;
+        c.min_size = min_size;
+        c.samples_per_insert = spi;
+        c.tolerance = tolerance;
+        c.timeout = timeout;
+        buf.rate_limiter().Configure(c);
+      })
+      .def("rate_limiter_config", [](const ReplayBuffer& buf) {
+        const RateLimitConfig c = buf.rate_limiter().config();
+        return py::make_tuple(c.enabled, c.min_size, c.samples_per_insert, c.tolerance, c.timeout);
+      })
+      .def_property_readonly("sampled", [](const ReplayBuffer& buf) { return buf.rate_limiter().sampled(); })
+      .def("can_sample", [](const ReplayBuffer& buf, int64_t n) { return buf.rate_limiter().CanSample(n); })
+      .def("can_insert", [](const ReplayBuffer& buf) { return buf.rate_limiter().CanInsert(); })
       .def_property_readonly("size", &ReplayBuffer::size)
       .def_property_readonly("stale_updates", &ReplayBuffer::stale_updates)
       .def_property_readonly("prioritized", [](const ReplayBuffer& buf) { return buf.sampler().prioritized(); })
@@ -413,10 +461,10 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("get_counters", [](const ReplayBuffer& buf) {
         const auto c = buf.GetCounters();
-        return py::make_tuple(c.written, c.sample_calls, c.stale_updates);
+        return py::make_tuple(c.written, c.sample_calls, c.stale_updates, c.sampled);
       })
-      .def("set_counters", [](ReplayBuffer& buf, int64_t written, uint64_t calls, int64_t stale) {
-        buf.SetCounters(ReplayBuffer::Counters{written, calls, stale});
+      .def("set_counters", [](ReplayBuffer& buf, int64_t written, uint64_t calls, int64_t stale, int64_t sampled) {
+        buf.SetCounters(ReplayBuffer::Counters{written, calls, stale, sampled});
       })
       .def("load_column", [](ReplayBuffer& buf, size_t field, const py::array& data) {
         if (!(data.flags() & py::array::c_style)) throw std::invalid_argument("column data must be C-contiguous");

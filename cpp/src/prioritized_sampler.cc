@@ -26,17 +26,43 @@ int64_t CheckedCapacity(int64_t capacity) {
 }  // namespace
 
 PrioritizedSampler::PrioritizedSampler(int64_t capacity, PrioritizedConfig config)
-    : config_(config), tree_(CheckedCapacity(capacity)) {
+    : config_(config),
+      owned_state_(std::make_unique<PriorityState>()),
+      state_(owned_state_.get()),
+      tree_(CheckedCapacity(capacity)) {
+  Initialize(config, capacity);
+}
+
+PrioritizedSampler::PrioritizedSampler(int64_t capacity, PrioritizedConfig config,
+                                       PriorityState* state, uint64_t* sums, uint64_t* mins,
+                                       bool initialize)
+    : config_(config), state_(state), tree_(CheckedCapacity(capacity), sums, mins) {
+  if (initialize) {
+    Initialize(config, capacity);
+  } else {
+    unit_budget_ = std::ldexp(1.0, 62) / static_cast<double>(capacity);
+  }
+}
+
+void PrioritizedSampler::Initialize(const PrioritizedConfig& config, int64_t capacity) {
   REVERIE_CHECK(FiniteNonNegative(config.alpha), "alpha must be finite and >= 0, got ", config.alpha);
   REVERIE_CHECK(FiniteNonNegative(config.beta), "beta must be finite and >= 0, got ", config.beta);
   REVERIE_CHECK(FiniteNonNegative(config.eps), "eps must be finite and >= 0, got ", config.eps);
   unit_budget_ = std::ldexp(1.0, 62) / static_cast<double>(capacity);
-  SetScale(ScaleFor(max_q_, unit_budget_ / kHeadroom));
+  state_->beta.store(config.beta, std::memory_order_relaxed);
+  state_->max_q.store(1.0, std::memory_order_relaxed);
+  state_->scale_exp.store(ScaleFor(1.0, unit_budget_ / kHeadroom), std::memory_order_relaxed);
+}
+
+PrioritizedConfig PrioritizedSampler::config() const {
+  PrioritizedConfig c = config_;
+  c.beta = state_->beta.load(std::memory_order_relaxed);
+  return c;
 }
 
 void PrioritizedSampler::set_beta(double beta) {
   REVERIE_CHECK(FiniteNonNegative(beta), "beta must be finite and >= 0, got ", beta);
-  config_.beta = beta;
+  state_->beta.store(beta, std::memory_order_relaxed);
 }
 
 double PrioritizedSampler::Transform(double priority) const {
@@ -50,26 +76,37 @@ double PrioritizedSampler::Transform(double priority) const {
 
 uint64_t PrioritizedSampler::ToUnits(double q) const {
   if (q <= 0) return 0;
-  const double scaled = std::nearbyint(q * scale_);  // scale_ = 2^scale_exp_: exact
+  // Times 2^scale_exp: exact.
+  const double scaled = std::nearbyint(std::ldexp(q, state_->scale_exp.load(std::memory_order_relaxed)));
   return scaled < 1 ? 1 : static_cast<uint64_t>(scaled);
 }
 
 double PrioritizedSampler::StoredPriority(int64_t slot) const {
-  return std::ldexp(static_cast<double>(tree_.leaf(slot)), -scale_exp_);
+  return std::ldexp(static_cast<double>(tree_.leaf(slot)),
+                    -state_->scale_exp.load(std::memory_order_relaxed));
 }
 
-void PrioritizedSampler::SetScale(int scale_exp) {
-  scale_exp_ = scale_exp;
-  scale_ = std::ldexp(1.0, scale_exp);
+template <typename Fn>
+void PrioritizedSampler::WithEpoch(Fn&& fn) {
+  state_->epoch.fetch_add(1, std::memory_order_acq_rel);
+  fn();
+  state_->epoch.fetch_add(1, std::memory_order_acq_rel);
 }
 
 void PrioritizedSampler::Reserve(double q) {
-  if (q <= max_q_) return;
-  max_q_ = q;
-  if (std::ldexp(q, scale_exp_) <= unit_budget_) return;
+  if (q <= state_->max_q.load(std::memory_order_relaxed)) return;
+  state_->max_q.store(q, std::memory_order_relaxed);
+  const int scale_exp = state_->scale_exp.load(std::memory_order_relaxed);
+  if (std::ldexp(q, scale_exp) <= unit_budget_) return;
   const int target = ScaleFor(q, unit_budget_ / kHeadroom);
-  tree_.ShiftLeavesRight(scale_exp_ - target);
-  SetScale(target);
+  WithEpoch([&] {
+    tree_.ShiftLeavesRight(scale_exp - target);
+    state_->scale_exp.store(target, std::memory_order_relaxed);
+  });
+}
+
+void PrioritizedSampler::Repair() {
+  WithEpoch([&] { tree_.Rebuild(); });
 }
 
 void PrioritizedSampler::ValidateSample(const SampleRequest& request) const {
@@ -79,10 +116,20 @@ void PrioritizedSampler::ValidateSample(const SampleRequest& request) const {
   REVERIE_CHECK(tree_.total() > 0, "cannot sample: every stored item has priority 0");
 }
 
-void PrioritizedSampler::Sample(const SampleRequest& request, int64_t begin, int64_t end,
-                                int64_t* slots, float* weights) const {
+int64_t PrioritizedSampler::Checked(int64_t slot) const {
+  // A descent racing an update can end on a leaf that is 0 (or beyond the stored range);
+  // such a draw is rejected, so a zero priority is never sampled.
+  return tree_.leaf(slot) != 0 ? slot : -1;
+}
+
+void PrioritizedSampler::Draw(const SampleRequest& request, int64_t begin, int64_t end,
+                              int64_t* slots) const {
   const uint64_t batch = static_cast<uint64_t>(request.batch);
   const uint64_t total = tree_.total();
+  if (total == 0) {  // every priority was set to 0 after validation
+    std::fill(slots + begin, slots + end, -1);
+    return;
+  }
   constexpr int64_t kPiece = 256;  // queries descending together
   uint64_t u[kPiece];
   for (int64_t first = begin; first < end; first += kPiece) {
@@ -97,24 +144,38 @@ void PrioritizedSampler::Sample(const SampleRequest& request, int64_t begin, int
     }
     tree_.DescendBatch(u, slots + first, count);
   }
-  if (weights == nullptr) return;
-  const double beta = config_.beta;
+  for (int64_t i = begin; i < end; ++i) slots[i] = Checked(slots[i]);
+}
+
+int64_t PrioritizedSampler::Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
+                                   const int64_t*) const {
+  const uint64_t total = tree_.total();
+  if (total == 0) return -1;
+  const uint64_t r = RandomBits(request.seed, request.call, static_cast<uint32_t>(i), attempt);
+  return Checked(Descend(tree_.sums(), tree_.layout(), MulHi64(r, total)));
+}
+
+void PrioritizedSampler::Weights(const int64_t* slots, int64_t begin, int64_t end,
+                                 float* weights) const {
+  const double beta = state_->beta.load(std::memory_order_relaxed);
   if (beta == 0) {
     std::fill(weights + begin, weights + end, 1.0f);
     return;
   }
   // w = (min / units)^beta. The ratio is formed in double and the power taken in float:
-  // relative error ~1e-7, below the float32 result's own resolution.
+  // relative error ~1e-7, below the float32 result's own resolution. A ratio above 1 (or a
+  // zero leaf) can only come from an update racing this sample; it is clamped to weight 1.
   const double min_units = static_cast<double>(tree_.min_positive());
   const float beta_f = static_cast<float>(beta);
   for (int64_t i = begin; i < end; ++i) {
-    const auto ratio = static_cast<float>(min_units / static_cast<double>(tree_.leaf(slots[i])));
+    const double units = static_cast<double>(tree_.leaf(slots[i]));
+    const auto ratio = units > min_units ? static_cast<float>(min_units / units) : 1.0f;
     weights[i] = ratio == 1.0f ? 1.0f : std::exp(beta_f * std::log(ratio));
   }
 }
 
 void PrioritizedSampler::OnInsert(int64_t first, int64_t n) {
-  const uint64_t units = ToUnits(max_q_);
+  const uint64_t units = ToUnits(state_->max_q.load(std::memory_order_relaxed));
   const int64_t capacity = tree_.leaves();
   const int64_t head = std::min(n, capacity - first);
   tree_.FillRange(first, head, units);
@@ -145,8 +206,8 @@ PrioritizedSampler::State PrioritizedSampler::GetState() const {
   State state;
   state.leaves.resize(static_cast<size_t>(tree_.leaves()));
   for (int64_t i = 0; i < tree_.leaves(); ++i) state.leaves[static_cast<size_t>(i)] = tree_.leaf(i);
-  state.scale_exp = scale_exp_;
-  state.max_q = max_q_;
+  state.scale_exp = state_->scale_exp.load(std::memory_order_relaxed);
+  state.max_q = state_->max_q.load(std::memory_order_relaxed);
   return state;
 }
 
@@ -160,9 +221,11 @@ void PrioritizedSampler::SetState(const State& state) {
   for (uint64_t v : state.leaves) total += v;
   REVERIE_CHECK(total < (static_cast<unsigned __int128>(1) << 63),
                 "priority state: the leaves sum past the fixed-point budget");
-  tree_.AssignLeaves(state.leaves.data());
-  SetScale(state.scale_exp);
-  max_q_ = state.max_q;
+  WithEpoch([&] {
+    tree_.AssignLeaves(state.leaves.data());
+    state_->scale_exp.store(state.scale_exp, std::memory_order_relaxed);
+    state_->max_q.store(state.max_q, std::memory_order_relaxed);
+  });
 }
 
 }  // namespace reverie

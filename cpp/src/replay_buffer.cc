@@ -1,19 +1,44 @@
 #include "reverie/replay_buffer.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <cstring>
-#include <mutex>
+#include <new>
 
+#include "reverie/atomics.h"
 #include "reverie/common.h"
 #include "reverie/gather.h"
+#include "reverie/sum_tree.h"
 #include "reverie/thread_pool.h"
+#include "reverie/uniform_sampler.h"
 
 namespace reverie {
+
+// The first bytes of a buffer's region. Everything here is address-free (see region.h).
+struct BufferHeader {
+  static constexpr uint64_t kMagic = 0x31564552'45564552ull;  // "REVERER1" (little endian)
+  static constexpr uint32_t kVersion = 1;
+
+  std::atomic<uint64_t> magic{0};  // stored last (release) by the creator
+  uint32_t version = kVersion;
+  uint64_t total_bytes = 0;
+  uint64_t fingerprint = 0;  // of capacity, spec, sampler config and seed
+  RingCounters ring;
+  alignas(64) std::atomic<uint64_t> calls{0};
+  std::atomic<int64_t> stale{0};
+  alignas(64) ProcessMutex writer_mu;
+  alignas(64) RateLimitState limiter;
+  alignas(64) PriorityState priority;
+};
+
 namespace {
 
 constexpr size_t kParallelGatherBytes = size_t{256} << 10;  // large rows: cut finer above this
 constexpr int64_t kRowsPerChunk = 16;
 constexpr int64_t kMinParallelRows = 64;  // below this a second thread costs more than it saves
+constexpr uint32_t kMaxAttempts = 1u << 12;  // redraws of one row before giving up
+constexpr uint32_t kRecheckAttempts = 1u << 16;  // redraw numbers used after a failed recheck
 
 std::string FieldNames(const std::vector<FieldSpec>& spec) {
   std::string out;
@@ -21,28 +46,142 @@ std::string FieldNames(const std::vector<FieldSpec>& spec) {
   return out;
 }
 
+size_t AlignUp(size_t n, size_t alignment) { return (n + alignment - 1) / alignment * alignment; }
+
+// FNV-1a over everything that fixes the region's layout and meaning.
+struct Fingerprint {
+  uint64_t h = 1469598103934665603ull;
+  void Add(const void* data, size_t n) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  template <typename T>
+  void Add(const T& v) {
+    Add(&v, sizeof(v));
+  }
+};
+
+uint64_t FingerprintOf(int64_t capacity, const std::vector<FieldSpec>& spec,
+                       const SamplerConfig& sampler, uint64_t seed) {
+  Fingerprint f;
+  f.Add(capacity);
+  for (const FieldSpec& field : spec) {
+    f.Add(field.name.data(), field.name.size());
+    f.Add(static_cast<int>(field.dtype));
+    for (int64_t d : field.shape) f.Add(d);
+    f.Add(int64_t{-1});
+  }
+  f.Add(static_cast<int>(sampler.kind));
+  f.Add(sampler.replacement);
+  f.Add(sampler.prioritized.alpha);
+  f.Add(sampler.prioritized.eps);
+  f.Add(seed);
+  return f.h;
+}
+
+// Where each part of a buffer lives in its region.
+struct RegionLayout {
+  size_t stamps = 0;
+  std::vector<size_t> columns;
+  size_t sums = 0, mins = 0;
+  size_t total = 0;
+};
+
+RegionLayout MakeRegionLayout(const Storage& storage, bool prioritized) {
+  RegionLayout l;
+  size_t at = AlignUp(sizeof(BufferHeader), 64);
+  l.stamps = at;
+  at = AlignUp(at + static_cast<size_t>(storage.capacity()) * sizeof(uint64_t), 64);
+  for (size_t f = 0; f < storage.num_fields(); ++f) {
+    const size_t bytes = storage.column_bytes(f);
+    // Columns of 2 MiB or more start on a 2 MiB boundary (transparent huge pages).
+    if (bytes >= (size_t{2} << 20)) at = AlignUp(at, size_t{2} << 20);
+    l.columns.push_back(at);
+    at = AlignUp(at + bytes, 64);
+  }
+  if (prioritized) {
+    l.sums = at;
+    at = AlignUp(at + SumTree::SumsBytes(storage.capacity()), 64);
+    l.mins = at;
+    at = AlignUp(at + SumTree::MinsBytes(storage.capacity()), 64);
+  }
+  l.total = at;
+  return l;
+}
+
 }  // namespace
 
+ReplayBuffer::WriterLock::WriterLock(ReplayBuffer& buf) : buf_(buf) {
+  if (buf_.header_->writer_mu.Lock()) {
+    // The previous holder died inside: its tree change may be half applied. The leaves are
+    // each whole (single stores), so rebuilding the sums and mins from them repairs it.
+    buf_.sampler_->Repair();
+  }
+}
+
+ReplayBuffer::WriterLock::~WriterLock() { buf_.header_->writer_mu.Unlock(); }
+
 ReplayBuffer::ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec,
-                           std::unique_ptr<Sampler> sampler, uint64_t seed)
-    : storage_(capacity, std::move(spec)), sampler_(std::move(sampler)), seed_(seed) {
-  REVERIE_CHECK(sampler_ != nullptr, "a buffer needs a sampler");
-  ring_.capacity = capacity;
+                           const SamplerConfig& sampler, uint64_t seed,
+                           const StorageConfig& storage)
+    : storage_(capacity, std::move(spec)), seed_(seed) {
+  const bool prioritized = sampler.kind == SamplerConfig::Kind::kPrioritized;
+  const RegionLayout layout = MakeRegionLayout(storage_, prioritized);
+  const uint64_t fingerprint = FingerprintOf(capacity, storage_.spec(), sampler, seed);
+  const bool attach = storage.kind == StorageConfig::Kind::kAttachShared;
+  if (prioritized && !attach) {
+    // Check the config before a segment is created.
+    PrioritizedSampler probe(1, sampler.prioritized);
+  }
+  switch (storage.kind) {
+    case StorageConfig::Kind::kPrivate: region_ = Region::Private(layout.total); break;
+    case StorageConfig::Kind::kCreateShared: region_ = Region::CreateShared(storage.name, layout.total); break;
+    case StorageConfig::Kind::kAttachShared: region_ = Region::AttachShared(storage.name); break;
+  }
+  uint8_t* base = region_.data();
+  if (attach) {
+    REVERIE_CHECK(region_.size() >= sizeof(BufferHeader), "shared memory '", storage.name,
+                  "' is not a reverie buffer (", region_.size(), " bytes)");
+    header_ = reinterpret_cast<BufferHeader*>(base);
+    REVERIE_CHECK(header_->magic.load(std::memory_order_acquire) == BufferHeader::kMagic &&
+                      header_->version == BufferHeader::kVersion,
+                  "shared memory '", storage.name, "' is not a reverie buffer of this version");
+    REVERIE_CHECK(header_->total_bytes == layout.total && region_.size() == layout.total &&
+                      header_->fingerprint == fingerprint,
+                  "shared buffer '", storage.name, "' was made with another capacity, spec, ",
+                  "sampler or seed than given here");
+  } else {
+    header_ = new (base) BufferHeader();
+    header_->total_bytes = layout.total;
+    header_->fingerprint = fingerprint;
+    header_->writer_mu.Init();
+  }
+  std::vector<uint8_t*> columns;
+  for (size_t offset : layout.columns) columns.push_back(base + offset);
+  storage_.Bind(std::move(columns));
+  ring_ = Ring(capacity, reinterpret_cast<std::atomic<uint64_t>*>(base + layout.stamps),
+               &header_->ring);
+  limiter_ = RateLimiter(&header_->limiter, &ring_);
+  if (prioritized) {
+    sampler_ = std::make_unique<PrioritizedSampler>(
+        capacity, sampler.prioritized, &header_->priority,
+        reinterpret_cast<uint64_t*>(base + layout.sums),
+        reinterpret_cast<uint64_t*>(base + layout.mins), /*initialize=*/!attach);
+  } else {
+    sampler_ = std::make_unique<UniformSampler>(sampler.replacement);
+  }
+  // Attachers may look now.
+  if (!attach) header_->magic.store(BufferHeader::kMagic, std::memory_order_release);
 }
 
-int64_t ReplayBuffer::size() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  return ring_.size();
-}
-
-int64_t ReplayBuffer::written() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  return ring_.written;
-}
+ReplayBuffer::~ReplayBuffer() = default;
 
 int64_t ReplayBuffer::stale_updates() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  return stale_updates_;
+  return header_->stale.load(std::memory_order_relaxed);
+}
+
+uint64_t ReplayBuffer::sample_calls() const {
+  return header_->calls.load(std::memory_order_relaxed);
 }
 
 void ReplayBuffer::Validate(const FieldInput* inputs, size_t n, bool batched,
@@ -106,35 +245,91 @@ void ReplayBuffer::Validate(const FieldInput* inputs, size_t n, bool batched,
   }
 }
 
-void ReplayBuffer::WriteRows(const ArrayView* const* values, int64_t count) {
-  // Only the last `capacity` items survive; write just those.
-  const int64_t cap = ring_.capacity;
-  const int64_t skip = std::max<int64_t>(0, count - cap);
-  const int64_t kept = count - skip;
-  const int64_t first_slot = (ring_.written + skip) % cap;
+void ReplayBuffer::CopyRows(const ArrayView* const* values, int64_t row, int64_t slot,
+                            int64_t n) {
   const auto& spec = storage_.spec();
   for (size_t f = 0; f < spec.size(); ++f) {
     const ArrayView& v = *values[f];
     const size_t elems = static_cast<size_t>(spec[f].item_elements());
-    const size_t row = spec[f].row_bytes();
+    const size_t row_bytes = spec[f].row_bytes();
     const size_t src_row = elems * DTypeSize(v.dtype);
-    const auto* src = static_cast<const uint8_t*>(v.data) + static_cast<size_t>(skip) * src_row;
-    int64_t done = 0;
-    while (done < kept) {  // at most two pieces: up to the end of the ring, then from slot 0
-      const int64_t slot = (first_slot + done) % cap;
-      const int64_t piece = std::min(kept - done, cap - slot);
-      uint8_t* dst = storage_.column(f) + static_cast<size_t>(slot) * row;
-      const uint8_t* from = src + static_cast<size_t>(done) * src_row;
-      if (v.typed) {
-        std::memcpy(dst, from, static_cast<size_t>(piece) * row);
-      } else {
-        ConvertUntyped(from, v.dtype, dst, spec[f].dtype, static_cast<size_t>(piece) * elems);
-      }
-      done += piece;
+    const uint8_t* src = static_cast<const uint8_t*>(v.data) + static_cast<size_t>(row) * src_row;
+    uint8_t* dst = storage_.column(f) + static_cast<size_t>(slot) * row_bytes;
+    const size_t bytes = static_cast<size_t>(n) * row_bytes;
+    if (v.typed) {
+      RacyCopy(dst, src, bytes);
+    } else {
+#if defined(REVERIE_TSAN)
+      std::vector<uint8_t> converted(bytes);
+      ConvertUntyped(src, v.dtype, converted.data(), spec[f].dtype, static_cast<size_t>(n) * elems);
+      RacyCopy(dst, converted.data(), bytes);
+#else
+      ConvertUntyped(src, v.dtype, dst, spec[f].dtype, static_cast<size_t>(n) * elems);
+#endif
     }
   }
-  sampler_->OnInsert(first_slot, kept);
-  ring_.written += count;
+}
+
+void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
+  limiter_.AwaitInsert(count, poll_);
+  const int64_t cap = capacity();
+  const int64_t first = ring_.Claim(count);  // step 1: keys [first, first + count) are ours
+  // Only the last `capacity` items survive; write just those.
+  const int64_t skip = std::max<int64_t>(0, count - cap);
+  const int64_t kept = count - skip;
+  const int64_t first_key = first + skip;
+  const uint32_t pid = CurrentPid();
+  // Step 2 for every kept key. A key is lapped (false) only when a newer writer got its slot
+  // first; then the rows are copied one by one, skipping those.
+  bool all_acquired = true;
+  std::vector<int64_t> lapped;
+  auto acquire_all = [&] {
+    for (int64_t k = first_key; k < first_key + kept; ++k) {
+      if (!ring_.Acquire(k, pid)) {
+        all_acquired = false;
+        lapped.push_back(k);
+      }
+    }
+  };
+  auto acquired = [&](int64_t key) {
+    return all_acquired || !std::binary_search(lapped.begin(), lapped.end(), key);
+  };
+  if (sampler_->prioritized()) {
+    // The slots are marked as being written and get their new priority under the writer
+    // lock, so an update that checks a slot's stamp under the same lock never gives the new
+    // item the old item's priority.
+    WriterLock lock(*this);
+    acquire_all();
+    if (all_acquired) {
+      sampler_->OnInsert(ring_.slot_of(first_key), kept);
+    } else {
+      for (int64_t k = first_key; k < first_key + kept; ++k) {
+        if (acquired(k)) sampler_->OnInsert(ring_.slot_of(k), 1);
+      }
+    }
+  } else {
+    acquire_all();
+  }
+  // Step 3: copy, in at most two pieces (up to the end of the ring, then from slot 0).
+  if (all_acquired) {
+    int64_t done = 0;
+    while (done < kept) {
+      const int64_t slot = ring_.slot_of(first_key + done);
+      const int64_t piece = std::min(kept - done, cap - slot);
+      CopyRows(values, skip + done, slot, piece);
+      done += piece;
+    }
+  } else {
+    for (int64_t i = 0; i < kept; ++i) {
+      if (acquired(first_key + i)) CopyRows(values, skip + i, ring_.slot_of(first_key + i), 1);
+    }
+  }
+  // Step 4: publish (each a release store, after all of this writer's bytes).
+  for (int64_t k = first_key; k < first_key + kept; ++k) {
+    if (acquired(k)) ring_.Publish(k);
+  }
+  ring_.CountCommitted(count);
+  if (limiter_.enabled()) limiter_.Notify();
 }
 
 void ReplayBuffer::Write(const FieldInput* inputs, size_t n, bool batched) {
@@ -146,86 +341,154 @@ void ReplayBuffer::Write(const FieldInput* inputs, size_t n, bool batched) {
   int64_t count = 1;
   Validate(inputs, n, batched, values, &count);
   if (count == 0) return;
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  WriteRows(values, count);
+  WriteItems(values, count);
 }
 
 void ReplayBuffer::Add(const FieldInput* inputs, size_t n) { Write(inputs, n, /*batched=*/false); }
 
 void ReplayBuffer::Extend(const FieldInput* inputs, size_t n) { Write(inputs, n, /*batched=*/true); }
 
+void ReplayBuffer::Resolve(const SampleRequest& request, int64_t i, uint32_t first_attempt,
+                           int64_t* slots, int64_t* stamps) const {
+  uint32_t attempt = first_attempt;
+  for (;;) {
+    const int64_t slot = slots[i];
+    if (slot >= 0 && slot < request.draw_range()) {
+      const uint64_t stamp = ring_.LoadStamp(slot);  // acquire: pairs with Publish
+      if (Stamp::IsCommitted(stamp)) {
+        stamps[i] = static_cast<int64_t>(stamp);
+        return;
+      }
+    }
+    if (attempt - first_attempt >= kMaxAttempts) {
+      throw std::runtime_error(internal::Concat(
+          "could not draw a committed item in ", kMaxAttempts,
+          " attempts: nearly every drawn slot is being written (is a writer stalled?)"));
+    }
+    if (attempt - first_attempt >= 64) sched_yield();
+    slots[i] = sampler_->Redraw(request, i, ++attempt, slots);
+  }
+}
+
 void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights) {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
+  limiter_.AdmitSample(batch, poll_);  // may wait; counts the items as sampled
   SampleRequest request;
   request.seed = seed_;
-  request.size = ring_.size();
   request.batch = batch;
-  sampler_->ValidateSample(request);
-  request.call = calls_.fetch_add(1, std::memory_order_relaxed);
-  // Slots go to `keys` first and become keys after the gather.
+  request.size = ring_.size();
+  request.range = ring_.range();
+  try {
+    sampler_->ValidateSample(request);
+  } catch (...) {
+    limiter_.Unsample(batch);
+    throw;
+  }
+  request.call = header_->calls.fetch_add(1, std::memory_order_relaxed);
+  // Keys hold the rows' stamps until the end.
+  std::vector<int64_t> slot_buffer(static_cast<size_t>(batch));
+  int64_t* slots = slot_buffer.data();
   float* w = sampler_->prioritized() ? weights : nullptr;
   const bool split = sampler_->splittable();
-  if (!split) sampler_->Sample(request, 0, batch, keys, w);
-
   const auto& spec = storage_.spec();
   size_t row_bytes = 0;
   for (const FieldSpec& field : spec) row_bytes += field.row_bytes();
-  auto work = [&](int64_t begin, int64_t end) {
-    if (split) sampler_->Sample(request, begin, end, keys, w);
+  auto gather = [&](int64_t begin, int64_t end) {
     for (size_t f = 0; f < spec.size(); ++f) {
-      GatherRows(out[f], storage_.column(f), spec[f].row_bytes(), keys, begin, end);
+      GatherRows(out[f], storage_.column(f), spec[f].row_bytes(), slots, begin, end);
     }
+  };
+  auto work = [&](int64_t begin, int64_t end) {
+    if (split) sampler_->Draw(request, begin, end, slots);
+    for (int64_t i = begin; i < end; ++i) Resolve(request, i, 0, slots, keys);
+    gather(begin, end);
+    // The seqlock check of ring.h: a row whose stamp changed during the copy is redrawn
+    // and copied again.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    for (int64_t i = begin; i < end; ++i) {
+      uint32_t attempt = kRecheckAttempts;
+      while (static_cast<int64_t>(ring_.RecheckStamp(slots[i])) != keys[i]) {
+        slots[i] = sampler_->Redraw(request, i, ++attempt, slots);
+        Resolve(request, i, attempt, slots, keys);
+        gather(i, i + 1);
+        std::atomic_thread_fence(std::memory_order_acquire);
+      }
+    }
+    if (w != nullptr) sampler_->Weights(slots, begin, end, w);
   };
   // Each piece draws its own slots and gathers its rows: the cache misses of the tree and of
   // the rows then run on every core. Large gathers are cut finer to balance the copying.
   ThreadPool& pool = ThreadPool::Shared();
   const int64_t threads = pool.workers() + 1;
   int64_t chunks = 1;
-  if (row_bytes * static_cast<size_t>(batch) >= kParallelGatherBytes) {
+  if (!split) {
+    // Without replacement a redraw reads the whole batch: one piece.
+  } else if (row_bytes * static_cast<size_t>(batch) >= kParallelGatherBytes) {
     chunks = std::min<int64_t>(batch / kRowsPerChunk + 1, 4 * threads);
   } else if (batch >= kMinParallelRows) {
     chunks = threads;
   }
-  pool.ParallelFor(batch, chunks, work);
-  ring_.SlotsToKeys(keys, batch);
+  for (;;) {
+    // A tree rescale or rebuild (rare) while drawing: draw the same call again.
+    uint64_t epoch = sampler_->epoch();
+    while (epoch & 1) {
+      sched_yield();
+      epoch = sampler_->epoch();
+    }
+    if (!split) sampler_->Draw(request, 0, batch, slots);
+    pool.ParallelFor(batch, chunks, work);
+    if (sampler_->epoch() == epoch) break;
+  }
+  for (int64_t i = 0; i < batch; ++i) keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
 }
 
 int64_t ReplayBuffer::UpdatePriorities(const int64_t* keys, const double* priorities, int64_t n) {
   sampler_->ValidatePriorities(priorities, n);
-  std::unique_lock<std::shared_mutex> lock(mu_);
+  const int64_t claimed = ring_.claimed();
   for (int64_t k = 0; k < n; ++k) {
-    REVERIE_CHECK_INDEX(ring_.was_written(keys[k]), "index ", keys[k], " at position ", k,
-                        " was never written: valid keys are 0 .. ", ring_.written - 1,
+    REVERIE_CHECK_INDEX(keys[k] >= 0 && keys[k] < claimed, "index ", keys[k], " at position ", k,
+                        " was never written: valid keys are 0 .. ", claimed - 1,
                         " (use batch.indices from sample())");
   }
   std::vector<int64_t> slots;
   std::vector<double> values;
   slots.reserve(static_cast<size_t>(n));
   values.reserve(static_cast<size_t>(n));
-  for (int64_t k = 0; k < n; ++k) {
-    if (!ring_.is_stored(keys[k])) continue;
-    slots.push_back(ring_.slot_of(keys[k]));
-    values.push_back(priorities[k]);
+  {
+    WriterLock lock(*this);
+    // Under the lock, so a writer cannot mark a checked slot and give it a new priority
+    // between the check and the update (see WriteItems).
+    for (int64_t k = 0; k < n; ++k) {
+      if (!ring_.Holds(keys[k])) continue;
+      slots.push_back(ring_.slot_of(keys[k]));
+      values.push_back(priorities[k]);
+    }
+    sampler_->UpdatePriorities(slots.data(), values.data(), static_cast<int64_t>(slots.size()));
   }
   const int64_t stale = n - static_cast<int64_t>(slots.size());
-  sampler_->UpdatePriorities(slots.data(), values.data(), static_cast<int64_t>(slots.size()));
-  stale_updates_ += stale;
+  header_->stale.fetch_add(stale, std::memory_order_relaxed);
   return stale;
 }
 
 ReplayBuffer::Counters ReplayBuffer::GetCounters() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  return Counters{ring_.written, calls_.load(std::memory_order_relaxed), stale_updates_};
+  return Counters{ring_.committed(), sample_calls(), stale_updates(), limiter_.sampled()};
 }
 
 void ReplayBuffer::SetCounters(const Counters& counters) {
   REVERIE_CHECK(counters.written >= 0, "written must be >= 0, got ", counters.written);
   REVERIE_CHECK(counters.stale_updates >= 0, "stale_updates must be >= 0, got ",
                 counters.stale_updates);
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  ring_.written = counters.written;
-  stale_updates_ = counters.stale_updates;
-  calls_.store(counters.sample_calls, std::memory_order_relaxed);
+  REVERIE_CHECK(counters.sampled >= 0, "sampled must be >= 0, got ", counters.sampled);
+  header_->ring.claimed.store(counters.written, std::memory_order_relaxed);
+  header_->ring.committed.store(counters.written, std::memory_order_relaxed);
+  // The stored items are the last min(written, capacity) keys.
+  const int64_t cap = capacity();
+  for (int64_t key = std::max<int64_t>(0, counters.written - cap); key < counters.written; ++key) {
+    ring_.Publish(key);
+  }
+  header_->stale.store(counters.stale_updates, std::memory_order_relaxed);
+  header_->calls.store(counters.sample_calls, std::memory_order_relaxed);
+  limiter_.set_sampled(counters.sampled);
 }
 
 void ReplayBuffer::LoadColumn(size_t field, const void* data, size_t bytes) {
@@ -234,7 +497,6 @@ void ReplayBuffer::LoadColumn(size_t field, const void* data, size_t bytes) {
   const size_t expected = spec.row_bytes() * static_cast<size_t>(capacity());
   REVERIE_CHECK(bytes == expected, "field '", spec.name, "': expected ", expected,
                 " bytes of column data, got ", bytes);
-  std::unique_lock<std::shared_mutex> lock(mu_);
   std::memcpy(storage_.column(field), data, bytes);
 }
 

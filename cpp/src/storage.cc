@@ -43,12 +43,12 @@ Storage::Storage(int64_t capacity, std::vector<FieldSpec> spec)
                     ShapeString(field.shape.data(), static_cast<int>(field.shape.size())));
     }
   }
-  columns_.reserve(spec_.size());
-  for (const FieldSpec& field : spec_) {
-    // Round each column up to whole cache lines so every column starts aligned.
-    const size_t bytes = (field.row_bytes() * static_cast<size_t>(capacity) + 63) / 64 * 64;
-    columns_.emplace_back(bytes == 0 ? 64 : bytes);
-  }
+}
+
+size_t Storage::column_bytes(size_t field) const {
+  // Whole cache lines, so every column starts aligned; never empty.
+  const size_t bytes = (spec_[field].row_bytes() * static_cast<size_t>(capacity_) + 63) / 64 * 64;
+  return bytes == 0 ? 64 : bytes;
 }
 
 size_t Storage::item_bytes() const {

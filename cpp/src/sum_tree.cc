@@ -34,10 +34,24 @@ TreeLayout MakeTreeLayout(int64_t leaves) {
   return layout;
 }
 
+size_t SumTree::SumsBytes(int64_t leaves) {
+  return static_cast<size_t>(MakeTreeLayout(leaves).total_nodes) * sizeof(uint64_t);
+}
+
+size_t SumTree::MinsBytes(int64_t leaves) {
+  const TreeLayout layout = MakeTreeLayout(leaves);
+  return static_cast<size_t>(layout.offset[layout.depth]) * sizeof(uint64_t);
+}
+
 SumTree::SumTree(int64_t leaves)
     : layout_(MakeTreeLayout(leaves)),
-      sums_(static_cast<size_t>(layout_.total_nodes) * sizeof(uint64_t)),
-      mins_(static_cast<size_t>(layout_.offset[layout_.depth]) * sizeof(uint64_t)) {}
+      owned_sums_(SumsBytes(leaves)),
+      owned_mins_(MinsBytes(leaves)),
+      sums_(owned_sums_.as<uint64_t>()),
+      mins_(owned_mins_.as<uint64_t>()) {}
+
+SumTree::SumTree(int64_t leaves, uint64_t* sums, uint64_t* mins)
+    : layout_(MakeTreeLayout(leaves)), sums_(sums), mins_(mins) {}
 
 void SumTree::RefreshRange(int64_t first_leaf, int64_t last_leaf) {
   uint64_t* s = mutable_sums();
@@ -52,9 +66,9 @@ void SumTree::RefreshRange(int64_t first_leaf, int64_t last_leaf) {
     for (int64_t node = lo; node <= hi; ++node) {
       const uint64_t* c = child_sums + node * kTreeFanout;
       uint64_t total = 0;
-      for (int k = 0; k < kTreeFanout; ++k) total += c[k];
-      s[layout_.offset[level] + node] = total;
-      m[layout_.offset[level] + node] = MinPositive(child_mins + node * kTreeFanout);
+      for (int k = 0; k < kTreeFanout; ++k) total += LoadRelaxed(c + k);
+      StoreRelaxed(s + layout_.offset[level] + node, total);
+      StoreRelaxed(m + layout_.offset[level] + node, MinPositive(child_mins + node * kTreeFanout));
     }
   }
 }
@@ -62,7 +76,7 @@ void SumTree::RefreshRange(int64_t first_leaf, int64_t last_leaf) {
 void SumTree::FillRange(int64_t first, int64_t n, uint64_t units) {
   if (n <= 0) return;
   uint64_t* leaf = mutable_sums() + layout_.offset[layout_.depth];
-  std::fill(leaf + first, leaf + first + n, units);
+  for (int64_t i = first; i < first + n; ++i) StoreRelaxed(leaf + i, units);
   RefreshRange(first, first + n - 1);
 }
 
@@ -115,9 +129,9 @@ void SumTree::SetLeaves(const int64_t* index, const UnitsOf& units_of, int64_t n
   uint64_t* s = mutable_sums();
   const uint64_t* children = s + layout_.offset[1];
   uint64_t total = 0;
-  for (int k = 0; k < kTreeFanout; ++k) total += children[k];
-  s[0] = total;
-  mutable_mins()[0] = MinPositive(mins() + layout_.offset[1]);
+  for (int k = 0; k < kTreeFanout; ++k) total += LoadRelaxed(children + k);
+  StoreRelaxed(s, total);
+  StoreRelaxed(mutable_mins(), MinPositive(mins() + layout_.offset[1]));
 }
 
 void SumTree::DescendBatch(const uint64_t* u, int64_t* leaf, int64_t n) const {
@@ -145,13 +159,15 @@ void SumTree::ShiftLeavesRight(int shift) {
   uint64_t* leaf = mutable_sums() + layout_.offset[layout_.depth];
   const int64_t n = leaves();
   for (int64_t i = 0; i < n; ++i) {
-    if (leaf[i] != 0) leaf[i] = shift >= 64 ? 1 : std::max<uint64_t>(leaf[i] >> shift, 1);
+    const uint64_t v = LoadRelaxed(leaf + i);
+    if (v != 0) StoreRelaxed(leaf + i, shift >= 64 ? 1 : std::max<uint64_t>(v >> shift, 1));
   }
   Rebuild();
 }
 
 void SumTree::AssignLeaves(const uint64_t* units) {
-  std::copy(units, units + leaves(), mutable_sums() + layout_.offset[layout_.depth]);
+  uint64_t* leaf = mutable_sums() + layout_.offset[layout_.depth];
+  for (int64_t i = 0; i < leaves(); ++i) StoreRelaxed(leaf + i, units[i]);
   Rebuild();
 }
 

@@ -8,6 +8,14 @@
 
 namespace reverie {
 
+void Sampler::Weights(const int64_t*, int64_t, int64_t, float*) const {}
+
+void Sampler::Sample(const SampleRequest& request, int64_t begin, int64_t end, int64_t* slots,
+                     float* weights) const {
+  Draw(request, begin, end, slots);
+  if (weights != nullptr && prioritized()) Weights(slots, begin, end, weights);
+}
+
 void Sampler::ValidatePriorities(const double*, int64_t) const {
   throw std::invalid_argument(
       "update_priorities needs a prioritized sampler; this buffer samples uniformly");
@@ -26,20 +34,20 @@ void UniformSampler::ValidateSample(const SampleRequest& request) const {
                 " distinct items without replacement: the buffer holds only ", request.size);
 }
 
-void UniformSampler::Sample(const SampleRequest& request, int64_t begin, int64_t end,
-                            int64_t* slots, float*) const {
-  const uint64_t size = static_cast<uint64_t>(request.size);
+void UniformSampler::Draw(const SampleRequest& request, int64_t begin, int64_t end,
+                          int64_t* slots) const {
+  const uint64_t range = static_cast<uint64_t>(request.draw_range());
   if (replacement_) {
     for (int64_t i = begin; i < end; ++i) {
       slots[i] = static_cast<int64_t>(
-          MulHi64(RandomBits(request.seed, request.call, static_cast<uint32_t>(i)), size));
+          MulHi64(RandomBits(request.seed, request.call, static_cast<uint32_t>(i)), range));
     }
     return;
   }
-  // Floyd: for j = size-B .. size-1 draw t in [0, j]; take t unless taken, else j.
+  // Floyd: for j = range-B .. range-1 draw t in [0, j]; take t unless taken, else j.
   std::unordered_set<int64_t> taken;
   taken.reserve(static_cast<size_t>(request.batch) * 2);
-  const int64_t first = request.size - request.batch;
+  const int64_t first = request.draw_range() - request.batch;
   for (int64_t i = 0; i < request.batch; ++i) {
     const int64_t j = first + i;
     const auto t = static_cast<int64_t>(MulHi64(
@@ -48,6 +56,20 @@ void UniformSampler::Sample(const SampleRequest& request, int64_t begin, int64_t
     if (pick == j) taken.insert(j);
     slots[i] = pick;
   }
+}
+
+int64_t UniformSampler::Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
+                               const int64_t* slots) const {
+  const auto slot = static_cast<int64_t>(
+      MulHi64(RandomBits(request.seed, request.call, static_cast<uint32_t>(i), attempt),
+              static_cast<uint64_t>(request.draw_range())));
+  if (!replacement_) {
+    // Rare (a row overwritten under a draw): a linear scan keeps the batch distinct.
+    for (int64_t k = 0; k < request.batch; ++k) {
+      if (k != i && slots[k] == slot) return -1;
+    }
+  }
+  return slot;
 }
 
 }  // namespace reverie

@@ -20,6 +20,9 @@
 #include "reverie/thread_pool.h"
 #include "reverie/uniform_sampler.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 using namespace reverie;
 
 namespace {
@@ -61,6 +64,15 @@ bool TreeConsistent(const SumTree& tree) {
 // A whole batch in one piece.
 void SampleAll(const Sampler& sampler, const SampleRequest& request, int64_t* slots, float* weights) {
   sampler.Sample(request, 0, request.batch, slots, weights);
+}
+
+SamplerConfig Uniform() { return SamplerConfig{}; }
+
+SamplerConfig Per(PrioritizedConfig config) {
+  SamplerConfig c;
+  c.kind = SamplerConfig::Kind::kPrioritized;
+  c.prioritized = config;
+  return c;
 }
 
 std::vector<FieldSpec> TwoFieldSpec() {
@@ -352,19 +364,43 @@ TEST(UniformWithoutReplacementDistinct) {
   }
 }
 
-TEST(RingKeys) {
-  Ring ring{5, 0};
-  ring.written = 12;  // keys 7..11 stored in slots 2,3,4,0,1
+TEST(RingStampsAndKeys) {
+  std::atomic<uint64_t> stamps[5] = {};
+  RingCounters counters;
+  Ring ring(5, stamps, &counters);
+  CHECK(ring.Claim(12) == 0 && ring.claimed() == 12 && ring.size() == 0 && ring.range() == 5);
+  const uint32_t pid = CurrentPid();
+  for (int64_t k = 0; k < 12; ++k) {
+    CHECK(ring.Acquire(k, pid));
+    CHECK(Stamp::IsWriting(ring.LoadStamp(ring.slot_of(k))));
+    ring.Publish(k);
+  }
+  ring.CountCommitted(12);
   CHECK(ring.size() == 5);
-  CHECK(ring.key_of(2) == 7 && ring.key_of(4) == 9 && ring.key_of(0) == 10 && ring.key_of(1) == 11);
-  int64_t slots[5] = {0, 1, 2, 3, 4};
-  ring.SlotsToKeys(slots, 5);
-  for (int64_t s = 0; s < 5; ++s) CHECK(slots[s] == ring.key_of(s));
-  CHECK(ring.is_stored(7) && !ring.is_stored(6) && !ring.is_stored(12) && ring.was_written(6));
+  // keys 7..11 are stored in slots 2,3,4,0,1
+  CHECK(Stamp::KeyOf(ring.LoadStamp(2)) == 7 && Stamp::KeyOf(ring.LoadStamp(1)) == 11);
+  CHECK(ring.Holds(7) && !ring.Holds(6) && !ring.Holds(12) && ring.was_claimed(6) && !ring.was_claimed(12));
+  CHECK(!ring.Acquire(6, pid));  // a writer lapped by a newer item skips the slot
+  CHECK(Stamp::KeyOf(ring.LoadStamp(1)) == 11);
+}
+
+TEST(DeadWritersSlotIsTakenOver) {
+  // A stamp left WRITING by a process that no longer exists is taken over, not waited on.
+  std::atomic<uint64_t> stamps[2] = {};
+  RingCounters counters;
+  Ring ring(2, stamps, &counters);
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  int status = 0;
+  waitpid(child, &status, 0);
+  stamps[0].store(Stamp::Writing(static_cast<uint32_t>(child)));
+  CHECK(ring.Acquire(2, CurrentPid()));
+  ring.Publish(2);
+  CHECK(ring.Holds(2));
 }
 
 TEST(BufferAddSampleEvict) {
-  ReplayBuffer buf(4, TwoFieldSpec(), std::make_unique<UniformSampler>(true), 42);
+  ReplayBuffer buf(4, TwoFieldSpec(), Uniform(), 42);
   for (int64_t id = 0; id < 6; ++id) AddItem(buf, id);
   CHECK(buf.size() == 4 && buf.written() == 6);
   const Drawn d = Draw(buf, 64);
@@ -379,7 +415,7 @@ TEST(BufferAddSampleEvict) {
 TEST(BufferSeededDeterminism) {
   auto make = [](uint64_t seed) {
     auto buf = std::make_unique<ReplayBuffer>(100, TwoFieldSpec(),
-                                              std::make_unique<PrioritizedSampler>(100, PrioritizedConfig{}), seed);
+                                              Per(PrioritizedConfig{}), seed);
     for (int64_t id = 0; id < 150; ++id) AddItem(*buf, id);
     return buf;
   };
@@ -395,7 +431,7 @@ TEST(BufferSeededDeterminism) {
 }
 
 TEST(BufferBadInputChangesNothing) {
-  ReplayBuffer buf(8, TwoFieldSpec(), std::make_unique<PrioritizedSampler>(8, PrioritizedConfig{}), 1);
+  ReplayBuffer buf(8, TwoFieldSpec(), Per(PrioritizedConfig{}), 1);
   for (int64_t id = 0; id < 5; ++id) AddItem(buf, id);
   const int64_t id = 9;
   const float obs[3] = {1, 2, 3};
@@ -424,7 +460,7 @@ TEST(BufferBadInputChangesNothing) {
 }
 
 TEST(StaleUpdatesIgnoredAndCounted) {
-  ReplayBuffer buf(4, TwoFieldSpec(), std::make_unique<PrioritizedSampler>(4, PrioritizedConfig{1.0, 0.4, 0.0}), 1);
+  ReplayBuffer buf(4, TwoFieldSpec(), Per(PrioritizedConfig{1.0, 0.4, 0.0}), 1);
   for (int64_t id = 0; id < 4; ++id) AddItem(buf, id);
   AddItem(buf, 4);  // overwrites key 0 in slot 0
   const int64_t keys[2] = {0, 1};
@@ -469,7 +505,7 @@ TEST(ConcurrentWritersSamplersUpdaters) {
   // an updater changes priorities of sampled keys. At the end nothing is lost.
   const int64_t capacity = 4096;
   ReplayBuffer buf(capacity, TwoFieldSpec(),
-                   std::make_unique<PrioritizedSampler>(capacity, PrioritizedConfig{}), 3);
+                   Per(PrioritizedConfig{}), 3);
   constexpr int kWriters = 3, kPerWriter = 3000;
   std::atomic<bool> done{false};
   std::atomic<int64_t> torn{0}, sampled{0};

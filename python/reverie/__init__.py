@@ -6,6 +6,7 @@
 
 from . import _core
 from ._buffer import Batch, ReplayBuffer
+from ._limiter import RateLimiter
 from ._samplers import Prioritized, Uniform
 from ._spec import Field
 
@@ -17,4 +18,7 @@ def cuda_built() -> bool:
     return bool(_core.cuda_built())
 
 
-__all__ = ["Batch", "Field", "Prioritized", "ReplayBuffer", "Uniform", "cuda_built", "__version__"]
+__all__ = [
+    "Batch", "Field", "Prioritized", "RateLimiter", "ReplayBuffer", "Uniform", "cuda_built",
+    "__version__",
+]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
 import secrets
-from typing import Any, Dict, Mapping, Optional, Union
+import weakref
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from . import _core
+from ._limiter import RateLimiter
 from ._samplers import Prioritized, Uniform, sampler_from_config
 from ._spec import Field, SpecLike, infer_field, normalize_spec
 
@@ -77,15 +80,22 @@ class ReplayBuffer:
 
     Items are dicts of named fields. The spec (each field's dtype and per-item shape) is
     given or inferred from the first ``add``/``extend``. When full, the oldest items are
-    overwritten. All heavy work runs with the GIL released; any number of threads may use
-    one buffer.
+    overwritten. All heavy work runs with the GIL released; any number of threads may add,
+    sample and update priorities at once (writers are lock-free).
 
     Args:
         capacity: how many items the buffer holds.
-        spec: optional {name: Field(dtype, shape) | (dtype, shape)}.
+        spec: optional {name: Field(dtype, shape) | (dtype, shape)}; required for
+            ``storage="shared"``.
         sampler: ``Uniform()`` (default) or ``Prioritized(alpha, beta, eps)``.
         seed: seeds the counter-based generator: the same seed and the same calls give the
             same samples on any machine. Default: a random seed.
+        rate_limiter: optional ``RateLimiter`` (minimum size, samples per insert).
+        storage: ``"memory"`` (this process) or ``"shared"``: POSIX shared memory that
+            worker processes use too. A shared buffer pickles as a handle, so it can be
+            passed to ``multiprocessing`` / ``torch.multiprocessing`` workers (spawn or
+            fork); they attach by name. The creating process owns the segment and removes
+            it on ``close()``, when the buffer is garbage collected, or when it exits.
 
     >>> buf = ReplayBuffer(100_000, sampler=Prioritized(alpha=0.6, beta=0.4), seed=0)
     >>> buf.add(obs=np.zeros(4, np.float32), action=1, reward=0.5, done=False)
@@ -95,7 +105,8 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
                  sampler: Union[Uniform, Prioritized, None] = None,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, *, rate_limiter: Optional[RateLimiter] = None,
+                 storage: str = "memory") -> None:
         capacity = _as_int("capacity", capacity)
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0, got {capacity}")
@@ -108,11 +119,24 @@ class ReplayBuffer:
         seed = _as_int("seed", seed)
         if not 0 <= seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
+            raise TypeError(f"rate_limiter must be a RateLimiter, got {type(rate_limiter).__name__}")
+        if storage not in ("memory", "shared"):
+            raise ValueError(f"storage must be 'memory' or 'shared', got {storage!r}")
+        if storage == "shared" and spec is None:
+            raise ValueError("storage='shared' needs spec= (other processes attach to a fixed "
+                             "layout), e.g. spec={'obs': ('float32', (17,)), 'reward': ('float32', ())}")
         self._capacity = capacity
         self._seed = seed
+        self._storage = storage
+        self._closed = False
+        self._finalizer: Optional[weakref.finalize] = None
         self._sampler = copy.copy(sampler)  # bound to this buffer (beta changes reach its core)
         if isinstance(self._sampler, Prioritized):
             self._sampler._core = None  # a sampler passed from another buffer is not bound here
+        self._limiter = copy.copy(rate_limiter)
+        if self._limiter is not None:
+            self._limiter._core = None
         self._core: Any = None
         self._spec: Dict[str, Field] = {}
         self._columns: Optional[Dict[str, torch.Tensor]] = None
@@ -125,12 +149,25 @@ class ReplayBuffer:
         return self._install(self._make_core(spec, self._sampler, self._seed), spec)
 
     def _make_core(self, spec: Dict[str, Field], sampler: Union[Uniform, Prioritized],
-                   seed: int) -> Any:
+                   seed: int, attach: Optional[str] = None) -> Any:
+        if attach is not None:
+            storage, name = "attach_shared", attach
+        elif self._storage == "shared":
+            storage, name = "create_shared", f"reverie-{os.getpid()}-{secrets.token_hex(6)}"
+        else:
+            storage, name = "memory", ""
         return _core.ReplayBuffer(
             self._capacity, [(n, f.dtype, list(f.shape)) for n, f in spec.items()],
-            seed=seed, **sampler._core_args())
+            seed=seed, storage=storage, name=name, **sampler._core_args())
 
-    def _install(self, core: Any, spec: Dict[str, Field]) -> Any:
+    def _install(self, core: Any, spec: Dict[str, Field], owner: bool = True) -> Any:
+        if self._finalizer is not None:
+            self._finalizer()  # a replaced shared core (load_state_dict): remove its segment
+        if owner and core.shared_name is not None:
+            # Removes the segment when this object is collected or the interpreter exits.
+            self._finalizer = weakref.finalize(self, core.unlink)
+        if owner and self._limiter is not None:
+            self._limiter._bind(core)
         self._spec = spec
         self._names = list(spec)
         self._out_shapes = [(f.shape, f.torch_dtype) for f in spec.values()]
@@ -148,6 +185,7 @@ class ReplayBuffer:
     def _first_write(self, fields: Mapping[str, Any], batched: bool) -> None:
         """Infers the spec from the first add/extend; if that write fails, the buffer stays
         unbuilt (the spec is not fixed by a rejected call)."""
+        self._check_open()
         if not fields:
             raise ValueError("add()/extend() need at least one field, e.g. add(obs=..., reward=...)")
         core = self._build({name: infer_field(name, v, batched) for name, v in fields.items()})
@@ -209,6 +247,7 @@ class ReplayBuffer:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         core = self._core
         if core is None:
+            self._check_open()
             raise ValueError(f"cannot sample {batch_size} items: the buffer is empty (add items first)")
         from_numpy = torch.from_numpy
         if out is None:
@@ -266,6 +305,7 @@ class ReplayBuffer:
         values = _to_numpy(priorities)
         core = self._core
         if core is None:
+            self._check_open()
             if not isinstance(self._sampler, Prioritized):
                 raise ValueError("update_priorities needs a prioritized sampler; this buffer "
                                  "samples uniformly")
@@ -296,6 +336,53 @@ class ReplayBuffer:
     @property
     def seed(self) -> int:
         return self._seed
+
+    @property
+    def rate_limiter(self) -> Optional[RateLimiter]:
+        """This buffer's RateLimiter (None without one); its settings may be changed live."""
+        return self._limiter
+
+    @property
+    def storage(self) -> str:
+        return self._storage
+
+    @property
+    def shared_name(self) -> Optional[str]:
+        """The shared-memory segment's name (/dev/shm/<name>), or None."""
+        return None if self._core is None else self._core.shared_name
+
+    # ---- processes --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Releases the buffer. For a shared buffer the creator also removes the segment's
+        name (processes still attached keep working until they close). Idempotent."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        if self._core is not None:
+            del self.add, self.extend  # the unbound methods now report the closed buffer
+        self._core = None
+        self._columns = None
+        self._closed = True
+
+    def __enter__(self) -> "ReplayBuffer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this buffer is closed")
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        if self._storage != "shared" or self._core is None:
+            raise TypeError(
+                "a ReplayBuffer with storage='memory' cannot be sent to another process; "
+                "create it with storage='shared' (and a spec) to share it, or send state_dict()")
+        spec = {n: (f.dtype, f.shape) for n, f in self._spec.items()}
+        return (_attach, (self._core.shared_name, self._capacity, spec, self._sampler.config(),
+                          self._seed))
 
     @property
     def stale_updates(self) -> int:
@@ -349,8 +436,11 @@ class ReplayBuffer:
         }
         if self._core is None:
             return state
-        written, calls, stale = self._core.get_counters()
-        state["counters"] = {"written": written, "sample_calls": calls, "stale_updates": stale}
+        written, calls, stale, sampled = self._core.get_counters()
+        state["counters"] = {"written": written, "sample_calls": calls, "stale_updates": stale,
+                             "sampled": sampled}
+        if self._limiter is not None:
+            state["rate_limiter"] = self._limiter.config()
         state["columns"] = {n: t.clone() for n, t in self.columns.items()}
         if self._core.prioritized:
             leaves, scale_exp, max_q = self._core.priority_state()
@@ -396,7 +486,8 @@ class ReplayBuffer:
         written = _as_int("written", counters["written"])
         calls = _as_int("sample_calls", counters["sample_calls"])
         stale = _as_int("stale_updates", counters["stale_updates"])
-        if written < 0 or calls < 0 or stale < 0:
+        sampled = _as_int("sampled", counters.get("sampled", 0))
+        if written < 0 or calls < 0 or stale < 0 or sampled < 0:
             raise ValueError(f"state counters must be >= 0, got {dict(counters)}")
         arrays = []
         for name, field in spec.items():
@@ -422,8 +513,32 @@ class ReplayBuffer:
             core.set_priority_state(leaves.view(np.uint64), int(pr["scale_exp"]), float(pr["max_q"]))
         for i, arr in enumerate(arrays):
             core.load_column(i, arr)
-        core.set_counters(written, calls, stale)
+        core.set_counters(written, calls, stale, sampled)
         # All loaded: swap in.
         self._seed = seed
         self._sampler = sampler
         self._install(core, spec)
+
+
+def _attach(name: str, capacity: int, spec: Dict[str, Any], sampler_config: Dict[str, Any],
+            seed: int) -> ReplayBuffer:
+    """Unpickles a shared buffer's handle: attaches to its segment (not as its owner)."""
+    sampler = sampler_from_config(dict(sampler_config))
+    buf = ReplayBuffer.__new__(ReplayBuffer)
+    buf._capacity = capacity
+    buf._seed = seed
+    buf._storage = "shared"
+    buf._closed = False
+    buf._finalizer = None
+    buf._sampler = sampler
+    buf._limiter = None
+    buf._core = None
+    buf._spec = {}
+    buf._columns = None
+    fields = normalize_spec(spec)
+    core = buf._make_core(fields, sampler, seed, attach=name)
+    buf._limiter = RateLimiter._from_core(core)
+    buf._install(core, fields, owner=False)
+    if isinstance(sampler, Prioritized):
+        sampler._beta = float(core.beta)  # as the creator has it now
+    return buf

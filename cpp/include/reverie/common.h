@@ -32,6 +32,12 @@ class TypeError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// A call that the rate limiter did not allow within its timeout (Python: TimeoutError).
+class TimeoutError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 }  // namespace reverie
 
 // Always-on input checks (never compiled out, unlike assert). The message parts are

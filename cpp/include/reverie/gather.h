@@ -4,12 +4,14 @@
 #include <cstdint>
 #include <cstring>
 
+#include "reverie/atomics.h"
 #include "reverie/common.h"
 
 namespace reverie {
 
 // Copies rows slots[begin..end) of `column` (rows of `row_bytes`) to rows begin..end of
 // `out`. Word-sized rows are moved as words; others by memcpy (or a byte loop on device).
+// A row may be changed by a writer during the copy: the caller validates it (ring.h).
 // Preconditions: every slot is a valid row; out has room for `end` rows. O((end-begin) *
 // row_bytes).
 REVERIE_HD void GatherRows(uint8_t* out, const uint8_t* column, size_t row_bytes,
@@ -19,6 +21,13 @@ REVERIE_HD void GatherRows(uint8_t* out, const uint8_t* column, size_t row_bytes
     const uint8_t* src = column + static_cast<size_t>(slots[i]) * row_bytes;
     uint8_t* dst = out + static_cast<size_t>(i) * row_bytes;
     for (size_t b = 0; b < row_bytes; ++b) dst[b] = src[b];
+  }
+#elif defined(REVERIE_TSAN)
+  // A row may be overwritten while it is copied (the seqlock of ring.h rejects such a copy);
+  // under ThreadSanitizer the copy is made of atomic accesses so TSan can check that.
+  for (int64_t i = begin; i < end; ++i) {
+    RacyCopy(out + static_cast<size_t>(i) * row_bytes,
+             column + static_cast<size_t>(slots[i]) * row_bytes, row_bytes);
   }
 #else
   // Random rows miss the cache; prefetching a few rows ahead keeps many misses in flight.

@@ -3,7 +3,9 @@
 // weights w_i = (N * P(i))^-beta / max_j w_j.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "reverie/sampler.h"
@@ -29,21 +31,46 @@ struct PrioritizedConfig {
 // sampling: the total is cut into B equal segments and draw i falls uniformly in segment i.
 // Importance weights use the realised probabilities: w_i = (units_min / units_i)^beta, which
 // is (N P(i))^-beta / max_j (N P(j))^-beta with N cancelled.
+//
+// The scalars that change at run time (scale, running max, beta, the rescale epoch) live in
+// a PriorityState next to the tree, so a buffer in shared memory shares them too.
+struct PriorityState {
+  std::atomic<uint64_t> epoch{0};  // odd while the tree is rescaled or rebuilt
+  std::atomic<int32_t> scale_exp{0};
+  std::atomic<double> max_q{1.0};
+  std::atomic<double> beta{0.4};
+};
+
 class PrioritizedSampler final : public Sampler {
  public:
-  // Throws ValueError for capacity < 1 or alpha/beta/eps negative or not finite.
+  // In memory of its own. Throws ValueError for capacity < 1 or alpha/beta/eps negative or
+  // not finite.
   PrioritizedSampler(int64_t capacity, PrioritizedConfig config);
+  // In caller-given memory (SumTree's sizes; the state and tree outlive the sampler). With
+  // `initialize` the state is set up; otherwise it is taken as it is (a buffer attached in
+  // another process).
+  PrioritizedSampler(int64_t capacity, PrioritizedConfig config, PriorityState* state,
+                     uint64_t* sums, uint64_t* mins, bool initialize);
 
-  const PrioritizedConfig& config() const { return config_; }
+  // alpha and eps as constructed; beta as now.
+  PrioritizedConfig config() const;
   // Throws ValueError unless beta is finite and >= 0.
   void set_beta(double beta);
 
   void ValidateSample(const SampleRequest& request) const override;
-  // O(B * depth) tree descent (queries interleaved level by level) + O(B) weights.
-  void Sample(const SampleRequest& request, int64_t begin, int64_t end, int64_t* slots,
-              float* weights) const override;
+  // O(B * depth) tree descent, queries interleaved level by level.
+  void Draw(const SampleRequest& request, int64_t begin, int64_t end,
+            int64_t* slots) const override;
+  // One unstratified draw over the whole total. O(depth).
+  int64_t Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
+                 const int64_t* slots) const override;
+  // O(B).
+  void Weights(const int64_t* slots, int64_t begin, int64_t end, float* weights) const override;
   // O(n + depth) for a contiguous range (wrapping ranges are two).
   void OnInsert(int64_t first, int64_t n) override;
+  uint64_t epoch() const override { return state_->epoch.load(std::memory_order_acquire); }
+  // Rebuilds every internal node from the leaves. O(capacity).
+  void Repair() override;
   bool prioritized() const override { return true; }
   void ValidatePriorities(const double* priorities, int64_t n) const override;
   // O(n * depth); may rescale the tree (see above).
@@ -66,17 +93,21 @@ class PrioritizedSampler final : public Sampler {
   void SetState(const State& state);
 
  private:
+  void Initialize(const PrioritizedConfig& config, int64_t capacity);
+  // `slot` if its leaf is positive, else -1.
+  int64_t Checked(int64_t slot) const;
   uint64_t ToUnits(double q) const;
   // Makes sure q fits the fixed-point budget, rescaling the tree if it does not.
   void Reserve(double q);
-  void SetScale(int scale_exp);
+  // Runs a whole-tree change with the epoch odd, so concurrent samples start over.
+  template <typename Fn>
+  void WithEpoch(Fn&& fn);
 
   PrioritizedConfig config_;
+  std::unique_ptr<PriorityState> owned_state_;
+  PriorityState* state_;
   SumTree tree_;
   double unit_budget_;  // largest units a leaf may hold: 2^62 / capacity
-  int scale_exp_ = 0;
-  double scale_ = 1.0;  // 2^scale_exp_
-  double max_q_ = 1.0;
 };
 
 }  // namespace reverie

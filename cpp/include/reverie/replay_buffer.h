@@ -1,34 +1,63 @@
-// The replay buffer: storage + ring writer + a sampler + gather, behind one lock.
+// The replay buffer: storage + ring writer + a sampler + gather + a rate limiter, all in one
+// memory region (private, or POSIX shared memory for several processes).
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
+#include <string>
 #include <vector>
 
+#include "reverie/prioritized_sampler.h"
+#include "reverie/rate_limiter.h"
+#include "reverie/region.h"
 #include "reverie/ring.h"
 #include "reverie/sampler.h"
 #include "reverie/storage.h"
 
 namespace reverie {
 
-// Thread-safety: every public method may be called from any number of threads at once.
-// Add / Extend / UpdatePriorities / state changes take the lock exclusively; Sample takes it
-// shared, so concurrent samples run in parallel and never see a row being written.
-// (Lock-free writers are later work; the lock is the whole concurrency story for now.)
-//
+struct SamplerConfig {
+  enum class Kind { kUniform, kPrioritized };
+  Kind kind = Kind::kUniform;
+  bool replacement = true;          // uniform only
+  PrioritizedConfig prioritized;    // prioritized only
+};
+
+struct StorageConfig {
+  enum class Kind { kPrivate, kCreateShared, kAttachShared };
+  Kind kind = Kind::kPrivate;
+  std::string name;  // the shared-memory segment (/dev/shm/<name>)
+};
+
+struct BufferHeader;  // the region's first bytes: counters, locks, limiter and tree state
+
+// Thread- and process-safety: every public method may be called from any number of threads
+// (and, for a shared buffer, processes) at once, except the state setters at the end.
+//  - Add/Extend are lock-free (ring.h): writers claim keys with one atomic add and publish
+//    each slot with a commit stamp. With a prioritized sampler a writer also takes the
+//    writer lock for the moment it marks its slots and sets their priorities.
+//  - Sample takes no lock: it validates every row it copies against the slot's stamp and
+//    redraws rows that were being written.
+//  - UpdatePriorities takes the writer lock (one tree writer at a time; samplers read the
+//    tree lock-free). The lock is robust: a process that dies holding it costs a rebuild of
+//    the tree, not a deadlock.
 // Every method validates all of its input before it changes anything: after an exception the
 // buffer is exactly as before.
 class ReplayBuffer {
  public:
-  // Throws ValueError for capacity < 1 or a bad spec.
-  ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec, std::unique_ptr<Sampler> sampler,
-               uint64_t seed);
+  // Throws ValueError for capacity < 1, a bad spec or sampler config, a taken or missing
+  // shared-memory name, or an attached segment that does not match (capacity, spec, sampler
+  // and seed must be the creator's).
+  ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec, const SamplerConfig& sampler,
+               uint64_t seed, const StorageConfig& storage = {});
+  ~ReplayBuffer();
+  ReplayBuffer(const ReplayBuffer&) = delete;
+  ReplayBuffer& operator=(const ReplayBuffer&) = delete;
 
   // Stores one item. `inputs` must name every field exactly once; each value's shape must be
-  // the field's shape. O(item bytes) + the sampler's insert cost.
+  // the field's shape. May wait for the rate limiter. O(item bytes) + the sampler's insert.
   void Add(const FieldInput* inputs, size_t n);
   // Stores the items along the leading axis of every input (the same length for all fields).
   // When more items than the capacity come at once, only the last `capacity` are kept (the
@@ -37,63 +66,95 @@ class ReplayBuffer {
 
   // Draws `batch` items and writes, for each field f (spec order), the rows into out[f]
   // (batch * row_bytes each), the items' keys into `keys` and, for a prioritized sampler, the
-  // importance weights into `weights` (may be null). Large gathers use the shared thread
-  // pool; the result never depends on it. Throws ValueError when it cannot be served.
+  // importance weights into `weights` (may be null). May wait for the rate limiter. Large
+  // gathers use the shared thread pool; the result never depends on it. Throws ValueError
+  // when it cannot be served, TimeoutError when the rate limiter refuses it in time.
   void Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights);
 
-  // Sets the priorities of the items named by keys (see Ring). A key that was never written
-  // (or negative) throws IndexError; a key whose slot has been overwritten since is skipped
-  // and counted in stale_updates(). Returns how many were skipped.
+  // Sets the priorities of the items named by keys (see ring.h). A key that was never
+  // written (or negative) throws IndexError; a key whose slot has been overwritten since (or
+  // is being overwritten) is skipped and counted in stale_updates(). Returns how many were
+  // skipped.
   int64_t UpdatePriorities(const int64_t* keys, const double* priorities, int64_t n);
 
   int64_t capacity() const { return storage_.capacity(); }
-  int64_t size() const;
-  int64_t written() const;
+  int64_t size() const { return ring_.size(); }
+  int64_t written() const { return ring_.committed(); }
   int64_t stale_updates() const;
   uint64_t seed() const { return seed_; }
-  uint64_t sample_calls() const { return calls_.load(std::memory_order_relaxed); }
+  uint64_t sample_calls() const;
   const std::vector<FieldSpec>& spec() const { return storage_.spec(); }
   const Storage& storage() const { return storage_; }
-  // Raw column memory, for zero-copy views. Writing through it bypasses the lock.
+  // Raw column memory, for zero-copy views. Writing through it bypasses the stamps.
   uint8_t* column(size_t field) { return storage_.column(field); }
   const Sampler& sampler() const { return *sampler_; }
+  RateLimiter& rate_limiter() { return limiter_; }
+  const RateLimiter& rate_limiter() const { return limiter_; }
+  // Called about every 50 ms while a call waits for the rate limiter; may throw to abort it.
+  void set_wait_poll(std::function<void()> poll) { poll_ = std::move(poll); }
 
-  // Runs fn(sampler) under the exclusive lock (beta changes, priority state).
+  bool shared() const { return region_.shared(); }
+  const std::string& shared_name() const { return region_.name(); }
+  // Removes the shared-memory name now (creator only); attached processes keep working.
+  void Unlink() { region_.Unlink(); }
+
+  // Runs fn(sampler) under the writer lock (beta changes, priority state).
   template <typename Fn>
   auto WithSampler(Fn&& fn) {
-    std::unique_lock<std::shared_mutex> lock(mu_);
+    WriterLock lock(*this);
     return fn(*sampler_);
   }
 
-  // Counters for checkpoints: (written, sample calls, stale updates).
+  // ---- State (checkpoints). Not to be called while other threads use the buffer. ----
+  // Counters: (items written, sample calls, stale updates, items sampled).
   struct Counters {
     int64_t written = 0;
     uint64_t sample_calls = 0;
     int64_t stale_updates = 0;
+    int64_t sampled = 0;
   };
   Counters GetCounters() const;
-  // Throws ValueError unless written >= 0 and stale_updates >= 0.
+  // Sets the counters and marks the stored slots committed. Throws ValueError unless
+  // written, stale_updates and sampled are >= 0.
   void SetCounters(const Counters& counters);
   // Copies `bytes` (capacity * row bytes) into column `field`. Throws on a size mismatch.
   void LoadColumn(size_t field, const void* data, size_t bytes);
 
  private:
+  // The robust writer lock; repairs the tree when its last holder died holding it.
+  class WriterLock {
+   public:
+    explicit WriterLock(ReplayBuffer& buf);
+    ~WriterLock();
+    WriterLock(const WriterLock&) = delete;
+    WriterLock& operator=(const WriterLock&) = delete;
+
+   private:
+    ReplayBuffer& buf_;
+  };
+
   // Maps inputs to fields (values[f] for field f, spec order) and checks names, dtypes and
   // shapes. For Extend (`batched`), `leading` receives the common leading length.
   void Validate(const FieldInput* inputs, size_t n, bool batched, const ArrayView** values,
                 int64_t* leading) const;
-  void WriteRows(const ArrayView* const* values, int64_t count);
-  // Validate + WriteRows under the lock, with the field table on the stack when it fits.
+  // Copies input rows [row, row + n) of every field into slots [slot, slot + n).
+  void CopyRows(const ArrayView* const* values, int64_t row, int64_t slot, int64_t n);
+  // The write protocol of ring.h for `count` validated items.
+  void WriteItems(const ArrayView* const* values, int64_t count);
+  // Validate + WriteItems, with the field table on the stack when it fits.
   void Write(const FieldInput* inputs, size_t n, bool batched);
+  // Makes slots[i] a committed slot (redrawing as needed) and stores its stamp in stamps[i].
+  void Resolve(const SampleRequest& request, int64_t i, uint32_t first_attempt, int64_t* slots,
+               int64_t* stamps) const;
 
+  Region region_;
+  BufferHeader* header_ = nullptr;
   Storage storage_;
   std::unique_ptr<Sampler> sampler_;
-  const uint64_t seed_;
-  mutable std::shared_mutex mu_;
-  Ring ring_;                      // guarded by mu_
-  int64_t stale_updates_ = 0;      // guarded by mu_
-  std::atomic<uint64_t> calls_{0};  // fetch_add per sample call; order irrelevant beyond
-                                    // uniqueness, so relaxed suffices
+  Ring ring_;
+  RateLimiter limiter_;
+  uint64_t seed_;
+  std::function<void()> poll_;
 };
 
 }  // namespace reverie

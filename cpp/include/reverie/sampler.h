@@ -11,13 +11,17 @@ namespace reverie {
 struct SampleRequest {
   uint64_t seed = 0;
   uint64_t call = 0;
-  int64_t size = 0;   // items stored, in slots [0, size)
+  int64_t size = 0;   // items stored and committed (for validation)
   int64_t batch = 0;  // items wanted
+  int64_t range = 0;  // draws come from slots [0, range) (claimed slots, >= size); 0: size
+
+  int64_t draw_range() const { return range > 0 ? range : size; }
 };
 
-// Thread-safety (all samplers): ReplayBuffer serialises OnInsert / UpdatePriorities /
-// state changes against everything else; Sample and ValidateSample may run concurrently
-// with each other.
+// Thread-safety (all samplers): ValidateSample, Draw, Redraw and Weights may run at any time,
+// concurrently with each other and with the single writer that the buffer lets into
+// OnInsert / UpdatePriorities / Repair at a time. A draw that meets a concurrent change may
+// return -1 (nothing valid was hit); the buffer then redraws.
 class Sampler {
  public:
   virtual ~Sampler() = default;
@@ -25,16 +29,31 @@ class Sampler {
   // Throws ValueError when `request` cannot be served (empty buffer, too large a batch
   // without replacement, all priorities zero). Does not draw.
   virtual void ValidateSample(const SampleRequest& request) const = 0;
-  // Writes the slots [begin, end) of the request's batch into slots[begin..end) (and their
-  // importance weights when `weights` is not null and the sampler has them). Draw i depends
-  // only on (seed, call, i), so a batch may be filled in pieces by several threads when
-  // splittable(). Precondition: ValidateSample(request) passed.
-  virtual void Sample(const SampleRequest& request, int64_t begin, int64_t end, int64_t* slots,
-                      float* weights) const = 0;
-  // Whether Sample may fill a batch in independent pieces.
+  // Writes the slots drawn for positions [begin, end) of the batch into slots[begin..end)
+  // (-1 where a race left nothing valid). Draw i depends only on (seed, call, i), so a batch
+  // may be filled in pieces by several threads when splittable(). Precondition:
+  // ValidateSample(request) passed.
+  virtual void Draw(const SampleRequest& request, int64_t begin, int64_t end,
+                    int64_t* slots) const = 0;
+  // Another draw for position i (attempt >= 1), when the first hit a slot that was being
+  // written: a function of (seed, call, i, attempt). `slots` is the batch so far (samplers
+  // without replacement avoid its other entries). May return -1.
+  virtual int64_t Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
+                         const int64_t* slots) const = 0;
+  // Importance weights of the final slots [begin, end) (prioritized samplers only).
+  virtual void Weights(const int64_t* slots, int64_t begin, int64_t end, float* weights) const;
+  // Draw + Weights over [begin, end), for callers without concurrent writers (tests).
+  void Sample(const SampleRequest& request, int64_t begin, int64_t end, int64_t* slots,
+              float* weights) const;
+  // Whether Draw may fill a batch in independent pieces.
   virtual bool splittable() const { return true; }
   // Slots [first, first + n) (n <= capacity, wrapping at the capacity) now hold new items.
   virtual void OnInsert(int64_t first, int64_t n) = 0;
+  // Changes that invalidate draws in flight (a rescale or rebuild of the tree) bump this;
+  // it is odd while one runs. A sample seeing it change starts over.
+  virtual uint64_t epoch() const { return 0; }
+  // Restores internal consistency after a writer died holding the writer lock.
+  virtual void Repair() {}
 
   // Whether the sampler keeps priorities (and returns importance weights).
   virtual bool prioritized() const { return false; }

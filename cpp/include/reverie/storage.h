@@ -1,4 +1,5 @@
-// Columnar storage: one contiguous, 64-byte aligned array per field, `capacity` rows.
+// Columnar storage: one contiguous, 64-byte aligned array per field, `capacity` rows, in
+// memory the buffer places (its region).
 #pragma once
 
 #include <cstdint>
@@ -6,7 +7,6 @@
 #include <string_view>
 #include <vector>
 
-#include "reverie/aligned_buffer.h"
 #include "reverie/dtype.h"
 
 namespace reverie {
@@ -50,22 +50,29 @@ struct FieldInput {
 // which rows when is decided by ReplayBuffer.
 class Storage {
  public:
-  // Validates the spec (names non-empty and unique, dims >= 0) and reserves capacity rows
-  // per field (resident only once written). Throws ValueError on a bad spec.
+  Storage() = default;
+  // Validates the spec (names non-empty and unique, dims >= 0). The columns are placed by
+  // Bind. Throws ValueError on a bad spec.
   Storage(int64_t capacity, std::vector<FieldSpec> spec);
+
+  // Bytes to reserve for column `field` (whole cache lines).
+  size_t column_bytes(size_t field) const;
+  // Places the columns (num_fields() pointers, each column_bytes long, 64-byte aligned, and
+  // owned by the caller for this object's lifetime).
+  void Bind(std::vector<uint8_t*> columns) { columns_ = std::move(columns); }
 
   int64_t capacity() const { return capacity_; }
   const std::vector<FieldSpec>& spec() const { return spec_; }
   size_t num_fields() const { return spec_.size(); }
-  uint8_t* column(size_t field) { return columns_[field].data(); }
-  const uint8_t* column(size_t field) const { return columns_[field].data(); }
+  uint8_t* column(size_t field) { return columns_[field]; }
+  const uint8_t* column(size_t field) const { return columns_[field]; }
   // Stored bytes per item over all fields.
   size_t item_bytes() const;
 
  private:
-  int64_t capacity_;
+  int64_t capacity_ = 0;
   std::vector<FieldSpec> spec_;
-  std::vector<AlignedBuffer> columns_;
+  std::vector<uint8_t*> columns_;
 };
 
 }  // namespace reverie

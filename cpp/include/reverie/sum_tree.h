@@ -21,6 +21,11 @@
 // with zeros to a multiple of 8 nodes, so a node's children are one aligned cache line.
 // The min-tree shares the leaves and stores only the internal levels; a min of 0 means
 // "no positive leaf below".
+//
+// Concurrency: one writer at a time (the buffer's writer lock), any number of lock-free
+// readers. Every node is read and written with relaxed atomic accesses (atomics.h), so a
+// descent running during an update is well defined; it may see a half-applied path and end
+// on a padding leaf (index >= leaves) or a zero leaf, which callers reject and redraw.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +33,7 @@
 #include <vector>
 
 #include "reverie/aligned_buffer.h"
+#include "reverie/atomics.h"
 #include "reverie/common.h"
 
 namespace reverie {
@@ -56,20 +62,25 @@ REVERIE_HD int PickChild(const uint64_t* children, uint64_t* u) {
   uint64_t prefix = 0, below = 0;
   int child = 0;
   for (int k = 0; k < kTreeFanout - 1; ++k) {
-    prefix += children[k];
+    const uint64_t c = LoadRelaxed(children + k);
+    prefix += c;
     const uint64_t passed = static_cast<uint64_t>(*u >= prefix);
     child += static_cast<int>(passed);
-    below += children[k] & (0 - passed);
+    below += c & (0 - passed);
   }
   *u -= below;
   return child;
 }
 
 // One step of a descent: from `node` on level `level` to its child on level + 1. O(1).
+// The child is clamped to the level's real nodes: only a descent racing an update (whose
+// sums do not yet add up) could step onto padding, and it must stay inside the arrays.
 REVERIE_HD int64_t DescendOneLevel(const uint64_t* sums, const TreeLayout& layout, int level,
                                    int64_t node, uint64_t* u) {
   const uint64_t* children = sums + layout.offset[level + 1] + node * kTreeFanout;
-  return node * kTreeFanout + PickChild(children, u);
+  const int64_t child = node * kTreeFanout + PickChild(children, u);
+  const int64_t last = layout.count[level + 1] - 1;
+  return child < last ? child : last;
 }
 
 // The whole descent of one query: the leaf whose prefix interval holds u.
@@ -88,12 +99,13 @@ REVERIE_HD int64_t Descend(const uint64_t* sums, const TreeLayout& layout, uint6
 REVERIE_HD uint64_t SetLeafSum(uint64_t* sums, const TreeLayout& layout, int64_t leaf,
                                uint64_t units, int top = 0) {
   uint64_t* slot = sums + layout.offset[layout.depth] + leaf;
-  const uint64_t delta = units - *slot;  // modulo 2^64: adding it back is exact
-  *slot = units;
+  const uint64_t delta = units - LoadRelaxed(slot);  // modulo 2^64: adding it back is exact
+  StoreRelaxed(slot, units);
   int64_t node = leaf;
   for (int level = layout.depth - 1; level >= top; --level) {
     node /= kTreeFanout;
-    sums[layout.offset[level] + node] += delta;
+    uint64_t* sum = sums + layout.offset[level] + node;
+    StoreRelaxed(sum, LoadRelaxed(sum) + delta);  // one writer: load + store, no RMW needed
   }
   return delta;
 }
@@ -102,7 +114,8 @@ REVERIE_HD uint64_t SetLeafSum(uint64_t* sums, const TreeLayout& layout, int64_t
 REVERIE_HD uint64_t MinPositive(const uint64_t* children) {
   uint64_t best = ~uint64_t{0};
   for (int k = 0; k < kTreeFanout; ++k) {
-    const uint64_t v = children[k] == 0 ? ~uint64_t{0} : children[k];
+    const uint64_t c = LoadRelaxed(children + k);
+    const uint64_t v = c == 0 ? ~uint64_t{0} : c;
     best = v < best ? v : best;
   }
   return best == ~uint64_t{0} ? 0 : best;
@@ -118,8 +131,8 @@ REVERIE_HD void RefreshMinPath(const uint64_t* sums, uint64_t* mins, const TreeL
   for (int level = layout.depth - 1; level >= top; --level) {
     const uint64_t value = MinPositive(children);
     uint64_t* target = mins + layout.offset[level] + node;
-    if (*target == value) return;
-    *target = value;
+    if (LoadRelaxed(target) == value) return;
+    StoreRelaxed(target, value);
     if (level == top) return;
     node /= kTreeFanout;
     children = mins + layout.offset[level] + node * kTreeFanout;
@@ -128,21 +141,26 @@ REVERIE_HD void RefreshMinPath(const uint64_t* sums, uint64_t* mins, const TreeL
 
 // ---- The host-side tree -------------------------------------------------------------
 
-// Thread-safety: none; the owner (PrioritizedSampler, under ReplayBuffer's lock) serialises
-// writers and excludes readers while it writes.
+// Thread-safety: one writer at a time (the owner serialises them); readers (total, leaf,
+// DescendBatch) may run concurrently with it and see each node either before or after.
 class SumTree {
  public:
-  // All leaves 0. O(leaves) memory, zero pages until written.
+  // All leaves 0, in memory of its own. O(leaves) memory, zero pages until written.
   explicit SumTree(int64_t leaves);
+  // In caller-given memory (e.g. a shared-memory region), SumsBytes / MinsBytes long each,
+  // zeroed or holding a tree of the same size. The memory must outlive the tree.
+  SumTree(int64_t leaves, uint64_t* sums, uint64_t* mins);
+  static size_t SumsBytes(int64_t leaves);
+  static size_t MinsBytes(int64_t leaves);
 
   int64_t leaves() const { return layout_.count[layout_.depth]; }
   const TreeLayout& layout() const { return layout_; }
-  uint64_t total() const { return sums()[0]; }
+  uint64_t total() const { return LoadRelaxed(sums_); }
   // Smallest positive leaf, 0 when every leaf is 0. O(1).
-  uint64_t min_positive() const { return mins()[0]; }
-  uint64_t leaf(int64_t i) const { return sums()[layout_.offset[layout_.depth] + i]; }
-  const uint64_t* sums() const { return sums_.as<uint64_t>(); }
-  const uint64_t* mins() const { return mins_.as<uint64_t>(); }
+  uint64_t min_positive() const { return LoadRelaxed(mins_); }
+  uint64_t leaf(int64_t i) const { return LoadRelaxed(sums_ + layout_.offset[layout_.depth] + i); }
+  const uint64_t* sums() const { return sums_; }
+  const uint64_t* mins() const { return mins_; }
 
   // Sets leaves[first .. first+n) to `units`, then refreshes only the ancestors of that
   // range, level by level. O(n + depth). Precondition: first + n <= leaves().
@@ -172,16 +190,17 @@ class SumTree {
   void Rebuild();
 
  private:
-  uint64_t* mutable_sums() { return sums_.as<uint64_t>(); }
-  uint64_t* mutable_mins() { return mins_.as<uint64_t>(); }
+  uint64_t* mutable_sums() { return sums_; }
+  uint64_t* mutable_mins() { return mins_; }
   void RefreshRange(int64_t first_leaf, int64_t last_leaf);
   // SetLeaves for the updates whose leaf is in [lo, hi), on levels top .. depth.
   void SetLeavesIn(const int64_t* index, const UnitsOf& units_of, int64_t n, int64_t lo,
                    int64_t hi, int top);
 
   TreeLayout layout_;
-  AlignedBuffer sums_;  // layout_.total_nodes entries
-  AlignedBuffer mins_;  // entries of levels 0 .. depth-1 (same offsets)
+  AlignedBuffer owned_sums_, owned_mins_;  // empty when the memory is the caller's
+  uint64_t* sums_ = nullptr;  // layout_.total_nodes entries
+  uint64_t* mins_ = nullptr;  // entries of levels 0 .. depth-1 (same offsets)
 };
 
 }  // namespace reverie

@@ -11,11 +11,14 @@ class UniformSampler final : public Sampler {
 
   bool replacement() const { return replacement_; }
   void ValidateSample(const SampleRequest& request) const override;
-  // With replacement: slot_i = floor(r_i * size / 2^64), r_i the i-th draw of the call. O(B).
-  // Without: Floyd's algorithm (a uniform B-subset, in draw order; only as a whole batch,
-  // begin = 0 and end = B). O(B) expected.
-  void Sample(const SampleRequest& request, int64_t begin, int64_t end, int64_t* slots,
-              float* weights) const override;
+  // With replacement: slot_i = floor(r_i * range / 2^64), r_i the i-th draw of the call.
+  // O(B). Without: Floyd's algorithm (a uniform B-subset of [0, range), in draw order; only
+  // as a whole batch, begin = 0 and end = B). O(B) expected.
+  void Draw(const SampleRequest& request, int64_t begin, int64_t end,
+            int64_t* slots) const override;
+  // Uniform over [0, range); without replacement, -1 when it hits another entry of the batch.
+  int64_t Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
+                 const int64_t* slots) const override;
   // Floyd's algorithm is sequential.
   bool splittable() const override { return replacement_; }
   void OnInsert(int64_t, int64_t) override {}

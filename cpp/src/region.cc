@@ -1,0 +1,221 @@
+#include "reverie/region.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <utility>
+
+#include "reverie/common.h"
+
+namespace reverie {
+namespace {
+
+std::string SegmentPath(const std::string& name) { return "/" + name; }
+
+void CheckName(const std::string& name) {
+  REVERIE_CHECK(!name.empty() && name.size() < 200 && name.find('/') == std::string::npos,
+                "shared-memory name must be 1-199 characters without '/', got '", name, "'");
+}
+
+std::runtime_error SystemError(const std::string& what) {
+  return std::runtime_error(what + ": " + std::strerror(errno));
+}
+
+}  // namespace
+
+Region Region::Private(size_t bytes) {
+  // An anonymous private mapping: zero pages, resident only once written.
+  Region r;
+  r.bytes_ = bytes;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  if (bytes >= (size_t{2} << 20)) madvise(p, bytes, MADV_HUGEPAGE);  // advice only
+#endif
+  r.data_ = static_cast<uint8_t*>(p);
+  r.mapped_ = true;
+  return r;
+}
+
+Region Region::CreateShared(const std::string& name, size_t bytes) {
+  CheckName(name);
+  const std::string path = SegmentPath(name);
+  const int fd = shm_open(path.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+  if (fd < 0) {
+    if (errno == EEXIST) {
+      throw std::invalid_argument("a shared-memory segment named '" + name + "' already exists");
+    }
+    throw SystemError("cannot create shared memory /dev/shm/" + name);
+  }
+  Region r;
+  r.shared_ = true;
+  r.name_ = name;
+  r.owner_pid_ = static_cast<int>(getpid());
+  // From here on the destructor unlinks the name if anything fails.
+  if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    const int err = errno;
+    close(fd);
+    errno = err;
+    throw SystemError("cannot size shared memory /dev/shm/" + name + " to " +
+                      std::to_string(bytes) + " bytes");
+  }
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int err = errno;
+  close(fd);
+  if (p == MAP_FAILED) {
+    errno = err;
+    throw SystemError("cannot map shared memory /dev/shm/" + name);
+  }
+  r.data_ = static_cast<uint8_t*>(p);
+  r.bytes_ = bytes;
+  r.mapped_ = true;
+  return r;
+}
+
+Region Region::AttachShared(const std::string& name) {
+  CheckName(name);
+  const std::string path = SegmentPath(name);
+  const int fd = shm_open(path.c_str(), O_RDWR, 0);
+  if (fd < 0) {
+    if (errno == ENOENT) {
+      throw std::invalid_argument("no shared-memory buffer named '" + name +
+                                  "' (was it closed, or did its creator exit?)");
+    }
+    throw SystemError("cannot open shared memory /dev/shm/" + name);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    close(fd);
+    errno = err;
+    throw SystemError("cannot stat shared memory /dev/shm/" + name);
+  }
+  const auto bytes = static_cast<size_t>(st.st_size);
+  void* p = bytes == 0 ? MAP_FAILED
+                       : mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int err = errno;
+  close(fd);
+  if (p == MAP_FAILED) {
+    if (bytes == 0) throw std::invalid_argument("shared memory '" + name + "' is empty");
+    errno = err;
+    throw SystemError("cannot map shared memory /dev/shm/" + name);
+  }
+  Region r;
+  r.shared_ = true;
+  r.name_ = name;
+  r.data_ = static_cast<uint8_t*>(p);
+  r.bytes_ = bytes;
+  r.mapped_ = true;
+  return r;
+}
+
+Region::~Region() { Release(); }
+
+Region::Region(Region&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      bytes_(std::exchange(other.bytes_, 0)),
+      shared_(other.shared_),
+      mapped_(std::exchange(other.mapped_, false)),
+      name_(std::move(other.name_)),
+      owner_pid_(std::exchange(other.owner_pid_, 0)) {}
+
+Region& Region::operator=(Region&& other) noexcept {
+  if (this != &other) {
+    Release();
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+    shared_ = other.shared_;
+    mapped_ = std::exchange(other.mapped_, false);
+    name_ = std::move(other.name_);
+    owner_pid_ = std::exchange(other.owner_pid_, 0);
+  }
+  return *this;
+}
+
+void Region::Unlink() {
+  // Only the creating process unlinks: a fork()ed child has a copy of this object too.
+  if (owner_pid_ != 0 && owner_pid_ == static_cast<int>(getpid())) {
+    shm_unlink(SegmentPath(name_).c_str());
+  }
+  owner_pid_ = 0;
+}
+
+void Region::Release() {
+  Unlink();
+  if (mapped_) munmap(data_, bytes_);
+  data_ = nullptr;
+  bytes_ = 0;
+  mapped_ = false;
+}
+
+void ProcessMutex::Init() {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&mu_, &attr);
+  pthread_mutexattr_destroy(&attr);
+}
+
+bool ProcessMutex::Lock() {
+  const int rc = pthread_mutex_lock(&mu_);
+  if (rc == EOWNERDEAD) {
+    pthread_mutex_consistent(&mu_);
+    return true;
+  }
+  if (rc != 0) {
+    errno = rc;
+    throw SystemError("cannot lock the buffer's priority lock");
+  }
+  return false;
+}
+
+void ProcessMutex::Unlock() { pthread_mutex_unlock(&mu_); }
+
+void Event::Notify() {
+  seq.fetch_add(1, std::memory_order_seq_cst);
+  if (waiters.load(std::memory_order_seq_cst) != 0) {
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&seq), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+  }
+}
+
+void Event::WaitFor(uint32_t seen, std::chrono::nanoseconds timeout) {
+  if (timeout.count() <= 0) return;
+  struct timespec ts;
+  ts.tv_sec = static_cast<time_t>(timeout.count() / 1000000000);
+  ts.tv_nsec = static_cast<long>(timeout.count() % 1000000000);
+  // std::atomic<uint32_t> is a plain 32-bit word on Linux: the futex address.
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&seq), FUTEX_WAIT, seen, &ts, nullptr, 0);
+}
+
+bool ProcessAlive(uint32_t pid) {
+  if (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM) return false;
+  // A killed child that its parent has not reaped yet still answers kill(); it is a zombie.
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+  FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return true;  // no /proc: trust kill()
+  char buf[512];
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  const char* close_paren = std::strrchr(buf, ')');  // the state follows "(comm) "
+  if (close_paren == nullptr || close_paren[1] == '\0') return true;
+  const char state = close_paren[2];
+  return state != 'Z' && state != 'X';
+}
+
+uint32_t CurrentPid() { return static_cast<uint32_t>(getpid()); }
+
+}  // namespace reverie
