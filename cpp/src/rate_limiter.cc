@@ -72,8 +72,8 @@ std::string RateLimiter::Explain(bool sample, int64_t n) const {
   std::ostringstream out;
   const int64_t inserts = sample ? ring_->committed() : ring_->claimed();
   if (sample && inserts < c.min_size) {
-    out << "sampling starts once " << c.min_size << " items are inserted (min_size_to_sample); "
-        << inserts << " are";
+    out << "sampling starts once " << c.min_size << " items are inserted (min_size_to_sample), "
+        << "and " << inserts << " are so far";
     return out.str();
   }
   out << "samples_per_insert=" << c.samples_per_insert << " with tolerance " << c.tolerance
