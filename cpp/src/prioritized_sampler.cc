@@ -106,6 +106,10 @@ void PrioritizedSampler::Reserve(double q) {
 }
 
 void PrioritizedSampler::Repair() {
+  // A writer that died in the middle of a whole-tree change left the epoch odd: even it out.
+  if ((state_->epoch.load(std::memory_order_acquire) & 1) != 0) {
+    state_->epoch.fetch_add(1, std::memory_order_acq_rel);
+  }
   WithEpoch([&] { tree_.Rebuild(); });
 }
 

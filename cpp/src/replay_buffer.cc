@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <new>
 
@@ -429,9 +430,12 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
     chunks = threads;
   }
   for (;;) {
-    // A tree rescale or rebuild (rare) while drawing: draw the same call again.
+    // A tree rescale or rebuild (rare, milliseconds) while drawing: draw the same call
+    // again. The wait for one in progress is bounded: a process killed in the middle of one
+    // leaves the epoch odd until the next writer repairs the tree, and must not hang us.
     uint64_t epoch = sampler_->epoch();
-    while (epoch & 1) {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while ((epoch & 1) != 0 && std::chrono::steady_clock::now() < give_up) {
       sched_yield();
       epoch = sampler_->epoch();
     }
