@@ -387,8 +387,8 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   }
   request.call = header_->calls.fetch_add(1, std::memory_order_relaxed);
   // Keys hold the rows' stamps until the end.
-  std::vector<int64_t> slot_buffer(static_cast<size_t>(batch));
-  int64_t* slots = slot_buffer.data();
+  const std::unique_ptr<int64_t[]> slot_buffer(new int64_t[static_cast<size_t>(batch)]);
+  int64_t* slots = slot_buffer.get();
   float* w = sampler_->prioritized() ? weights : nullptr;
   const bool split = sampler_->splittable();
   const auto& spec = storage_.spec();
@@ -401,6 +401,10 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   };
   auto work = [&](int64_t begin, int64_t end) {
     if (split) sampler_->Draw(request, begin, end, slots);
+    // Every stamp is a random cache miss: start them all before checking the first.
+    for (int64_t i = begin; i < end; ++i) {
+      if (slots[i] >= 0) ring_.PrefetchStamp(slots[i]);
+    }
     for (int64_t i = begin; i < end; ++i) Resolve(request, i, 0, slots, keys);
     gather(begin, end);
     // The seqlock check of ring.h: a row whose stamp changed during the copy is redrawn

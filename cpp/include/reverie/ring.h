@@ -96,6 +96,7 @@ class Ring {
   // Reader side (see the protocol above).
   uint64_t LoadStamp(int64_t slot) const { return stamps_[slot].load(std::memory_order_acquire); }
   uint64_t RecheckStamp(int64_t slot) const { return stamps_[slot].load(std::memory_order_relaxed); }
+  void PrefetchStamp(int64_t slot) const { __builtin_prefetch(&stamps_[slot]); }
   // Whether `key` is still the committed occupant of its slot. O(1).
   bool Holds(int64_t key) const { return LoadStamp(slot_of(key)) == Stamp::Committed(key); }
 
