@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import secrets
-import weakref
+from multiprocessing import util as mp_util
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -130,7 +130,7 @@ class ReplayBuffer:
         self._seed = seed
         self._storage = storage
         self._closed = False
-        self._finalizer: Optional[weakref.finalize] = None
+        self._finalizer: Optional[mp_util.Finalize] = None
         self._sampler = copy.copy(sampler)  # bound to this buffer (beta changes reach its core)
         if isinstance(self._sampler, Prioritized):
             self._sampler._core = None  # a sampler passed from another buffer is not bound here
@@ -164,8 +164,10 @@ class ReplayBuffer:
         if self._finalizer is not None:
             self._finalizer()  # a replaced shared core (load_state_dict): remove its segment
         if owner and core.shared_name is not None:
-            # Removes the segment when this object is collected or the interpreter exits.
-            self._finalizer = weakref.finalize(self, core.unlink)
+            # Removes the segment when this object is collected, when the interpreter exits,
+            # and when a multiprocessing worker that created it ends (those end with
+            # os._exit, which skips atexit handlers but runs these finalizers).
+            self._finalizer = mp_util.Finalize(self, core.unlink, exitpriority=0)
         if owner and self._limiter is not None:
             self._limiter._bind(core)
         self._spec = spec
@@ -376,6 +378,7 @@ class ReplayBuffer:
             raise ValueError("this buffer is closed")
 
     def __reduce__(self) -> Tuple[Any, ...]:
+        self._check_open()
         if self._storage != "shared" or self._core is None:
             raise TypeError(
                 "a ReplayBuffer with storage='memory' cannot be sent to another process; "
