@@ -461,10 +461,11 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("get_counters", [](const ReplayBuffer& buf) {
         const auto c = buf.GetCounters();
-        return py::make_tuple(c.written, c.sample_calls, c.stale_updates, c.sampled);
+        return py::make_tuple(c.written, c.sample_calls, c.stale_updates, c.sampled, c.limiter_offset);
       })
-      .def("set_counters", [](ReplayBuffer& buf, int64_t written, uint64_t calls, int64_t stale, int64_t sampled) {
-        buf.SetCounters(ReplayBuffer::Counters{written, calls, stale, sampled});
+      .def("set_counters", [](ReplayBuffer& buf, int64_t written, uint64_t calls, int64_t stale,
+                              int64_t sampled, double limiter_offset) {
+        buf.SetCounters(ReplayBuffer::Counters{written, calls, stale, sampled, limiter_offset});
       })
       .def("load_column", [](ReplayBuffer& buf, size_t field, const py::array& data) {
         if (!(data.flags() & py::array::c_style)) throw std::invalid_argument("column data must be C-contiguous");

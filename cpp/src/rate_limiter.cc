@@ -1,5 +1,6 @@
 #include "reverie/rate_limiter.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -10,10 +11,6 @@ namespace {
 
 constexpr auto kPollEvery = std::chrono::milliseconds(50);
 
-bool DiffAtMost(int64_t inserts, int64_t sampled, double spi, double bound) {
-  return static_cast<double>(inserts) * spi - static_cast<double>(sampled) <= bound;
-}
-
 }  // namespace
 
 void RateLimiter::Configure(const RateLimitConfig& c) {
@@ -23,6 +20,22 @@ void RateLimiter::Configure(const RateLimitConfig& c) {
   REVERIE_CHECK(std::isfinite(c.tolerance) && c.tolerance >= 0,
                 "tolerance must be finite and >= 0, got ", c.tolerance);
   REVERIE_CHECK(!std::isnan(c.timeout), "timeout must be a number of seconds, got NaN");
+  if (!enabled()) {
+    // Switched on: every insert so far counts at the new ratio, as if it had always run.
+    state_->offset.store(0.0, std::memory_order_relaxed);
+  } else {
+    // A change while running keeps the error D - D0 = (I - min_size) * spi - S + offset,
+    // counting only inserts past min_size: before the ratio starts, a new setting simply
+    // applies from the beginning.
+    const auto inserts = static_cast<double>(ring_->committed());
+    const RateLimitConfig old = config();
+    const auto past = [&](int64_t min_size) {
+      return std::max(0.0, inserts - static_cast<double>(min_size));
+    };
+    const double kept =
+        past(old.min_size) * old.samples_per_insert - past(c.min_size) * c.samples_per_insert;
+    state_->offset.store(offset() + kept, std::memory_order_relaxed);
+  }
   state_->enabled.store(c.enabled, std::memory_order_relaxed);
   state_->min_size.store(c.min_size, std::memory_order_relaxed);
   state_->samples_per_insert.store(c.samples_per_insert, std::memory_order_relaxed);
@@ -50,7 +63,7 @@ bool RateLimiter::CanInsert() const {
   if (inserts < min_size) return true;
   const double bound = spi * static_cast<double>(min_size) +
                        state_->tolerance.load(std::memory_order_relaxed);
-  return DiffAtMost(inserts, sampled(), spi, bound);
+  return static_cast<double>(inserts) * spi - static_cast<double>(sampled()) + offset() <= bound;
 }
 
 bool RateLimiter::CanSample(int64_t) const { return SampleAllowed(sampled()); }
@@ -64,7 +77,7 @@ bool RateLimiter::SampleAllowed(int64_t sampled) const {
   if (spi <= 0) return true;
   const double bound = spi * static_cast<double>(min_size) -
                        state_->tolerance.load(std::memory_order_relaxed);
-  return static_cast<double>(inserts) * spi - static_cast<double>(sampled) >= bound;
+  return static_cast<double>(inserts) * spi - static_cast<double>(sampled) + offset() >= bound;
 }
 
 std::string RateLimiter::Explain(bool sample, int64_t n) const {

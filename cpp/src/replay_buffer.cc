@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <new>
 
@@ -38,7 +39,7 @@ namespace {
 constexpr size_t kParallelGatherBytes = size_t{256} << 10;  // large rows: cut finer above this
 constexpr int64_t kRowsPerChunk = 16;
 constexpr int64_t kMinParallelRows = 64;  // below this a second thread costs more than it saves
-constexpr uint32_t kMaxAttempts = 1u << 12;  // redraws of one row before giving up
+constexpr uint32_t kMaxRedraws = 64;  // random redraws of one row before probing slot by slot
 constexpr uint32_t kRecheckAttempts = 1u << 16;  // redraw numbers used after a failed recheck
 
 std::string FieldNames(const std::vector<FieldSpec>& spec) {
@@ -351,24 +352,30 @@ void ReplayBuffer::Extend(const FieldInput* inputs, size_t n) { Write(inputs, n,
 
 void ReplayBuffer::Resolve(const SampleRequest& request, int64_t i, uint32_t first_attempt,
                            int64_t* slots, int64_t* stamps) const {
-  uint32_t attempt = first_attempt;
-  for (;;) {
-    const int64_t slot = slots[i];
-    if (slot >= 0 && slot < request.draw_range()) {
-      const uint64_t stamp = ring_.LoadStamp(slot);  // acquire: pairs with Publish
-      if (Stamp::IsCommitted(stamp)) {
-        stamps[i] = static_cast<int64_t>(stamp);
-        return;
-      }
-    }
-    if (attempt - first_attempt >= kMaxAttempts) {
-      throw std::runtime_error(internal::Concat(
-          "could not draw a committed item in ", kMaxAttempts,
-          " attempts: nearly every drawn slot is being written (is a writer stalled?)"));
-    }
-    if (attempt - first_attempt >= 64) sched_yield();
-    slots[i] = sampler_->Redraw(request, i, ++attempt, slots);
+  const int64_t range = request.draw_range();
+  auto take = [&](int64_t slot) {
+    if (slot < 0 || slot >= range) return false;
+    const uint64_t stamp = ring_.LoadStamp(slot);  // acquire: pairs with Publish
+    if (!Stamp::IsCommitted(stamp)) return false;
+    slots[i] = slot;
+    stamps[i] = static_cast<int64_t>(stamp);
+    return true;
+  };
+  if (take(slots[i])) return;
+  for (uint32_t attempt = first_attempt + 1; attempt <= first_attempt + kMaxRedraws; ++attempt) {
+    if (take(sampler_->Redraw(request, i, attempt, slots))) return;
   }
+  // Nearly every drawn slot is being written: a writer is stalled (descheduled, stopped or
+  // killed) in the middle of a large extend. Probe the slots one by one from a random start
+  // for a committed, drawable one. Only reached in that state, where it is slightly biased
+  // toward the slots just after the stalled run; O(range).
+  const int64_t start = std::max<int64_t>(0, sampler_->Redraw(request, i, first_attempt + kMaxRedraws + 1, slots));
+  for (int64_t k = 0; k < range; ++k) {
+    const int64_t slot = (start + k) % range;
+    if (sampler_->Drawable(request, i, slot, slots) && take(slot)) return;
+  }
+  throw std::runtime_error(
+      "could not draw a committed item: every stored item is being overwritten right now");
 }
 
 void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights) {
@@ -413,7 +420,8 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
     for (int64_t i = begin; i < end; ++i) {
       uint32_t attempt = kRecheckAttempts;
       while (static_cast<int64_t>(ring_.RecheckStamp(slots[i])) != keys[i]) {
-        slots[i] = sampler_->Redraw(request, i, ++attempt, slots);
+        attempt += kMaxRedraws + 2;
+        slots[i] = sampler_->Redraw(request, i, attempt, slots);
         Resolve(request, i, attempt, slots, keys);
         gather(i, i + 1);
         std::atomic_thread_fence(std::memory_order_acquire);
@@ -479,7 +487,8 @@ int64_t ReplayBuffer::UpdatePriorities(const int64_t* keys, const double* priori
 }
 
 ReplayBuffer::Counters ReplayBuffer::GetCounters() const {
-  return Counters{ring_.committed(), sample_calls(), stale_updates(), limiter_.sampled()};
+  return Counters{ring_.committed(), sample_calls(), stale_updates(), limiter_.sampled(),
+                  limiter_.offset()};
 }
 
 void ReplayBuffer::SetCounters(const Counters& counters) {
@@ -487,6 +496,8 @@ void ReplayBuffer::SetCounters(const Counters& counters) {
   REVERIE_CHECK(counters.stale_updates >= 0, "stale_updates must be >= 0, got ",
                 counters.stale_updates);
   REVERIE_CHECK(counters.sampled >= 0, "sampled must be >= 0, got ", counters.sampled);
+  REVERIE_CHECK(std::isfinite(counters.limiter_offset), "rate limiter offset must be finite, got ",
+                counters.limiter_offset);
   header_->ring.claimed.store(counters.written, std::memory_order_relaxed);
   header_->ring.committed.store(counters.written, std::memory_order_relaxed);
   // The stored items are the last min(written, capacity) keys.
@@ -496,7 +507,7 @@ void ReplayBuffer::SetCounters(const Counters& counters) {
   }
   header_->stale.store(counters.stale_updates, std::memory_order_relaxed);
   header_->calls.store(counters.sample_calls, std::memory_order_relaxed);
-  limiter_.set_sampled(counters.sampled);
+  limiter_.Restore(counters.sampled, counters.limiter_offset);
 }
 
 void ReplayBuffer::LoadColumn(size_t field, const void* data, size_t bytes) {

@@ -58,18 +58,23 @@ void UniformSampler::Draw(const SampleRequest& request, int64_t begin, int64_t e
   }
 }
 
+bool UniformSampler::Drawable(const SampleRequest& request, int64_t i, int64_t slot,
+                              const int64_t* slots) const {
+  if (replacement_) return true;
+  for (int64_t k = 0; k < request.batch; ++k) {
+    if (k != i && slots[k] == slot) return false;
+  }
+  return true;
+}
+
 int64_t UniformSampler::Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
                                const int64_t* slots) const {
   const auto slot = static_cast<int64_t>(
       MulHi64(RandomBits(request.seed, request.call, static_cast<uint32_t>(i), attempt),
               static_cast<uint64_t>(request.draw_range())));
-  if (!replacement_) {
-    // Rare (a row overwritten under a draw): a linear scan keeps the batch distinct.
-    for (int64_t k = 0; k < request.batch; ++k) {
-      if (k != i && slots[k] == slot) return -1;
-    }
-  }
-  return slot;
+  // Rare (a row overwritten under a draw): without replacement a linear scan keeps the
+  // batch distinct.
+  return Drawable(request, i, slot, slots) ? slot : -1;
 }
 
 }  // namespace reverie

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import secrets
+import threading
 from multiprocessing import util as mp_util
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -138,6 +139,7 @@ class ReplayBuffer:
         if self._limiter is not None:
             self._limiter._core = None
         self._core: Any = None
+        self._built = threading.Event()  # set once the spec is known and the core exists
         self._spec: Dict[str, Field] = {}
         self._columns: Optional[Dict[str, torch.Tensor]] = None
         if spec is not None:
@@ -182,6 +184,7 @@ class ReplayBuffer:
         # (which validates everything) without a Python frame in between.
         self.add = core.add  # type: ignore[method-assign]
         self.extend = core.extend  # type: ignore[method-assign]
+        self._built.set()
         return core
 
     def _first_write(self, fields: Mapping[str, Any], batched: bool) -> None:
@@ -198,6 +201,7 @@ class ReplayBuffer:
                 core.add(**fields)
         except BaseException:
             self._core = None
+            self._built.clear()
             self._spec = {}
             del self.add, self.extend  # back to the inferring methods
             if isinstance(self._sampler, Prioritized):
@@ -249,8 +253,7 @@ class ReplayBuffer:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         core = self._core
         if core is None:
-            self._check_open()
-            raise ValueError(f"cannot sample {batch_size} items: the buffer is empty (add items first)")
+            core = self._await_first_item(batch_size)
         from_numpy = torch.from_numpy
         if out is None:
             arrays, keys, weights = core.sample(batch_size)
@@ -266,6 +269,25 @@ class ReplayBuffer:
             _, keys, weights = core.sample(batch_size, [t.data_ptr() for t in tensors])
             fields = zip(self._names, tensors)
         return Batch(fields, from_numpy(keys), None if weights is None else from_numpy(weights))
+
+    def _await_first_item(self, batch_size: int) -> Any:
+        """sample() before the spec is known: an error, or with a rate limiter that may wait,
+        a wait for another thread's first add (the limiter then waits for the rest)."""
+        self._check_open()
+        limiter = self._limiter
+        if limiter is None or limiter.timeout == 0:
+            raise ValueError(f"cannot sample {batch_size} items: the buffer is empty (add items first)")
+        timeout = limiter.timeout
+        waited = 0.0
+        while not self._built.wait(0.05):  # in slices: Ctrl-C and close() are noticed
+            self._check_open()
+            waited += 0.05
+            if timeout is not None and waited >= timeout:
+                raise TimeoutError(
+                    f"sample({batch_size}) waited {timeout} s (the rate limiter's timeout) and "
+                    f"no item was added: sampling starts once {limiter.min_size_to_sample} items "
+                    "are inserted (min_size_to_sample), and 0 are so far")
+        return self._core
 
     def _check_out(self, out: Mapping[str, torch.Tensor], batch_size: int) -> list:
         if set(out) != set(self._names):
@@ -439,9 +461,9 @@ class ReplayBuffer:
         }
         if self._core is None:
             return state
-        written, calls, stale, sampled = self._core.get_counters()
+        written, calls, stale, sampled, offset = self._core.get_counters()
         state["counters"] = {"written": written, "sample_calls": calls, "stale_updates": stale,
-                             "sampled": sampled}
+                             "sampled": sampled, "limiter_offset": offset}
         if self._limiter is not None:
             state["rate_limiter"] = self._limiter.config()
         state["columns"] = {n: t.clone() for n, t in self.columns.items()}
@@ -454,7 +476,8 @@ class ReplayBuffer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores a ``state_dict()``: afterwards the buffer samples what the original would.
 
-        The state's seed and sampler settings (alpha, beta, eps, replacement) are adopted;
+        The state's seed and sampler settings (alpha, beta, eps, replacement) are adopted,
+        and so are the rate limiter's counts; its settings stay this buffer's own;
         capacity, spec and sampler kind must match this buffer's (an unbuilt buffer takes
         the state's spec). Everything is checked and loaded into a new core first, and only
         then swapped in.
@@ -490,6 +513,7 @@ class ReplayBuffer:
         calls = _as_int("sample_calls", counters["sample_calls"])
         stale = _as_int("stale_updates", counters["stale_updates"])
         sampled = _as_int("sampled", counters.get("sampled", 0))
+        offset = float(counters.get("limiter_offset", 0.0))
         if written < 0 or calls < 0 or stale < 0 or sampled < 0:
             raise ValueError(f"state counters must be >= 0, got {dict(counters)}")
         arrays = []
@@ -516,7 +540,7 @@ class ReplayBuffer:
             core.set_priority_state(leaves.view(np.uint64), int(pr["scale_exp"]), float(pr["max_q"]))
         for i, arr in enumerate(arrays):
             core.load_column(i, arr)
-        core.set_counters(written, calls, stale, sampled)
+        core.set_counters(written, calls, stale, sampled, offset)
         # All loaded: swap in.
         self._seed = seed
         self._sampler = sampler
@@ -536,6 +560,7 @@ def _attach(name: str, capacity: int, spec: Dict[str, Any], sampler_config: Dict
     buf._sampler = sampler
     buf._limiter = None
     buf._core = None
+    buf._built = threading.Event()
     buf._spec = {}
     buf._columns = None
     fields = normalize_spec(spec)

@@ -64,6 +64,10 @@ class PrioritizedSampler final : public Sampler {
   // One unstratified draw over the whole total. O(depth).
   int64_t Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
                  const int64_t* slots) const override;
+  // A positive leaf. O(1).
+  bool Drawable(const SampleRequest&, int64_t, int64_t slot, const int64_t*) const override {
+    return tree_.leaf(slot) != 0;
+  }
   // O(B).
   void Weights(const int64_t* slots, int64_t begin, int64_t end, float* weights) const override;
   // O(n + depth) for a contiguous range (wrapping ranges are two).

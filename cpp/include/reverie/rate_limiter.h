@@ -11,6 +11,12 @@
 //
 // Inserts count as I when claimed for the insert check and when committed for the sample
 // check, so a sample never starts before the items that allow it are readable.
+//
+// Changing spi or min_size while the limiter runs keeps the current error D - D0: the new
+// ratio applies to inserts from then on, and the history is not re-priced (raising spi from
+// 1 to 4 after a million inserts must not allow three million samples at once). This is
+// kept as an offset added to D. Inserts before min_size count for nothing here: until the
+// ratio starts, a new setting applies from the beginning.
 #pragma once
 
 #include <atomic>
@@ -40,6 +46,7 @@ struct RateLimitState {
   std::atomic<double> samples_per_insert{0.0};
   std::atomic<double> tolerance{0.0};
   std::atomic<double> timeout{-1.0};
+  std::atomic<double> offset{0.0};  // added to D; see "Changing spi" above
   alignas(64) std::atomic<int64_t> sampled{0};  // items sampled, ever
   alignas(64) Event event;                      // bumped by every insert, sample and change
 };
@@ -69,8 +76,12 @@ class RateLimiter {
   void Unsample(int64_t n);
   // Wakes waiters after inserts were committed.
   void Notify() { state_->event.Notify(); }
-  // Sets the sampled count (checkpoint restore).
-  void set_sampled(int64_t n) { state_->sampled.store(n, std::memory_order_release); }
+  // The sampled count and the offset (checkpoints).
+  double offset() const { return state_->offset.load(std::memory_order_relaxed); }
+  void Restore(int64_t sampled, double offset) {
+    state_->sampled.store(sampled, std::memory_order_release);
+    state_->offset.store(offset, std::memory_order_relaxed);
+  }
 
  private:
   template <typename Ready>

@@ -106,12 +106,14 @@ class ReplayBuffer {
   }
 
   // ---- State (checkpoints). Not to be called while other threads use the buffer. ----
-  // Counters: (items written, sample calls, stale updates, items sampled).
+  // Counters: items written, sample calls, stale updates, items sampled, and the rate
+  // limiter's offset.
   struct Counters {
     int64_t written = 0;
     uint64_t sample_calls = 0;
     int64_t stale_updates = 0;
     int64_t sampled = 0;
+    double limiter_offset = 0.0;
   };
   Counters GetCounters() const;
   // Sets the counters and marks the stored slots committed. Throws ValueError unless

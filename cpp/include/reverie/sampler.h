@@ -40,6 +40,11 @@ class Sampler {
   // without replacement avoid its other entries). May return -1.
   virtual int64_t Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
                          const int64_t* slots) const = 0;
+  // Whether `slot` may be taken for position i (used when redraws keep failing and the buffer
+  // falls back to probing slot by slot): a positive priority; for a batch without
+  // replacement, not another entry of `slots`.
+  virtual bool Drawable(const SampleRequest& request, int64_t i, int64_t slot,
+                        const int64_t* slots) const = 0;
   // Importance weights of the final slots [begin, end) (prioritized samplers only).
   virtual void Weights(const int64_t* slots, int64_t begin, int64_t end, float* weights) const;
   // Draw + Weights over [begin, end), for callers without concurrent writers (tests).

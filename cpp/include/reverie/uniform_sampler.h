@@ -19,6 +19,8 @@ class UniformSampler final : public Sampler {
   // Uniform over [0, range); without replacement, -1 when it hits another entry of the batch.
   int64_t Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
                  const int64_t* slots) const override;
+  bool Drawable(const SampleRequest& request, int64_t i, int64_t slot,
+                const int64_t* slots) const override;
   // Floyd's algorithm is sequential.
   bool splittable() const override { return replacement_; }
   void OnInsert(int64_t, int64_t) override {}
