@@ -99,10 +99,20 @@ void PrioritizedSampler::Reserve(double q) {
   const int scale_exp = state_->scale_exp.load(std::memory_order_relaxed);
   if (std::ldexp(q, scale_exp) <= unit_budget_) return;
   const int target = ScaleFor(q, unit_budget_ / kHeadroom);
-  WithEpoch([&] {
-    tree_.ShiftLeavesRight(scale_exp - target);
-    state_->scale_exp.store(target, std::memory_order_relaxed);
-  });
+  // Recorded first, so a process killed halfway leaves enough to finish it (Repair).
+  state_->rescale_target.store(target, std::memory_order_relaxed);
+  state_->rescale_next.store(0, std::memory_order_relaxed);
+  state_->rescale_shift.store(scale_exp - target, std::memory_order_release);
+  WithEpoch([&] { FinishRescale(); });
+}
+
+void PrioritizedSampler::FinishRescale() {
+  const int shift = state_->rescale_shift.load(std::memory_order_acquire);
+  tree_.ShiftLeavesRight(shift, state_->rescale_next.load(std::memory_order_acquire),
+                         &state_->rescale_next);
+  state_->scale_exp.store(state_->rescale_target.load(std::memory_order_relaxed),
+                          std::memory_order_relaxed);
+  state_->rescale_shift.store(0, std::memory_order_release);
 }
 
 void PrioritizedSampler::Repair() {
@@ -110,7 +120,13 @@ void PrioritizedSampler::Repair() {
   if ((state_->epoch.load(std::memory_order_acquire) & 1) != 0) {
     state_->epoch.fetch_add(1, std::memory_order_acq_rel);
   }
-  WithEpoch([&] { tree_.Rebuild(); });
+  WithEpoch([&] {
+    if (state_->rescale_shift.load(std::memory_order_acquire) != 0) {
+      FinishRescale();  // shifts the rest and rebuilds
+    } else {
+      tree_.Rebuild();
+    }
+  });
 }
 
 void PrioritizedSampler::ValidateSample(const SampleRequest& request) const {

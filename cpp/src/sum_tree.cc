@@ -155,12 +155,13 @@ void SumTree::DescendBatch(const uint64_t* u, int64_t* leaf, int64_t n) const {
   }
 }
 
-void SumTree::ShiftLeavesRight(int shift) {
+void SumTree::ShiftLeavesRight(int shift, int64_t first, std::atomic<int64_t>* progress) {
   uint64_t* leaf = mutable_sums() + layout_.offset[layout_.depth];
   const int64_t n = leaves();
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = first; i < n; ++i) {
     const uint64_t v = LoadRelaxed(leaf + i);
     if (v != 0) StoreRelaxed(leaf + i, shift >= 64 ? 1 : std::max<uint64_t>(v >> shift, 1));
+    if (progress != nullptr) progress->store(i + 1, std::memory_order_release);
   }
   Rebuild();
 }

@@ -297,6 +297,36 @@ TEST(RescaleKeepsRatios) {
   CHECK(std::fabs(sampler.StoredPriority(3) / 1e12 - 1.0) < 1e-9);
 }
 
+TEST(RescaleInterruptedByADeadWriterIsFinishedByRepair) {
+  // A writer killed halfway through a rescale leaves half the leaves shifted; the next lock
+  // holder's Repair finishes the shift from the recorded progress and adopts the new scale.
+  const int64_t n = 64;
+  PriorityState state;
+  std::vector<uint64_t> sums(SumTree::SumsBytes(n) / 8), mins(SumTree::MinsBytes(n) / 8 + 1);
+  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 0.0, 0.0}, &state, sums.data(), mins.data(), true);
+  sampler.OnInsert(0, n);
+  std::vector<int64_t> slots(n);
+  std::vector<double> pr(n);
+  for (int64_t i = 0; i < n; ++i) {
+    slots[i] = i;
+    pr[i] = static_cast<double>(i + 1);
+  }
+  sampler.UpdatePriorities(slots.data(), pr.data(), n);
+  const int old_scale = state.scale_exp.load();
+  // What Reserve records before it shifts, then a death after the first half of the leaves.
+  state.rescale_target.store(old_scale - 5);
+  state.rescale_shift.store(5);
+  state.rescale_next.store(n / 2);
+  const TreeLayout& layout = sampler.tree().layout();
+  for (int64_t i = 0; i < n / 2; ++i) sums[layout.offset[layout.depth] + i] >>= 5;
+  state.epoch.fetch_add(1);  // odd: the dead writer was inside WithEpoch
+  sampler.Repair();
+  CHECK(state.rescale_shift.load() == 0 && state.scale_exp.load() == old_scale - 5);
+  CHECK((state.epoch.load() & 1) == 0);
+  for (int64_t i = 0; i < n; ++i) CHECK(std::fabs(sampler.StoredPriority(i) - pr[i]) < 1e-6 * pr[i]);
+  CHECK(TreeConsistent(sampler.tree()));
+}
+
 TEST(ImportanceWeights) {
   const int64_t n = 3;
   PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 0.5, 0.0});

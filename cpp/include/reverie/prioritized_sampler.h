@@ -39,6 +39,11 @@ struct PriorityState {
   std::atomic<int32_t> scale_exp{0};
   std::atomic<double> max_q{1.0};
   std::atomic<double> beta{0.4};
+  // A rescale in progress (crash-safe): shift 0 when none; else the leaves below
+  // `rescale_next` are shifted already and the scale becomes `rescale_target` when done.
+  std::atomic<int32_t> rescale_shift{0};
+  std::atomic<int32_t> rescale_target{0};
+  std::atomic<int64_t> rescale_next{0};
 };
 
 class PrioritizedSampler final : public Sampler {
@@ -73,7 +78,8 @@ class PrioritizedSampler final : public Sampler {
   // O(n + depth) for a contiguous range (wrapping ranges are two).
   void OnInsert(int64_t first, int64_t n) override;
   uint64_t epoch() const override { return state_->epoch.load(std::memory_order_acquire); }
-  // Rebuilds every internal node from the leaves. O(capacity).
+  // Finishes a rescale a dead writer left halfway, then rebuilds every internal node from
+  // the leaves. O(capacity).
   void Repair() override;
   bool prioritized() const override { return true; }
   void ValidatePriorities(const double* priorities, int64_t n) const override;
@@ -103,6 +109,8 @@ class PrioritizedSampler final : public Sampler {
   uint64_t ToUnits(double q) const;
   // Makes sure q fits the fixed-point budget, rescaling the tree if it does not.
   void Reserve(double q);
+  // Shifts the leaves from rescale_next on and adopts the target scale. Writer lock held.
+  void FinishRescale();
   // Runs a whole-tree change with the epoch odd, so concurrent samples start over.
   template <typename Fn>
   void WithEpoch(Fn&& fn);

@@ -28,6 +28,7 @@
 // on a padding leaf (index >= leaves) or a zero leaf, which callers reject and redraw.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -182,8 +183,10 @@ class SumTree {
   // queries advance one level at a time, so their cache misses overlap. O(n * depth).
   void DescendBatch(const uint64_t* u, int64_t* leaf, int64_t n) const;
 
-  // Replaces every leaf with leaf >> shift (a positive leaf stays >= 1), then Rebuild().
-  void ShiftLeavesRight(int shift);
+  // Replaces every leaf from `first` on with leaf >> shift (a positive leaf stays >= 1),
+  // storing the index of the next leaf into *progress after each one (when given: a
+  // process killed halfway leaves a record to resume from), then Rebuild(). O(leaves).
+  void ShiftLeavesRight(int shift, int64_t first = 0, std::atomic<int64_t>* progress = nullptr);
   // Overwrites all leaves from `units` (leaves() values), then Rebuild(). O(leaves).
   void AssignLeaves(const uint64_t* units);
   // Recomputes every internal sum and min from the leaves. Exact. O(leaves).
