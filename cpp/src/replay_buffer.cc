@@ -285,9 +285,13 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
   // first; then the rows are copied one by one, skipping those.
   bool all_acquired = true;
   std::vector<int64_t> lapped;
+  ring_.PrefetchForWrite(first_key, kept);
+  const int64_t first_slot = ring_.slot_of(first_key);
+  auto next_slot = [cap](int64_t slot) { return slot + 1 == cap ? 0 : slot + 1; };
   auto acquire_all = [&] {
-    for (int64_t k = first_key; k < first_key + kept; ++k) {
-      if (!ring_.Acquire(k, pid)) {
+    int64_t slot = first_slot;
+    for (int64_t k = first_key; k < first_key + kept; ++k, slot = next_slot(slot)) {
+      if (!ring_.Acquire(k, slot, pid)) {
         all_acquired = false;
         lapped.push_back(k);
       }
@@ -303,7 +307,7 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
     WriterLock lock(*this);
     acquire_all();
     if (all_acquired) {
-      sampler_->OnInsert(ring_.slot_of(first_key), kept);
+      sampler_->OnInsert(first_slot, kept);
     } else {
       for (int64_t k = first_key; k < first_key + kept; ++k) {
         if (acquired(k)) sampler_->OnInsert(ring_.slot_of(k), 1);
@@ -327,8 +331,9 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
     }
   }
   // Step 4: publish (each a release store, after all of this writer's bytes).
-  for (int64_t k = first_key; k < first_key + kept; ++k) {
-    if (acquired(k)) ring_.Publish(k);
+  int64_t slot = first_slot;
+  for (int64_t k = first_key; k < first_key + kept; ++k, slot = next_slot(slot)) {
+    if (all_acquired || acquired(k)) ring_.Publish(k, slot);
   }
   ring_.CountCommitted(count);
   if (limiter_.enabled()) limiter_.Notify();
@@ -475,8 +480,9 @@ int64_t ReplayBuffer::UpdatePriorities(const int64_t* keys, const double* priori
     // Under the lock, so a writer cannot mark a checked slot and give it a new priority
     // between the check and the update (see WriteItems).
     for (int64_t k = 0; k < n; ++k) {
-      if (!ring_.Holds(keys[k])) continue;
-      slots.push_back(ring_.slot_of(keys[k]));
+      const int64_t slot = ring_.slot_of(keys[k]);
+      if (!ring_.Holds(keys[k], slot)) continue;
+      slots.push_back(slot);
       values.push_back(priorities[k]);
     }
     sampler_->UpdatePriorities(slots.data(), values.data(), static_cast<int64_t>(slots.size()));

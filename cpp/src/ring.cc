@@ -6,8 +6,8 @@
 
 namespace reverie {
 
-bool Ring::Acquire(int64_t key, uint32_t pid) {
-  std::atomic<uint64_t>& stamp = stamps_[slot_of(key)];
+bool Ring::Acquire(int64_t key, int64_t slot, uint32_t pid) {
+  std::atomic<uint64_t>& stamp = stamps_[slot];
   const uint64_t mine = Stamp::Writing(pid);
   uint64_t seen = stamp.load(std::memory_order_acquire);
   for (int spins = 0;; ++spins) {

@@ -84,21 +84,34 @@ class Ring {
 
   // Step 1: n new keys, the first returned. O(1), one atomic add.
   int64_t Claim(int64_t n) { return counters_->claimed.fetch_add(n, std::memory_order_acq_rel); }
-  // Step 2 for `key`. Returns false when a newer item already holds the slot. Waits (spinning,
-  // then yielding) only while a live writer one lap behind is still copying. O(1) usually.
-  bool Acquire(int64_t key, uint32_t pid);
+  // Step 2 for `key`, whose slot is `slot` (= slot_of(key); callers step it along a range
+  // instead of dividing per key). Returns false when a newer item already holds the slot.
+  // Waits (spinning, then yielding) only while a live writer one lap behind is still
+  // copying. O(1) usually.
+  bool Acquire(int64_t key, int64_t slot, uint32_t pid);
+  bool Acquire(int64_t key, uint32_t pid) { return Acquire(key, slot_of(key), pid); }
   // Step 4 for one key (after the row is copied). O(1).
-  void Publish(int64_t key) {
-    stamps_[slot_of(key)].store(Stamp::Committed(key), std::memory_order_release);
+  void Publish(int64_t key, int64_t slot) {
+    stamps_[slot].store(Stamp::Committed(key), std::memory_order_release);
   }
+  void Publish(int64_t key) { Publish(key, slot_of(key)); }
   void CountCommitted(int64_t n) { counters_->committed.fetch_add(n, std::memory_order_acq_rel); }
 
   // Reader side (see the protocol above).
   uint64_t LoadStamp(int64_t slot) const { return stamps_[slot].load(std::memory_order_acquire); }
   uint64_t RecheckStamp(int64_t slot) const { return stamps_[slot].load(std::memory_order_relaxed); }
   void PrefetchStamp(int64_t slot) const { __builtin_prefetch(&stamps_[slot]); }
+  // Brings the stamps of keys [first, first + n) into the cache for writing, all at once: a
+  // locked CAS on a line that misses would wait for it alone. O(n / 8).
+  void PrefetchForWrite(int64_t first, int64_t n) const {
+    for (int64_t k = 0; k < n; k += 8) __builtin_prefetch(&stamps_[slot_of(first + k)], 1);
+    if (n > 0) __builtin_prefetch(&stamps_[slot_of(first + n - 1)], 1);
+  }
   // Whether `key` is still the committed occupant of its slot. O(1).
-  bool Holds(int64_t key) const { return LoadStamp(slot_of(key)) == Stamp::Committed(key); }
+  bool Holds(int64_t key) const { return Holds(key, slot_of(key)); }
+  bool Holds(int64_t key, int64_t slot) const {
+    return LoadStamp(slot) == Stamp::Committed(key);
+  }
 
  private:
   int64_t Clamp(int64_t n) const { return n < capacity_ ? n : capacity_; }
