@@ -11,6 +11,9 @@ Workloads (see DESIGN.md, "Performance: how it is judged"):
 - W2: prioritized, one step = sample(256) with weights + update_priorities(256).
 - W3: Atari-like frames u8[4,84,84], sample(32) and sample(256) in gathered GB/s.
 - memory: resident-set growth of a filled W1 buffer against the bytes it stores.
+- concurrency: reverie alone: 1 vs 2 writer threads, sampling while a writer runs, and
+  ingestion from 2 worker processes into shared memory vs a multiprocessing.Queue (see
+  ``concurrency.py``).
 """
 
 from __future__ import annotations
@@ -740,7 +743,7 @@ def report(rows: Sequence[Row], w3_rows: Sequence[Row], copies: Dict[str, Any],
     return "\n".join(lines)
 
 
-WORKLOADS = ("W1", "W2", "W3", "memory")
+WORKLOADS = ("W1", "W2", "W3", "memory", "concurrency")
 
 
 def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[float] = None,
@@ -754,8 +757,15 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
     skipped = {i: why[i] or "not selected" for i in IMPLS if i not in impls}
     w3 = [i for i in impls if i != "python"] if "W3" in workloads else []  # frames as tuples: no
     mem = [i for i in ("reverie", "numpy", "python") if i in impls] if "memory" in workloads else []
+    concurrent = "concurrency" in workloads and why["reverie"] is None
+    if "concurrency" in workloads and not concurrent:
+        skipped["concurrency"] = f"reverie {why['reverie']}"
     total = (len(impls) * (3 * ("W1" in workloads) + len(s.w2_capacities) * ("W2" in workloads))
              + 2 * len(w3) + len(mem))
+    if concurrent:
+        from . import concurrency
+
+        total += concurrency.cells()
     print(f"reverie.bench: {'quick' if quick else 'full'} run; "
           f"implementations: {', '.join(impls)}", file=sys.stderr)
     for impl, reason in skipped.items():
@@ -768,9 +778,15 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         w3_rows, copies = run_w3(s, w3, prog)
         w3_rows = [r for r in w3_rows if r.values]  # empty when W3 was not selected
         rows += w3_rows
+        conc = concurrency.run(s, prog)[1] if concurrent else None
     finally:
         prog.close()
-    text = report(rows, w3_rows, copies, memory, skipped, s, "cpprb" in impls)
+    base = any(w != "concurrency" for w in workloads)
+    text = report(rows, w3_rows, copies, memory, skipped, s, "cpprb" in impls) if base else ""
+    if conc is not None:
+        text += ("\n\n" if text else "") + conc["report"]
+    elif "concurrency" in skipped and not base:
+        text += f"\nconcurrency: skipped, {skipped['concurrency']}"
     elapsed = time.perf_counter() - t0
     text += f"\ntotal time {elapsed:.0f} s"
     print(text)
@@ -793,12 +809,17 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         "elapsed_s": elapsed,
         "report": text,
     }
+    if conc is not None:
+        result["concurrency"] = conc
     json_path = os.path.join(out_dir, "results.json")
     png_path = os.path.join(out_dir, "speedup.png")
     with open(json_path, "w") as f:
         json.dump(result, f, indent=2)
-    plot(rows, png_path)
-    print(f"wrote {json_path} and {png_path}")
+    if rows:
+        plot(rows, png_path)
+        print(f"wrote {json_path} and {png_path}")
+    else:
+        print(f"wrote {json_path}")
     return result
 
 
