@@ -236,18 +236,107 @@ void ToView(const std::string& name, py::handle value, size_t index, Inputs& in,
   FromNumpy(name, arr, typed, true, in, view);
 }
 
-void Convert(const py::dict& values, Inputs& in) {
-  size_t i = 0;
-  for (auto item : values) {
-    if (!PyUnicode_Check(item.first.ptr())) ThrowType("field names must be strings");
-    Py_ssize_t len = 0;
-    const char* utf8 = PyUnicode_AsUTF8AndSize(item.first.ptr(), &len);
-    if (utf8 == nullptr) throw py::error_already_set();
-    FieldInput& field = in.fields()[i];
-    field.name = std::string_view(utf8, static_cast<size_t>(len));
-    ToView(std::string(field.name), item.second, i, in, &field.value);
-    ++i;
+// One keyword argument: field name `key`, value `value`, the i-th of the call.
+void ConvertOne(PyObject* key, PyObject* value, size_t i, Inputs& in) {
+  if (!PyUnicode_Check(key)) ThrowType("field names must be strings");
+  Py_ssize_t len = 0;
+  const char* utf8 = PyUnicode_AsUTF8AndSize(key, &len);
+  if (utf8 == nullptr) throw py::error_already_set();
+  FieldInput& field = in.fields()[i];
+  field.name = std::string_view(utf8, static_cast<size_t>(len));
+  ToView(std::string(field.name), value, i, in, &field.value);
+}
+
+// ---- add/extend as vectorcall functions --------------------------------------------------
+// The per-item path is the hottest call of the API and runs with the GIL held until the core
+// takes over, so it skips pybind11's dispatcher and the kwargs dict: a METH_FASTCALL C
+// function bound to its buffer through a capsule (python/reverie/_buffer.py installs them as
+// buf.add / buf.extend).
+
+struct BoundBuffer {
+  PyObject* owner;  // the _core.ReplayBuffer, kept alive by the capsule
+  ReplayBuffer* buf;
+};
+
+constexpr const char* kBoundName = "reverie._core.bound_buffer";
+
+// Sets the Python error for an exception from the core or the conversion (GIL held).
+void SetPythonError() {
+  try {
+    throw;
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const reverie::TypeError& e) {
+    PyErr_SetString(PyExc_TypeError, e.what());
+  } catch (const reverie::TimeoutError& e) {
+    PyErr_SetString(PyExc_TimeoutError, e.what());
+  } catch (const std::invalid_argument& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::out_of_range& e) {
+    PyErr_SetString(PyExc_IndexError, e.what());
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
   }
+}
+
+template <bool kBatched>
+PyObject* FastWrite(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  auto* bound = static_cast<BoundBuffer*>(PyCapsule_GetPointer(capsule, kBoundName));
+  if (bound == nullptr) return nullptr;
+  try {
+    if (nargs != 0) {
+      ThrowType(std::string(kBatched ? "extend" : "add") +
+                "() takes fields as keyword arguments only, e.g. " +
+                (kBatched ? "extend(obs=O, reward=R)" : "add(obs=o, reward=r)"));
+    }
+    const auto n = static_cast<size_t>(kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames));
+    Inputs in(n);
+    for (size_t i = 0; i < n; ++i) {
+      ConvertOne(PyTuple_GET_ITEM(kwnames, static_cast<Py_ssize_t>(i)), args[i], i, in);
+    }
+    {
+      py::gil_scoped_release release;
+      if (kBatched) {
+        bound->buf->Extend(in.fields(), in.count);
+      } else {
+        bound->buf->Add(in.fields(), in.count);
+      }
+    }
+  } catch (...) {
+    SetPythonError();
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef kFastAdd = {"add", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&FastWrite<false>)),
+                        METH_FASTCALL | METH_KEYWORDS, "Stores one item (keyword arguments: fields)."};
+PyMethodDef kFastExtend = {"extend", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&FastWrite<true>)),
+                           METH_FASTCALL | METH_KEYWORDS, "Stores a batch of items along axis 0."};
+
+// (add, extend) bound to `self`.
+py::tuple FastMethods(py::object self) {
+  auto* bound = new BoundBuffer{self.ptr(), self.cast<ReplayBuffer*>()};
+  Py_INCREF(bound->owner);
+  PyObject* capsule = PyCapsule_New(bound, kBoundName, [](PyObject* c) {
+    auto* b = static_cast<BoundBuffer*>(PyCapsule_GetPointer(c, kBoundName));
+    Py_DECREF(b->owner);
+    delete b;
+  });
+  if (capsule == nullptr) {
+    Py_DECREF(bound->owner);
+    delete bound;
+    throw py::error_already_set();
+  }
+  py::object cap = py::reinterpret_steal<py::object>(capsule);
+  PyObject* add = PyCFunction_New(&kFastAdd, cap.ptr());
+  if (add == nullptr) throw py::error_already_set();
+  py::object add_obj = py::reinterpret_steal<py::object>(add);
+  PyObject* extend = PyCFunction_New(&kFastExtend, cap.ptr());
+  if (extend == nullptr) throw py::error_already_set();
+  return py::make_tuple(add_obj, py::reinterpret_steal<py::object>(extend));
 }
 
 py::dtype MakeNumpyDType(DType dtype) {
@@ -357,20 +446,6 @@ PYBIND11_MODULE(_core, m) {
            py::arg("capacity"), py::arg("spec"), py::arg("sampler"), py::arg("replacement"),
            py::arg("alpha"), py::arg("beta"), py::arg("eps"), py::arg("seed"),
            py::arg("storage") = "memory", py::arg("name") = "")
-      // add(**fields) / extend(**fields): python/reverie/_buffer.py binds these straight onto
-      // the ReplayBuffer object once its spec is known, so the per-item path is one call.
-      .def("add", [](ReplayBuffer& buf, const py::kwargs& values) {
-        Inputs in(values.size());
-        Convert(values, in);
-        py::gil_scoped_release release;
-        buf.Add(in.fields(), in.count);
-      })
-      .def("extend", [](ReplayBuffer& buf, const py::kwargs& values) {
-        Inputs in(values.size());
-        Convert(values, in);
-        py::gil_scoped_release release;
-        buf.Extend(in.fields(), in.count);
-      })
       .def("sample", [](ReplayBuffer& buf, int64_t batch, const std::optional<std::vector<uintptr_t>>& out) {
         // Gathers into fresh numpy arrays (that the caller's tensors then own), or into the
         // caller's tensors at the given addresses (python/reverie/_buffer.py checks them).
@@ -423,6 +498,8 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release release;
         return buf.UpdatePriorities(k.data(), p.data(), k.shape(0));
       })
+      .def("fast_methods", &FastMethods,
+           "(add, extend) as vectorcall functions bound to this buffer (the per-item path).")
       .def_property_readonly("capacity", &ReplayBuffer::capacity)
       .def_property_readonly("written", &ReplayBuffer::written)
       .def_property_readonly("shared_name", [](const ReplayBuffer& buf) -> py::object {

@@ -182,8 +182,7 @@ class ReplayBuffer:
             self._sampler._core = core
         # The per-item path: once the spec is known, add/extend go straight to the core
         # (which validates everything) without a Python frame in between.
-        self.add = core.add  # type: ignore[method-assign]
-        self.extend = core.extend  # type: ignore[method-assign]
+        self.add, self.extend = core.fast_methods()
         self._built.set()
         return core
 
@@ -193,12 +192,12 @@ class ReplayBuffer:
         self._check_open()
         if not fields:
             raise ValueError("add()/extend() need at least one field, e.g. add(obs=..., reward=...)")
-        core = self._build({name: infer_field(name, v, batched) for name, v in fields.items()})
+        self._build({name: infer_field(name, v, batched) for name, v in fields.items()})
         try:
             if batched:
-                core.extend(**fields)
+                self.extend(**fields)
             else:
-                core.add(**fields)
+                self.add(**fields)
         except BaseException:
             self._core = None
             self._built.clear()
