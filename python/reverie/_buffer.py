@@ -182,7 +182,9 @@ class ReplayBuffer:
             self._sampler._core = core
         # The per-item path: once the spec is known, add/extend go straight to the core
         # (which validates everything) without a Python frame in between.
-        self.add, self.extend = core.fast_methods()
+        add, extend = core.fast_methods()
+        self.add = add  # type: ignore[method-assign]
+        self.extend = extend  # type: ignore[method-assign]
         self._built.set()
         return core
 
