@@ -75,9 +75,12 @@ double PrioritizedSampler::Transform(double priority) const {
 }
 
 uint64_t PrioritizedSampler::ToUnits(double q) const {
+  return ToUnits(q, std::ldexp(1.0, state_->scale_exp.load(std::memory_order_relaxed)));
+}
+
+uint64_t PrioritizedSampler::ToUnits(double q, double scale) {
   if (q <= 0) return 0;
-  // Times 2^scale_exp: exact.
-  const double scaled = std::nearbyint(std::ldexp(q, state_->scale_exp.load(std::memory_order_relaxed)));
+  const double scaled = std::nearbyint(q * scale);  // scale = 2^scale_exp: exact
   return scaled < 1 ? 1 : static_cast<uint64_t>(scaled);
 }
 
@@ -219,7 +222,8 @@ void PrioritizedSampler::UpdatePriorities(const int64_t* slots, const double* pr
   // fixed-point scale for it first; then every value converts independently, on whichever
   // thread stores it (pow, ~17 ns each, is the bulk of the arithmetic).
   Reserve(Transform(*std::max_element(priorities, priorities + n)));
-  tree_.SetLeaves(slots, [&](int64_t k) { return ToUnits(Transform(priorities[k])); }, n);
+  const double scale = std::ldexp(1.0, state_->scale_exp.load(std::memory_order_relaxed));
+  tree_.SetLeaves(slots, [&](int64_t k) { return ToUnits(Transform(priorities[k]), scale); }, n);
 }
 
 PrioritizedSampler::State PrioritizedSampler::GetState() const {

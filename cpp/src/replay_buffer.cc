@@ -92,20 +92,19 @@ struct RegionLayout {
 RegionLayout MakeRegionLayout(const Storage& storage, bool prioritized) {
   RegionLayout l;
   size_t at = AlignUp(sizeof(BufferHeader), 64);
-  l.stamps = at;
-  at = AlignUp(at + static_cast<size_t>(storage.capacity()) * sizeof(uint64_t), 64);
-  for (size_t f = 0; f < storage.num_fields(); ++f) {
-    const size_t bytes = storage.column_bytes(f);
-    // Columns of 2 MiB or more start on a 2 MiB boundary (transparent huge pages).
+  // Every part of 2 MiB or more starts on a 2 MiB boundary, so that transparent huge pages
+  // can back it: random rows, stamps and tree nodes then cost far fewer TLB misses.
+  auto place = [&](size_t bytes) {
     if (bytes >= (size_t{2} << 20)) at = AlignUp(at, size_t{2} << 20);
-    l.columns.push_back(at);
+    const size_t offset = at;
     at = AlignUp(at + bytes, 64);
-  }
+    return offset;
+  };
+  l.stamps = place(static_cast<size_t>(storage.capacity()) * sizeof(uint64_t));
+  for (size_t f = 0; f < storage.num_fields(); ++f) l.columns.push_back(place(storage.column_bytes(f)));
   if (prioritized) {
-    l.sums = at;
-    at = AlignUp(at + SumTree::SumsBytes(storage.capacity()), 64);
-    l.mins = at;
-    at = AlignUp(at + SumTree::MinsBytes(storage.capacity()), 64);
+    l.sums = place(SumTree::SumsBytes(storage.capacity()));
+    l.mins = place(SumTree::MinsBytes(storage.capacity()));
   }
   l.total = at;
   return l;
@@ -479,6 +478,7 @@ int64_t ReplayBuffer::UpdatePriorities(const int64_t* keys, const double* priori
     WriterLock lock(*this);
     // Under the lock, so a writer cannot mark a checked slot and give it a new priority
     // between the check and the update (see WriteItems).
+    for (int64_t k = 0; k < n; ++k) ring_.PrefetchStamp(ring_.slot_of(keys[k]));
     for (int64_t k = 0; k < n; ++k) {
       const int64_t slot = ring_.slot_of(keys[k]);
       if (!ring_.Holds(keys[k], slot)) continue;

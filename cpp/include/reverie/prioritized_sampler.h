@@ -107,6 +107,8 @@ class PrioritizedSampler final : public Sampler {
   // `slot` if its leaf is positive, else -1.
   int64_t Checked(int64_t slot) const;
   uint64_t ToUnits(double q) const;
+  // With the scale 2^scale_exp given (one load per batch).
+  static uint64_t ToUnits(double q, double scale);
   // Makes sure q fits the fixed-point budget, rescaling the tree if it does not.
   void Reserve(double q);
   // Shifts the leaves from rescale_next on and adopts the target scale. Writer lock held.
