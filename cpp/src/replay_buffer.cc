@@ -41,6 +41,7 @@ constexpr int64_t kRowsPerChunk = 16;
 constexpr int64_t kMinParallelRows = 64;  // below this a second thread costs more than it saves
 constexpr uint32_t kMaxRedraws = 64;  // random redraws of one row before probing slot by slot
 constexpr uint32_t kRecheckAttempts = 1u << 16;  // redraw numbers used after a failed recheck
+constexpr int kQuietBackoff = 16;  // checked-path calls after the quiet path missed
 
 std::string FieldNames(const std::vector<FieldSpec>& spec) {
   std::string out;
@@ -445,16 +446,57 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   } else if (batch >= kMinParallelRows) {
     chunks = threads;
   }
-  for (;;) {
-    // A tree rescale or rebuild (rare, milliseconds) while drawing: draw the same call
-    // again. The wait for one in progress is bounded: a process killed in the middle of one
-    // leaves the epoch odd until the next writer repairs the tree, and must not hang us.
+  // A tree rescale or rebuild (rare, milliseconds) while drawing: the call is drawn again.
+  // The wait for one in progress is bounded: a process killed in the middle of one leaves
+  // the epoch odd until the next writer repairs the tree, and must not hang us.
+  auto stable_epoch = [&] {
     uint64_t epoch = sampler_->epoch();
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
     while ((epoch & 1) != 0 && std::chrono::steady_clock::now() < give_up) {
       sched_yield();
       epoch = sampler_->epoch();
     }
+    return epoch;
+  };
+
+  // The quiet path (ring.h, "A quiet buffer"): no write in flight now, and none claimed by
+  // the end of the copy, so every drawn slot is committed and no row changed under us; the
+  // stamps are not read at all. Otherwise the same call is drawn again on the checked path.
+  // After a miss the next calls go straight to the checked path, so steady concurrent
+  // writing does not pay for the attempt every time.
+  const int64_t committed0 = ring_.committed();
+  const int64_t claimed0 = ring_.claimed();
+  int skip = skip_quiet_.load(std::memory_order_relaxed);
+  if (skip > 0) skip_quiet_.store(skip - 1, std::memory_order_relaxed);
+  if (claimed0 == committed0 && skip == 0) {
+    SampleRequest quiet = request;
+    quiet.range = std::min(claimed0, capacity());
+    std::atomic<bool> hole{false};
+    auto quiet_work = [&](int64_t begin, int64_t end) {
+      if (split) sampler_->Draw(quiet, begin, end, slots);
+      for (int64_t i = begin; i < end; ++i) {
+        if (slots[i] < 0) {  // a descent that raced a priority update: take the checked path
+          hole.store(true, std::memory_order_relaxed);
+          return;
+        }
+      }
+      gather(begin, end);
+      if (w != nullptr) sampler_->Weights(slots, begin, end, w);
+    };
+    const uint64_t epoch = stable_epoch();
+    if (!split) sampler_->Draw(quiet, 0, batch, slots);
+    pool.ParallelFor(batch, chunks, quiet_work);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (!hole.load(std::memory_order_relaxed) && ring_.RecheckClaimed() == claimed0 &&
+        sampler_->epoch() == epoch) {
+      ring_.KeysOfSlots(slots, keys, batch, claimed0);
+      return;
+    }
+    skip_quiet_.store(kQuietBackoff, std::memory_order_relaxed);
+  }
+
+  for (;;) {
+    const uint64_t epoch = stable_epoch();
     if (!split) sampler_->Draw(request, 0, batch, slots);
     pool.ParallelFor(batch, chunks, work);
     if (sampler_->epoch() == epoch) break;

@@ -157,6 +157,7 @@ class ReplayBuffer {
   RateLimiter limiter_;
   uint64_t seed_;
   std::function<void()> poll_;
+  std::atomic<int> skip_quiet_{0};  // sample calls left that skip the quiet path (a hint)
 };
 
 }  // namespace reverie

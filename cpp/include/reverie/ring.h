@@ -36,6 +36,15 @@
 // A row that was never committed is never copied at all (step a). The key a sample reports
 // is KeyOf(a), read from the stamp, so it is exact under any interleaving.
 //
+// A quiet buffer. A sample that finds claimed == committed (no write in flight), copies its
+// rows without reading any stamp, then runs an acquire fence and finds `claimed` unchanged,
+// is consistent: every slot below min(claimed, capacity) was committed before it started,
+// and a writer that stored any byte it copied would have claimed its key before its
+// release fence (step 2), so by the same fence pairing the second load of `claimed` would
+// have seen that claim. The keys then follow from `claimed` alone (KeysOfSlots). This is the
+// common case of a training loop that adds and samples in turn, and it skips one cache miss
+// per row; when the check fails the call is done again the stamped way.
+//
 // Why nothing is lost or duplicated. Keys come from one fetch_add, so each is claimed once;
 // each stamp transition is a CAS from the value the writer inspected, so of two writers
 // that meet on one slot exactly one proceeds, and a slot's committed key only grows.
@@ -96,6 +105,16 @@ class Ring {
   }
   void Publish(int64_t key) { Publish(key, slot_of(key)); }
   void CountCommitted(int64_t n) { counters_->committed.fetch_add(n, std::memory_order_acq_rel); }
+
+  // `claimed`, loaded after the caller's acquire fence (the quiet check above).
+  int64_t RecheckClaimed() const { return counters_->claimed.load(std::memory_order_relaxed); }
+  // The keys of `slots` when `written` items were written and none is in flight. O(n).
+  void KeysOfSlots(const int64_t* slots, int64_t* keys, int64_t n, int64_t written) const {
+    const int64_t last = written - 1;  // the newest key; its slot is last % capacity
+    const int64_t newest_slot = last % capacity_;
+    const int64_t base = last - newest_slot;  // key of slot 0 in the newest lap
+    for (int64_t i = 0; i < n; ++i) keys[i] = slots[i] + (slots[i] <= newest_slot ? base : base - capacity_);
+  }
 
   // Reader side (see the protocol above).
   uint64_t LoadStamp(int64_t slot) const { return stamps_[slot].load(std::memory_order_acquire); }
