@@ -93,10 +93,11 @@ struct RegionLayout {
 RegionLayout MakeRegionLayout(const Storage& storage, bool prioritized) {
   RegionLayout l;
   size_t at = AlignUp(sizeof(BufferHeader), 64);
-  // Every part of 2 MiB or more starts on a 2 MiB boundary, so that transparent huge pages
-  // can back it: random rows, stamps and tree nodes then cost far fewer TLB misses.
+  // Parts are packed (64-byte aligned) one after the other. The region itself starts on a
+  // 2 MiB boundary, so transparent huge pages back every whole 2 MiB of it, parts or not;
+  // aligning each part to 2 MiB as well would only make huge pages of the gaps (measured:
+  // RSS 1.08x the stored bytes instead of 1.05x for the 1M W1 buffer).
   auto place = [&](size_t bytes) {
-    if (bytes >= (size_t{2} << 20)) at = AlignUp(at, size_t{2} << 20);
     const size_t offset = at;
     at = AlignUp(at + bytes, 64);
     return offset;
