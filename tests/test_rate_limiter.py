@@ -380,6 +380,22 @@ def test_raising_the_ratio_while_threads_run():
     assert after >= new_spi * 0.95, f"sampled {after:.2f} per insert after the change"
 
 
+def start_learner(buf, batch):
+    """A thread that samples `batch` once; `done` gets the time it returned, or its error."""
+    done: list = []
+
+    def learner():
+        try:
+            buf.sample(batch)
+            done.append(time.monotonic())
+        except BaseException as e:  # noqa: B036 - checked by the caller
+            done.append(e)
+
+    t = threading.Thread(target=learner, daemon=True)
+    t.start()
+    return t, done
+
+
 def test_blocked_sampler_wakes_when_the_tolerance_changes():
     """A sampler blocked by the ratio returns soon after a change allows it, with no insert
     in between (the change itself wakes it)."""
@@ -388,17 +404,7 @@ def test_blocked_sampler_wakes_when_the_tolerance_changes():
     buf.sample(10)  # D = 0 < D0 - tol = 1: blocked
     lim = buf.rate_limiter
     assert not lim.can_sample(1)
-    done: list = []
-
-    def learner():
-        try:
-            buf.sample(5)
-            done.append(time.monotonic())
-        except BaseException as e:  # noqa: B036 - checked below
-            done.append(e)
-
-    t = threading.Thread(target=learner, daemon=True)
-    t.start()
+    t, done = start_learner(buf, 5)
     time.sleep(0.3)
     assert t.is_alive() and not done, "the sample did not wait"
     assert lim.stats()["sampled"] == 10
@@ -419,17 +425,7 @@ def test_raising_the_ratio_reprices_only_new_inserts():
     buf.extend(**items(0, 10))
     buf.sample(10)  # D - D0 = -1 < -tol: blocked
     lim = buf.rate_limiter
-    done: list = []
-
-    def learner():
-        try:
-            buf.sample(5)
-            done.append(time.monotonic())
-        except BaseException as e:  # noqa: B036 - checked below
-            done.append(e)
-
-    t = threading.Thread(target=learner, daemon=True)
-    t.start()
+    t, done = start_learner(buf, 5)
     time.sleep(0.2)
     lim.samples_per_insert = 4.0
     time.sleep(0.3)

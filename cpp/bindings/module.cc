@@ -509,20 +509,14 @@ PYBIND11_MODULE(_core, m) {
       .def("unlink", &ReplayBuffer::Unlink)
       .def("configure_rate_limiter", [](ReplayBuffer& buf, bool enabled, int64_t min_size, double spi,
                                         double tolerance, double timeout) {
-        RateLimitConfig c;
-        c.enabled = enabled;
-        c.min_size = min_size;
-        c.samples_per_insert = spi;
-        c.tolerance = tolerance;
-        c.timeout = timeout;
-        buf.rate_limiter().Configure(c);
+        buf.rate_limiter().Configure(RateLimitConfig{enabled, min_size, spi, tolerance, timeout});
       })
       .def("rate_limiter_config", [](const ReplayBuffer& buf) {
         const RateLimitConfig c = buf.rate_limiter().config();
         return py::make_tuple(c.enabled, c.min_size, c.samples_per_insert, c.tolerance, c.timeout);
       })
       .def_property_readonly("sampled", [](const ReplayBuffer& buf) { return buf.rate_limiter().sampled(); })
-      .def("can_sample", [](const ReplayBuffer& buf, int64_t n) { return buf.rate_limiter().CanSample(n); })
+      .def("can_sample", [](const ReplayBuffer& buf) { return buf.rate_limiter().CanSample(); })
       .def("can_insert", [](const ReplayBuffer& buf) { return buf.rate_limiter().CanInsert(); })
       .def_property_readonly("size", &ReplayBuffer::size)
       .def_property_readonly("stale_updates", &ReplayBuffer::stale_updates)

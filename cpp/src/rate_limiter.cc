@@ -66,7 +66,7 @@ bool RateLimiter::CanInsert() const {
   return static_cast<double>(inserts) * spi - static_cast<double>(sampled()) + offset() <= bound;
 }
 
-bool RateLimiter::CanSample(int64_t) const { return SampleAllowed(sampled()); }
+bool RateLimiter::CanSample() const { return SampleAllowed(sampled()); }
 
 bool RateLimiter::SampleAllowed(int64_t sampled) const {
   if (!enabled()) return true;

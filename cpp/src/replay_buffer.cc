@@ -286,7 +286,6 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
   // first; then the rows are copied one by one, skipping those.
   bool all_acquired = true;
   std::vector<int64_t> lapped;
-  ring_.PrefetchForWrite(first_key, kept);
   const int64_t first_slot = ring_.slot_of(first_key);
   auto next_slot = [cap](int64_t slot) { return slot + 1 == cap ? 0 : slot + 1; };
   auto acquire_all = [&] {

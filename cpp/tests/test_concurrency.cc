@@ -448,13 +448,7 @@ void SampleTags(ReplayBuffer& buf, int64_t batch, std::vector<int64_t>* tags,
 }
 
 RateLimitConfig Limit(int64_t min_size, double spi, double tolerance, double timeout) {
-  RateLimitConfig c;
-  c.enabled = true;
-  c.min_size = min_size;
-  c.samples_per_insert = spi;
-  c.tolerance = tolerance;
-  c.timeout = timeout;
-  return c;
+  return RateLimitConfig{true, min_size, spi, tolerance, timeout};
 }
 
 // Waits up to `seconds` for flag to become true.
@@ -545,7 +539,7 @@ void Timeouts() {
   for (int64_t i = 0; i < 10; ++i) AddTag(buf, i);
   std::vector<int64_t> tags, keys;
   buf.rate_limiter().Configure(Limit(64, 0.0, 0.0, 0.0));
-  CHECK(!buf.rate_limiter().CanSample(1));
+  CHECK(!buf.rate_limiter().CanSample());
   CHECK_THROWS(SampleTags(buf, 1, &tags, &keys), reverie::TimeoutError);
   buf.rate_limiter().Configure(Limit(64, 0.0, 0.0, 0.05));
   const auto t0 = std::chrono::steady_clock::now();
@@ -579,7 +573,7 @@ void ChangesWakeWaiters() {
   buf.rate_limiter().Configure(rl);
   std::vector<int64_t> tags, keys;
   SampleTags(buf, 10, &tags, &keys);  // D = 10 - 0 >= 1: allowed; now D = 0
-  CHECK(!buf.rate_limiter().CanSample(4));
+  CHECK(!buf.rate_limiter().CanSample());
   std::atomic<bool> sampled{false};
   std::atomic<int> errors{0};
   std::thread sampler([&] {

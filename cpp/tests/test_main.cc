@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "buffer_helpers.h"
 #include "harness.h"
 #include "reverie/dtype.h"
 #include "reverie/philox.h"
@@ -24,6 +25,8 @@
 #include <unistd.h>
 
 using namespace reverie;
+using reverie_test::conc::TreeAgreesWithLeaves;
+using reverie_test::conc::UniformSampling;
 
 namespace {
 
@@ -45,34 +48,13 @@ uint64_t BruteMinPositive(const std::vector<uint64_t>& leaves) {
   return best;
 }
 
-// Checks every internal node against the sum / min of its children.
-bool TreeConsistent(const SumTree& tree) {
-  const TreeLayout& l = tree.layout();
-  for (int level = 0; level < l.depth; ++level) {
-    for (int64_t node = 0; node < l.count[level]; ++node) {
-      const uint64_t* c = tree.sums() + l.offset[level + 1] + node * kTreeFanout;
-      uint64_t s = 0;
-      for (int k = 0; k < kTreeFanout; ++k) s += c[k];
-      if (tree.sums()[l.offset[level] + node] != s) return false;
-      const uint64_t* cm = level + 1 == l.depth ? c : tree.mins() + l.offset[level + 1] + node * kTreeFanout;
-      if (tree.mins()[l.offset[level] + node] != MinPositive(cm)) return false;
-    }
-  }
-  return true;
-}
-
 // A whole batch in one piece.
 void SampleAll(const Sampler& sampler, const SampleRequest& request, int64_t* slots, float* weights) {
   sampler.Sample(request, 0, request.batch, slots, weights);
 }
 
-SamplerConfig Uniform() { return SamplerConfig{}; }
-
-SamplerConfig Per(PrioritizedConfig config) {
-  SamplerConfig c;
-  c.kind = SamplerConfig::Kind::kPrioritized;
-  c.prioritized = config;
-  return c;
+SamplerConfig Per(PrioritizedConfig c) {
+  return reverie_test::conc::PrioritizedSampling(c.alpha, c.beta, c.eps);
 }
 
 std::vector<FieldSpec> TwoFieldSpec() {
@@ -182,7 +164,7 @@ TEST(TreeMatchesBruteForceAndRebuild) {
         for (int k = 0; k < 16; ++k) CHECK(Descend(tree.sums(), tree.layout(), us[k]) == got[k]);
       }
     }
-    CHECK(TreeConsistent(tree));
+    CHECK(TreeAgreesWithLeaves(tree));
     // No drift: after all those updates the tree equals a rebuild bit for bit.
     std::vector<uint64_t> before(tree.sums(), tree.sums() + tree.layout().total_nodes);
     tree.Rebuild();
@@ -213,7 +195,7 @@ TEST(LargeBatchUpdatesMatchSerialSemantics) {
       CHECK(tree.min_positive() == BruteMinPositive(leaves));
       for (int64_t i = 0; i < n; i += 97) CHECK(tree.leaf(i) == leaves[static_cast<size_t>(i)]);
     }
-    CHECK(TreeConsistent(tree));
+    CHECK(TreeAgreesWithLeaves(tree));
     std::vector<uint64_t> before(tree.sums(), tree.sums() + tree.layout().total_nodes);
     tree.Rebuild();
     CHECK(std::equal(before.begin(), before.end(), tree.sums()));
@@ -324,7 +306,7 @@ TEST(RescaleInterruptedByADeadWriterIsFinishedByRepair) {
   CHECK(state.rescale_shift.load() == 0 && state.scale_exp.load() == old_scale - 5);
   CHECK((state.epoch.load() & 1) == 0);
   for (int64_t i = 0; i < n; ++i) CHECK(std::fabs(sampler.StoredPriority(i) - pr[i]) < 1e-6 * pr[i]);
-  CHECK(TreeConsistent(sampler.tree()));
+  CHECK(TreeAgreesWithLeaves(sampler.tree()));
 }
 
 TEST(ImportanceWeights) {
@@ -430,7 +412,7 @@ TEST(DeadWritersSlotIsTakenOver) {
 }
 
 TEST(BufferAddSampleEvict) {
-  ReplayBuffer buf(4, TwoFieldSpec(), Uniform(), 42);
+  ReplayBuffer buf(4, TwoFieldSpec(), UniformSampling(), 42);
   for (int64_t id = 0; id < 6; ++id) AddItem(buf, id);
   CHECK(buf.size() == 4 && buf.written() == 6);
   const Drawn d = Draw(buf, 64);

@@ -127,25 +127,32 @@ class ReplayBuffer:
         if storage == "shared" and spec is None:
             raise ValueError("storage='shared' needs spec= (other processes attach to a fixed "
                              "layout), e.g. spec={'obs': ('float32', (17,)), 'reward': ('float32', ())}")
+        sampler = copy.copy(sampler)  # bound to this buffer (beta changes reach its core)
+        if isinstance(sampler, Prioritized):
+            sampler._core = None  # a sampler passed from another buffer is not bound here
+        limiter = copy.copy(rate_limiter)
+        if limiter is not None:
+            limiter._core = None
+        self._init_fields(capacity, seed, storage, sampler, limiter)
+        if spec is not None:
+            self._build(normalize_spec(spec))
+
+    # ---- construction -------------------------------------------------------------------
+
+    def _init_fields(self, capacity: int, seed: int, storage: str,
+                     sampler: Union[Uniform, Prioritized], limiter: Optional[RateLimiter]) -> None:
+        """The state of a buffer with no core yet (__init__, and _attach on unpickling)."""
         self._capacity = capacity
         self._seed = seed
         self._storage = storage
         self._closed = False
         self._finalizer: Optional[mp_util.Finalize] = None
-        self._sampler = copy.copy(sampler)  # bound to this buffer (beta changes reach its core)
-        if isinstance(self._sampler, Prioritized):
-            self._sampler._core = None  # a sampler passed from another buffer is not bound here
-        self._limiter = copy.copy(rate_limiter)
-        if self._limiter is not None:
-            self._limiter._core = None
+        self._sampler = sampler
+        self._limiter = limiter
         self._core: Any = None
         self._built = threading.Event()  # set once the spec is known and the core exists
         self._spec: Dict[str, Field] = {}
         self._columns: Optional[Dict[str, torch.Tensor]] = None
-        if spec is not None:
-            self._build(normalize_spec(spec))
-
-    # ---- construction -------------------------------------------------------------------
 
     def _build(self, spec: Dict[str, Field]) -> Any:
         return self._install(self._make_core(spec, self._sampler, self._seed), spec)
@@ -553,17 +560,7 @@ def _attach(name: str, capacity: int, spec: Dict[str, Any], sampler_config: Dict
     """Unpickles a shared buffer's handle: attaches to its segment (not as its owner)."""
     sampler = sampler_from_config(dict(sampler_config))
     buf = ReplayBuffer.__new__(ReplayBuffer)
-    buf._capacity = capacity
-    buf._seed = seed
-    buf._storage = "shared"
-    buf._closed = False
-    buf._finalizer = None
-    buf._sampler = sampler
-    buf._limiter = None
-    buf._core = None
-    buf._built = threading.Event()
-    buf._spec = {}
-    buf._columns = None
+    buf._init_fields(capacity, seed, "shared", sampler, None)
     fields = normalize_spec(spec)
     core = buf._make_core(fields, sampler, seed, attach=name)
     buf._limiter = RateLimiter._from_core(core)

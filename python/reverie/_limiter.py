@@ -102,8 +102,9 @@ class RateLimiter:
     # ---- state ---------------------------------------------------------------------------
 
     def can_sample(self, batch_size: int = 1) -> bool:
-        """Whether a sample could start now without waiting."""
-        return self._core is not None and bool(self._core.can_sample(batch_size))
+        """Whether a sample (of any size: the check is made before the call) could start now
+        without waiting."""
+        return self._core is not None and bool(self._core.can_sample())
 
     def can_insert(self) -> bool:
         """Whether an add/extend could start now without waiting."""

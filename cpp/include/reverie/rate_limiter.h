@@ -62,9 +62,10 @@ class RateLimiter {
   RateLimitConfig config() const;
   bool enabled() const { return state_->enabled.load(std::memory_order_relaxed); }
   int64_t sampled() const { return state_->sampled.load(std::memory_order_acquire); }
-  // Whether an insert of n / a sample of n could start now. O(1).
+  // Whether an insert / a sample could start now (the checks do not depend on the call's
+  // size: see above). O(1).
   bool CanInsert() const;
-  bool CanSample(int64_t n) const;
+  bool CanSample() const;
 
   // Waits until an insert may start. `poll`, if set, runs about every 50 ms while waiting
   // (it may throw to abort, e.g. on Ctrl-C). Throws TimeoutError after the timeout.

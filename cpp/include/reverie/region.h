@@ -39,7 +39,6 @@ class Region {
   size_t size() const { return bytes_; }
   bool shared() const { return shared_; }
   const std::string& name() const { return name_; }
-  bool owner() const { return owner_pid_ != 0; }
   // Removes the segment's name (mappings stay valid). Creator only; idempotent.
   void Unlink();
 

@@ -120,12 +120,6 @@ class Ring {
   uint64_t LoadStamp(int64_t slot) const { return stamps_[slot].load(std::memory_order_acquire); }
   uint64_t RecheckStamp(int64_t slot) const { return stamps_[slot].load(std::memory_order_relaxed); }
   void PrefetchStamp(int64_t slot) const { __builtin_prefetch(&stamps_[slot]); }
-  // Brings the stamps of keys [first, first + n) into the cache for writing, all at once: a
-  // locked CAS on a line that misses would wait for it alone. O(n / 8).
-  void PrefetchForWrite(int64_t first, int64_t n) const {
-    for (int64_t k = 0; k < n; k += 8) __builtin_prefetch(&stamps_[slot_of(first + k)], 1);
-    if (n > 0) __builtin_prefetch(&stamps_[slot_of(first + n - 1)], 1);
-  }
   // Whether `key` is still the committed occupant of its slot. O(1).
   bool Holds(int64_t key) const { return Holds(key, slot_of(key)); }
   bool Holds(int64_t key, int64_t slot) const {
