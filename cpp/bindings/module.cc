@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -367,6 +369,29 @@ const py::dtype& NumpyDType(DType dtype) {
   return (*cache)[static_cast<size_t>(dtype)];
 }
 
+// A fresh array for field f with leading dims `lead`, then (episodes: obs fields with
+// frame_stack > 1) the stack axis, then the field's shape.
+py::array NewFieldArray(const ReplayBuffer& buf, size_t f, std::vector<py::ssize_t> shape) {
+  const FieldSpec& spec = buf.spec()[f];
+  const EpisodeConfig& ec = buf.episodes();
+  if (ec.frame_stack > 1 && std::find(ec.obs.begin(), ec.obs.end(), static_cast<int>(f)) != ec.obs.end()) {
+    shape.push_back(ec.frame_stack);
+  }
+  shape.insert(shape.end(), spec.shape.begin(), spec.shape.end());
+  return py::array(NumpyDType(spec.dtype), shape);
+}
+
+py::list NewEpisodeArrays(const ReplayBuffer& buf, const std::vector<py::ssize_t>& lead,
+                          std::vector<uint8_t*>* dst) {
+  py::list arrays;
+  for (size_t f = 0; f < buf.spec().size(); ++f) {
+    py::array a = NewFieldArray(buf, f, lead);
+    dst->push_back(static_cast<uint8_t*>(a.mutable_data()));
+    arrays.append(std::move(a));
+  }
+  return arrays;
+}
+
 PrioritizedSampler& Prioritized(ReplayBuffer& buf) {
   auto* p = dynamic_cast<const PrioritizedSampler*>(&buf.sampler());
   if (p == nullptr) throw std::invalid_argument("this buffer's sampler is not prioritized");
@@ -405,7 +430,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<ReplayBuffer>(m, "ReplayBuffer")
       .def(py::init([](int64_t capacity, const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& spec,
                        const std::string& sampler, bool replacement, double alpha, double beta,
-                       double eps, uint64_t seed, const std::string& storage, const std::string& name) {
+                       double eps, uint64_t seed, const std::string& storage, const std::string& name,
+                       const std::optional<std::tuple<int64_t, int, int, int, std::vector<int>, int>>& episodes) {
              std::vector<FieldSpec> fields;
              for (const auto& [field, dtype, shape] : spec) {
                fields.push_back(FieldSpec{field, DTypeFromName(dtype), shape});
@@ -431,10 +457,14 @@ PYBIND11_MODULE(_core, m) {
                throw std::invalid_argument("unknown storage '" + storage + "'");
              }
              st.name = name;
+             EpisodeConfig ec;
+             if (episodes) {
+               std::tie(ec.num_envs, ec.reward, ec.terminated, ec.truncated, ec.obs, ec.frame_stack) = *episodes;
+             }
              std::unique_ptr<ReplayBuffer> buf;
              {
                py::gil_scoped_release release;  // creating a large shared segment takes a while
-               buf = std::make_unique<ReplayBuffer>(capacity, std::move(fields), sc, seed, st);
+               buf = std::make_unique<ReplayBuffer>(capacity, std::move(fields), sc, seed, st, ec);
              }
              // While a call waits for the rate limiter, Ctrl-C (and other signals) still work.
              buf->set_wait_poll([] {
@@ -445,7 +475,8 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("capacity"), py::arg("spec"), py::arg("sampler"), py::arg("replacement"),
            py::arg("alpha"), py::arg("beta"), py::arg("eps"), py::arg("seed"),
-           py::arg("storage") = "memory", py::arg("name") = "")
+           py::arg("storage") = "memory", py::arg("name") = "",
+           py::arg("episodes") = py::none())
       .def("sample", [](ReplayBuffer& buf, int64_t batch, const std::optional<std::vector<uintptr_t>>& out) {
         // Gathers into fresh numpy arrays (that the caller's tensors then own), or into the
         // caller's tensors at the given addresses (python/reverie/_buffer.py checks them).
@@ -480,6 +511,72 @@ PYBIND11_MODULE(_core, m) {
         }
         return py::make_tuple(std::move(arrays), std::move(keys), std::move(weights));
       }, py::arg("batch"), py::arg("out") = py::none())
+      .def("sample_transitions", [](ReplayBuffer& buf, int64_t batch, int n_step, double gamma) {
+        // Fresh arrays: fields of the start rows (obs fields stacked), next obs, returns,
+        // discounts, keys, weights.
+        buf.CheckTransitionArgs(batch, n_step, gamma);
+        const EpisodeConfig& ec = buf.episodes();
+        std::vector<uint8_t*> dst, next_dst;
+        py::list arrays = NewEpisodeArrays(buf, {batch}, &dst);
+        py::list next_arrays;
+        for (int f : ec.obs) {
+          py::array a = NewFieldArray(buf, static_cast<size_t>(f), {batch});
+          next_dst.push_back(static_cast<uint8_t*>(a.mutable_data()));
+          next_arrays.append(std::move(a));
+        }
+        py::array_t<float> returns(batch), discounts(batch);
+        py::array_t<int64_t> keys(batch);
+        py::object weights = py::none();
+        float* w = nullptr;
+        if (buf.sampler().prioritized()) {
+          py::array_t<float> wa(batch);
+          w = wa.mutable_data();
+          weights = std::move(wa);
+        }
+        float* r = returns.mutable_data();
+        float* d = discounts.mutable_data();
+        int64_t* k = keys.mutable_data();
+        {
+          py::gil_scoped_release release;
+          buf.SampleTransitions(batch, n_step, gamma, dst.data(), next_dst.data(), r, d, k, w);
+        }
+        return py::make_tuple(std::move(arrays), std::move(next_arrays), std::move(returns),
+                              std::move(discounts), std::move(keys), std::move(weights));
+      }, py::arg("batch"), py::arg("n_step"), py::arg("gamma"))
+      .def("sample_sequences", [](ReplayBuffer& buf, int64_t batch, int64_t burn_in, int64_t length, bool drop) {
+        buf.CheckSequenceArgs(batch, burn_in, length);  // before allocating the outputs
+        const int64_t total = burn_in + length;
+        std::vector<uint8_t*> dst;
+        py::list arrays = NewEpisodeArrays(buf, {batch, total}, &dst);
+        py::array_t<bool> mask({batch, total});
+        py::array_t<int64_t> keys(batch);
+        py::object weights = py::none();
+        float* w = nullptr;
+        if (buf.sampler().prioritized()) {
+          py::array_t<float> wa(batch);
+          w = wa.mutable_data();
+          weights = std::move(wa);
+        }
+        auto* m = reinterpret_cast<uint8_t*>(mask.mutable_data());
+        int64_t* k = keys.mutable_data();
+        {
+          py::gil_scoped_release release;
+          buf.SampleSequences(batch, burn_in, length, drop, dst.data(), m, k, w);
+        }
+        return py::make_tuple(std::move(arrays), std::move(mask), std::move(keys), std::move(weights));
+      }, py::arg("batch"), py::arg("burn_in"), py::arg("length"), py::arg("drop"))
+      .def("episode_state", [](const ReplayBuffer& buf) {
+        if (!buf.episodes().enabled()) throw std::invalid_argument("this buffer has no episode state");
+        py::array_t<uint8_t> flags(buf.capacity()), streams(buf.episodes().num_envs);
+        std::memcpy(flags.mutable_data(), buf.row_flags(), static_cast<size_t>(buf.capacity()));
+        std::memcpy(streams.mutable_data(), buf.stream_flags(), static_cast<size_t>(buf.episodes().num_envs));
+        return py::make_tuple(flags, streams);
+      })
+      .def("set_episode_state", [](ReplayBuffer& buf, const py::array_t<uint8_t, py::array::c_style>& flags,
+                                   const py::array_t<uint8_t, py::array::c_style>& streams) {
+        buf.SetEpisodeState(flags.data(), static_cast<size_t>(flags.size()), streams.data(),
+                            static_cast<size_t>(streams.size()));
+      })
       .def("update_priorities", [](ReplayBuffer& buf, const py::array& keys, const py::array& priorities) {
         // Argument conversion: integer keys -> int64, numeric priorities -> float64.
         const char kk = keys.dtype().kind(), pk = priorities.dtype().kind();

@@ -65,8 +65,14 @@ struct Fingerprint {
 };
 
 uint64_t FingerprintOf(int64_t capacity, const std::vector<FieldSpec>& spec,
-                       const SamplerConfig& sampler, uint64_t seed) {
+                       const SamplerConfig& sampler, uint64_t seed, const EpisodeConfig& episodes) {
   Fingerprint f;
+  f.Add(episodes.num_envs);
+  f.Add(episodes.reward);
+  f.Add(episodes.terminated);
+  f.Add(episodes.truncated);
+  f.Add(episodes.frame_stack);
+  for (int obs : episodes.obs) f.Add(obs);
   f.Add(capacity);
   for (const FieldSpec& field : spec) {
     f.Add(field.name.data(), field.name.size());
@@ -87,10 +93,12 @@ struct RegionLayout {
   size_t stamps = 0;
   std::vector<size_t> columns;
   size_t sums = 0, mins = 0;
+  size_t flags = 0, streams = 0;
   size_t total = 0;
 };
 
-RegionLayout MakeRegionLayout(const Storage& storage, bool prioritized) {
+RegionLayout MakeRegionLayout(const Storage& storage, bool prioritized,
+                              const EpisodeConfig& episodes) {
   RegionLayout l;
   size_t at = AlignUp(sizeof(BufferHeader), 64);
   // Parts are packed (64-byte aligned) one after the other. The region itself starts on a
@@ -108,8 +116,42 @@ RegionLayout MakeRegionLayout(const Storage& storage, bool prioritized) {
     l.sums = place(SumTree::SumsBytes(storage.capacity()));
     l.mins = place(SumTree::MinsBytes(storage.capacity()));
   }
+  if (episodes.enabled()) {
+    l.flags = place(static_cast<size_t>(storage.capacity()));
+    l.streams = place(static_cast<size_t>(episodes.num_envs));
+  }
   l.total = at;
   return l;
+}
+
+// Throws ValueError unless `episodes` fits the spec and capacity.
+void CheckEpisodeConfig(const EpisodeConfig& e, int64_t capacity, const std::vector<FieldSpec>& spec) {
+  if (!e.enabled()) return;
+  REVERIE_CHECK(e.num_envs >= 1, "num_envs must be >= 1, got ", e.num_envs);
+  REVERIE_CHECK(capacity % e.num_envs == 0, "capacity must be a multiple of num_envs (each env "
+                "stream holds capacity / num_envs steps): got capacity ", capacity, " and num_envs ",
+                e.num_envs);
+  REVERIE_CHECK(e.frame_stack >= 1 && e.frame_stack <= 64, "frame_stack must be in [1, 64], got ",
+                e.frame_stack);
+  REVERIE_CHECK(e.frame_stack <= capacity / e.num_envs, "frame_stack ", e.frame_stack,
+                " is longer than an env stream holds (", capacity / e.num_envs, " steps)");
+  const auto field = [&](int index, const char* part) -> const FieldSpec& {
+    REVERIE_CHECK(index >= 0 && static_cast<size_t>(index) < spec.size(), "the ", part,
+                  " field is not in the spec; fields: ", FieldNames(spec));
+    return spec[static_cast<size_t>(index)];
+  };
+  const FieldSpec& reward = field(e.reward, "reward");
+  REVERIE_CHECK_TYPE(reward.shape.empty() && (reward.dtype == DType::kFloat32 || reward.dtype == DType::kFloat64),
+                     "reward field '", reward.name, "' must be a float32 or float64 scalar, got ",
+                     DTypeName(reward.dtype), ShapeString(reward.shape.data(), static_cast<int>(reward.shape.size())));
+  for (const auto& [index, part] : {std::pair{e.terminated, "terminated"}, std::pair{e.truncated, "truncated"}}) {
+    const FieldSpec& flag = field(index, part);
+    REVERIE_CHECK_TYPE(flag.shape.empty() && flag.dtype == DType::kBool, part, " field '", flag.name,
+                       "' must be a bool scalar, got ", DTypeName(flag.dtype),
+                       ShapeString(flag.shape.data(), static_cast<int>(flag.shape.size())));
+  }
+  REVERIE_CHECK(e.terminated != e.truncated, "terminated and truncated must be different fields");
+  for (int obs : e.obs) field(obs, "observation");
 }
 
 }  // namespace
@@ -126,11 +168,14 @@ ReplayBuffer::WriterLock::~WriterLock() { buf_.header_->writer_mu.Unlock(); }
 
 ReplayBuffer::ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec,
                            const SamplerConfig& sampler, uint64_t seed,
-                           const StorageConfig& storage)
-    : storage_(capacity, std::move(spec)), seed_(seed) {
+                           const StorageConfig& storage, const EpisodeConfig& episodes)
+    : storage_(capacity, std::move(spec)), seed_(seed), episodes_(episodes) {
   const bool prioritized = sampler.kind == SamplerConfig::Kind::kPrioritized;
-  const RegionLayout layout = MakeRegionLayout(storage_, prioritized);
-  const uint64_t fingerprint = FingerprintOf(capacity, storage_.spec(), sampler, seed);
+  CheckEpisodeConfig(episodes_, capacity, storage_.spec());
+  REVERIE_CHECK(!episodes_.enabled() || sampler.kind != SamplerConfig::Kind::kUniform || sampler.replacement,
+                "episode buffers sample with replacement: Uniform(replacement=False) is not supported");
+  const RegionLayout layout = MakeRegionLayout(storage_, prioritized, episodes_);
+  const uint64_t fingerprint = FingerprintOf(capacity, storage_.spec(), sampler, seed, episodes_);
   const bool attach = storage.kind == StorageConfig::Kind::kAttachShared;
   if (prioritized && !attach) {
     // Check the config before a segment is created.
@@ -165,6 +210,11 @@ ReplayBuffer::ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec,
   ring_ = Ring(capacity, reinterpret_cast<std::atomic<uint64_t>*>(base + layout.stamps),
                &header_->ring);
   limiter_ = RateLimiter(&header_->limiter, &ring_);
+  if (episodes_.enabled()) {
+    flags_ = base + layout.flags;
+    streams_ = base + layout.streams;
+    if (!attach) std::fill(streams_, streams_ + episodes_.num_envs, kStreamStart);
+  }
   if (prioritized) {
     sampler_ = std::make_unique<PrioritizedSampler>(
         capacity, sampler.prioritized, &header_->priority,
@@ -182,6 +232,8 @@ ReplayBuffer::~ReplayBuffer() = default;
 int64_t ReplayBuffer::stale_updates() const {
   return header_->stale.load(std::memory_order_relaxed);
 }
+
+uint64_t ReplayBuffer::NextCall() { return header_->calls.fetch_add(1, std::memory_order_relaxed); }
 
 uint64_t ReplayBuffer::sample_calls() const {
   return header_->calls.load(std::memory_order_relaxed);
@@ -220,22 +272,44 @@ void ReplayBuffer::Validate(const FieldInput* inputs, size_t n, bool batched,
                          DTypeName(field.dtype), " field");
     }
     const int item_dims = static_cast<int>(field.shape.size());
-    const int skip = batched ? 1 : 0;
+    const int64_t envs = episodes_.num_envs;
+    // Leading axes: one for a batch; for episodes also (T, num_envs) time-major steps.
+    int skip = batched ? 1 : 0;
+    if (batched && envs > 0 && v.ndim == item_dims + 2) skip = 2;
     bool shape_ok = v.ndim == item_dims + skip;
     for (int d = 0; shape_ok && d < item_dims; ++d) shape_ok = v.shape[d + skip] == field.shape[d];
     if (!shape_ok) {
-      const std::string expected = ShapeString(field.shape.data(), item_dims);
-      throw std::invalid_argument(internal::Concat(
-          "field '", field.name, "': expected ", batched ? "shape (n, *" : "shape ", expected,
-          batched ? ") for a batch" : " for one item", ", got ", ShapeString(v.shape, v.ndim)));
+      const std::string item = ShapeString(field.shape.data(), item_dims);
+      const std::string inner = item.substr(1, item.size() - 2);  // "(17,)" -> "17,"
+      std::string expected;
+      if (!batched) {
+        expected = "shape " + item + " for one item";
+      } else if (envs > 0) {
+        expected = internal::Concat("shape (", envs, ", ", inner, ") for one step of ", envs,
+                                    " envs, or (T, ", envs, ", ", inner, ") for T steps");
+      } else {
+        expected = "shape (n, *" + item + ") for a batch";
+      }
+      throw std::invalid_argument(internal::Concat("field '", field.name, "': expected ", expected,
+                                                   ", got ", ShapeString(v.shape, v.ndim)));
     }
     if (batched) {
+      int64_t rows = v.shape[0];
+      if (skip == 2) {
+        REVERIE_CHECK(v.shape[1] == envs, "field '", field.name, "': the env axis (axis 1 of (T, ",
+                      "num_envs, ...)) must be num_envs=", envs, ", got shape ",
+                      ShapeString(v.shape, v.ndim));
+        rows *= envs;
+      } else if (envs > 0) {
+        REVERIE_CHECK(rows % envs == 0, "field '", field.name, "': the env axis must be num_envs=",
+                      envs, " (one row per env), got shape ", ShapeString(v.shape, v.ndim));
+      }
       if (*leading < 0) {
-        *leading = v.shape[0];
+        *leading = rows;
       } else {
-        REVERIE_CHECK(v.shape[0] == *leading, "field '", field.name, "' has ", v.shape[0],
-                      " items but '", spec[0].name, "' has ", *leading,
-                      "; every field needs the same leading length");
+        REVERIE_CHECK(rows == *leading, "field '", field.name, "' has ", rows,
+                      envs > 0 ? " rows (env steps x envs)" : " items", " but '", spec[0].name,
+                      "' has ", *leading, "; every field needs the same leading length");
       }
     }
     if (!v.typed && v.dtype == DType::kInt64) {
@@ -330,6 +404,7 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
       if (acquired(first_key + i)) CopyRows(values, skip + i, ring_.slot_of(first_key + i), 1);
     }
   }
+  if (episodes_.enabled()) WriteFlags(values, first, count, skip, all_acquired ? nullptr : &lapped);
   // Step 4: publish (each a release store, after all of this writer's bytes).
   int64_t slot = first_slot;
   for (int64_t k = first_key; k < first_key + kept; ++k, slot = next_slot(slot)) {
@@ -337,6 +412,31 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
   }
   ring_.CountCommitted(count);
   if (limiter_.enabled()) limiter_.Notify();
+}
+
+void ReplayBuffer::WriteFlags(const ArrayView* const* values, int64_t first, int64_t count,
+                              int64_t skip, const std::vector<int64_t>* lapped) {
+  // Input rows are whole env steps and every write claims whole steps, so `first` is a
+  // multiple of num_envs: row i belongs to env i % num_envs. Bool inputs are one byte per
+  // value whether typed or not (Validate).
+  const auto* terminated = static_cast<const uint8_t*>(values[episodes_.terminated]->data);
+  const auto* truncated = static_cast<const uint8_t*>(values[episodes_.truncated]->data);
+  const int64_t envs = episodes_.num_envs;
+  const int64_t cap = capacity();
+  int64_t env = 0;
+  int64_t slot = ring_.slot_of(first + skip);
+  for (int64_t i = 0; i < count; ++i) {
+    const uint8_t f = RowFlagsAfter(streams_[env], terminated[i] != 0, truncated[i] != 0);
+    streams_[env] = f;
+    if (i >= skip) {
+      const int64_t key = first + i;
+      if (lapped == nullptr || !std::binary_search(lapped->begin(), lapped->end(), key)) {
+        RacyCopy(flags_ + slot, &f, 1);
+      }
+      slot = slot + 1 == cap ? 0 : slot + 1;
+    }
+    env = env + 1 == envs ? 0 : env + 1;
+  }
 }
 
 void ReplayBuffer::Write(const FieldInput* inputs, size_t n, bool batched) {
@@ -351,7 +451,12 @@ void ReplayBuffer::Write(const FieldInput* inputs, size_t n, bool batched) {
   WriteItems(values, count);
 }
 
-void ReplayBuffer::Add(const FieldInput* inputs, size_t n) { Write(inputs, n, /*batched=*/false); }
+void ReplayBuffer::Add(const FieldInput* inputs, size_t n) {
+  REVERIE_CHECK(episodes_.num_envs <= 1, "add() stores one row, but this buffer steps num_envs=",
+                episodes_.num_envs, " envs together: use extend() with values of shape (",
+                episodes_.num_envs, ", ...), one row per env");
+  Write(inputs, n, /*batched=*/false);
+}
 
 void ReplayBuffer::Extend(const FieldInput* inputs, size_t n) { Write(inputs, n, /*batched=*/true); }
 
@@ -397,7 +502,7 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
     limiter_.Unsample(batch);
     throw;
   }
-  request.call = header_->calls.fetch_add(1, std::memory_order_relaxed);
+  request.call = NextCall();
   // Keys hold the rows' stamps until the end.
   const std::unique_ptr<int64_t[]> slot_buffer(new int64_t[static_cast<size_t>(batch)]);
   int64_t* slots = slot_buffer.get();
@@ -556,6 +661,17 @@ void ReplayBuffer::SetCounters(const Counters& counters) {
   header_->stale.store(counters.stale_updates, std::memory_order_relaxed);
   header_->calls.store(counters.sample_calls, std::memory_order_relaxed);
   limiter_.Restore(counters.sampled, counters.limiter_offset);
+}
+
+void ReplayBuffer::SetEpisodeState(const uint8_t* flags, size_t flags_bytes,
+                                   const uint8_t* streams, size_t streams_bytes) {
+  REVERIE_CHECK(episodes_.enabled(), "this buffer has no episode state");
+  REVERIE_CHECK(flags_bytes == static_cast<size_t>(capacity()), "expected ", capacity(),
+                " bytes of row flags, got ", flags_bytes);
+  REVERIE_CHECK(streams_bytes == static_cast<size_t>(episodes_.num_envs), "expected ",
+                episodes_.num_envs, " stream flags, got ", streams_bytes);
+  std::memcpy(flags_, flags, flags_bytes);
+  std::memcpy(streams_, streams, streams_bytes);
 }
 
 void ReplayBuffer::LoadColumn(size_t field, const void* data, size_t bytes) {

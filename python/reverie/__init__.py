@@ -6,6 +6,7 @@
 
 from . import _core
 from ._buffer import Batch, ReplayBuffer
+from ._episodes import EpisodeBuffer, sequence_priority
 from ._limiter import RateLimiter
 from ._samplers import Prioritized, Uniform
 from ._spec import Field
@@ -19,6 +20,6 @@ def cuda_built() -> bool:
 
 
 __all__ = [
-    "Batch", "Field", "Prioritized", "RateLimiter", "ReplayBuffer", "Uniform", "cuda_built",
-    "__version__",
+    "Batch", "EpisodeBuffer", "Field", "Prioritized", "RateLimiter", "ReplayBuffer", "Uniform",
+    "cuda_built", "sequence_priority", "__version__",
 ]

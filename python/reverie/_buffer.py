@@ -167,7 +167,26 @@ class ReplayBuffer:
             storage, name = "memory", ""
         return _core.ReplayBuffer(
             self._capacity, [(n, f.dtype, list(f.shape)) for n, f in spec.items()],
-            seed=seed, storage=storage, name=name, **sampler._core_args())
+            seed=seed, storage=storage, name=name, **sampler._core_args(),
+            **self._core_options(spec))
+
+    # Hooks for subclasses with more core configuration (EpisodeBuffer).
+    def _core_options(self, spec: Dict[str, Field]) -> Dict[str, Any]:
+        """Extra keyword arguments of the core for this spec (validated here)."""
+        return {}
+
+    def _options(self) -> Dict[str, Any]:
+        """The constructor options a process attaching to this buffer needs."""
+        return {}
+
+    def _set_options(self, options: Mapping[str, Any]) -> None:
+        """Adopts _options() of the creator (unpickling)."""
+
+    def _extra_state(self, core: Any) -> Dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, core: Any, state: Mapping[str, Any]) -> None:
+        """Loads _extra_state() into a new core (load_state_dict), before it is swapped in."""
 
     def _install(self, core: Any, spec: Dict[str, Field], owner: bool = True) -> Any:
         if self._finalizer is not None:
@@ -414,8 +433,8 @@ class ReplayBuffer:
                 "a ReplayBuffer with storage='memory' cannot be sent to another process; "
                 "create it with storage='shared' (and a spec) to share it, or send state_dict()")
         spec = {n: (f.dtype, f.shape) for n, f in self._spec.items()}
-        return (_attach, (self._core.shared_name, self._capacity, spec, self._sampler.config(),
-                          self._seed))
+        return (_attach, (type(self), self._core.shared_name, self._capacity, spec,
+                          self._sampler.config(), self._seed, self._options()))
 
     @property
     def stale_updates(self) -> int:
@@ -479,6 +498,7 @@ class ReplayBuffer:
             leaves, scale_exp, max_q = self._core.priority_state()
             state["priorities"] = {"leaves": torch.from_numpy(leaves.view(np.int64)),
                                    "scale_exp": scale_exp, "max_q": max_q}
+        state.update(self._extra_state(self._core))
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -548,6 +568,7 @@ class ReplayBuffer:
             core.set_priority_state(leaves.view(np.uint64), int(pr["scale_exp"]), float(pr["max_q"]))
         for i, arr in enumerate(arrays):
             core.load_column(i, arr)
+        self._load_extra_state(core, state)
         core.set_counters(written, calls, stale, sampled, offset)
         # All loaded: swap in.
         self._seed = seed
@@ -555,12 +576,13 @@ class ReplayBuffer:
         self._install(core, spec)
 
 
-def _attach(name: str, capacity: int, spec: Dict[str, Any], sampler_config: Dict[str, Any],
-            seed: int) -> ReplayBuffer:
+def _attach(cls: type, name: str, capacity: int, spec: Dict[str, Any],
+            sampler_config: Dict[str, Any], seed: int, options: Dict[str, Any]) -> ReplayBuffer:
     """Unpickles a shared buffer's handle: attaches to its segment (not as its owner)."""
     sampler = sampler_from_config(dict(sampler_config))
-    buf = ReplayBuffer.__new__(ReplayBuffer)
+    buf = cls.__new__(cls)
     buf._init_fields(capacity, seed, "shared", sampler, None)
+    buf._set_options(options)
     fields = normalize_spec(spec)
     core = buf._make_core(fields, sampler, seed, attach=name)
     buf._limiter = RateLimiter._from_core(core)

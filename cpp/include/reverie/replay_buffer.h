@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "reverie/episodes.h"
 #include "reverie/prioritized_sampler.h"
 #include "reverie/rate_limiter.h"
 #include "reverie/region.h"
@@ -50,8 +51,12 @@ class ReplayBuffer {
   // Throws ValueError for capacity < 1, a bad spec or sampler config, a taken or missing
   // shared-memory name, or an attached segment that does not match (capacity, spec, sampler
   // and seed must be the creator's).
+  // With `episodes` enabled the buffer keeps per-env streams (episodes.h): capacity must be a
+  // multiple of num_envs, the reward field a float32/float64 scalar, terminated and
+  // truncated bool scalars, and writes come in whole env steps (ValueError otherwise).
   ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec, const SamplerConfig& sampler,
-               uint64_t seed, const StorageConfig& storage = {});
+               uint64_t seed, const StorageConfig& storage = {},
+               const EpisodeConfig& episodes = {});
   ~ReplayBuffer();
   ReplayBuffer(const ReplayBuffer&) = delete;
   ReplayBuffer& operator=(const ReplayBuffer&) = delete;
@@ -70,6 +75,32 @@ class ReplayBuffer {
   // gathers use the shared thread pool; the result never depends on it. Throws ValueError
   // when it cannot be served, TimeoutError when the rate limiter refuses it in time.
   void Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights);
+
+  // ---- Episodes (episodes.h); ValueError on a buffer without them. ----
+  // n-step transitions: draws `batch` valid starts (a transition row whose next row is
+  // stored and whose frame stack is complete; uniformly or by priority among those) and
+  // writes for each: every field of the start row into out[f] (obs fields as frame stacks
+  // of frame_stack rows), the bootstrap row's obs into next_out[j] (obs field j), the n-step
+  // return and discount (episodes.h, NStep), the start's key and, when prioritized, its
+  // importance weight. Throws ValueError for n_step < 1, gamma outside [0, 1], or when no
+  // valid start exists. O(batch * (n_step + frame_stack) * row bytes).
+  void SampleTransitions(int64_t batch, int n_step, double gamma, uint8_t* const* out,
+                         uint8_t* const* next_out, float* returns, float* discounts,
+                         int64_t* keys, float* weights);
+  // Sequences of burn_in + length rows per start (episodes.h, SequenceWindow): every field
+  // into out[f] as [batch, burn_in + length, ...], the mask [batch, burn_in + length], the
+  // start keys (the first learning row) and weights. With `drop` only starts whose learning
+  // rows all lie in the episode are drawn. Throws ValueError for length < 1, burn_in < 0, a
+  // window longer than an env stream holds, or when no valid start exists.
+  // O(batch * (burn_in + length) * frame_stack * row bytes).
+  void SampleSequences(int64_t batch, int64_t burn_in, int64_t length, bool drop,
+                       uint8_t* const* out, uint8_t* mask, int64_t* keys, float* weights);
+  // The argument checks of the two calls above (ValueError), for callers that allocate first.
+  void CheckTransitionArgs(int64_t batch, int n_step, double gamma) const;
+  void CheckSequenceArgs(int64_t batch, int64_t burn_in, int64_t length) const;
+  const EpisodeConfig& episodes() const { return episodes_; }
+  // Rows per env stream (capacity / num_envs).
+  int64_t stream_capacity() const { return episodes_.enabled() ? capacity() / episodes_.num_envs : capacity(); }
 
   // Sets the priorities of the items named by keys (see ring.h). A key that was never
   // written (or negative) throws IndexError; a key whose slot has been overwritten since (or
@@ -121,6 +152,12 @@ class ReplayBuffer {
   void SetCounters(const Counters& counters);
   // Copies `bytes` (capacity * row bytes) into column `field`. Throws on a size mismatch.
   void LoadColumn(size_t field, const void* data, size_t bytes);
+  // Episode state: the row flags (capacity bytes) and each stream's last flags (num_envs).
+  const uint8_t* row_flags() const { return flags_; }
+  const uint8_t* stream_flags() const { return streams_; }
+  // Throws ValueError on a size mismatch or a buffer without episodes.
+  void SetEpisodeState(const uint8_t* flags, size_t flags_bytes, const uint8_t* streams,
+                       size_t streams_bytes);
 
  private:
   // The robust writer lock; repairs the tree when its last holder died holding it.
@@ -149,6 +186,17 @@ class ReplayBuffer {
   void Resolve(const SampleRequest& request, int64_t i, uint32_t first_attempt, int64_t* slots,
                int64_t* stamps) const;
 
+  // The drawing loop shared by the episode samplers: draws a start per position, asks
+  // item.Plan(i, start) whether it is valid (redrawing until one is), item.Copy(i), then
+  // validates with item.Recheck(i) after the copy (the seqlock check of ring.h).
+  template <typename Item>
+  void SampleItems(int64_t batch, Item& item, int64_t* keys, float* weights);
+  // The next sample call's number (keys the generator).
+  uint64_t NextCall();
+  // Row flags of a write: computes and stores them for the kept rows (see episodes.h).
+  void WriteFlags(const ArrayView* const* values, int64_t first, int64_t count, int64_t skip,
+                  const std::vector<int64_t>* lapped);
+
   Region region_;
   BufferHeader* header_ = nullptr;
   Storage storage_;
@@ -157,7 +205,10 @@ class ReplayBuffer {
   RateLimiter limiter_;
   uint64_t seed_;
   std::function<void()> poll_;
-  std::atomic<int> skip_quiet_{0};  // sample calls left that skip the quiet path (a hint)
+  std::atomic<int> skip_quiet_{0};
+  EpisodeConfig episodes_;
+  uint8_t* flags_ = nullptr;    // per slot (episodes only)
+  uint8_t* streams_ = nullptr;  // per env: its last row's flags (episodes only)  // sample calls left that skip the quiet path (a hint)
 };
 
 }  // namespace reverie

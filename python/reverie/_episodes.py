@@ -1,0 +1,254 @@
+"""Episode buffers: per-env streams, n-step transitions, sequences and frame stacks, with every
+observation stored once (the logic is in the core: cpp/include/reverie/episodes.h)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ._buffer import Batch, ReplayBuffer, _as_int
+from ._limiter import RateLimiter
+from ._samplers import Prioritized, Uniform
+from ._spec import Field, SpecLike
+
+_EPISODE_ENDS = ("pad", "drop")
+
+
+class EpisodeBuffer(ReplayBuffer):
+    """A replay buffer of env steps that knows episodes, for n-step returns, sequences and
+    stacked frames.
+
+    Each call of ``extend`` stores one step of a vectorized env (every value ``[num_envs,
+    *shape]``) or ``T`` steps time-major (``[T, num_envs, *shape]``); env ``e`` keeps its own
+    stream, so steps of different envs never mix. A row is (obs, action, reward, terminated,
+    truncated) as ``env.step`` returned them for that obs; the next observation is the obs of
+    the env's next row, so observations are stored once. Rows follow gymnasium's next-step
+    autoreset (its default since 1.0): after a step that ended an episode, the env's next row
+    holds the episode's final observation (its other fields are ignored), and the row after
+    it starts the next episode.
+
+    Args:
+        capacity: rows in all; a multiple of ``num_envs`` (each env keeps the last
+            ``capacity // num_envs`` of its steps).
+        spec: as for ReplayBuffer, per env step; may be inferred from the first ``extend`` of
+            one step. ``reward`` must be a float32/float64 scalar, ``terminated`` and
+            ``truncated`` bool scalars.
+        sampler, seed, rate_limiter, storage: as for ReplayBuffer (uniform sampling is with
+            replacement).
+        num_envs: envs stepped together.
+        obs_fields: the observation fields: given again as ``next_<name>`` by ``sample`` and
+            stacked when ``frame_stack > 1``.
+        frame_stack: with k > 1 every obs field holds one frame per row and samples return
+            the last k frames ``[..., k, *frame]``; positions before an episode's first row
+            repeat its first frame.
+        reward, terminated, truncated: the names of those fields.
+
+    Writing: one writer (thread or process) at a time; sampling from any number of threads.
+    """
+
+    def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
+                 sampler: Union[Uniform, Prioritized, None] = None,
+                 seed: Optional[int] = None, *, num_envs: int = 1,
+                 obs_fields: Sequence[str] = ("obs",), frame_stack: int = 1,
+                 reward: str = "reward", terminated: str = "terminated",
+                 truncated: str = "truncated", rate_limiter: Optional[RateLimiter] = None,
+                 storage: str = "memory") -> None:
+        num_envs = _as_int("num_envs", num_envs)
+        frame_stack = _as_int("frame_stack", frame_stack)
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if not 1 <= frame_stack <= 64:
+            raise ValueError(f"frame_stack must be in [1, 64], got {frame_stack}")
+        if isinstance(obs_fields, str):
+            obs_fields = (obs_fields,)
+        capacity_int = _as_int("capacity", capacity)
+        if capacity_int > 0 and capacity_int % num_envs:
+            raise ValueError(f"capacity must be a multiple of num_envs (each env keeps capacity // "
+                             f"num_envs steps): got capacity {capacity_int}, num_envs {num_envs}")
+        if isinstance(sampler, Uniform) and not sampler.replacement:
+            raise ValueError("an EpisodeBuffer samples with replacement: use Uniform() or Prioritized()")
+        self._set_options({"num_envs": num_envs, "obs_fields": tuple(obs_fields),
+                           "frame_stack": frame_stack, "reward": reward,
+                           "terminated": terminated, "truncated": truncated})
+        super().__init__(capacity, spec, sampler, seed, rate_limiter=rate_limiter, storage=storage)
+
+    # ---- configuration (hooks of ReplayBuffer) ------------------------------------------
+
+    def _set_options(self, options: Mapping[str, Any]) -> None:
+        self._num_envs: int = options["num_envs"]
+        self._obs_fields: tuple = tuple(options["obs_fields"])
+        self._frame_stack: int = options["frame_stack"]
+        self._roles = {"reward": options["reward"], "terminated": options["terminated"],
+                       "truncated": options["truncated"]}
+
+    def _options(self) -> Dict[str, Any]:
+        return {"num_envs": self._num_envs, "obs_fields": self._obs_fields,
+                "frame_stack": self._frame_stack, **self._roles}
+
+    def _core_options(self, spec: Dict[str, Field]) -> Dict[str, Any]:
+        names = list(spec)
+
+        def index(name: str, part: str) -> int:
+            if name not in spec:
+                raise ValueError(f"the {part} field '{name}' is not in the spec (fields: "
+                                 f"{', '.join(names)}); name it with {part}=... or add it")
+            return names.index(name)
+
+        reward = index(self._roles["reward"], "reward")
+        terminated = index(self._roles["terminated"], "terminated")
+        truncated = index(self._roles["truncated"], "truncated")
+        obs = [index(name, "obs_fields") for name in self._obs_fields]
+        outputs = [f"next_{n}" for n in self._obs_fields] + ["return", "discount", "mask"]
+        taken = sorted(set(outputs) & set(names))
+        if taken:
+            raise ValueError(f"field names {taken} are taken by sampled outputs "
+                             f"({', '.join(outputs)}); rename those fields")
+        self._next_names = [f"next_{n}" for n in self._obs_fields]
+        return {"episodes": (self._num_envs, reward, terminated, truncated, obs, self._frame_stack)}
+
+    def _extra_state(self, core: Any) -> Dict[str, Any]:
+        flags, streams = core.episode_state()
+        return {"episodes": {"options": self._options(), "row_flags": torch.from_numpy(flags),
+                             "stream_flags": torch.from_numpy(streams)}}
+
+    def _load_extra_state(self, core: Any, state: Mapping[str, Any]) -> None:
+        episodes = state.get("episodes")
+        if not isinstance(episodes, Mapping):
+            raise ValueError("state has no episode state (it is not of an EpisodeBuffer)")
+        if dict(episodes["options"]) != self._options():
+            raise ValueError(f"state has episode options {dict(episodes['options'])}, this "
+                             f"buffer {self._options()}")
+        flags = episodes["row_flags"].detach().cpu().contiguous().numpy().astype(np.uint8, copy=False)
+        streams = episodes["stream_flags"].detach().cpu().contiguous().numpy().astype(np.uint8, copy=False)
+        core.set_episode_state(flags, streams)
+
+    # ---- sampling ---------------------------------------------------------------------
+
+    def sample(self, batch_size: int, *, n_step: int = 1, gamma: float = 0.99,  # type: ignore[override]
+               out: None = None) -> Batch:
+        """Draws ``batch_size`` n-step transitions.
+
+        A start is any stored transition row whose env has a next row stored (and whose frame
+        stack is complete), drawn uniformly or by priority among those. From it the return
+        sums up to ``n_step`` rewards of the same env, ``G = sum_i gamma^i r_i``, stopping
+        after a terminated step (``discount = 0``), after a truncated step (bootstrap from the
+        final observation) and at the env's newest row (bootstrap from it).
+
+        Returns:
+            A Batch with every field of the start rows (obs fields as ``[B, k, *frame]``
+            stacks when ``frame_stack = k > 1``), ``next_<obs>`` (the bootstrap
+            observation), ``return`` and ``discount`` (float32 [B]: ``gamma^m``, or 0 after
+            termination); ``indices`` are the starts' keys (for ``update_priorities``).
+
+        Raises:
+            ValueError: n_step < 1, gamma outside [0, 1], or no transition to sample yet.
+        """
+        if out is not None:
+            raise ValueError("EpisodeBuffer.sample does not take out=")
+        batch_size = _as_int("batch_size", batch_size)
+        n_step = _as_int("n_step", n_step)
+        gamma = float(gamma)
+        core = self._ready(batch_size)
+        arrays, next_arrays, returns, discounts, keys, weights = core.sample_transitions(
+            batch_size, n_step, gamma)
+        fields = self._tensors(arrays, self._names)
+        fields.update(self._tensors(next_arrays, self._next_names))
+        fields["return"] = torch.from_numpy(returns)
+        fields["discount"] = torch.from_numpy(discounts)
+        return Batch(fields, torch.from_numpy(keys),
+                     None if weights is None else torch.from_numpy(weights))
+
+    def sample_sequences(self, batch_size: int, length: int, *, burn_in: int = 0,
+                         episode_end: str = "pad") -> Batch:
+        """Draws ``batch_size`` sequences of ``burn_in + length`` steps of one env each.
+
+        The sequence's start (its first learning step, after the burn-in prefix) is a stored
+        transition row, drawn uniformly or by its priority. Steps outside the start's
+        episode are zeros with ``mask`` False; the episode's final-observation row, when in
+        the window, holds the final observation (mask False). With ``episode_end="drop"``
+        only starts with ``length`` steps left in their episode are drawn; with ``"pad"`` the
+        rest is masked. Burn-in steps before the episode or the oldest stored data are masked.
+
+        Returns:
+            A Batch with every field ``[B, burn_in + length, ...]`` (obs fields stacked when
+            ``frame_stack > 1``), ``mask`` (bool [B, burn_in + length]), ``indices`` (the
+            starts' keys, for ``update_priorities`` with a per-sequence priority such as
+            ``sequence_priority``) and ``weights``.
+
+        Raises:
+            ValueError: length < 1, burn_in < 0, burn_in + length more than an env stream
+                holds, an unknown episode_end, or no valid start.
+        """
+        batch_size = _as_int("batch_size", batch_size)
+        length = _as_int("length", length)
+        burn_in = _as_int("burn_in", burn_in)
+        if episode_end not in _EPISODE_ENDS:
+            raise ValueError(f"episode_end must be 'pad' or 'drop', got {episode_end!r}")
+        core = self._ready(batch_size)
+        arrays, mask, keys, weights = core.sample_sequences(batch_size, burn_in, length,
+                                                            episode_end == "drop")
+        fields = self._tensors(arrays, self._names)
+        fields["mask"] = torch.from_numpy(mask)
+        return Batch(fields, torch.from_numpy(keys),
+                     None if weights is None else torch.from_numpy(weights))
+
+    def _ready(self, batch_size: int) -> Any:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        core = self._core
+        return core if core is not None else self._await_first_item(batch_size)
+
+    def _tensors(self, arrays: Sequence[np.ndarray], names: Sequence[str]) -> Dict[str, torch.Tensor]:
+        out = {}
+        for name, a in zip(names, arrays):
+            t = torch.from_numpy(a)
+            if self._spec[name if name in self._spec else name[5:]].dtype == "bfloat16":
+                t = t.view(torch.bfloat16)
+            out[name] = t
+        return out
+
+    # ---- inspection ---------------------------------------------------------------------
+
+    @property
+    def num_envs(self) -> int:
+        return self._num_envs
+
+    @property
+    def frame_stack(self) -> int:
+        return self._frame_stack
+
+    @property
+    def obs_fields(self) -> tuple:
+        return self._obs_fields
+
+    def __repr__(self) -> str:
+        return (super().__repr__()[:-1] + f", num_envs={self._num_envs}, "
+                f"frame_stack={self._frame_stack}, obs_fields={list(self._obs_fields)})")
+
+
+def sequence_priority(td_abs: torch.Tensor, mask: torch.Tensor, eta: float = 0.9) -> torch.Tensor:
+    """R2D2's sequence priority (Kapturowski et al., 2019): ``eta * max + (1 - eta) * mean``
+    of the absolute TD errors over each sequence's masked steps.
+
+    Args:
+        td_abs: [B, T] absolute TD errors.
+        mask: [B, T] bool, the steps that count (``batch.mask``).
+        eta: the weight of the max, in [0, 1].
+
+    Returns:
+        [B] priorities (0 for a sequence without a masked step), for ``update_priorities``.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if td_abs.shape != mask.shape or td_abs.dim() != 2:
+        raise ValueError(f"td_abs and mask must both be [B, T], got {tuple(td_abs.shape)} and "
+                         f"{tuple(mask.shape)}")
+    mask = mask.to(torch.bool)
+    td = td_abs.detach()
+    zero = torch.zeros((), dtype=td.dtype, device=td.device)
+    count = mask.sum(1)
+    peak = torch.where(mask, td, torch.full_like(td, -torch.inf)).amax(1)
+    mean = torch.where(mask, td, zero).sum(1) / count.clamp(min=1)
+    return torch.where(count > 0, eta * peak + (1.0 - eta) * mean, zero)
