@@ -25,18 +25,16 @@ constexpr int64_t kMinParallelItems = 16;
 // copy, so a row overwritten meanwhile is never used.
 class StoredRows {
  public:
-  StoredRows(const Ring& ring, const uint8_t* flags, const uint8_t* reward, DType reward_dtype,
-             int64_t envs)
+  StoredRows(const Ring& ring, const uint8_t* flags, const uint8_t* reward, DType reward_dtype)
       : ring_(ring), flags_(flags), reward_(reward), reward_f32_(reward_dtype == DType::kFloat32),
-        envs_(envs), capacity_(ring.capacity()) {}
+        envs_(ring.streams()), rows_(ring.stream_rows()) {}
 
   RowPos Next(RowPos p) const {
-    const int64_t slot = p.slot + envs_;
-    return RowPos{p.key + envs_, slot >= capacity_ ? slot - capacity_ : slot};
+    const int64_t slot = p.slot + 1;
+    return RowPos{p.key + envs_, slot == p.base + rows_ ? p.base : slot, p.base};
   }
   RowPos Prev(RowPos p) const {
-    const int64_t slot = p.slot - envs_;
-    return RowPos{p.key - envs_, slot < 0 ? slot + capacity_ : slot};
+    return RowPos{p.key - envs_, p.slot == p.base ? p.base + rows_ - 1 : p.slot - 1, p.base};
   }
   bool Present(RowPos p) const {
     return p.key >= 0 && ring_.LoadStamp(p.slot) == Stamp::Committed(p.key);
@@ -59,15 +57,31 @@ class StoredRows {
     RacyCopy(&r, reward_ + p.slot * 8, 8);
     return r;
   }
+  int64_t stream_rows() const { return rows_; }
   int64_t envs() const { return envs_; }
+  // Starts loading the stamps, flags and rewards of rows [from, from + n) of the stream of
+  // `slot` (row numbers relative to slot's, wrapping), one cache line at a time.
+  void PrefetchRun(int64_t slot, int64_t from, int64_t n) const {
+    const int64_t base = slot - slot % rows_;
+    int64_t row = (slot - base + from) % rows_;
+    if (row < 0) row += rows_;
+    const int64_t reward_bytes = reward_f32_ ? 4 : 8;
+    for (int64_t i = 0; i < n; i += 8, row += 8) {
+      if (row >= rows_) row -= rows_;
+      const int64_t at = base + row;
+      ring_.PrefetchStamp(at);
+      __builtin_prefetch(flags_ + at);
+      __builtin_prefetch(reward_ + at * reward_bytes);
+    }
+  }
 
  private:
   const Ring& ring_;
   const uint8_t* flags_;
   const uint8_t* reward_;
   bool reward_f32_;
-  int64_t envs_;
-  int64_t capacity_;
+  int64_t envs_;  // rows of one key step: the next row of a stream is key + envs_
+  int64_t rows_;  // rows per stream
 };
 
 // Whether every row of lo's stream from lo to hi (inclusive) still holds its key.
@@ -78,30 +92,61 @@ bool RangeUnchanged(const StoredRows& rows, RowPos lo, RowPos hi) {
   return true;
 }
 
-// Copies the fields of the row at `slot` (obs fields as frame stacks ending there) into
-// position `at` of the outputs. `is_obs[f]` marks stacked fields.
-struct RowCopier {
-  const Storage& storage;
-  const StoredRows& rows;
-  const std::vector<uint8_t>& is_obs;
-  int k;
+// Copies the fields of a row (obs fields as frame stacks ending there) into one output
+// position. Row sizes are looked up once per call.
+class RowCopier {
+ public:
+  RowCopier(const Storage& storage, const EpisodeConfig& episodes)
+      : storage_(storage), k_(episodes.frame_stack) {
+    for (size_t f = 0; f < storage.num_fields(); ++f) {
+      row_bytes_.push_back(storage.spec()[f].row_bytes());
+      stacked_.push_back(0);
+    }
+    if (k_ > 1) {
+      for (int f : episodes.obs) stacked_[static_cast<size_t>(f)] = 1;
+    }
+  }
 
+  size_t fields() const { return row_bytes_.size(); }
   // Bytes one output position of field f takes.
   size_t out_bytes(size_t f) const {
-    const size_t row = storage.spec()[f].row_bytes();
-    return is_obs[f] ? row * static_cast<size_t>(k) : row;
+    return stacked_[f] ? row_bytes_[f] * static_cast<size_t>(k_) : row_bytes_[f];
   }
+  // Field f of `row` (stack: its frame stack, when f is stacked) to dst.
   void CopyField(size_t f, RowPos row, const RowPos* stack, uint8_t* dst) const {
-    const size_t bytes = storage.spec()[f].row_bytes();
-    const uint8_t* column = storage.column(f);
-    if (is_obs[f] && k > 1) {
-      for (int m = 0; m < k; ++m) {
+    const size_t bytes = row_bytes_[f];
+    const uint8_t* column = storage_.column(f);
+    if (stacked_[f]) {
+      for (int m = 0; m < k_; ++m) {
         RacyCopy(dst + static_cast<size_t>(m) * bytes, column + static_cast<size_t>(stack[m].slot) * bytes, bytes);
       }
     } else {
       RacyCopy(dst, column + static_cast<size_t>(row.slot) * bytes, bytes);
     }
   }
+  // Field f (not stacked) of the adjacent rows [slot, slot + n): one copy.
+  void CopyRun(size_t f, int64_t slot, int64_t n, uint8_t* dst) const {
+    const size_t bytes = row_bytes_[f];
+    RacyCopy(dst, storage_.column(f) + static_cast<size_t>(slot) * bytes, bytes * static_cast<size_t>(n));
+  }
+  bool stacked(size_t f) const { return stacked_[f] != 0; }
+  // Starts loading every field of rows [slot, slot + n) (adjacent rows of one stream), one
+  // cache line at a time: the rows of different items are independent cache misses, and
+  // issuing them together overlaps them.
+  void Prefetch(int64_t slot, int64_t n) const {
+    for (size_t f = 0; f < row_bytes_.size(); ++f) {
+      const uint8_t* first = storage_.column(f) + static_cast<size_t>(slot) * row_bytes_[f];
+      const size_t bytes = row_bytes_[f] * static_cast<size_t>(n);
+      for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(first + b);
+      __builtin_prefetch(first + bytes - 1);
+    }
+  }
+
+ private:
+  const Storage& storage_;
+  int k_;
+  std::vector<size_t> row_bytes_;
+  std::vector<uint8_t> stacked_;
 };
 
 }  // namespace
@@ -125,6 +170,10 @@ void ReplayBuffer::CheckSequenceArgs(int64_t batch, int64_t burn_in, int64_t len
 
 template <typename Item>
 void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* weights) {
+  const int64_t stream_rows = ring_.stream_rows();
+  auto rows_at = [stream_rows](int64_t key, int64_t slot) {
+    return RowPos{key, slot, slot - slot % stream_rows};
+  };
   limiter_.AdmitSample(batch, poll_);
   SampleRequest request;
   request.seed = seed_;
@@ -142,35 +191,48 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
   int64_t* slots = slot_buffer.get();
   float* w = sampler_->prioritized() ? weights : nullptr;
   const int64_t range = request.draw_range();
+  const int64_t cap = capacity();
+  // A prioritized draw is a slot (a leaf of the tree). A uniform draw d in [0, range) is the
+  // key claimed - range + d: with several streams the claimed keys' slots are no prefix of
+  // the ring (ring.h), so the draw is over keys and mapped to their slots.
+  const bool by_key = !sampler_->prioritized();
+  const int64_t oldest = ring_.claimed() - range;
+  auto to_slot = [&](int64_t d) { return d < 0 || !by_key ? d : ring_.slot_of(oldest + d); };
   std::atomic<bool> none{false};  // no valid start exists
 
   // Makes slots[i] a valid start, drawing again (attempt numbers from `attempt`) as needed.
+  // slots[i] holds the first draw already mapped to its slot.
   auto resolve = [&](int64_t i, uint32_t attempt) {
     auto valid = [&](int64_t slot) {
-      if (slot < 0 || slot >= range) return false;
+      if (slot < 0 || slot >= cap) return false;
       const uint64_t stamp = ring_.LoadStamp(slot);
       if (!Stamp::IsCommitted(stamp)) return false;
-      if (!item.Plan(i, RowPos{Stamp::KeyOf(stamp), slot})) return false;
+      if (!item.Plan(i, rows_at(Stamp::KeyOf(stamp), slot))) return false;
       slots[i] = slot;
       keys[i] = Stamp::KeyOf(stamp);
       return true;
     };
     if (valid(slots[i])) return true;
     for (uint32_t a = attempt + 1; a <= attempt + kMaxStartDraws; ++a) {
-      if (valid(sampler_->Redraw(request, i, a, slots))) return true;
+      if (valid(to_slot(sampler_->Redraw(request, i, a, slots)))) return true;
     }
     // Valid starts are rare (or there are none): probe every slot from a random start.
-    // Slightly biased toward the slots after long invalid runs; O(range).
-    const int64_t from = std::max<int64_t>(0, sampler_->Redraw(request, i, attempt + kMaxStartDraws + 1, slots));
-    for (int64_t n = 0; n < range; ++n) {
+    // Slightly biased toward the slots after long invalid runs; O(capacity).
+    const int64_t from = std::max<int64_t>(0, to_slot(sampler_->Redraw(request, i, attempt + kMaxStartDraws + 1, slots)));
+    for (int64_t n = 0; n < cap; ++n) {
       int64_t slot = from + n;
-      if (slot >= range) slot -= range;
-      if (sampler_->Drawable(request, i, slot, slots) && valid(slot)) return true;
+      if (slot >= cap) slot -= cap;
+      if ((by_key || sampler_->Drawable(request, i, slot, slots)) && valid(slot)) return true;
     }
     return false;
   };
   auto work = [&](int64_t begin, int64_t end) {
     sampler_->Draw(request, begin, end, slots);
+    for (int64_t i = begin; i < end; ++i) slots[i] = to_slot(slots[i]);
+    // The rows an item reads are cache misses: start them for the whole piece first.
+    for (int64_t i = begin; i < end; ++i) {
+      if (slots[i] >= 0 && slots[i] < cap) item.Prefetch(slots[i]);
+    }
     for (int64_t i = begin; i < end; ++i) {
       uint32_t attempt = 0;
       for (;;) {
@@ -182,7 +244,7 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
         std::atomic_thread_fence(std::memory_order_acquire);
         if (item.Recheck(i)) break;
         attempt += kMaxStartDraws + 2;  // a row changed under the copy: another start
-        slots[i] = sampler_->Redraw(request, i, attempt, slots);
+        slots[i] = to_slot(sampler_->Redraw(request, i, attempt, slots));
       }
     }
     if (w != nullptr) sampler_->Weights(slots, begin, end, w);
@@ -210,14 +272,9 @@ void ReplayBuffer::SampleTransitions(int64_t batch, int n_step, double gamma, ui
                                      uint8_t* const* next_out, float* returns, float* discounts,
                                      int64_t* keys, float* weights) {
   CheckTransitionArgs(batch, n_step, gamma);
-  const int k = episodes_.frame_stack;
-  const size_t fields = storage_.num_fields();
-  std::vector<uint8_t> is_obs(fields, 0);
-  for (int f : episodes_.obs) is_obs[static_cast<size_t>(f)] = 1;
   const StoredRows rows(ring_, flags_, storage_.column(static_cast<size_t>(episodes_.reward)),
-                        storage_.spec()[static_cast<size_t>(episodes_.reward)].dtype,
-                        episodes_.num_envs);
-  const RowCopier copier{storage_, rows, is_obs, k};
+                        storage_.spec()[static_cast<size_t>(episodes_.reward)].dtype);
+  const RowCopier copier(storage_, episodes_);
 
   struct StartPlan {
     RowPos start, boot, lo;
@@ -254,7 +311,7 @@ void ReplayBuffer::SampleTransitions(int64_t batch, int n_step, double gamma, ui
         StackRows(rows, p.start, k, stack);
         StackRows(rows, p.boot, k, next_stack);
       }
-      for (size_t f = 0; f < storage.num_fields(); ++f) {
+      for (size_t f = 0; f < copier.fields(); ++f) {
         const size_t bytes = copier.out_bytes(f);
         copier.CopyField(f, p.start, stack, out[f] + static_cast<size_t>(i) * bytes);
       }
@@ -267,6 +324,11 @@ void ReplayBuffer::SampleTransitions(int64_t batch, int n_step, double gamma, ui
       discounts[i] = static_cast<float>(p.discount);
     }
     bool Recheck(int64_t i) const { return RangeUnchanged(rows, plans[i].lo, plans[i].boot); }
+    void Prefetch(int64_t slot) const {
+      const int k = episodes.frame_stack;
+      rows.PrefetchRun(slot, 1 - k, k + n_step);
+      copier.Prefetch(slot, 1);
+    }
     std::string NoneMessage() const {
       return "no transition can be sampled yet: a start needs a stored next row in its env "
              "stream (and a complete frame stack); add more steps";
@@ -282,13 +344,9 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
   CheckSequenceArgs(batch, burn_in, length);
   const int k = episodes_.frame_stack;
   const int64_t total = burn_in + length;
-  const size_t fields = storage_.num_fields();
-  std::vector<uint8_t> is_obs(fields, 0);
-  for (int f : episodes_.obs) is_obs[static_cast<size_t>(f)] = 1;
   const StoredRows rows(ring_, flags_, storage_.column(static_cast<size_t>(episodes_.reward)),
-                        storage_.spec()[static_cast<size_t>(episodes_.reward)].dtype,
-                        episodes_.num_envs);
-  const RowCopier copier{storage_, rows, is_obs, k};
+                        storage_.spec()[static_cast<size_t>(episodes_.reward)].dtype);
+  const RowCopier copier(storage_, episodes_);
   std::vector<int64_t> window(static_cast<size_t>(batch * total));
   std::vector<WindowResult> results(static_cast<size_t>(batch));
 
@@ -303,7 +361,6 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
     WindowResult* results;
     uint8_t* const* out;
     uint8_t* mask;
-    int64_t capacity;
 
     bool Plan(int64_t i, RowPos start) const {
       if (!IsTransition(rows.Flags(start))) return false;
@@ -318,26 +375,45 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
       const RowPos hi = results[i].hi;
       RowPos stack[64];
       for (int64_t t = 0; t < total; ++t) {
-        const int64_t slot = slots[t];
-        if (slot < 0) {
-          for (size_t f = 0; f < storage.num_fields(); ++f) {
-            const size_t bytes = copier.out_bytes(f);
-            std::memset(out[f] + static_cast<size_t>(i * total + t) * bytes, 0, bytes);
-          }
-          continue;
+        if (slots[t] < 0) continue;
+        int64_t end = t + 1;
+        while (end < total && slots[end] == slots[end - 1] + 1) ++end;
+        copier.Prefetch(slots[t], end - t);
+        t = end - 1;
+      }
+      // Runs of stored rows (one stream, not wrapping) are copied field by field in one go;
+      // zero rows are cleared; stacked fields go position by position.
+      int64_t t = 0;
+      while (t < total) {
+        int64_t end = t + 1;
+        if (slots[t] < 0) {
+          while (end < total && slots[end] < 0) ++end;
+        } else {
+          while (end < total && slots[end] == slots[end - 1] + 1) ++end;
         }
-        // The window is one stream: a row's key is hi's minus its distance in slots.
-        int64_t behind = hi.slot - slot;
-        if (behind < 0) behind += capacity;
-        const RowPos row{hi.key - behind, slot};
-        if (k > 1) StackRows(rows, row, k, stack);  // reads rows in [lo, hi] only
-        for (size_t f = 0; f < storage.num_fields(); ++f) {
+        for (size_t f = 0; f < copier.fields(); ++f) {
           const size_t bytes = copier.out_bytes(f);
-          copier.CopyField(f, row, stack, out[f] + static_cast<size_t>(i * total + t) * bytes);
+          uint8_t* dst = out[f] + static_cast<size_t>(i * total + t) * bytes;
+          if (slots[t] < 0) {
+            std::memset(dst, 0, bytes * static_cast<size_t>(end - t));
+          } else if (!copier.stacked(f)) {
+            copier.CopyRun(f, slots[t], end - t, dst);
+          } else {
+            for (int64_t u = t; u < end; ++u) {
+              // The window is one stream: a row's key is hi's minus its distance in slots.
+              int64_t behind = hi.slot - slots[u];
+              if (behind < 0) behind += rows.stream_rows();
+              const RowPos row{hi.key - behind * rows.envs(), slots[u], hi.base};
+              StackRows(rows, row, k, stack);  // reads rows in [lo, hi] only
+              copier.CopyField(f, row, stack, dst + static_cast<size_t>(u - t) * bytes);
+            }
+          }
         }
+        t = end;
       }
     }
     bool Recheck(int64_t i) const { return RangeUnchanged(rows, results[i].lo, results[i].hi); }
+    void Prefetch(int64_t slot) const { rows.PrefetchRun(slot, 1 - k - burn_in, total + k - 1); }
     std::string NoneMessage() const {
       return internal::Concat(
           "no sequence can be sampled: ", drop ? "with episode_end='drop' a start needs "
@@ -346,7 +422,7 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
           " (and a complete frame stack); add more steps", drop ? " or use episode_end='pad'" : "");
     }
   } item{rows, copier, storage_, k, burn_in, length, total, drop, window.data(), results.data(),
-         out, mask, capacity()};
+         out, mask};
   SampleItems(batch, item, keys, weights);
 }
 

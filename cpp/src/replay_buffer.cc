@@ -208,7 +208,7 @@ ReplayBuffer::ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec,
   for (size_t offset : layout.columns) columns.push_back(base + offset);
   storage_.Bind(std::move(columns));
   ring_ = Ring(capacity, reinterpret_cast<std::atomic<uint64_t>*>(base + layout.stamps),
-               &header_->ring);
+               &header_->ring, episodes_.enabled() ? episodes_.num_envs : 1);
   limiter_ = RateLimiter(&header_->limiter, &ring_);
   if (episodes_.enabled()) {
     flags_ = base + layout.flags;
@@ -357,15 +357,13 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
   const int64_t first_key = first + skip;
   const uint32_t pid = CurrentPid();
   // Step 2 for every kept key. A key is lapped (false) only when a newer writer got its slot
-  // first; then the rows are copied one by one, skipping those.
+  // first; its row is then skipped.
   bool all_acquired = true;
   std::vector<int64_t> lapped;
-  const int64_t first_slot = ring_.slot_of(first_key);
-  auto next_slot = [cap](int64_t slot) { return slot + 1 == cap ? 0 : slot + 1; };
   auto acquire_all = [&] {
-    int64_t slot = first_slot;
-    for (int64_t k = first_key; k < first_key + kept; ++k, slot = next_slot(slot)) {
-      if (!ring_.Acquire(k, slot, pid)) {
+    Ring::Cursor c(ring_, first_key);
+    for (int64_t k = first_key; k < first_key + kept; ++k, c.Next()) {
+      if (!ring_.Acquire(k, c.slot(), pid)) {
         all_acquired = false;
         lapped.push_back(k);
       }
@@ -374,41 +372,47 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
   auto acquired = [&](int64_t key) {
     return all_acquired || !std::binary_search(lapped.begin(), lapped.end(), key);
   };
+  // fn(key, slot, n) for each run of acquired keys in adjacent slots: at most two runs (up to
+  // the end of the ring, then from slot 0) for a one-stream ring whose keys were all acquired.
+  auto for_each_run = [&](auto&& fn) {
+    Ring::Cursor c(ring_, first_key);
+    int64_t k = first_key;
+    const int64_t end = first_key + kept;
+    while (k < end) {
+      if (!acquired(k)) {
+        ++k;
+        c.Next();
+        continue;
+      }
+      const int64_t key0 = k, slot0 = c.slot();
+      int64_t n = 0;
+      do {
+        ++n;
+        ++k;
+        c.Next();
+      } while (k < end && c.slot() == slot0 + n && acquired(k));
+      fn(key0, slot0, n);
+    }
+  };
   if (sampler_->prioritized()) {
     // The slots are marked as being written and get their new priority under the writer
     // lock, so an update that checks a slot's stamp under the same lock never gives the new
     // item the old item's priority.
     WriterLock lock(*this);
     acquire_all();
-    if (all_acquired) {
-      sampler_->OnInsert(first_slot, kept);
-    } else {
-      for (int64_t k = first_key; k < first_key + kept; ++k) {
-        if (acquired(k)) sampler_->OnInsert(ring_.slot_of(k), 1);
-      }
-    }
+    for_each_run([&](int64_t, int64_t slot, int64_t n) { sampler_->OnInsert(slot, n); });
   } else {
     acquire_all();
   }
-  // Step 3: copy, in at most two pieces (up to the end of the ring, then from slot 0).
-  if (all_acquired) {
-    int64_t done = 0;
-    while (done < kept) {
-      const int64_t slot = ring_.slot_of(first_key + done);
-      const int64_t piece = std::min(kept - done, cap - slot);
-      CopyRows(values, skip + done, slot, piece);
-      done += piece;
-    }
-  } else {
-    for (int64_t i = 0; i < kept; ++i) {
-      if (acquired(first_key + i)) CopyRows(values, skip + i, ring_.slot_of(first_key + i), 1);
-    }
-  }
+  // Step 3: copy.
+  for_each_run([&](int64_t key, int64_t slot, int64_t n) {
+    CopyRows(values, skip + (key - first_key), slot, n);
+  });
   if (episodes_.enabled()) WriteFlags(values, first, count, skip, all_acquired ? nullptr : &lapped);
   // Step 4: publish (each a release store, after all of this writer's bytes).
-  int64_t slot = first_slot;
-  for (int64_t k = first_key; k < first_key + kept; ++k, slot = next_slot(slot)) {
-    if (all_acquired || acquired(k)) ring_.Publish(k, slot);
+  Ring::Cursor c(ring_, first_key);
+  for (int64_t k = first_key; k < first_key + kept; ++k, c.Next()) {
+    if (all_acquired || acquired(k)) ring_.Publish(k, c.slot());
   }
   ring_.CountCommitted(count);
   if (limiter_.enabled()) limiter_.Notify();
@@ -422,18 +426,17 @@ void ReplayBuffer::WriteFlags(const ArrayView* const* values, int64_t first, int
   const auto* terminated = static_cast<const uint8_t*>(values[episodes_.terminated]->data);
   const auto* truncated = static_cast<const uint8_t*>(values[episodes_.truncated]->data);
   const int64_t envs = episodes_.num_envs;
-  const int64_t cap = capacity();
   int64_t env = 0;
-  int64_t slot = ring_.slot_of(first + skip);
+  Ring::Cursor c(ring_, first + skip);
   for (int64_t i = 0; i < count; ++i) {
     const uint8_t f = RowFlagsAfter(streams_[env], terminated[i] != 0, truncated[i] != 0);
     streams_[env] = f;
     if (i >= skip) {
       const int64_t key = first + i;
       if (lapped == nullptr || !std::binary_search(lapped->begin(), lapped->end(), key)) {
-        RacyCopy(flags_ + slot, &f, 1);
+        RacyCopy(flags_ + c.slot(), &f, 1);
       }
-      slot = slot + 1 == cap ? 0 : slot + 1;
+      c.Next();
     }
     env = env + 1 == envs ? 0 : env + 1;
   }
@@ -489,6 +492,8 @@ void ReplayBuffer::Resolve(const SampleRequest& request, int64_t i, uint32_t fir
 }
 
 void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights) {
+  REVERIE_CHECK(!episodes_.enabled(), "an episode buffer samples transitions or sequences "
+                "(SampleTransitions, SampleSequences)");
   REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
   limiter_.AdmitSample(batch, poll_);  // may wait; counts the items as sampled
   SampleRequest request;

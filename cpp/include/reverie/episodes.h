@@ -4,7 +4,8 @@
 // Streams. A buffer with num_envs = N stores the steps of N environments stepped together
 // (a vectorized env): step t of env e is key t*N + e, so env e's rows are keys e, e+N, e+2N,
 // ... and the next row of the same stream is always key + N, across the ring's wrap-around
-// too (slot = key % capacity). A row is *present* while its slot's commit stamp holds its
+// too. In memory each env's rows are adjacent (the ring is stream-major, ring.h), so a
+// sequence is one run of rows. A row is *present* while its slot's commit stamp holds its
 // key (ring.h): rows not yet written and rows overwritten since both fail that test.
 //
 // Rows follow gymnasium's next-step autoreset. A row is (obs_t, action_t, reward_t,
@@ -63,11 +64,12 @@ struct EpisodeConfig {
   bool enabled() const { return num_envs > 0; }
 };
 
-// A row's position: its key and its slot (key % capacity), stepped together so that walking
-// a stream costs no division.
+// A row's position: its key, its slot and the first slot of its stream's rows (the ring is
+// stream-major, ring.h), stepped together so that walking a stream costs no division.
 struct RowPos {
   int64_t key;
   int64_t slot;
+  int64_t base;
 };
 
 // What a row source provides (see StoredRows in cpp/src/episode_sampling.cc):
@@ -100,7 +102,7 @@ REVERIE_HD RowPos StackBottom(const Rows& rows, RowPos row, int k) {
   RowPos cur = row;
   for (int m = 1; m < k && (rows.Flags(cur) & kFirstRow) == 0; ++m) {
     const RowPos prev = rows.Prev(cur);
-    if (!rows.Present(prev)) return RowPos{-1, -1};
+    if (!rows.Present(prev)) return RowPos{-1, -1, -1};
     cur = prev;
   }
   return cur;
@@ -113,7 +115,7 @@ struct NStepResult {
   int steps = 0;          // rows summed; 0: no next row yet (not a valid start)
   double ret = 0.0;       // sum of gamma^i * reward_i
   double discount = 1.0;  // gamma^steps, or 0 after termination
-  RowPos boot{-1, -1};    // the row whose obs is the bootstrap observation
+  RowPos boot{-1, -1, -1};    // the row whose obs is the bootstrap observation
 };
 
 template <typename Rows>
@@ -146,7 +148,7 @@ REVERIE_HD NStepResult NStep(const Rows& rows, RowPos start, int n, double gamma
 // a complete stack. O(T * k).
 struct WindowResult {
   bool ok = false;
-  RowPos lo{-1, -1}, hi{-1, -1};
+  RowPos lo{-1, -1, -1}, hi{-1, -1, -1};
 };
 
 template <typename Rows>

@@ -1,10 +1,13 @@
 // The ring writer: lock-free multi-producer claims, per-slot commit stamps, and the seqlock
 // check that keeps torn or unwritten rows out of every sample.
 //
-// Keys. Item k (the k-th item ever claimed, from 0) lives in slot k % capacity until item
+// Keys. Item k (the k-th item ever claimed, from 0) lives in slot slot_of(k) until item
 // k + capacity overwrites it. Its key is k itself: it names the slot and the slot's generation
 // (k / capacity) in one int64, so a priority update carrying a key can tell whether the slot
-// still holds that item.
+// still holds that item. Slots: k % capacity; with S streams (an episode buffer of S envs,
+// episodes.h) the slots are stream-major instead: key k is row (k / S) % (capacity / S) of
+// stream k % S, at slot (k % S) * (capacity / S) + that row, so each stream's rows are
+// adjacent in memory and a sequence of them is one contiguous run.
 //
 // Stamps. Every slot has one 64-bit atomic stamp:
 //   0                      never written;
@@ -77,8 +80,29 @@ struct RingCounters {
 class Ring {
  public:
   Ring() = default;
-  Ring(int64_t capacity, std::atomic<uint64_t>* stamps, RingCounters* counters)
-      : capacity_(capacity), stamps_(stamps), counters_(counters) {}
+  // `streams` divides capacity (see Keys above).
+  Ring(int64_t capacity, std::atomic<uint64_t>* stamps, RingCounters* counters,
+       int64_t streams = 1)
+      : capacity_(capacity), streams_(streams), stream_rows_(capacity / streams),
+        stamps_(stamps), counters_(counters) {}
+
+  // Steps through the slots of consecutive keys without dividing per key.
+  class Cursor {
+   public:
+    Cursor(const Ring& ring, int64_t key)
+        : streams_(ring.streams_), rows_(ring.stream_rows_), stream_(key % ring.streams_),
+          row_((key / ring.streams_) % ring.stream_rows_) {}
+    int64_t slot() const { return stream_ * rows_ + row_; }
+    void Next() {
+      if (++stream_ == streams_) {
+        stream_ = 0;
+        if (++row_ == rows_) row_ = 0;
+      }
+    }
+
+   private:
+    int64_t streams_, rows_, stream_, row_;
+  };
 
   int64_t capacity() const { return capacity_; }
   int64_t claimed() const { return counters_->claimed.load(std::memory_order_acquire); }
@@ -87,7 +111,12 @@ class Ring {
   int64_t size() const { return Clamp(committed()); }
   // Slots [0, range()) have been claimed at least once: draws come from there. O(1).
   int64_t range() const { return Clamp(claimed()); }
-  int64_t slot_of(int64_t key) const { return key % capacity_; }
+  int64_t slot_of(int64_t key) const {
+    if (streams_ == 1) return key % capacity_;
+    return (key % streams_) * stream_rows_ + (key / streams_) % stream_rows_;
+  }
+  int64_t streams() const { return streams_; }
+  int64_t stream_rows() const { return stream_rows_; }
   // Whether key k was ever claimed. O(1).
   bool was_claimed(int64_t key) const { return key >= 0 && key < claimed(); }
 
@@ -108,7 +137,8 @@ class Ring {
 
   // `claimed`, loaded after the caller's acquire fence (the quiet check above).
   int64_t RecheckClaimed() const { return counters_->claimed.load(std::memory_order_relaxed); }
-  // The keys of `slots` when `written` items were written and none is in flight. O(n).
+  // The keys of `slots` when `written` items were written and none is in flight (one stream
+  // only). O(n).
   void KeysOfSlots(const int64_t* slots, int64_t* keys, int64_t n, int64_t written) const {
     const int64_t last = written - 1;  // the newest key; its slot is last % capacity
     const int64_t newest_slot = last % capacity_;
@@ -130,6 +160,8 @@ class Ring {
   int64_t Clamp(int64_t n) const { return n < capacity_ ? n : capacity_; }
 
   int64_t capacity_ = 0;
+  int64_t streams_ = 1;
+  int64_t stream_rows_ = 0;
   std::atomic<uint64_t>* stamps_ = nullptr;  // capacity_ entries
   RingCounters* counters_ = nullptr;
 };
