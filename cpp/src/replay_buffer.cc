@@ -280,13 +280,15 @@ void ReplayBuffer::Validate(const FieldInput* inputs, size_t n, bool batched,
     for (int d = 0; shape_ok && d < item_dims; ++d) shape_ok = v.shape[d + skip] == field.shape[d];
     if (!shape_ok) {
       const std::string item = ShapeString(field.shape.data(), item_dims);
-      const std::string inner = item.substr(1, item.size() - 2);  // "(17,)" -> "17,"
+      std::string inner = item.substr(1, item.size() - 2);  // "(17,)" -> "17"
+      if (!inner.empty() && inner.back() == ',') inner.pop_back();
       std::string expected;
       if (!batched) {
         expected = "shape " + item + " for one item";
       } else if (envs > 0) {
-        expected = internal::Concat("shape (", envs, ", ", inner, ") for one step of ", envs,
-                                    " envs, or (T, ", envs, ", ", inner, ") for T steps");
+        const std::string tail = inner.empty() ? "" : ", " + inner;
+        expected = internal::Concat("shape (", envs, tail, ") for one step of ", envs,
+                                    " envs, or (T, ", envs, tail, ") for T steps");
       } else {
         expected = "shape (n, *" + item + ") for a batch";
       }

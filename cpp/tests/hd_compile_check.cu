@@ -1,6 +1,7 @@
 // Compiles the shared __host__ __device__ kernels (tree descent, tree update, gather,
-// Philox) for the GPU, so CI proves the CPU-tested code is also valid device code.
+// Philox, the episode logic: n-step returns, frame stacks, sequence windows) for the GPU, so CI proves the CPU-tested code is also valid device code.
 // Compile-only (CI: nvcc -c); the CUDA build proper comes with the device buffers.
+#include "reverie/episodes.h"
 #include "reverie/gather.h"
 #include "reverie/philox.h"
 #include "reverie/sum_tree.h"
@@ -32,6 +33,37 @@ __global__ void GatherKernel(uint8_t* out, const uint8_t* column, size_t row_byt
   if (i < n) reverie::GatherRows(out, column, row_bytes, slots, i, i + 1);
 }
 
+// A stream in device memory: row r at slot r % rows, present from `oldest` to `newest`.
+struct DeviceRows {
+  const uint8_t* flags;
+  const float* reward;
+  int64_t oldest, newest, rows;
+
+  __device__ reverie::RowPos Next(reverie::RowPos p) const {
+    return reverie::RowPos{p.key + 1, p.slot + 1 == rows ? 0 : p.slot + 1, 0};
+  }
+  __device__ reverie::RowPos Prev(reverie::RowPos p) const {
+    return reverie::RowPos{p.key - 1, p.slot == 0 ? rows - 1 : p.slot - 1, 0};
+  }
+  __device__ bool Present(reverie::RowPos p) const { return p.key >= oldest && p.key <= newest; }
+  __device__ uint8_t Flags(reverie::RowPos p) const { return flags[p.slot]; }
+  __device__ double Reward(reverie::RowPos p) const { return reward[p.slot]; }
+};
+
+__global__ void EpisodeKernel(DeviceRows rows, const int64_t* starts, int n, float* returns,
+                              int64_t* boots, int64_t* stack_bottoms, int64_t* window,
+                              uint8_t* mask) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const reverie::RowPos start{starts[i], starts[i] % rows.rows, 0};
+  const reverie::NStepResult r = reverie::NStep(rows, start, 3, 0.99);
+  returns[i] = static_cast<float>(r.ret);
+  boots[i] = r.boot.key;
+  reverie::RowPos stack[4];
+  stack_bottoms[i] = reverie::StackRows(rows, start, 4, stack) ? stack[0].key : -1;
+  reverie::SequenceWindow(rows, start, 2, 8, false, 4, window + i * 10, mask + i * 10);
+}
+
 }  // namespace
 
 void LaunchAll(const uint64_t* sums, uint64_t* msums, uint64_t* mins, reverie::TreeLayout layout,
@@ -39,4 +71,11 @@ void LaunchAll(const uint64_t* sums, uint64_t* msums, uint64_t* mins, reverie::T
   DescendKernel<<<1, 256>>>(sums, layout, 1, 0, leaves, 256);
   UpdateKernel<<<1, 1>>>(msums, mins, layout, leaves, units, 256);
   GatherKernel<<<1, 256>>>(out, column, 68, leaves, 256);
+}
+
+void LaunchEpisodes(const uint8_t* flags, const float* reward, const int64_t* starts,
+                    float* returns, int64_t* boots, int64_t* bottoms, int64_t* window,
+                    uint8_t* mask) {
+  EpisodeKernel<<<1, 256>>>(DeviceRows{flags, reward, 0, 999, 1000}, starts, 256, returns, boots,
+                            bottoms, window, mask);
 }

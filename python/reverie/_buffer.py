@@ -576,7 +576,7 @@ class ReplayBuffer:
         self._install(core, spec)
 
 
-def _attach(cls: type, name: str, capacity: int, spec: Dict[str, Any],
+def _attach(cls: "type[ReplayBuffer]", name: str, capacity: int, spec: Dict[str, Any],
             sampler_config: Dict[str, Any], seed: int, options: Dict[str, Any]) -> ReplayBuffer:
     """Unpickles a shared buffer's handle: attaches to its segment (not as its owner)."""
     sampler = sampler_from_config(dict(sampler_config))
