@@ -19,6 +19,7 @@ namespace {
 
 constexpr uint32_t kMaxStartDraws = 256;  // random draws of a start before probing slot by slot
 constexpr int64_t kMinParallelItems = 16;
+constexpr int64_t kAhead = 8;  // items whose rows are being loaded ahead of the current one
 
 // The buffer's stored rows as episodes.h reads them. Presence is the commit stamp (ring.h);
 // flags and rewards are read after it (acquire) and the caller rechecks the stamps after its
@@ -179,7 +180,8 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
   request.seed = seed_;
   request.batch = batch;
   request.size = ring_.size();
-  request.range = ring_.range();
+  const int64_t claimed = ring_.claimed();
+  request.range = std::min(claimed, capacity());
   try {
     sampler_->ValidateSample(request);
   } catch (...) {
@@ -196,7 +198,7 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
   // key claimed - range + d: with several streams the claimed keys' slots are no prefix of
   // the ring (ring.h), so the draw is over keys and mapped to their slots.
   const bool by_key = !sampler_->prioritized();
-  const int64_t oldest = ring_.claimed() - range;
+  const int64_t oldest = claimed - range;
   auto to_slot = [&](int64_t d) { return d < 0 || !by_key ? d : ring_.slot_of(oldest + d); };
   std::atomic<bool> none{false};  // no valid start exists
 
@@ -229,11 +231,14 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
   auto work = [&](int64_t begin, int64_t end) {
     sampler_->Draw(request, begin, end, slots);
     for (int64_t i = begin; i < end; ++i) slots[i] = to_slot(slots[i]);
-    // The rows an item reads are cache misses: start them for the whole piece first.
+    // The rows an item reads are cache misses: they are started kAhead items early, so the
+    // misses of several items overlap.
+    auto prefetch = [&](int64_t i) {
+      if (i < end && slots[i] >= 0 && slots[i] < cap) item.Prefetch(slots[i]);
+    };
+    for (int64_t i = begin; i < begin + kAhead; ++i) prefetch(i);
     for (int64_t i = begin; i < end; ++i) {
-      if (slots[i] >= 0 && slots[i] < cap) item.Prefetch(slots[i]);
-    }
-    for (int64_t i = begin; i < end; ++i) {
+      prefetch(i + kAhead);
       uint32_t attempt = 0;
       for (;;) {
         if (!resolve(i, attempt)) {

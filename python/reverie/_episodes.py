@@ -201,12 +201,11 @@ class EpisodeBuffer(ReplayBuffer):
         return core if core is not None else self._await_first_item(batch_size)
 
     def _tensors(self, arrays: Sequence[np.ndarray], names: Sequence[str]) -> Dict[str, torch.Tensor]:
-        out = {}
-        for name, a in zip(names, arrays):
-            t = torch.from_numpy(a)
-            if self._spec[name if name in self._spec else name[5:]].dtype == "bfloat16":
-                t = t.view(torch.bfloat16)
-            out[name] = t
+        out = dict(zip(names, map(torch.from_numpy, arrays)))
+        if self._bf16:  # numpy has no bfloat16: the core hands out the raw bits
+            for name in names:
+                if self._spec[name if name in self._spec else name[5:]].dtype == "bfloat16":
+                    out[name] = out[name].view(torch.bfloat16)
         return out
 
     # ---- inspection ---------------------------------------------------------------------
