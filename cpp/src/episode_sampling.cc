@@ -19,7 +19,6 @@ namespace {
 
 constexpr uint32_t kMaxStartDraws = 256;  // random draws of a start before probing slot by slot
 constexpr int64_t kMinParallelItems = 16;
-constexpr int64_t kAhead = 8;  // items whose rows are being loaded ahead of the current one
 
 // The buffer's stored rows as episodes.h reads them. Presence is the commit stamp (ring.h);
 // flags and rewards are read after it (acquire) and the caller rechecks the stamps after its
@@ -231,25 +230,26 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
   auto work = [&](int64_t begin, int64_t end) {
     sampler_->Draw(request, begin, end, slots);
     for (int64_t i = begin; i < end; ++i) slots[i] = to_slot(slots[i]);
-    // The rows an item reads are cache misses: they are started kAhead items early, so the
-    // misses of several items overlap.
-    auto prefetch = [&](int64_t i) {
-      if (i < end && slots[i] >= 0 && slots[i] < cap) item.Prefetch(slots[i]);
-    };
-    for (int64_t i = begin; i < begin + kAhead; ++i) prefetch(i);
+    // In phases over the whole piece, so the cache misses of different items overlap: start
+    // loading every item's stamps and flags, plan every item (start loading the rows it
+    // will copy), copy them all, then check them all.
     for (int64_t i = begin; i < end; ++i) {
-      prefetch(i + kAhead);
-      uint32_t attempt = 0;
-      for (;;) {
-        if (!resolve(i, attempt)) {
-          none.store(true, std::memory_order_relaxed);
-          return;
-        }
+      if (slots[i] >= 0 && slots[i] < cap) item.Prefetch(slots[i]);
+    }
+    auto fail = [&] { none.store(true, std::memory_order_relaxed); };
+    for (int64_t i = begin; i < end; ++i) {
+      if (!resolve(i, 0)) return fail();
+      item.PrefetchData(i);
+    }
+    for (int64_t i = begin; i < end; ++i) item.Copy(i);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    for (int64_t i = begin; i < end; ++i) {
+      // A row changed under the copy (a writer lapped it): another start for this item.
+      for (uint32_t attempt = kMaxStartDraws + 2; !item.Recheck(i); attempt += kMaxStartDraws + 2) {
+        slots[i] = to_slot(sampler_->Redraw(request, i, attempt, slots));
+        if (!resolve(i, attempt)) return fail();
         item.Copy(i);
         std::atomic_thread_fence(std::memory_order_acquire);
-        if (item.Recheck(i)) break;
-        attempt += kMaxStartDraws + 2;  // a row changed under the copy: another start
-        slots[i] = to_slot(sampler_->Redraw(request, i, attempt, slots));
       }
     }
     if (w != nullptr) sampler_->Weights(slots, begin, end, w);
@@ -330,9 +330,17 @@ void ReplayBuffer::SampleTransitions(int64_t batch, int n_step, double gamma, ui
     }
     bool Recheck(int64_t i) const { return RangeUnchanged(rows, plans[i].lo, plans[i].boot); }
     void Prefetch(int64_t slot) const {
-      const int k = episodes.frame_stack;
-      rows.PrefetchRun(slot, 1 - k, k + n_step);
-      copier.Prefetch(slot, 1);
+      rows.PrefetchRun(slot, 1 - episodes.frame_stack, episodes.frame_stack + n_step);
+    }
+    void PrefetchData(int64_t i) const {
+      const auto& p = plans[i];
+      // Rows lo..boot of one stream: adjacent unless they wrap around its end.
+      if (p.boot.slot >= p.lo.slot) {
+        copier.Prefetch(p.lo.slot, p.boot.slot - p.lo.slot + 1);
+      } else {
+        copier.Prefetch(p.lo.slot, p.lo.base + rows.stream_rows() - p.lo.slot);
+        copier.Prefetch(p.boot.base, p.boot.slot - p.boot.base + 1);
+      }
     }
     std::string NoneMessage() const {
       return "no transition can be sampled yet: a start needs a stored next row in its env "
@@ -379,13 +387,6 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
       const int64_t* slots = window + i * total;
       const RowPos hi = results[i].hi;
       RowPos stack[64];
-      for (int64_t t = 0; t < total; ++t) {
-        if (slots[t] < 0) continue;
-        int64_t end = t + 1;
-        while (end < total && slots[end] == slots[end - 1] + 1) ++end;
-        copier.Prefetch(slots[t], end - t);
-        t = end - 1;
-      }
       // Runs of stored rows (one stream, not wrapping) are copied field by field in one go;
       // zero rows are cleared; stacked fields go position by position.
       int64_t t = 0;
@@ -419,6 +420,16 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
     }
     bool Recheck(int64_t i) const { return RangeUnchanged(rows, results[i].lo, results[i].hi); }
     void Prefetch(int64_t slot) const { rows.PrefetchRun(slot, 1 - k - burn_in, total + k - 1); }
+    void PrefetchData(int64_t i) const {
+      const int64_t* slots = window + i * total;
+      for (int64_t t = 0; t < total; ++t) {
+        if (slots[t] < 0) continue;
+        int64_t end = t + 1;
+        while (end < total && slots[end] == slots[end - 1] + 1) ++end;
+        copier.Prefetch(slots[t], end - t);
+        t = end - 1;
+      }
+    }
     std::string NoneMessage() const {
       return internal::Concat(
           "no sequence can be sampled: ", drop ? "with episode_end='drop' a start needs "
