@@ -14,6 +14,9 @@ Workloads (see DESIGN.md, "Performance: how it is judged"):
 - concurrency: reverie alone: 1 vs 2 writer threads, sampling while a writer runs, and
   ingestion from 2 worker processes into shared memory vs a multiprocessing.Queue (see
   ``concurrency.py``).
+- episodes: reverie's EpisodeBuffer against a vectorized numpy episode buffer: n-step
+  sample(256), sequences 32 x 80, and W3 frames stored once with frame_stack=4 (memory and
+  sample throughput against full obs/next_obs stacks) (see ``episodes.py``).
 """
 
 from __future__ import annotations
@@ -580,20 +583,27 @@ def memory_probe(impl: str, capacity: int, seed: int = 0) -> Dict[str, int]:
     return {"rss_growth": after - before, "stored": capacity * item_bytes(W1_SPEC)}
 
 
+def probe_in_subprocess(module: str, func: str, args: Tuple[Any, ...],
+                        timeout: float) -> Dict[str, Any]:
+    """``module.func(*args)`` (returning JSON-able data) in a fresh interpreter, so memory
+    figures start from a clean process; {"error": ...} when it fails."""
+    code = f"import json; from {module} import {func}; print(json.dumps({func}{args!r}))"
+    try:
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=timeout, check=True)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+        err = getattr(exc, "stderr", "") or ""
+        return {"error": f"{type(exc).__name__}: {err.strip()[-300:]}"}
+
+
 def run_memory(s: Settings, impls: Sequence[str], prog: Progress) -> Dict[str, Any]:
     """Runs ``memory_probe`` in a fresh interpreter per implementation."""
     out: Dict[str, Any] = {}
     for impl in impls:
         prog.note(f"memory: {impl}")
-        code = ("import json, sys; from reverie.bench.runner import memory_probe; "
-                f"print(json.dumps(memory_probe({impl!r}, {s.w1_capacity}, {s.seed})))")
-        try:
-            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 timeout=300, check=True)
-            out[impl] = json.loads(res.stdout.strip().splitlines()[-1])
-        except (subprocess.SubprocessError, ValueError, IndexError) as exc:
-            err = getattr(exc, "stderr", "") or ""
-            out[impl] = {"error": f"{type(exc).__name__}: {err.strip()[-300:]}"}
+        out[impl] = probe_in_subprocess("reverie.bench.runner", "memory_probe",
+                                        (impl, s.w1_capacity, s.seed), 300)
         prog.advance()
     return out
 
@@ -743,7 +753,7 @@ def report(rows: Sequence[Row], w3_rows: Sequence[Row], copies: Dict[str, Any],
     return "\n".join(lines)
 
 
-WORKLOADS = ("W1", "W2", "W3", "memory", "concurrency")
+WORKLOADS = ("W1", "W2", "W3", "memory", "concurrency", "episodes")
 
 
 def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[float] = None,
@@ -760,12 +770,23 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
     concurrent = "concurrency" in workloads and why["reverie"] is None
     if "concurrency" in workloads and not concurrent:
         skipped["concurrency"] = f"reverie {why['reverie']}"
+    episodic = "episodes" in workloads and why["reverie"] is None
+    if episodic:
+        from . import episodes
+
+        reason = episodes.unavailable()
+        if reason is not None:
+            episodic, skipped["episodes"] = False, reason
+    elif "episodes" in workloads:
+        skipped["episodes"] = f"reverie {why['reverie']}"
     total = (len(impls) * (3 * ("W1" in workloads) + len(s.w2_capacities) * ("W2" in workloads))
              + 2 * len(w3) + len(mem))
     if concurrent:
         from . import concurrency
 
         total += concurrency.cells()
+    if episodic:
+        total += episodes.cells()
     print(f"reverie.bench: {'quick' if quick else 'full'} run; "
           f"implementations: {', '.join(impls)}", file=sys.stderr)
     for impl, reason in skipped.items():
@@ -779,14 +800,19 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         w3_rows = [r for r in w3_rows if r.values]  # empty when W3 was not selected
         rows += w3_rows
         conc = concurrency.run(s, prog)[1] if concurrent else None
+        epi = episodes.run(s, prog)[1] if episodic else None
     finally:
         prog.close()
-    base = any(w != "concurrency" for w in workloads)
+    base = any(w not in ("concurrency", "episodes") for w in workloads)
     text = report(rows, w3_rows, copies, memory, skipped, s, "cpprb" in impls) if base else ""
     if conc is not None:
         text += ("\n\n" if text else "") + conc["report"]
     elif "concurrency" in skipped and not base:
         text += f"\nconcurrency: skipped, {skipped['concurrency']}"
+    if epi is not None:
+        text += ("\n\n" if text else "") + epi["report"]
+    elif "episodes" in skipped and not base:
+        text += f"\nepisodes: skipped, {skipped['episodes']}"
     elapsed = time.perf_counter() - t0
     text += f"\ntotal time {elapsed:.0f} s"
     print(text)
@@ -811,6 +837,8 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
     }
     if conc is not None:
         result["concurrency"] = conc
+    if epi is not None:
+        result["episodes"] = epi
     json_path = os.path.join(out_dir, "results.json")
     png_path = os.path.join(out_dir, "speedup.png")
     with open(json_path, "w") as f:
