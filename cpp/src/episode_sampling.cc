@@ -289,7 +289,6 @@ void ReplayBuffer::SampleTransitions(int64_t batch, int n_step, double gamma, ui
   struct Item {
     const StoredRows& rows;
     const RowCopier& copier;
-    const Storage& storage;
     const EpisodeConfig& episodes;
     StartPlan* plans;
     uint8_t* const* out;
@@ -346,7 +345,7 @@ void ReplayBuffer::SampleTransitions(int64_t batch, int n_step, double gamma, ui
       return "no transition can be sampled yet: a start needs a stored next row in its env "
              "stream (and a complete frame stack); add more steps";
     }
-  } item{rows, copier, storage_, episodes_, plans.get(), out, next_out, returns, discounts,
+  } item{rows, copier, episodes_, plans.get(), out, next_out, returns, discounts,
          n_step, gamma};
   SampleItems(batch, item, keys, weights);
 }
@@ -366,7 +365,6 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
   struct Item {
     const StoredRows& rows;
     const RowCopier& copier;
-    const Storage& storage;
     int k;
     int64_t burn_in, length, total;
     bool drop;
@@ -437,7 +435,7 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
                                    : std::string("a stored transition row"),
           " (and a complete frame stack); add more steps", drop ? " or use episode_end='pad'" : "");
     }
-  } item{rows, copier, storage_, k, burn_in, length, total, drop, window.data(), results.data(),
+  } item{rows, copier, k, burn_in, length, total, drop, window.data(), results.data(),
          out, mask};
   SampleItems(batch, item, keys, weights);
 }
