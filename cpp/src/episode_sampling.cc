@@ -312,6 +312,8 @@ void ReplayBuffer::SampleTransitions(int64_t batch, int n_step, double gamma, ui
       const int k = episodes.frame_stack;
       RowPos stack[64], next_stack[64];
       if (k > 1) {
+        // Complete when planned; a writer may have overwritten a row since, and then the
+        // recheck rejects this copy.
         StackRows(rows, p.start, k, stack);
         StackRows(rows, p.boot, k, next_stack);
       }
@@ -408,7 +410,7 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
               int64_t behind = hi.slot - slots[u];
               if (behind < 0) behind += rows.stream_rows();
               const RowPos row{hi.key - behind * rows.envs(), slots[u], hi.base};
-              StackRows(rows, row, k, stack);  // reads rows in [lo, hi] only
+              StackRows(rows, row, k, stack);  // rows in [lo, hi]; see SampleTransitions' Copy
               copier.CopyField(f, row, stack, dst + static_cast<size_t>(u - t) * bytes);
             }
           }

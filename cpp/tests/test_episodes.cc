@@ -91,6 +91,7 @@ TEST(FrameStacksRepeatTheFirstFrameAndNoticeOverwrittenRows) {
   CHECK(StackBottom(r, r.At(5), 4).key == 3);
   r.oldest = 1;  // row 0 overwritten: row 2's stack of 3 needs it
   CHECK(!StackRows(r, r.At(2), 3, out));
+  CHECK(out[0].key == 1 && out[1].key == 1 && out[2].key == 2);  // still stored rows
   CHECK(StackBottom(r, r.At(2), 3).key == -1);
   CHECK(StackBottom(r, r.At(2), 2).key == 1);
 }

@@ -79,20 +79,25 @@ struct RowPos {
 
 // The rows of the frame stack of `row` (present), oldest first, into out[0..k); positions
 // before the episode's first row repeat that row. Returns false when a needed row is no longer
-// present (the oldest stored rows). O(k).
+// present (the oldest stored rows, or a row a writer just overwrote); out[] then still names
+// stored slots (the oldest row found is repeated), so a copy from it stays in bounds. O(k).
 template <typename Rows>
 REVERIE_HD bool StackRows(const Rows& rows, RowPos row, int k, RowPos* out) {
   out[k - 1] = row;
   RowPos cur = row;
+  bool complete = true;
   for (int m = k - 2; m >= 0; --m) {
-    if ((rows.Flags(cur) & kFirstRow) == 0) {
+    if (complete && (rows.Flags(cur) & kFirstRow) == 0) {
       const RowPos prev = rows.Prev(cur);
-      if (!rows.Present(prev)) return false;
-      cur = prev;
+      if (rows.Present(prev)) {
+        cur = prev;
+      } else {
+        complete = false;
+      }
     }
     out[m] = cur;
   }
-  return true;
+  return complete;
 }
 
 // The oldest row a frame stack of `row` reads (itself when k == 1), or key -1 when the stack
