@@ -132,3 +132,86 @@ def test_prioritized_sequences_follow_sequence_priorities():
     buf.update_priorities(first.indices, prio + 1e-3)
     keys = torch.cat([buf.sample_sequences(64, 4).indices for _ in range(10)])
     assert (keys == first.indices[0]).float().mean() > 0.5
+
+
+def test_state_dict_of_a_partly_filled_prioritized_multi_env_buffer():
+    """Before the first lap the rows of 4 envs lie in 4 blocks of slots (stream-major); the
+    state's priorities must be accepted there and only there."""
+    a = rv.EpisodeBuffer(N * 16, SPEC, sampler=rv.Prioritized(), seed=2, num_envs=N)
+    for t in range(3):
+        step(a, t)
+    state = a.state_dict()
+    b = rv.EpisodeBuffer(N * 16, SPEC, sampler=rv.Prioritized(), num_envs=N)
+    b.load_state_dict(state)
+    assert same(a.sample(16), b.sample(16))
+    leaves = state["priorities"]["leaves"].clone()
+    leaves[5] = 7  # env 0's sixth row: not written yet
+    bad = dict(state, priorities=dict(state["priorities"], leaves=leaves))
+    with pytest.raises(ValueError, match="holds no item"):
+        rv.EpisodeBuffer(N * 16, SPEC, sampler=rv.Prioritized(), num_envs=N).load_state_dict(bad)
+
+
+def test_a_failed_sample_changes_nothing():
+    """No valid start (episodes of 5 steps, drop, length 10): ValueError, and the next
+    samples equal those of a twin that never made the call (the call number is taken back)."""
+    a, b = filled(steps=30), filled(steps=30)
+    with pytest.raises(ValueError, match="no sequence can be sampled"):
+        a.sample_sequences(4, 10, episode_end="drop")
+    assert same(a.sample(8, n_step=2), b.sample(8, n_step=2))
+    assert a.rate_limiter is None and len(a) == len(b)
+
+
+def test_rare_valid_starts_are_drawn_uniformly():
+    """When random draws rarely hit a valid start (drop with length 999 in episodes of
+    1000 steps: 2 valid starts per 1001 rows), the fallback lists the valid starts and draws
+    among them: uniform, chi-square p > 1e-3 (fixed seed)."""
+    from scipy import stats as scipy_stats
+
+    buf = rv.EpisodeBuffer(4004, SPEC, seed=5, num_envs=1)
+    ends = np.zeros(4004, bool)
+    ends[999::1001] = True  # terminated every 1000 steps, then a final-observation row
+    buf.extend(obs=np.zeros((4004, 1, 2), np.float32), action=np.zeros((4004, 1), np.int64),
+               reward=np.ones((4004, 1), np.float32), terminated=ends[:, None],
+               truncated=np.zeros((4004, 1), bool))
+    keys = torch.cat([buf.sample_sequences(64, 999, episode_end="drop").indices
+                      for _ in range(20)]).numpy()
+    valid = sorted(set(keys.tolist()))
+    assert valid == [0, 1, 1001, 1002, 2002, 2003, 3003, 3004][:len(valid)] and len(valid) == 8
+    counts = np.array([(keys == k).sum() for k in valid])
+    assert scipy_stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_two_writer_threads_take_turns():
+    """Writers of an EpisodeBuffer take the writer lock in turn: two threads writing whole
+    steps leave every env's rows in write order and consistent flags (no torn step)."""
+    import threading
+
+    buf = rv.EpisodeBuffer(N * 4096, SPEC, seed=0, num_envs=N)
+
+    def writer(tag: float) -> None:
+        for t in range(2000):
+            buf.extend(obs=np.full((N, 2), tag, np.float32), action=np.full(N, t, np.int64),
+                       reward=np.ones(N, np.float32), terminated=np.zeros(N, bool),
+                       truncated=np.zeros(N, bool))
+
+    threads = [threading.Thread(target=writer, args=(tag,)) for tag in (1.0, 2.0)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    obs = buf.columns["obs"].numpy().reshape(N, 4096, 2)
+    assert len(buf) == N * 4000
+    for e in range(1, N):  # a whole step is one writer's: every env got the same tag sequence
+        assert np.array_equal(obs[e, :4000], obs[0, :4000])
+    batch = buf.sample(64, n_step=3)
+    assert torch.equal(batch.discount, torch.full((64,), 0.99**3, dtype=torch.float32))
+
+
+def test_spec_inferred_from_a_block_of_steps():
+    """The first extend may be T steps [T, num_envs, ...]: the spec drops both axes."""
+    buf = rv.EpisodeBuffer(N * 8, num_envs=N)
+    buf.extend(obs=np.zeros((3, N, 2), np.float32), action=np.zeros((3, N), np.int64),
+               reward=np.zeros((3, N), np.float32), terminated=np.zeros((3, N), bool),
+               truncated=np.zeros((3, N), bool))
+    assert buf.spec["obs"].shape == (2,) and buf.spec["reward"].shape == ()
+    assert len(buf) == 3 * N

@@ -7,10 +7,12 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "reverie/atomics.h"
 #include "reverie/common.h"
 #include "reverie/episodes.h"
+#include "reverie/philox.h"
 #include "reverie/replay_buffer.h"
 #include "reverie/thread_pool.h"
 
@@ -163,9 +165,9 @@ void ReplayBuffer::CheckSequenceArgs(int64_t batch, int64_t burn_in, int64_t len
   REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
   REVERIE_CHECK(length >= 1, "length must be >= 1, got ", length);
   REVERIE_CHECK(burn_in >= 0, "burn_in must be >= 0, got ", burn_in);
-  REVERIE_CHECK(burn_in + length <= stream_capacity(), "a sequence of burn_in + length = ",
-                burn_in + length, " steps is longer than an env stream holds (capacity / num_envs = ",
-                stream_capacity(), ")");
+  REVERIE_CHECK(length <= stream_capacity() - burn_in, "a sequence of burn_in + length = ",
+                burn_in, " + ", length, " steps is longer than an env stream holds (capacity / ",
+                "num_envs = ", stream_capacity(), ")");
 }
 
 template <typename Item>
@@ -201,29 +203,56 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
   auto to_slot = [&](int64_t d) { return d < 0 || !by_key ? d : ring_.slot_of(oldest + d); };
   std::atomic<bool> none{false};  // no valid start exists
 
+  // Every valid start (slot, key and cumulative draw weight), listed once per piece of the
+  // batch when valid starts are too rare for random draws to find.
+  struct Candidates {
+    bool listed = false;
+    std::vector<int64_t> slots, keys;
+    std::vector<uint64_t> cumulative;
+  };
+  // Whether `slot` holds a valid start for position i; then slots[i], keys[i] and the item's
+  // plan are set.
+  auto valid = [&](int64_t i, int64_t slot) {
+    if (slot < 0 || slot >= cap) return false;
+    const uint64_t stamp = ring_.LoadStamp(slot);
+    if (!Stamp::IsCommitted(stamp)) return false;
+    if (!item.Plan(i, rows_at(Stamp::KeyOf(stamp), slot))) return false;
+    slots[i] = slot;
+    keys[i] = Stamp::KeyOf(stamp);
+    return true;
+  };
   // Makes slots[i] a valid start, drawing again (attempt numbers from `attempt`) as needed.
   // slots[i] holds the first draw already mapped to its slot.
-  auto resolve = [&](int64_t i, uint32_t attempt) {
-    auto valid = [&](int64_t slot) {
-      if (slot < 0 || slot >= cap) return false;
-      const uint64_t stamp = ring_.LoadStamp(slot);
-      if (!Stamp::IsCommitted(stamp)) return false;
-      if (!item.Plan(i, rows_at(Stamp::KeyOf(stamp), slot))) return false;
-      slots[i] = slot;
-      keys[i] = Stamp::KeyOf(stamp);
-      return true;
-    };
-    if (valid(slots[i])) return true;
+  auto resolve = [&](int64_t i, uint32_t attempt, Candidates& list) {
+    if (valid(i, slots[i])) return true;
     for (uint32_t a = attempt + 1; a <= attempt + kMaxStartDraws; ++a) {
-      if (valid(to_slot(sampler_->Redraw(request, i, a, slots)))) return true;
+      if (valid(i, to_slot(sampler_->Redraw(request, i, a, slots)))) return true;
     }
-    // Valid starts are rare (or there are none): probe every slot from a random start.
-    // Slightly biased toward the slots after long invalid runs; O(capacity).
-    const int64_t from = std::max<int64_t>(0, to_slot(sampler_->Redraw(request, i, attempt + kMaxStartDraws + 1, slots)));
-    for (int64_t n = 0; n < cap; ++n) {
-      int64_t slot = from + n;
-      if (slot >= cap) slot -= cap;
-      if ((by_key || sampler_->Drawable(request, i, slot, slots)) && valid(slot)) return true;
+    // Valid starts are rare (or there are none): list them all, O(capacity), and draw among
+    // them with the sampler's weights, so the draw stays uniform (or proportional to
+    // priority) among valid starts. A writer may change a listed start meanwhile: then the
+    // list is made again.
+    for (int round = 0; round < 3; ++round) {
+      if (!list.listed || round > 0) {
+        list = Candidates{};
+        list.listed = true;
+        uint64_t total = 0;
+        for (int64_t slot = 0; slot < cap; ++slot) {
+          const uint64_t weight = sampler_->DrawWeight(slot);
+          if (weight == 0 || !valid(i, slot)) continue;
+          total += weight;
+          list.slots.push_back(slot);
+          list.keys.push_back(keys[i]);
+          list.cumulative.push_back(total);
+        }
+      }
+      if (list.slots.empty()) return false;
+      const uint64_t u = MulHi64(RandomBits(request.seed, request.call, static_cast<uint32_t>(i),
+                                            attempt + kMaxStartDraws + 1 + static_cast<uint32_t>(round)),
+                                 list.cumulative.back());
+      const auto pick = static_cast<size_t>(
+          std::upper_bound(list.cumulative.begin(), list.cumulative.end(), u) - list.cumulative.begin());
+      if (valid(i, list.slots[pick]) && keys[i] == list.keys[pick]) return true;
     }
     return false;
   };
@@ -237,8 +266,9 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
       if (slots[i] >= 0 && slots[i] < cap) item.Prefetch(slots[i]);
     }
     auto fail = [&] { none.store(true, std::memory_order_relaxed); };
+    Candidates list;
     for (int64_t i = begin; i < end; ++i) {
-      if (!resolve(i, 0)) return fail();
+      if (!resolve(i, 0, list)) return fail();
       item.PrefetchData(i);
     }
     for (int64_t i = begin; i < end; ++i) item.Copy(i);
@@ -247,7 +277,7 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
       // A row changed under the copy (a writer lapped it): another start for this item.
       for (uint32_t attempt = kMaxStartDraws + 2; !item.Recheck(i); attempt += kMaxStartDraws + 2) {
         slots[i] = to_slot(sampler_->Redraw(request, i, attempt, slots));
-        if (!resolve(i, attempt)) return fail();
+        if (!resolve(i, attempt, list)) return fail();
         item.Copy(i);
         std::atomic_thread_fence(std::memory_order_acquire);
       }
@@ -267,6 +297,7 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
     pool.ParallelFor(batch, chunks, work);
     if (none.load(std::memory_order_relaxed)) {
       limiter_.Unsample(batch);
+      UndoCall(request.call);  // nothing was sampled: the buffer is as before
       throw std::invalid_argument(item.NoneMessage());
     }
     if (sampler_->epoch() == epoch) break;

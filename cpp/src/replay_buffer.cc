@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <optional>
 
 #include "reverie/atomics.h"
 #include "reverie/common.h"
@@ -235,6 +236,11 @@ int64_t ReplayBuffer::stale_updates() const {
 
 uint64_t ReplayBuffer::NextCall() { return header_->calls.fetch_add(1, std::memory_order_relaxed); }
 
+void ReplayBuffer::UndoCall(uint64_t call) {
+  uint64_t expected = call + 1;
+  header_->calls.compare_exchange_strong(expected, call, std::memory_order_relaxed);
+}
+
 uint64_t ReplayBuffer::sample_calls() const {
   return header_->calls.load(std::memory_order_relaxed);
 }
@@ -351,6 +357,11 @@ void ReplayBuffer::CopyRows(const ArrayView* const* values, int64_t row, int64_t
 
 void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
   limiter_.AwaitInsert(count, poll_);
+  // An episode buffer's streams continue from each env's last row (WriteFlags): its writers
+  // take turns, whole write by whole write, under the writer lock (taken after the limiter's
+  // wait, so a waiting writer never holds up update_priorities).
+  std::optional<WriterLock> episode_lock;
+  if (episodes_.enabled()) episode_lock.emplace(*this);
   const int64_t cap = capacity();
   const int64_t first = ring_.Claim(count);  // step 1: keys [first, first + count) are ours
   // Only the last `capacity` items survive; write just those.
@@ -400,7 +411,8 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
     // The slots are marked as being written and get their new priority under the writer
     // lock, so an update that checks a slot's stamp under the same lock never gives the new
     // item the old item's priority.
-    WriterLock lock(*this);
+    std::optional<WriterLock> lock;
+    if (!episode_lock) lock.emplace(*this);
     acquire_all();
     for_each_run([&](int64_t, int64_t slot, int64_t n) { sampler_->OnInsert(slot, n); });
   } else {

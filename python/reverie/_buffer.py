@@ -171,6 +171,14 @@ class ReplayBuffer:
             **self._core_options(spec))
 
     # Hooks for subclasses with more core configuration (EpisodeBuffer).
+    def _leading_axes(self, fields: Mapping[str, Any]) -> int:
+        """Axes before the item's shape in an extend() whose spec is being inferred."""
+        return 1
+
+    def _slots_of(self, keys: np.ndarray) -> np.ndarray:
+        """The slots of the given keys (vectorized)."""
+        return keys % self._capacity
+
     def _core_options(self, spec: Dict[str, Field]) -> Dict[str, Any]:
         """Extra keyword arguments of the core for this spec (validated here)."""
         return {}
@@ -220,7 +228,8 @@ class ReplayBuffer:
         self._check_open()
         if not fields:
             raise ValueError("add()/extend() need at least one field, e.g. add(obs=..., reward=...)")
-        self._build({name: infer_field(name, v, batched) for name, v in fields.items()})
+        lead = self._leading_axes(fields) if batched else 0
+        self._build({name: infer_field(name, v, lead) for name, v in fields.items()})
         try:
             if batched:
                 self.extend(**fields)
@@ -445,7 +454,8 @@ class ReplayBuffer:
     def columns(self) -> Dict[str, torch.Tensor]:
         """Zero-copy views of the storage: {name: tensor [capacity, *shape]}.
 
-        Rows ``[0, len(self))`` hold items; writing to a view writes the buffer.
+        Rows ``[0, len(self))`` hold items (an EpisodeBuffer: see its ``columns``); writing
+        to a view writes the buffer.
         """
         if self._core is None:
             return {}
@@ -561,10 +571,12 @@ class ReplayBuffer:
             if not isinstance(leaves, torch.Tensor) or leaves.dtype != torch.int64 or tuple(leaves.shape) != (self._capacity,):
                 raise ValueError(f"state priority leaves must be an int64 tensor of shape ({self._capacity},)")
             leaves = leaves.detach().cpu().contiguous().numpy()
-            stored = min(written, self._capacity)
-            if (leaves < 0).any() or leaves[stored:].any():
-                raise ValueError("state priorities are inconsistent with its counters: "
-                                 f"only the first {stored} slots hold items")
+            holds = np.zeros(self._capacity, dtype=bool)
+            holds[self._slots_of(np.arange(max(0, written - self._capacity), written))] = True
+            if (leaves < 0).any() or leaves[~holds].any():
+                raise ValueError("state priorities are inconsistent with its counters: a slot "
+                                 f"that holds no item has a priority ({holds.sum()} of "
+                                 f"{self._capacity} slots hold items)")
             core.set_priority_state(leaves.view(np.uint64), int(pr["scale_exp"]), float(pr["max_q"]))
         for i, arr in enumerate(arrays):
             core.load_column(i, arr)

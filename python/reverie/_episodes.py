@@ -45,7 +45,9 @@ class EpisodeBuffer(ReplayBuffer):
             repeat its first frame.
         reward, terminated, truncated: the names of those fields.
 
-    Writing: one writer (thread or process) at a time; sampling from any number of threads.
+    Writes take turns under the buffer's writer lock (safe from several threads or
+    processes), but each env's stream must get the steps of one env: one actor per buffer,
+    or one loop stepping all envs. Sampling runs from any number of threads.
     """
 
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
@@ -108,6 +110,19 @@ class EpisodeBuffer(ReplayBuffer):
         self._next_names = [f"next_{n}" for n in self._obs_fields]
         return {"episodes": (self._num_envs, reward, terminated, truncated, obs, self._frame_stack)}
 
+    def _leading_axes(self, fields: Mapping[str, Any]) -> int:
+        # The reward is a scalar per row: its axes are the leading ones, (num_envs,) for one
+        # step or (T, num_envs) for T steps.
+        reward = fields.get(self._roles["reward"])
+        shape = getattr(reward, "shape", None)
+        if shape is None and isinstance(reward, (list, tuple)):
+            shape = np.shape(reward)
+        return 2 if shape is not None and len(shape) == 2 else 1
+
+    def _slots_of(self, keys: np.ndarray) -> np.ndarray:
+        per = self._capacity // self._num_envs
+        return (keys % self._num_envs) * per + (keys // self._num_envs) % per
+
     def _extra_state(self, core: Any) -> Dict[str, Any]:
         flags, streams = core.episode_state()
         return {"episodes": {"options": self._options(), "row_flags": torch.from_numpy(flags),
@@ -120,6 +135,10 @@ class EpisodeBuffer(ReplayBuffer):
         if dict(episodes["options"]) != self._options():
             raise ValueError(f"state has episode options {dict(episodes['options'])}, this "
                              f"buffer {self._options()}")
+        written = int(state["counters"]["written"])
+        if written % self._num_envs:
+            raise ValueError(f"state has {written} rows written, not whole steps of "
+                             f"num_envs={self._num_envs} envs")
         flags = episodes["row_flags"].detach().cpu().contiguous().numpy().astype(np.uint8, copy=False)
         streams = episodes["stream_flags"].detach().cpu().contiguous().numpy().astype(np.uint8, copy=False)
         core.set_episode_state(flags, streams)
@@ -209,6 +228,13 @@ class EpisodeBuffer(ReplayBuffer):
         return out
 
     # ---- inspection ---------------------------------------------------------------------
+
+    @property
+    def columns(self) -> Dict[str, torch.Tensor]:
+        """Zero-copy views of the storage: {name: tensor [capacity, *shape]}, stream-major:
+        env e's rows are ``[e * per, (e + 1) * per)`` with ``per = capacity // num_envs``,
+        step t at row ``e * per + t % per``."""
+        return super().columns
 
     @property
     def num_envs(self) -> int:

@@ -105,9 +105,10 @@ def normalize_spec(spec: SpecLike) -> dict[str, Field]:
     return out
 
 
-def infer_field(name: str, value: Any, batched: bool) -> Field:
+def infer_field(name: str, value: Any, batched: Union[bool, int]) -> Field:
     """The Field a value implies: arrays and tensors keep their dtype, a Python float is
-    float32, an int int64, a bool bool. With `batched` the leading axis is the batch."""
+    float32, an int int64, a bool bool. With `batched` the leading axis is the batch (an int:
+    that many leading axes, e.g. 2 for time x envs)."""
     if isinstance(value, torch.Tensor):
         dtype: str = dtype_name(value.dtype)
         shape = tuple(value.shape)
@@ -130,10 +131,12 @@ def infer_field(name: str, value: Any, batched: bool) -> Field:
             f"field '{name}': expected a tensor, numpy array or number, "
             f"got {type(value).__name__}"
         )
-    if batched:
-        if not shape:
+    lead = int(batched)
+    if lead:
+        if len(shape) < lead:
             raise ValueError(
-                f"field '{name}': extend() needs a leading batch axis, got a scalar"
+                f"field '{name}': extend() needs {lead} leading batch ax{'is' if lead == 1 else 'es'}, "
+                f"got shape {shape}"
             )
-        shape = shape[1:]
+        shape = shape[lead:]
     return Field(dtype, shape)

@@ -5,7 +5,7 @@
 // (a vectorized env): step t of env e is key t*N + e, so env e's rows are keys e, e+N, e+2N,
 // ... and the next row of the same stream is always key + N, across the ring's wrap-around
 // too. In memory each env's rows are adjacent (the ring is stream-major, ring.h), so a
-// sequence is one run of rows. A row is *present* while its slot's commit stamp holds its
+// sequence is one run of rows (two where it wraps past the end of its stream's rows). A row is *present* while its slot's commit stamp holds its
 // key (ring.h): rows not yet written and rows overwritten since both fail that test.
 //
 // Rows follow gymnasium's next-step autoreset. A row is (obs_t, action_t, reward_t,

@@ -73,6 +73,7 @@ class PrioritizedSampler final : public Sampler {
   bool Drawable(const SampleRequest&, int64_t, int64_t slot, const int64_t*) const override {
     return tree_.leaf(slot) != 0;
   }
+  uint64_t DrawWeight(int64_t slot) const override { return tree_.leaf(slot); }
   // O(B).
   void Weights(const int64_t* slots, int64_t begin, int64_t end, float* weights) const override;
   // O(n + depth) for a contiguous range (wrapping ranges are two).

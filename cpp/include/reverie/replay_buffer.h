@@ -38,7 +38,9 @@ struct BufferHeader;  // the region's first bytes: counters, locks, limiter and 
 // (and, for a shared buffer, processes) at once, except the state setters at the end.
 //  - Add/Extend are lock-free (ring.h): writers claim keys with one atomic add and publish
 //    each slot with a commit stamp. With a prioritized sampler a writer also takes the
-//    writer lock for the moment it marks its slots and sets their priorities.
+//    writer lock for the moment it marks its slots and sets their priorities. An episode
+//    buffer's writers hold the writer lock for the whole write (each continues the streams
+//    from the last one's rows).
 //  - Sample takes no lock: it validates every row it copies against the slot's stamp and
 //    redraws rows that were being written.
 //  - UpdatePriorities takes the writer lock (one tree writer at a time; samplers read the
@@ -193,6 +195,9 @@ class ReplayBuffer {
   void SampleItems(int64_t batch, Item& item, int64_t* keys, float* weights);
   // The next sample call's number (keys the generator).
   uint64_t NextCall();
+  // Takes call number `call` back (a call that failed after NextCall), unless another call
+  // took a number since.
+  void UndoCall(uint64_t call);
   // Row flags of a write: computes and stores them for the kept rows (see episodes.h).
   void WriteFlags(const ArrayView* const* values, int64_t first, int64_t count, int64_t skip,
                   const std::vector<int64_t>* lapped);
@@ -205,10 +210,10 @@ class ReplayBuffer {
   RateLimiter limiter_;
   uint64_t seed_;
   std::function<void()> poll_;
-  std::atomic<int> skip_quiet_{0};
+  std::atomic<int> skip_quiet_{0};  // sample calls left that skip the quiet path (a hint)
   EpisodeConfig episodes_;
   uint8_t* flags_ = nullptr;    // per slot (episodes only)
-  uint8_t* streams_ = nullptr;  // per env: its last row's flags (episodes only)  // sample calls left that skip the quiet path (a hint)
+  uint8_t* streams_ = nullptr;  // per env: its last row's flags (episodes only)
 };
 
 }  // namespace reverie

@@ -109,7 +109,8 @@ class Ring {
   int64_t committed() const { return counters_->committed.load(std::memory_order_acquire); }
   // Items stored and committed (what len() reports). O(1).
   int64_t size() const { return Clamp(committed()); }
-  // Slots [0, range()) have been claimed at least once: draws come from there. O(1).
+  // How many slots have been claimed at least once: with one stream, slots [0, range());
+  // with several, the slots of keys [claimed - range, claimed). O(1).
   int64_t range() const { return Clamp(claimed()); }
   int64_t slot_of(int64_t key) const {
     if (streams_ == 1) return key % capacity_;

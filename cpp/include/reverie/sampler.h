@@ -45,6 +45,9 @@ class Sampler {
   // replacement, not another entry of `slots`.
   virtual bool Drawable(const SampleRequest& request, int64_t i, int64_t slot,
                         const int64_t* slots) const = 0;
+  // The relative chance that a draw lands on `slot`: 1 for uniform sampling, the slot's leaf
+  // (in tree units) for prioritized. For samplers that draw among a list of candidates.
+  virtual uint64_t DrawWeight(int64_t /*slot*/) const { return 1; }
   // Importance weights of the final slots [begin, end) (prioritized samplers only).
   virtual void Weights(const int64_t* slots, int64_t begin, int64_t end, float* weights) const;
   // Draw + Weights over [begin, end), for callers without concurrent writers (tests).
