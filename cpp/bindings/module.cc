@@ -392,6 +392,15 @@ py::list NewEpisodeArrays(const ReplayBuffer& buf, const std::vector<py::ssize_t
   return arrays;
 }
 
+// The importance-weight output of a sample call: a fresh float32 array (with *w pointing into
+// it) for a prioritized buffer, else None (and *w null).
+py::object NewWeights(const ReplayBuffer& buf, int64_t batch, float** w) {
+  if (!buf.sampler().prioritized()) return py::none();
+  py::array_t<float> weights(batch);
+  *w = weights.mutable_data();
+  return std::move(weights);
+}
+
 PrioritizedSampler& Prioritized(ReplayBuffer& buf) {
   auto* p = dynamic_cast<const PrioritizedSampler*>(&buf.sampler());
   if (p == nullptr) throw std::invalid_argument("this buffer's sampler is not prioritized");
@@ -497,13 +506,8 @@ PYBIND11_MODULE(_core, m) {
           }
         }
         py::array_t<int64_t> keys(batch);
-        py::object weights = py::none();
         float* w = nullptr;
-        if (buf.sampler().prioritized()) {
-          py::array_t<float> wa(batch);
-          w = wa.mutable_data();
-          weights = std::move(wa);
-        }
+        py::object weights = NewWeights(buf, batch, &w);
         int64_t* k = keys.mutable_data();
         {
           py::gil_scoped_release release;
@@ -526,13 +530,8 @@ PYBIND11_MODULE(_core, m) {
         }
         py::array_t<float> returns(batch), discounts(batch);
         py::array_t<int64_t> keys(batch);
-        py::object weights = py::none();
         float* w = nullptr;
-        if (buf.sampler().prioritized()) {
-          py::array_t<float> wa(batch);
-          w = wa.mutable_data();
-          weights = std::move(wa);
-        }
+        py::object weights = NewWeights(buf, batch, &w);
         float* r = returns.mutable_data();
         float* d = discounts.mutable_data();
         int64_t* k = keys.mutable_data();
@@ -550,13 +549,8 @@ PYBIND11_MODULE(_core, m) {
         py::list arrays = NewEpisodeArrays(buf, {batch, total}, &dst);
         py::array_t<bool> mask({batch, total});
         py::array_t<int64_t> keys(batch);
-        py::object weights = py::none();
         float* w = nullptr;
-        if (buf.sampler().prioritized()) {
-          py::array_t<float> wa(batch);
-          w = wa.mutable_data();
-          weights = std::move(wa);
-        }
+        py::object weights = NewWeights(buf, batch, &w);
         auto* m = reinterpret_cast<uint8_t*>(mask.mutable_data());
         int64_t* k = keys.mutable_data();
         {

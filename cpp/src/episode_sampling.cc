@@ -176,20 +176,8 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
   auto rows_at = [stream_rows](int64_t key, int64_t slot) {
     return RowPos{key, slot, slot - slot % stream_rows};
   };
-  limiter_.AdmitSample(batch, poll_);
-  SampleRequest request;
-  request.seed = seed_;
-  request.batch = batch;
-  request.size = ring_.size();
-  const int64_t claimed = ring_.claimed();
-  request.range = std::min(claimed, capacity());
-  try {
-    sampler_->ValidateSample(request);
-  } catch (...) {
-    limiter_.Unsample(batch);
-    throw;
-  }
-  request.call = NextCall();
+  int64_t claimed = 0;
+  const SampleRequest request = BeginSample(batch, &claimed);
   const std::unique_ptr<int64_t[]> slot_buffer(new int64_t[static_cast<size_t>(batch)]);
   int64_t* slots = slot_buffer.get();
   float* w = sampler_->prioritized() ? weights : nullptr;

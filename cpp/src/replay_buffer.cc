@@ -236,6 +236,25 @@ int64_t ReplayBuffer::stale_updates() const {
 
 uint64_t ReplayBuffer::NextCall() { return header_->calls.fetch_add(1, std::memory_order_relaxed); }
 
+SampleRequest ReplayBuffer::BeginSample(int64_t batch, int64_t* claimed) {
+  limiter_.AdmitSample(batch, poll_);  // may wait; counts the items as sampled
+  SampleRequest request;
+  request.seed = seed_;
+  request.batch = batch;
+  request.size = ring_.size();
+  const int64_t claimed_now = ring_.claimed();
+  request.range = std::min(claimed_now, capacity());
+  if (claimed != nullptr) *claimed = claimed_now;
+  try {
+    sampler_->ValidateSample(request);
+  } catch (...) {
+    limiter_.Unsample(batch);
+    throw;
+  }
+  request.call = NextCall();
+  return request;
+}
+
 void ReplayBuffer::UndoCall(uint64_t call) {
   uint64_t expected = call + 1;
   header_->calls.compare_exchange_strong(expected, call, std::memory_order_relaxed);
@@ -509,19 +528,7 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   REVERIE_CHECK(!episodes_.enabled(), "an episode buffer samples transitions or sequences "
                 "(SampleTransitions, SampleSequences)");
   REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
-  limiter_.AdmitSample(batch, poll_);  // may wait; counts the items as sampled
-  SampleRequest request;
-  request.seed = seed_;
-  request.batch = batch;
-  request.size = ring_.size();
-  request.range = ring_.range();
-  try {
-    sampler_->ValidateSample(request);
-  } catch (...) {
-    limiter_.Unsample(batch);
-    throw;
-  }
-  request.call = NextCall();
+  const SampleRequest request = BeginSample(batch, nullptr);
   // Keys hold the rows' stamps until the end.
   const std::unique_ptr<int64_t[]> slot_buffer(new int64_t[static_cast<size_t>(batch)]);
   int64_t* slots = slot_buffer.get();

@@ -195,6 +195,10 @@ class ReplayBuffer {
   void SampleItems(int64_t batch, Item& item, int64_t* keys, float* weights);
   // The next sample call's number (keys the generator).
   uint64_t NextCall();
+  // The start of every sample call: admits `batch` items through the rate limiter (may
+  // wait), validates the request (ValueError, the admission taken back) and numbers the
+  // call. `claimed` (may be null) receives the claimed count the draw range came from.
+  SampleRequest BeginSample(int64_t batch, int64_t* claimed);
   // Takes call number `call` back (a call that failed after NextCall), unless another call
   // took a number since.
   void UndoCall(uint64_t call);
