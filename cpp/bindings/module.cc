@@ -462,6 +462,8 @@ PYBIND11_MODULE(_core, m) {
                st.kind = StorageConfig::Kind::kCreateShared;
              } else if (storage == "attach_shared") {
                st.kind = StorageConfig::Kind::kAttachShared;
+             } else if (storage == "file") {
+               st.kind = StorageConfig::Kind::kFile;
              } else {
                throw std::invalid_argument("unknown storage '" + storage + "'");
              }
@@ -598,6 +600,8 @@ PYBIND11_MODULE(_core, m) {
         return py::str(buf.shared_name());
       })
       .def("unlink", &ReplayBuffer::Unlink)
+      .def("flush", &ReplayBuffer::Flush, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("reopened", &ReplayBuffer::reopened)
       .def("configure_rate_limiter", [](ReplayBuffer& buf, bool enabled, int64_t min_size, double spi,
                                         double tolerance, double timeout) {
         buf.rate_limiter().Configure(RateLimitConfig{enabled, min_size, spi, tolerance, timeout});

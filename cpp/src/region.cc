@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -130,6 +131,46 @@ Region Region::AttachShared(const std::string& name) {
   return r;
 }
 
+Region Region::MapFile(const std::string& path, size_t bytes, bool* existed) {
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw SystemError("cannot open or create '" + path + "'");
+  Region r;
+  r.fd_ = fd;  // from here on the destructor closes it (and so releases the lock)
+  r.name_ = path;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      throw std::invalid_argument("'" + path + "' is in use by another buffer (a file-backed "
+                                  "buffer is opened by one buffer in one process at a time)");
+    }
+    throw SystemError("cannot lock '" + path + "'");
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) throw SystemError("cannot stat '" + path + "'");
+  const auto size = static_cast<size_t>(st.st_size);
+  *existed = size != 0;
+  if (size == 0) {
+    if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+      throw SystemError("cannot size '" + path + "' to " + std::to_string(bytes) + " bytes");
+    }
+  } else if (size != bytes) {
+    throw std::invalid_argument(internal::Concat(
+        "'", path, "' holds ", size, " bytes, but a buffer of this capacity, spec and sampler "
+        "needs ", bytes, ": it was made with other settings (or is not a reverie buffer)"));
+  }
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) throw SystemError("cannot map '" + path + "'");
+  r.data_ = static_cast<uint8_t*>(p);
+  r.bytes_ = bytes;
+  r.mapped_ = true;
+  return r;
+}
+
+void Region::Flush() {
+  if (fd_ >= 0 && mapped_ && msync(data_, bytes_, MS_SYNC) != 0) {
+    throw SystemError("cannot write '" + name_ + "' back to disk");
+  }
+}
+
 Region::~Region() { Release(); }
 
 Region::Region(Region&& other) noexcept
@@ -138,7 +179,8 @@ Region::Region(Region&& other) noexcept
       shared_(other.shared_),
       mapped_(std::exchange(other.mapped_, false)),
       name_(std::move(other.name_)),
-      owner_pid_(std::exchange(other.owner_pid_, 0)) {}
+      owner_pid_(std::exchange(other.owner_pid_, 0)),
+      fd_(std::exchange(other.fd_, -1)) {}
 
 Region& Region::operator=(Region&& other) noexcept {
   if (this != &other) {
@@ -149,6 +191,7 @@ Region& Region::operator=(Region&& other) noexcept {
     mapped_ = std::exchange(other.mapped_, false);
     name_ = std::move(other.name_);
     owner_pid_ = std::exchange(other.owner_pid_, 0);
+    fd_ = std::exchange(other.fd_, -1);
   }
   return *this;
 }
@@ -163,10 +206,12 @@ void Region::Unlink() {
 
 void Region::Release() {
   Unlink();
-  if (mapped_) munmap(data_, bytes_);
+  if (mapped_) munmap(data_, bytes_);  // a file's dirty pages still reach it (page cache)
+  if (fd_ >= 0) close(fd_);
   data_ = nullptr;
   bytes_ = 0;
   mapped_ = false;
+  fd_ = -1;
 }
 
 void ProcessMutex::Init() {

@@ -177,7 +177,7 @@ ReplayBuffer::ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec,
                 "episode buffers sample with replacement: Uniform(replacement=False) is not supported");
   const RegionLayout layout = MakeRegionLayout(storage_, prioritized, episodes_);
   const uint64_t fingerprint = FingerprintOf(capacity, storage_.spec(), sampler, seed, episodes_);
-  const bool attach = storage.kind == StorageConfig::Kind::kAttachShared;
+  bool attach = storage.kind == StorageConfig::Kind::kAttachShared;
   if (prioritized && !attach) {
     // Check the config before a segment is created.
     PrioritizedSampler probe(1, sampler.prioritized);
@@ -186,19 +186,27 @@ ReplayBuffer::ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec,
     case StorageConfig::Kind::kPrivate: region_ = Region::Private(layout.total); break;
     case StorageConfig::Kind::kCreateShared: region_ = Region::CreateShared(storage.name, layout.total); break;
     case StorageConfig::Kind::kAttachShared: region_ = Region::AttachShared(storage.name); break;
+    case StorageConfig::Kind::kFile: region_ = Region::MapFile(storage.name, layout.total, &attach); break;
   }
+  const char* what = storage.kind == StorageConfig::Kind::kFile ? "file" : "shared memory";
   uint8_t* base = region_.data();
   if (attach) {
-    REVERIE_CHECK(region_.size() >= sizeof(BufferHeader), "shared memory '", storage.name,
+    REVERIE_CHECK(region_.size() >= sizeof(BufferHeader), what, " '", storage.name,
                   "' is not a reverie buffer (", region_.size(), " bytes)");
     header_ = reinterpret_cast<BufferHeader*>(base);
     REVERIE_CHECK(header_->magic.load(std::memory_order_acquire) == BufferHeader::kMagic &&
                       header_->version == BufferHeader::kVersion,
-                  "shared memory '", storage.name, "' is not a reverie buffer of this version");
+                  what, " '", storage.name, "' is not a reverie buffer of this version");
     REVERIE_CHECK(header_->total_bytes == layout.total && region_.size() == layout.total &&
                       header_->fingerprint == fingerprint,
-                  "shared buffer '", storage.name, "' was made with another capacity, spec, ",
+                  what, " '", storage.name, "' holds a buffer made with another capacity, spec, ",
                   "sampler or seed than given here");
+    if (storage.kind == StorageConfig::Kind::kFile) {
+      // Reopened, under the file's exclusive lock: the process-shared objects of the last
+      // process to use it are stale, so they start afresh.
+      reopened_ = true;
+      header_->writer_mu.Init();
+    }
   } else {
     header_ = new (base) BufferHeader();
     header_->total_bytes = layout.total;
@@ -224,6 +232,8 @@ ReplayBuffer::ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec,
   } else {
     sampler_ = std::make_unique<UniformSampler>(sampler.replacement);
   }
+  // A process that used the file may have died inside a tree update: rebuild it.
+  if (reopened_) sampler_->Repair();
   // Attachers may look now.
   if (!attach) header_->magic.store(BufferHeader::kMagic, std::memory_order_release);
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import secrets
 import threading
@@ -92,11 +93,18 @@ class ReplayBuffer:
         seed: seeds the counter-based generator: the same seed and the same calls give the
             same samples on any machine. Default: a random seed.
         rate_limiter: optional ``RateLimiter`` (minimum size, samples per insert).
-        storage: ``"memory"`` (this process) or ``"shared"``: POSIX shared memory that
-            worker processes use too. A shared buffer pickles as a handle, so it can be
-            passed to ``multiprocessing`` / ``torch.multiprocessing`` workers (spawn or
-            fork); they attach by name. The creating process owns the segment and removes
-            it on ``close()``, when the buffer is garbage collected, or when it exits.
+        storage: ``"memory"`` (this process), ``"shared"`` or ``"memmap"``.
+            ``"shared"``: POSIX shared memory that worker processes use too. A shared buffer
+            pickles as a handle, so it can be passed to ``multiprocessing`` /
+            ``torch.multiprocessing`` workers (spawn or fork); they attach by name. The
+            creating process owns the segment and removes it on ``close()``, when the buffer
+            is garbage collected, or when it exits.
+            ``"memmap"``: the whole buffer (columns, counters, priority tree) lives in the
+            file ``path``, so it may exceed RAM (the OS pages it in and out). Creating a
+            buffer on an existing path reopens it with everything it held; its settings
+            are kept in ``<path>.json`` (spec and seed may then be left out). One buffer in
+            one process opens a path at a time.
+        path: the file of a ``storage="memmap"`` buffer.
 
     >>> buf = ReplayBuffer(100_000, sampler=Prioritized(alpha=0.6, beta=0.4), seed=0)
     >>> buf.add(obs=np.zeros(4, np.float32), action=1, reward=0.5, done=False)
@@ -107,7 +115,7 @@ class ReplayBuffer:
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
                  sampler: Union[Uniform, Prioritized, None] = None,
                  seed: Optional[int] = None, *, rate_limiter: Optional[RateLimiter] = None,
-                 storage: str = "memory") -> None:
+                 storage: str = "memory", path: Optional[Union[str, os.PathLike]] = None) -> None:
         capacity = _as_int("capacity", capacity)
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0, got {capacity}")
@@ -115,6 +123,16 @@ class ReplayBuffer:
             sampler = Uniform()
         if not isinstance(sampler, (Uniform, Prioritized)):
             raise TypeError(f"sampler must be Uniform or Prioritized, got {type(sampler).__name__}")
+        if storage not in ("memory", "shared", "memmap"):
+            raise ValueError(f"storage must be 'memory', 'shared' or 'memmap', got {storage!r}")
+        file: Optional[str] = None
+        if storage == "memmap":
+            if path is None:
+                raise ValueError("storage='memmap' needs path=, the file the buffer lives in")
+            file = os.fspath(path)
+            spec, seed = self._reopen_settings(file, capacity, spec, sampler, seed)
+        elif path is not None:
+            raise ValueError(f"path= is for storage='memmap' (this buffer: storage={storage!r})")
         if seed is None:
             seed = secrets.randbits(63)
         seed = _as_int("seed", seed)
@@ -122,11 +140,9 @@ class ReplayBuffer:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
             raise TypeError(f"rate_limiter must be a RateLimiter, got {type(rate_limiter).__name__}")
-        if storage not in ("memory", "shared"):
-            raise ValueError(f"storage must be 'memory' or 'shared', got {storage!r}")
-        if storage == "shared" and spec is None:
-            raise ValueError("storage='shared' needs spec= (other processes attach to a fixed "
-                             "layout), e.g. spec={'obs': ('float32', (17,)), 'reward': ('float32', ())}")
+        if storage != "memory" and spec is None:
+            raise ValueError(f"storage={storage!r} needs spec= (its layout is fixed up front), "
+                             "e.g. spec={'obs': ('float32', (17,)), 'reward': ('float32', ())}")
         sampler = copy.copy(sampler)  # bound to this buffer (beta changes reach its core)
         if isinstance(sampler, Prioritized):
             sampler._core = None  # a sampler passed from another buffer is not bound here
@@ -134,10 +150,58 @@ class ReplayBuffer:
         if limiter is not None:
             limiter._core = None
         self._init_fields(capacity, seed, storage, sampler, limiter)
+        self._path: Optional[str] = file
         if spec is not None:
             self._build(normalize_spec(spec))
 
     # ---- construction -------------------------------------------------------------------
+
+    def _settings(self, spec: Mapping[str, Any]) -> Dict[str, Any]:
+        """What a memmap buffer's <path>.json keeps: everything its layout depends on."""
+        return {"class": type(self).__name__, "capacity": self._capacity,
+                "spec": {n: [f.dtype, list(f.shape)] for n, f in normalize_spec(spec).items()},
+                "sampler": {k: v for k, v in self._sampler.config().items() if k != "beta"},
+                "seed": self._seed, "options": _jsonable(self._options())}
+
+    def _reopen_settings(self, file: str, capacity: int, spec: Optional[SpecLike],
+                         sampler: Union[Uniform, Prioritized],
+                         seed: Optional[int]) -> Tuple[Optional[SpecLike], Optional[int]]:
+        """For an existing memmap file: the spec and seed it was made with (given ones must
+        match). Returns (spec, seed) unchanged for a new file."""
+        meta_path = file + ".json"
+        if not (os.path.exists(file) and os.path.getsize(file) > 0):
+            return spec, seed
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"'{file}' exists but its settings file '{meta_path}' cannot be "
+                             f"read ({e}); it is not a reverie memmap buffer, or was moved "
+                             "without its .json") from None
+        given = {"class": type(self).__name__, "capacity": capacity,
+                 "sampler": {k: v for k, v in sampler.config().items() if k != "beta"},
+                 "options": _jsonable(self._options())}
+        for key, value in given.items():
+            if meta.get(key) != value:
+                raise ValueError(f"'{file}' holds a buffer with {key} {meta.get(key)!r}; this "
+                                 f"call asks for {value!r}")
+        if spec is not None and {n: [f.dtype, list(f.shape)]
+                                 for n, f in normalize_spec(spec).items()} != meta["spec"]:
+            raise ValueError(f"'{file}' holds a buffer with spec {meta['spec']}; this call "
+                             f"gives {spec}")
+        if seed is not None and _as_int("seed", seed) != meta["seed"]:
+            raise ValueError(f"'{file}' holds a buffer with seed {meta['seed']}; this call "
+                             f"gives {seed} (leave seed out to keep the file's)")
+        return {n: (d, tuple(sh)) for n, (d, sh) in meta["spec"].items()}, int(meta["seed"])
+
+    def _write_settings(self, spec: Mapping[str, Any]) -> None:
+        assert self._path is not None
+        tmp = f"{self._path}.json.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self._settings(spec), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path + ".json")
 
     def _init_fields(self, capacity: int, seed: int, storage: str,
                      sampler: Union[Uniform, Prioritized], limiter: Optional[RateLimiter]) -> None:
@@ -145,6 +209,7 @@ class ReplayBuffer:
         self._capacity = capacity
         self._seed = seed
         self._storage = storage
+        self._path = None  # the file of a memmap buffer (set by __init__)
         self._closed = False
         self._finalizer: Optional[mp_util.Finalize] = None
         self._sampler = sampler
@@ -155,7 +220,14 @@ class ReplayBuffer:
         self._columns: Optional[Dict[str, torch.Tensor]] = None
 
     def _build(self, spec: Dict[str, Field]) -> Any:
-        return self._install(self._make_core(spec, self._sampler, self._seed), spec)
+        core = self._install(self._make_core(spec, self._sampler, self._seed), spec)
+        if self._storage == "memmap":
+            if core.reopened:
+                if isinstance(self._sampler, Prioritized):
+                    self._sampler._beta = float(core.beta)  # as the file has it
+            else:
+                self._write_settings(spec)
+        return core
 
     def _make_core(self, spec: Dict[str, Field], sampler: Union[Uniform, Prioritized],
                    seed: int, attach: Optional[str] = None) -> Any:
@@ -163,6 +235,9 @@ class ReplayBuffer:
             storage, name = "attach_shared", attach
         elif self._storage == "shared":
             storage, name = "create_shared", f"reverie-{os.getpid()}-{secrets.token_hex(6)}"
+        elif self._storage == "memmap":
+            assert self._path is not None
+            storage, name = "file", self._path
         else:
             storage, name = "memory", ""
         return _core.ReplayBuffer(
@@ -420,10 +495,24 @@ class ReplayBuffer:
             self._finalizer()
             self._finalizer = None
         if self._core is not None:
+            if self._storage == "memmap":
+                self._core.flush()
             del self.add, self.extend  # the unbound methods now report the closed buffer
+        # Drop every reference to the core, so its memory (and a memmap file's lock) is
+        # released now; column views handed out earlier keep it alive while they live.
+        if isinstance(self._sampler, Prioritized):
+            self._sampler._core = None
+        if self._limiter is not None:
+            self._limiter._core = None
         self._core = None
         self._columns = None
         self._closed = True
+
+    def flush(self) -> None:
+        """A memmap buffer: writes its pages to the file and waits for the disk (msync). The
+        OS writes them back anyway; this makes them durable now. Other storage: no-op."""
+        if self._core is not None and self._storage == "memmap":
+            self._core.flush()
 
     def __enter__(self) -> "ReplayBuffer":
         return self
@@ -437,6 +526,10 @@ class ReplayBuffer:
 
     def __reduce__(self) -> Tuple[Any, ...]:
         self._check_open()
+        if self._storage == "memmap":
+            raise TypeError("a storage='memmap' buffer cannot be sent to another process (one "
+                            "process opens its file at a time): close it here and reopen "
+                            "its path there")
         if self._storage != "shared" or self._core is None:
             raise TypeError(
                 "a ReplayBuffer with storage='memory' cannot be sent to another process; "
@@ -530,6 +623,9 @@ class ReplayBuffer:
             raise ValueError(f"malformed reverie state_dict: {type(e).__name__}: {e}") from None
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
+        if self._storage == "memmap":
+            raise ValueError("load_state_dict into a storage='memmap' buffer is not supported: "
+                             "load into a memory buffer, or reopen the memmap file")
         if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
             raise ValueError(f"not a reverie state_dict of version {_STATE_VERSION}")
         if state["capacity"] != self._capacity:
@@ -586,6 +682,15 @@ class ReplayBuffer:
         self._seed = seed
         self._sampler = sampler
         self._install(core, spec)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples as lists, recursively (what JSON gives back)."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
 
 
 def _attach(cls: "type[ReplayBuffer]", name: str, capacity: int, spec: Dict[str, Any],

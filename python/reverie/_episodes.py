@@ -3,6 +3,7 @@ observation stored once (the logic is in the core: cpp/include/reverie/episodes.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -35,8 +36,8 @@ class EpisodeBuffer(ReplayBuffer):
         spec: as for ReplayBuffer, per env step; may be inferred from the first ``extend`` of
             one step. ``reward`` must be a float32/float64 scalar, ``terminated`` and
             ``truncated`` bool scalars.
-        sampler, seed, rate_limiter, storage: as for ReplayBuffer (uniform sampling is with
-            replacement).
+        sampler, seed, rate_limiter, storage, path: as for ReplayBuffer (uniform sampling is
+            with replacement).
         num_envs: envs stepped together.
         obs_fields: the observation fields: given again as ``next_<name>`` by ``sample`` and
             stacked when ``frame_stack > 1``.
@@ -56,7 +57,7 @@ class EpisodeBuffer(ReplayBuffer):
                  obs_fields: Sequence[str] = ("obs",), frame_stack: int = 1,
                  reward: str = "reward", terminated: str = "terminated",
                  truncated: str = "truncated", rate_limiter: Optional[RateLimiter] = None,
-                 storage: str = "memory") -> None:
+                 storage: str = "memory", path: Optional[Union[str, os.PathLike]] = None) -> None:
         num_envs = _as_int("num_envs", num_envs)
         frame_stack = _as_int("frame_stack", frame_stack)
         if num_envs < 1:
@@ -74,7 +75,8 @@ class EpisodeBuffer(ReplayBuffer):
         self._set_options({"num_envs": num_envs, "obs_fields": tuple(obs_fields),
                            "frame_stack": frame_stack, "reward": reward,
                            "terminated": terminated, "truncated": truncated})
-        super().__init__(capacity, spec, sampler, seed, rate_limiter=rate_limiter, storage=storage)
+        super().__init__(capacity, spec, sampler, seed, rate_limiter=rate_limiter, storage=storage,
+                         path=path)
 
     # ---- configuration (hooks of ReplayBuffer) ------------------------------------------
 

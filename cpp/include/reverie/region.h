@@ -28,6 +28,11 @@ class Region {
   static Region CreateShared(const std::string& name, size_t bytes);
   // Maps an existing segment. Throws ValueError when there is none by that name.
   static Region AttachShared(const std::string& name);
+  // Maps the file at `path` (shared, so writes reach the file): creates it zeroed with `bytes`
+  // bytes when it is missing or empty (*existed = false), else maps it as it is (*existed =
+  // true). Holds an exclusive lock on the file until destruction: a second process (or
+  // buffer) opening it gets ValueError, as does a file of another size.
+  static Region MapFile(const std::string& path, size_t bytes, bool* existed);
 
   ~Region();
   Region(Region&& other) noexcept;
@@ -41,6 +46,10 @@ class Region {
   const std::string& name() const { return name_; }
   // Removes the segment's name (mappings stay valid). Creator only; idempotent.
   void Unlink();
+  // Writes a file-backed region's dirty pages to its file and waits for it (msync); no-op
+  // for other regions.
+  void Flush();
+  bool file_backed() const { return fd_ >= 0; }
 
  private:
   void Release();
@@ -50,6 +59,7 @@ class Region {
   bool mapped_ = false;
   std::string name_;
   int owner_pid_ = 0;  // the creator's pid while it still has to unlink
+  int fd_ = -1;        // a mapped file's descriptor (holding its lock)
 };
 
 // A mutex that works across processes and survives its holder's death: when the holder

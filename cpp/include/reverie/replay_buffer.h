@@ -27,9 +27,12 @@ struct SamplerConfig {
 };
 
 struct StorageConfig {
-  enum class Kind { kPrivate, kCreateShared, kAttachShared };
+  enum class Kind { kPrivate, kCreateShared, kAttachShared, kFile };
   Kind kind = Kind::kPrivate;
-  std::string name;  // the shared-memory segment (/dev/shm/<name>)
+  // The shared-memory segment (/dev/shm/<name>), or for kFile the file's path: the whole
+  // buffer (columns, stamps, counters, tree) lives in it, created when missing and reopened
+  // (with everything it held) when it exists.
+  std::string name;
 };
 
 struct BufferHeader;  // the region's first bytes: counters, locks, limiter and tree state
@@ -127,6 +130,10 @@ class ReplayBuffer {
   void set_wait_poll(std::function<void()> poll) { poll_ = std::move(poll); }
 
   bool shared() const { return region_.shared(); }
+  // Whether the buffer was reopened from an existing file (storage kFile).
+  bool reopened() const { return reopened_; }
+  // Writes a file-backed buffer's pages to its file (msync); a no-op otherwise.
+  void Flush() { region_.Flush(); }
   const std::string& shared_name() const { return region_.name(); }
   // Removes the shared-memory name now (creator only); attached processes keep working.
   void Unlink() { region_.Unlink(); }
@@ -213,6 +220,7 @@ class ReplayBuffer {
   Ring ring_;
   RateLimiter limiter_;
   uint64_t seed_;
+  bool reopened_ = false;
   std::function<void()> poll_;
   std::atomic<int> skip_quiet_{0};  // sample calls left that skip the quiet path (a hint)
   EpisodeConfig episodes_;
