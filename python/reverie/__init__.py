@@ -7,6 +7,7 @@
 from . import _core
 from ._buffer import Batch, ReplayBuffer
 from ._episodes import EpisodeBuffer, sequence_priority
+from ._export import from_minari, from_npz, to_minari, to_npz
 from ._limiter import RateLimiter
 from ._samplers import Prioritized, Uniform
 from ._spec import Field
@@ -21,5 +22,6 @@ def cuda_built() -> bool:
 
 __all__ = [
     "Batch", "EpisodeBuffer", "Field", "Prioritized", "RateLimiter", "ReplayBuffer", "Uniform",
-    "cuda_built", "sequence_priority", "__version__",
+    "cuda_built", "from_minari", "from_npz", "sequence_priority", "to_minari", "to_npz",
+    "__version__",
 ]

@@ -271,7 +271,8 @@ class ReplayBuffer:
     def _load_extra_state(self, core: Any, state: Mapping[str, Any]) -> None:
         """Loads _extra_state() into a new core (load_state_dict), before it is swapped in."""
 
-    def _install(self, core: Any, spec: Dict[str, Field], owner: bool = True) -> Any:
+    def _install(self, core: Any, spec: Dict[str, Field], owner: bool = True,
+                 configure_limiter: bool = True) -> Any:
         if self._finalizer is not None:
             self._finalizer()  # a replaced shared core (load_state_dict): remove its segment
         if owner and core.shared_name is not None:
@@ -280,7 +281,10 @@ class ReplayBuffer:
             # os._exit, which skips atexit handlers but runs these finalizers).
             self._finalizer = mp_util.Finalize(self, core.unlink, exitpriority=0)
         if owner and self._limiter is not None:
-            self._limiter._bind(core)
+            if configure_limiter:
+                self._limiter._bind(core)
+            else:
+                self._limiter._core = core
         self._spec = spec
         self._names = list(spec)
         self._out_shapes = [(f.shape, f.torch_dtype) for f in spec.values()]
@@ -508,6 +512,32 @@ class ReplayBuffer:
         self._columns = None
         self._closed = True
 
+    def save(self, path: Union[str, os.PathLike], *, progress: Optional[bool] = None) -> None:
+        """Writes a checkpoint of everything (storage, priorities, counters, rate-limiter and
+        generator state) to ``path``, atomically: a temporary file in the same directory,
+        fsynced, then renamed over ``path``; a crash at any point leaves the previous file
+        intact. Columns stream from the buffer (no second copy), each with a CRC32. A
+        progress bar shows for large buffers (``progress=None``: above 256 MB). Call it while
+        no other thread writes to the buffer."""
+        from . import _checkpoint
+
+        _checkpoint.save(self, path, progress=progress)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], *, progress: Optional[bool] = None) -> "ReplayBuffer":
+        """A buffer restored from ``save(path)``, in memory: it draws exactly the batches the
+        saved buffer would have drawn next. A ReplayBuffer file loads as ReplayBuffer, an
+        EpisodeBuffer file as EpisodeBuffer.
+
+        Raises:
+            ValueError: not a reverie checkpoint, another format version, truncated, or a
+                checksum mismatch (naming the section). Nothing is returned then.
+            TypeError: ``EpisodeBuffer.load`` of a plain buffer's file.
+        """
+        from . import _checkpoint
+
+        return _checkpoint.load(path, progress=progress, cls=cls)
+
     def flush(self) -> None:
         """A memmap buffer: writes its pages to the file and waits for the disk (msync). The
         OS writes them back anyway; this makes them durable now. Other storage: no-op."""
@@ -677,11 +707,17 @@ class ReplayBuffer:
         for i, arr in enumerate(arrays):
             core.load_column(i, arr)
         self._load_extra_state(core, state)
+        if self._limiter is not None:
+            # Configured before the counters are set: configuring a limiter resets its offset.
+            core.configure_rate_limiter(True, self._limiter._min_size, self._limiter._spi,
+                                        self._limiter._tolerance,
+                                        -1.0 if self._limiter._timeout is None
+                                        else self._limiter._timeout)
         core.set_counters(written, calls, stale, sampled, offset)
         # All loaded: swap in.
         self._seed = seed
         self._sampler = sampler
-        self._install(core, spec)
+        self._install(core, spec, configure_limiter=False)
 
 
 def _jsonable(value: Any) -> Any:
