@@ -165,6 +165,13 @@ Region Region::MapFile(const std::string& path, size_t bytes, bool* existed) {
   return r;
 }
 
+void Region::AdviseWillNeed(const void* p, size_t n) const {
+  static const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto first = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  const auto last = reinterpret_cast<uintptr_t>(p) + n;
+  madvise(reinterpret_cast<void*>(first), last - first, MADV_WILLNEED);  // advice only
+}
+
 void Region::Flush() {
   if (fd_ >= 0 && mapped_ && msync(data_, bytes_, MS_SYNC) != 0) {
     throw SystemError("cannot write '" + name_ + "' back to disk");

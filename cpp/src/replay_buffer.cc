@@ -547,7 +547,18 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   const auto& spec = storage_.spec();
   size_t row_bytes = 0;
   for (const FieldSpec& field : spec) row_bytes += field.row_bytes();
+  const bool from_file = region_.file_backed();
   auto gather = [&](int64_t begin, int64_t end) {
+    // A file-backed buffer larger than the page cache: ask the kernel to read every row's
+    // pages now, so the misses are read from disk together instead of one fault at a time.
+    if (from_file) {
+      for (size_t f = 0; f < spec.size(); ++f) {
+        const size_t bytes = spec[f].row_bytes();
+        for (int64_t i = begin; i < end; ++i) {
+          if (slots[i] >= 0) region_.AdviseWillNeed(storage_.column(f) + static_cast<size_t>(slots[i]) * bytes, bytes);
+        }
+      }
+    }
     for (size_t f = 0; f < spec.size(); ++f) {
       GatherRows(out[f], storage_.column(f), spec[f].row_bytes(), slots, begin, end);
     }

@@ -50,6 +50,9 @@ class Region {
   // for other regions.
   void Flush();
   bool file_backed() const { return fd_ >= 0; }
+  // Starts reading the pages of [p, p + n) (inside the region) from its file, without
+  // waiting (madvise WILLNEED).
+  void AdviseWillNeed(const void* p, size_t n) const;
 
  private:
   void Release();
