@@ -23,7 +23,6 @@ import torch
 import reverie as rv
 from reverie import _checkpoint as ckpt
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 1000
 
 
@@ -301,8 +300,9 @@ def test_kill_mid_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     old = transition_buffer(sampler=rv.Prioritized())
     ckpt.save(old, path)
     before = path.read_bytes()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep
-               + os.environ.get("PYTHONPATH", ""))
+    # The child imports reverie from wherever this process did (an installed wheel in CI,
+    # the source tree with its built module in development).
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(rv.__file__)))
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -504,3 +504,44 @@ def test_buffer_methods_save_and_load(tmp_path):
         assert torch.equal(a.x, b.x) and torch.equal(a.indices, b.indices)
     with pytest.raises(TypeError):
         rv.EpisodeBuffer.load(tmp_path / "a.rvck")
+
+
+def test_save_while_a_thread_writes_is_loadable(tmp_path: Path) -> None:
+    """Each chunk is checksummed and written from one staged copy: rows changing during the
+    save cannot make the file disagree with its checksums (the file loads every time)."""
+    import threading
+
+    buf = rv.ReplayBuffer(4096, {"x": ("float32", (256,))}, seed=0)
+    buf.extend(x=np.zeros((4096, 256), np.float32))
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            buf.extend(x=np.full((64, 256), i, np.float32))
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for k in range(5):
+            ckpt.save(buf, tmp_path / f"c{k}")
+            assert len(ckpt.load(tmp_path / f"c{k}")) == 4096
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_stale_temp_files_of_dead_saves_are_removed(tmp_path: Path) -> None:
+    """A temporary file left by a save whose process died is removed by the next save of the
+    same path; one of a live process (a save in progress) is left alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ckpt.tmp-{dead.pid}-0000"
+    live = tmp_path / f".ckpt.tmp-{os.getpid()}-0000"
+    stale.write_bytes(b"torn")
+    live.write_bytes(b"in progress")
+    buf = rv.ReplayBuffer(8, {"x": ("float32", ())}, seed=0)
+    buf.extend(x=np.arange(8, dtype=np.float32))
+    ckpt.save(buf, tmp_path / "ckpt")
+    assert not stale.exists() and live.exists()

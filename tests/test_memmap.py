@@ -163,4 +163,55 @@ def test_reopen_after_a_writer_was_killed(tmp_path):
     for _ in range(20):
         a = buf.sample(256).a
         assert (a == a[:, :1]).all()  # whole rows: every column of a row is its id
+    # Writing on past every slot, including one the dead writer left half-written (its pid
+    # could belong to a live process by now: reopening empties such slots), never waits.
+    import threading
+
+    done = threading.Event()
+
+    def write() -> None:
+        ids = np.arange(60_000)
+        buf.extend(a=np.repeat(ids[:, None], 8, 1))
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert done.wait(30), "a write after reopening hung on a dead writer's slot"
+    assert (buf.sample(256).a >= 0).all()
     buf.close()
+
+
+def test_reopened_file_keeps_its_rate_limiter(tmp_path):
+    """The limiter's state lives in the file: reopened without rate_limiter=, the buffer
+    shows and applies the file's limiter."""
+    path = tmp_path / "limited.rvb"
+    limiter = rv.RateLimiter(min_size_to_sample=4, samples_per_insert=1.0, tolerance=2,
+                             timeout=0)
+    with rv.ReplayBuffer(16, SPEC, seed=0, rate_limiter=limiter, storage="memmap",
+                         path=path) as buf:
+        fill(buf, 0, 6)
+    with rv.ReplayBuffer(16, storage="memmap", path=path) as buf:
+        assert buf.rate_limiter is not None
+        assert buf.rate_limiter.config()["samples_per_insert"] == 1.0
+        buf.sample(4)
+        buf.sample(8)  # admitted (each check is made before its call), overshooting
+        with pytest.raises(TimeoutError):
+            buf.sample(1)  # 12 sampled for 6 inserted: refused at once (timeout 0)
+
+
+def test_a_forked_child_does_not_keep_the_file_locked(tmp_path):
+    """Forked children (e.g. DataLoader workers) close their copy of the file's descriptor:
+    after the parent closes the buffer, the file can be opened again while they live."""
+    path = tmp_path / "forked.rvb"
+    buf = rv.ReplayBuffer(16, SPEC, seed=0, storage="memmap", path=path)
+    fill(buf, 0, 4)
+    pid = os.fork()
+    if pid == 0:  # the child just lives a while
+        time.sleep(3)
+        os._exit(0)
+    try:
+        buf.close()
+        with rv.ReplayBuffer(16, storage="memmap", path=path) as again:
+            assert len(again) == 4
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

@@ -595,6 +595,7 @@ PYBIND11_MODULE(_core, m) {
            "(add, extend) as vectorcall functions bound to this buffer (the per-item path).")
       .def_property_readonly("capacity", &ReplayBuffer::capacity)
       .def_property_readonly("written", &ReplayBuffer::written)
+      .def_property_readonly("claimed", &ReplayBuffer::claimed)
       .def_property_readonly("shared_name", [](const ReplayBuffer& buf) -> py::object {
         if (!buf.shared()) return py::none();
         return py::str(buf.shared_name());

@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <signal.h>
-#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -15,6 +14,8 @@
 #include <cstring>
 #include <new>
 #include <stdexcept>
+#include <mutex>
+#include <set>
 #include <utility>
 
 #include "reverie/common.h"
@@ -131,26 +132,58 @@ Region Region::AttachShared(const std::string& name) {
   return r;
 }
 
+namespace {
+
+// The files this process has mapped, by (device, inode): POSIX record locks (below) do not
+// conflict within one process, so a second buffer on the same file here is refused by this
+// list instead.
+std::mutex open_files_mu;
+std::set<std::pair<dev_t, ino_t>>& OpenFiles() {
+  static auto* files = new std::set<std::pair<dev_t, ino_t>>();
+  return *files;
+}
+
+}  // namespace
+
 Region Region::MapFile(const std::string& path, size_t bytes, bool* existed) {
   const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) throw SystemError("cannot open or create '" + path + "'");
   Region r;
   r.fd_ = fd;  // from here on the destructor closes it (and so releases the lock)
   r.name_ = path;
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK) {
-      throw std::invalid_argument("'" + path + "' is in use by another buffer (a file-backed "
-                                  "buffer is opened by one buffer in one process at a time)");
+  struct stat st;
+  if (fstat(fd, &st) != 0) throw SystemError("cannot stat '" + path + "'");
+  {
+    std::lock_guard<std::mutex> lock(open_files_mu);
+    if (!OpenFiles().insert({st.st_dev, st.st_ino}).second) {
+      throw std::invalid_argument("'" + path + "' is in use by another buffer in this process "
+                                  "(a file-backed buffer is opened once at a time)");
+    }
+  }
+  r.file_id_ = {st.st_dev, st.st_ino};
+  // A POSIX record lock on the whole file: held by this process only (fork()ed children do
+  // not inherit it, so a DataLoader worker never keeps it), released when this process
+  // closes the file.
+  struct flock whole {};
+  whole.l_type = F_WRLCK;
+  whole.l_whence = SEEK_SET;
+  if (fcntl(fd, F_SETLK, &whole) != 0) {
+    if (errno == EACCES || errno == EAGAIN) {
+      throw std::invalid_argument("'" + path + "' is in use by a buffer in another process "
+                                  "(a file-backed buffer is opened once at a time)");
     }
     throw SystemError("cannot lock '" + path + "'");
   }
-  struct stat st;
-  if (fstat(fd, &st) != 0) throw SystemError("cannot stat '" + path + "'");
   const auto size = static_cast<size_t>(st.st_size);
   *existed = size != 0;
   if (size == 0) {
-    if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
-      throw SystemError("cannot size '" + path + "' to " + std::to_string(bytes) + " bytes");
+    // Reserve the disk space now: a sparse file that cannot grow later would kill the
+    // process with SIGBUS in the middle of a write instead of failing here.
+    const int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes));
+    if (err != 0) {
+      ftruncate(fd, 0);
+      errno = err;
+      throw SystemError("cannot reserve " + std::to_string(bytes) + " bytes for '" + path + "'");
     }
   } else if (size != bytes) {
     throw std::invalid_argument(internal::Concat(
@@ -187,7 +220,8 @@ Region::Region(Region&& other) noexcept
       mapped_(std::exchange(other.mapped_, false)),
       name_(std::move(other.name_)),
       owner_pid_(std::exchange(other.owner_pid_, 0)),
-      fd_(std::exchange(other.fd_, -1)) {}
+      fd_(std::exchange(other.fd_, -1)),
+      file_id_(other.file_id_) {}
 
 Region& Region::operator=(Region&& other) noexcept {
   if (this != &other) {
@@ -199,6 +233,7 @@ Region& Region::operator=(Region&& other) noexcept {
     name_ = std::move(other.name_);
     owner_pid_ = std::exchange(other.owner_pid_, 0);
     fd_ = std::exchange(other.fd_, -1);
+    file_id_ = other.file_id_;
   }
   return *this;
 }
@@ -214,7 +249,13 @@ void Region::Unlink() {
 void Region::Release() {
   Unlink();
   if (mapped_) munmap(data_, bytes_);  // a file's dirty pages still reach it (page cache)
-  if (fd_ >= 0) close(fd_);
+  if (fd_ >= 0) {
+    {
+      std::lock_guard<std::mutex> lock(open_files_mu);
+      OpenFiles().erase(file_id_);
+    }
+    close(fd_);
+  }
   data_ = nullptr;
   bytes_ = 0;
   mapped_ = false;

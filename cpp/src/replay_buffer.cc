@@ -1,6 +1,7 @@
 #include "reverie/replay_buffer.h"
 
 #include <sched.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -43,6 +44,13 @@ constexpr int64_t kMinParallelRows = 64;  // below this a second thread costs mo
 constexpr uint32_t kMaxRedraws = 64;  // random redraws of one row before probing slot by slot
 constexpr uint32_t kRecheckAttempts = 1u << 16;  // redraw numbers used after a failed recheck
 constexpr int kQuietBackoff = 16;  // checked-path calls after the quiet path missed
+
+// Major page faults of this process so far (pages read from disk).
+int64_t MajorFaults() {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_majflt;
+}
 
 std::string FieldNames(const std::vector<FieldSpec>& spec) {
   std::string out;
@@ -202,10 +210,18 @@ ReplayBuffer::ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec,
                   what, " '", storage.name, "' holds a buffer made with another capacity, spec, ",
                   "sampler or seed than given here");
     if (storage.kind == StorageConfig::Kind::kFile) {
-      // Reopened, under the file's exclusive lock: the process-shared objects of the last
-      // process to use it are stale, so they start afresh.
+      // Reopened, under the file's exclusive lock: nobody else uses it. The process-shared
+      // objects of the last process to use it are stale, so they start afresh, and a slot
+      // left "being written" by a writer that died is emptied (its pid may belong to
+      // another live process by now, which would make the next writer wait on it).
       reopened_ = true;
       header_->writer_mu.Init();
+      auto* stamps = reinterpret_cast<std::atomic<uint64_t>*>(base + layout.stamps);
+      for (int64_t slot = 0; slot < capacity; ++slot) {
+        if (Stamp::IsWriting(stamps[slot].load(std::memory_order_relaxed))) {
+          stamps[slot].store(Stamp::kEmpty, std::memory_order_relaxed);
+        }
+      }
     }
   } else {
     header_ = new (base) BufferHeader();
@@ -547,11 +563,24 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   const auto& spec = storage_.spec();
   size_t row_bytes = 0;
   for (const FieldSpec& field : spec) row_bytes += field.row_bytes();
+  // A file-backed buffer larger than the page cache: ask the kernel to read every row's
+  // pages now, so the misses are read from disk together instead of one fault at a time.
+  // That is a system call per row and field, so it is done only while calls meet major
+  // page faults (rows read from disk): for kAdviseCalls calls after one that did.
   const bool from_file = region_.file_backed();
+  const bool advise = from_file && advise_left_.load(std::memory_order_relaxed) > 0;
+  if (advise) advise_left_.fetch_sub(1, std::memory_order_relaxed);
+  const int64_t faults_before = from_file ? MajorFaults() : 0;
+  struct FaultCheck {
+    ReplayBuffer& buf;
+    bool on;
+    int64_t before;
+    ~FaultCheck() {
+      if (on && MajorFaults() > before) buf.advise_left_.store(kAdviseCalls, std::memory_order_relaxed);
+    }
+  } fault_check{*this, from_file, faults_before};
   auto gather = [&](int64_t begin, int64_t end) {
-    // A file-backed buffer larger than the page cache: ask the kernel to read every row's
-    // pages now, so the misses are read from disk together instead of one fault at a time.
-    if (from_file) {
+    if (advise) {
       for (size_t f = 0; f < spec.size(); ++f) {
         const size_t bytes = spec[f].row_bytes();
         for (int64_t i = begin; i < end; ++i) {

@@ -102,8 +102,9 @@ class ReplayBuffer:
             ``"memmap"``: the whole buffer (columns, counters, priority tree) lives in the
             file ``path``, so it may exceed RAM (the OS pages it in and out). Creating a
             buffer on an existing path reopens it with everything it held; its settings
-            are kept in ``<path>.json`` (spec and seed may then be left out). One buffer in
-            one process opens a path at a time.
+            are kept in ``<path>.json`` (spec and seed may then be left out; the file's
+            prioritized beta and rate limiter are kept unless new ones are given). One
+            buffer in one process opens a path at a time.
         path: the file of a ``storage="memmap"`` buffer.
 
     >>> buf = ReplayBuffer(100_000, sampler=Prioritized(alpha=0.6, beta=0.4), seed=0)
@@ -202,6 +203,9 @@ class ReplayBuffer:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path + ".json")
+        from ._checkpoint import _fsync_dir
+
+        _fsync_dir(os.path.dirname(os.path.abspath(self._path)))
 
     def _init_fields(self, capacity: int, seed: int, storage: str,
                      sampler: Union[Uniform, Prioritized], limiter: Optional[RateLimiter]) -> None:
@@ -220,13 +224,19 @@ class ReplayBuffer:
         self._columns: Optional[Dict[str, torch.Tensor]] = None
 
     def _build(self, spec: Dict[str, Field]) -> Any:
-        core = self._install(self._make_core(spec, self._sampler, self._seed), spec)
         if self._storage == "memmap":
-            if core.reopened:
-                if isinstance(self._sampler, Prioritized):
-                    self._sampler._beta = float(core.beta)  # as the file has it
-            else:
+            assert self._path is not None
+            if not (os.path.exists(self._path) and os.path.getsize(self._path) > 0):
+                # Settings first: a crash between the two leaves settings without data, which
+                # the next open overwrites, never data without its settings.
                 self._write_settings(spec)
+        core = self._install(self._make_core(spec, self._sampler, self._seed), spec)
+        if self._storage == "memmap" and core.reopened:
+            if isinstance(self._sampler, Prioritized):
+                self._sampler._beta = float(core.beta)  # as the file has it
+            if self._limiter is None:
+                # The file's rate limiter stays in force: show it.
+                self._limiter = RateLimiter._from_core(core)
         return core
 
     def _make_core(self, spec: Dict[str, Field], sampler: Union[Uniform, Prioritized],

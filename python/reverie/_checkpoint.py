@@ -32,6 +32,7 @@ import os
 import secrets
 import struct
 import sys
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Type, Union
@@ -103,7 +104,7 @@ class _Crcs:
             self.values[name] = zlib.crc32(chunk, self.values[name])
 
         self._pending.append(self._pool.submit(job))
-        if len(self._pending) > 2:  # at most two chunks in flight
+        if len(self._pending) > 1:  # the previous chunk's checksum is done when this returns
             self._pending.pop(0).result()
 
     def wait(self) -> Dict[str, int]:
@@ -209,6 +210,29 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _remove_stale_temps(directory: str, base: str) -> None:
+    """Removes temporary files of earlier saves of `base` whose process no longer runs (a save
+    killed midway); those of live processes (a save in progress) are left alone."""
+    prefix = f".{base}.tmp-"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        try:
+            pid = int(name[len(prefix):].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
 def save(buf: ReplayBuffer, path: PathLike, *, progress: Optional[bool] = None) -> None:
     """Writes ``buf`` to ``path`` atomically (see the module docstring for the format).
 
@@ -231,10 +255,22 @@ def save(buf: ReplayBuffer, path: PathLike, *, progress: Optional[bool] = None) 
         raise TypeError(f"save() takes a ReplayBuffer or EpisodeBuffer, got {type(buf).__name__}")
     buf._check_open()
     path = os.fspath(path)
+    core = buf._core
+    # The counters are taken when no write is in flight (writes in flight would be saved as
+    # whole rows); a write still unfinished after 2 s is a writer that died mid-write.
+    give_up = time.monotonic() + 2.0
+    while core is not None and core.claimed != core.written:
+        if time.monotonic() > give_up:
+            raise ValueError(
+                f"cannot save: {core.claimed - core.written} items have been in the middle of "
+                "being written for 2 s (a writer process died mid-write, leaving them "
+                "half-written); a checkpoint would restore them as whole rows")
+        time.sleep(0.0005)
     header, sections = _snapshot(buf)
     encoded = _layout(header, sections)
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
+    _remove_stale_temps(directory, base)
     tmp = os.path.join(directory, f".{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     total = sum(int(arr.nbytes) for *_, arr in sections)
     bar = _progress_bar(progress, total, f"saving {base}")
@@ -245,12 +281,22 @@ def save(buf: ReplayBuffer, path: PathLike, *, progress: Optional[bool] = None) 
             _write_all(f, encoded)
             _write_all(f, _U32.pack(zlib.crc32(encoded)))
             pos = _PREAMBLE.size + len(encoded) + _U32.size
+            # Each chunk is copied to a staging buffer first and both checksummed and written
+            # from there, so a row that changes meanwhile cannot make the checksum disagree
+            # with the bytes on disk. Two buffers alternate: the checksum of one runs while
+            # the other is filled and written.
+            staging = [np.empty(CHUNK, np.uint8), np.empty(CHUNK, np.uint8)]
+            turn = 0
             for entry, (name, _, _, arr) in zip(header["sections"], sections):
                 pos = _pad_to(f, pos, entry["offset"])
-                raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
+                raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
                 crcs.values[name] = 0
                 for start in range(0, len(raw), CHUNK):
-                    chunk = raw[start:start + CHUNK]
+                    n = min(CHUNK, len(raw) - start)
+                    stage = staging[turn][:n]
+                    turn ^= 1
+                    np.copyto(stage, raw[start:start + n])
+                    chunk = stage.data
                     crcs.add(name, chunk)
                     _write_all(f, chunk)
                     if bar is not None:

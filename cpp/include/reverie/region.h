@@ -8,12 +8,14 @@
 #pragma once
 
 #include <pthread.h>
+#include <sys/types.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace reverie {
 
@@ -29,9 +31,9 @@ class Region {
   // Maps an existing segment. Throws ValueError when there is none by that name.
   static Region AttachShared(const std::string& name);
   // Maps the file at `path` (shared, so writes reach the file): creates it zeroed with `bytes`
-  // bytes when it is missing or empty (*existed = false), else maps it as it is (*existed =
-  // true). Holds an exclusive lock on the file until destruction: a second process (or
-  // buffer) opening it gets ValueError, as does a file of another size.
+  // bytes reserved on disk when it is missing or empty (*existed = false), else maps it as it
+  // is (*existed = true). Holds the file exclusively until destruction: a second buffer, in
+  // this process or another, gets ValueError, as does a file of another size.
   static Region MapFile(const std::string& path, size_t bytes, bool* existed);
 
   ~Region();
@@ -62,7 +64,8 @@ class Region {
   bool mapped_ = false;
   std::string name_;
   int owner_pid_ = 0;  // the creator's pid while it still has to unlink
-  int fd_ = -1;        // a mapped file's descriptor (holding its lock)
+  int fd_ = -1;        // a mapped file's descriptor (its lock lives while it is open)
+  std::pair<dev_t, ino_t> file_id_{};  // the mapped file (device, inode)
 };
 
 // A mutex that works across processes and survives its holder's death: when the holder

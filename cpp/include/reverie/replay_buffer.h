@@ -116,6 +116,9 @@ class ReplayBuffer {
   int64_t capacity() const { return storage_.capacity(); }
   int64_t size() const { return ring_.size(); }
   int64_t written() const { return ring_.committed(); }
+  // Keys handed out to writers (> written() while writes are in flight, or for good after a
+  // writer died mid-write).
+  int64_t claimed() const { return ring_.claimed(); }
   int64_t stale_updates() const;
   uint64_t seed() const { return seed_; }
   uint64_t sample_calls() const;
@@ -223,6 +226,8 @@ class ReplayBuffer {
   bool reopened_ = false;
   std::function<void()> poll_;
   std::atomic<int> skip_quiet_{0};  // sample calls left that skip the quiet path (a hint)
+  static constexpr int kAdviseCalls = 64;
+  std::atomic<int> advise_left_{kAdviseCalls};  // file-backed: calls left that advise reads
   EpisodeConfig episodes_;
   uint8_t* flags_ = nullptr;    // per slot (episodes only)
   uint8_t* streams_ = nullptr;  // per env: its last row's flags (episodes only)
