@@ -29,7 +29,7 @@ from .runner import W1_SPEC, W3_SPEC, fill_blocks, human_count, item_bytes
 CHUNK = 64 << 20
 
 
-def _drop_cache(path: str) -> None:
+def drop_cache(path: str) -> None:
     """Evicts the file's pages from the page cache (after an fsync they are clean)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -117,7 +117,7 @@ def run_case(name: str, spec: Mapping[str, Any], capacity: int, directory: str,
         # The disk itself.
         s, _ = _timed(lambda: disk_write(paths["disk"], payload.data))
         case.add("disk write", s)
-        _drop_cache(paths["disk"])
+        drop_cache(paths["disk"])
         s, _ = _timed(lambda: disk_read(paths["disk"], scratch.data))
         case.add("disk read", s)
         os.unlink(paths["disk"])
@@ -125,7 +125,7 @@ def run_case(name: str, spec: Mapping[str, Any], capacity: int, directory: str,
         # reverie (its save fsyncs the file and the directory).
         s, _ = _timed(lambda: _checkpoint.save(buf, paths["reverie"], progress=False))
         case.add("reverie save", s)
-        _drop_cache(paths["reverie"])
+        drop_cache(paths["reverie"])
         s, loaded = _timed(lambda: _checkpoint.load(paths["reverie"], progress=False))
         case.add("reverie load", s)
         assert len(loaded) == len(buf)
@@ -134,7 +134,7 @@ def run_case(name: str, spec: Mapping[str, Any], capacity: int, directory: str,
         # torch.save / torch.load of the same tensors (the column views, no copies).
         s, _ = _timed(lambda: _fsynced(paths["torch"], lambda f: torch.save(columns, f)))
         case.add("torch save", s)
-        _drop_cache(paths["torch"])
+        drop_cache(paths["torch"])
         s, loaded = _timed(lambda: torch.load(paths["torch"]))
         case.add("torch load", s)
         del loaded
@@ -142,7 +142,7 @@ def run_case(name: str, spec: Mapping[str, Any], capacity: int, directory: str,
         # np.savez / np.load (every array read).
         s, _ = _timed(lambda: _fsynced(paths["npz"], lambda f: np.savez(f, **numpy_cols)))  # type: ignore[arg-type]
         case.add("np.savez", s)
-        _drop_cache(paths["npz"])
+        drop_cache(paths["npz"])
 
         def npz_load() -> Dict[str, np.ndarray]:
             with np.load(paths["npz"]) as data:

@@ -23,6 +23,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .checkpoint import drop_cache
+
 W1 = {"obs": ("float32", (17,)), "action": ("float32", (6,)), "reward": ("float32", ()),
       "next_obs": ("float32", (17,)), "done": ("bool", ())}
 ROW_BYTES = 4 * 17 + 4 * 6 + 4 + 4 * 17 + 1
@@ -39,15 +41,6 @@ def make_cgroup(budget: int) -> Optional[str]:
         return path
     except OSError:
         return None
-
-
-def drop_cache(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def fill(kind: str, directory: str, capacity: int, seed: int = 0) -> None:
