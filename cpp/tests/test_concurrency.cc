@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <random>
@@ -203,6 +204,25 @@ void UpdateRandomKeys(ReplayBuffer* buf, const std::atomic<bool>* stop, Tally* t
 
 bool IsPrioritized(const SamplerConfig& s) { return s.kind == SamplerConfig::Kind::kPrioritized; }
 
+// kWriters writer threads (batches of at most max_batch rows) and 2 sampler threads (the
+// first checking weights when `weighted_first`), plus `updater` on a thread of its own; the
+// samplers and the updater run until the writers are done (the flag they are given).
+void RunStress(ReplayBuffer& buf, int64_t rows, int64_t max_batch, bool weighted_first,
+               Tally* tally, std::vector<std::vector<Seen>>* seen,
+               const std::function<void(const std::atomic<bool>*)>& updater) {
+  std::atomic<bool> writers_done{false};
+  std::vector<std::thread> writers, others;
+  for (int w = 0; w < kWriters; ++w) writers.emplace_back(WriteRows, &buf, w, rows, max_batch, tally);
+  for (int r = 0; r < 2; ++r) {
+    others.emplace_back(SampleRows, &buf, r, &writers_done, rows, weighted_first && r == 0, tally,
+                        &(*seen)[static_cast<size_t>(r)]);
+  }
+  others.emplace_back(updater, &writers_done);
+  for (auto& t : writers) t.join();
+  writers_done = true;
+  for (auto& t : others) t.join();
+}
+
 void CheckTally(const Tally& t) {
   CHECK(t.torn.load() == 0);
   CHECK(t.bad_rows.load() == 0);
@@ -221,19 +241,11 @@ void WritersSamplersUpdaters(const SamplerConfig& sampling, const char* label) {
   const bool prioritized = IsPrioritized(sampling);
   ReplayBuffer buf(capacity, StressSpec(kNoWrapBlob), sampling, 11);
   Tally tally;
-  std::atomic<bool> writers_done{false};
   std::vector<std::vector<Seen>> seen(2);
   std::unordered_map<int64_t, double> last;
-  std::vector<std::thread> writers, others;
-  for (int w = 0; w < kWriters; ++w) writers.emplace_back(WriteRows, &buf, w, rows, 24, &tally);
-  for (int r = 0; r < 2; ++r) {
-    others.emplace_back(SampleRows, &buf, r, &writers_done, rows, false, &tally, &seen[r]);
-  }
-  if (prioritized) others.emplace_back(UpdateOwnKeys, &buf, &writers_done, &tally, &last);
-  for (auto& t : writers) t.join();
-  writers_done = true;
-  for (auto& t : others) t.join();
-
+  RunStress(buf, rows, 24, false, &tally, &seen, [&](const std::atomic<bool>* done) {
+    if (prioritized) UpdateOwnKeys(&buf, done, &tally, &last);
+  });
   CheckTally(tally);
   CHECK(buf.written() == total);
   CHECK(buf.size() == total);
@@ -331,21 +343,12 @@ void WrapAround(const SamplerConfig& sampling, const char* label) {
   const bool prioritized = IsPrioritized(sampling);
   ReplayBuffer buf(capacity, StressSpec(kWrapBlob), sampling, 12);
   Tally tally;
-  std::atomic<bool> writers_done{false};
   std::vector<std::vector<Seen>> seen(2);
-  std::vector<std::thread> writers, others;
   // Batches of at most 8: three writers then hold at most 24 of the 64 slots at once, so a
   // sampler always finds committed rows.
-  for (int w = 0; w < kWriters; ++w) writers.emplace_back(WriteRows, &buf, w, rows, 8, &tally);
-  for (int r = 0; r < 2; ++r) {
-    others.emplace_back(SampleRows, &buf, r, &writers_done, rows, prioritized && r == 0, &tally,
-                        &seen[r]);
-  }
-  if (prioritized) others.emplace_back(UpdateRandomKeys, &buf, &writers_done, &tally);
-  for (auto& t : writers) t.join();
-  writers_done = true;
-  for (auto& t : others) t.join();
-
+  RunStress(buf, rows, 8, prioritized, &tally, &seen, [&](const std::atomic<bool>* done) {
+    if (prioritized) UpdateRandomKeys(&buf, done, &tally);
+  });
   CheckTally(tally);
   CHECK(buf.written() == total);
   CHECK(buf.size() == capacity);

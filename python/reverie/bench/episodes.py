@@ -34,7 +34,7 @@ import torch
 
 from . import baselines as bl
 from . import runner as R
-from .concurrency import Cell, stats
+from .concurrency import Cell, _md, stats
 
 NUM_ENVS = 8
 N_STEP, GAMMA = 3, 0.99
@@ -685,12 +685,6 @@ def _ratio(r: Optional[float], target: Optional[float] = None, most: bool = Fals
         meets = r <= target if most else r >= target
         text += f" ({'meets' if meets else 'misses'} {'<=' if most else '>='} {target:g}x)"
     return text
-
-
-def _md(head: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
 
 
 def table(cells_: Sequence[Cell], memory: Mapping[str, Any], s: R.Settings) -> str:
