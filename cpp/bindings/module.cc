@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "dlpack.h"
+#include "reverie/device_buffer.h"
 #include "reverie/prioritized_sampler.h"
 #include "reverie/rate_limiter.h"
 #include "reverie/replay_buffer.h"
@@ -423,18 +424,80 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_TimeoutError, e.what());
     }
   });
-  m.def("cuda_built", [] {
-#ifdef REVERIE_WITH_CUDA
-    return true;
-#else
-    return false;
-#endif
-  }, "Whether the CUDA kernels were compiled into this build.");
+  m.def("cuda_built", &CudaBuilt, "Whether the CUDA kernels were compiled into this build.");
+  m.def("cuda_device_count", &CudaDeviceCount, py::call_guard<py::gil_scoped_release>(),
+        "CUDA devices usable now (0 without kernels, driver or device).");
   m.def("dtype_names", [] {
     std::vector<std::string> names;
     for (int i = 0; i < kNumDTypes; ++i) names.emplace_back(DTypeName(static_cast<DType>(i)));
     return names;
   });
+
+  // Device buffers: pointers and streams cross as integers (a tensor's data_ptr(), a torch
+  // stream's cuda_stream); the Python layer checks devices, dtypes and shapes.
+  py::class_<DeviceStatus>(m, "DeviceStatus")
+      .def_readonly("max_q", &DeviceStatus::max_q)
+      .def_readonly("scale_exp", &DeviceStatus::scale_exp)
+      .def_readonly("stale", &DeviceStatus::stale)
+      .def_readonly("error", &DeviceStatus::error)
+      .def_readonly("error_pos", &DeviceStatus::error_pos)
+      .def_readonly("error_key", &DeviceStatus::error_key)
+      .def_readonly("error_value", &DeviceStatus::error_value);
+  py::class_<DeviceReplay>(m, "DeviceReplay")
+      .def(py::init([](int64_t capacity, std::vector<int64_t> row_bytes, const std::string& device,
+                       int index, bool prioritized, double alpha, double beta, double eps,
+                       uint64_t seed) {
+             PrioritizedConfig config{alpha, beta, eps};
+             std::unique_ptr<DeviceBackend> backend =
+                 device == "cuda" ? MakeCudaBackend(index) : MakeHostBackend();
+             return std::make_unique<DeviceReplay>(capacity, std::move(row_bytes), prioritized,
+                                                   config, seed, std::move(backend));
+           }),
+           py::arg("capacity"), py::arg("row_bytes"), py::arg("device"), py::arg("index"),
+           py::arg("prioritized"), py::arg("alpha"), py::arg("beta"), py::arg("eps"),
+           py::arg("seed"), py::call_guard<py::gil_scoped_release>())
+      .def("add", [](DeviceReplay& self, const std::vector<uintptr_t>& sources, int64_t n,
+                     uintptr_t stream) {
+             std::vector<const void*> src(sources.size());
+             for (size_t f = 0; f < sources.size(); ++f) src[f] = reinterpret_cast<const void*>(sources[f]);
+             py::gil_scoped_release release;
+             self.Add(src.data(), n, stream);
+           })
+      .def("sample", [](DeviceReplay& self, int64_t batch, const std::vector<uintptr_t>& out,
+                        uintptr_t keys, uintptr_t weights, uintptr_t stream) {
+             std::vector<uint8_t*> dst(out.size());
+             for (size_t f = 0; f < out.size(); ++f) dst[f] = reinterpret_cast<uint8_t*>(out[f]);
+             py::gil_scoped_release release;
+             self.Sample(batch, dst.data(), reinterpret_cast<int64_t*>(keys),
+                         reinterpret_cast<float*>(weights), stream);
+           })
+      .def("update_priorities", [](DeviceReplay& self, uintptr_t keys, uintptr_t priorities,
+                                   bool f64, int64_t n, uintptr_t stream) {
+             py::gil_scoped_release release;
+             self.UpdatePriorities(reinterpret_cast<const int64_t*>(keys),
+                                   reinterpret_cast<const void*>(priorities), f64, n, stream);
+           })
+      .def("read_status", &DeviceReplay::ReadStatus, py::arg("stream"), py::arg("clear_error"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("read_leaves", [](DeviceReplay& self, uintptr_t stream) {
+             std::vector<uint64_t> leaves;
+             {
+               py::gil_scoped_release release;
+               leaves = self.ReadLeaves(stream);
+             }
+             return py::array_t<uint64_t>(static_cast<py::ssize_t>(leaves.size()), leaves.data());
+           })
+      .def("read_column", [](DeviceReplay& self, int field, uintptr_t out, uintptr_t stream) {
+             py::gil_scoped_release release;
+             self.ReadColumn(field, reinterpret_cast<void*>(out), stream);
+           })
+      .def_property("beta", &DeviceReplay::beta, &DeviceReplay::set_beta)
+      .def_property_readonly("capacity", &DeviceReplay::capacity)
+      .def_property_readonly("size", &DeviceReplay::size)
+      .def_property_readonly("written", &DeviceReplay::written)
+      .def_property_readonly("sample_calls", &DeviceReplay::sample_calls)
+      .def_property_readonly("seed", &DeviceReplay::seed)
+      .def_property_readonly("device", &DeviceReplay::device);
 
   py::class_<ReplayBuffer>(m, "ReplayBuffer")
       .def(py::init([](int64_t capacity, const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& spec,

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "reverie/common.h"
+#include "reverie/kernels.h"
 #include "reverie/philox.h"
 
 namespace reverie {
@@ -13,10 +14,7 @@ constexpr double kHeadroom = 16.0;  // the largest q maps to budget / kHeadroom 
 
 bool FiniteNonNegative(double v) { return std::isfinite(v) && v >= 0; }
 
-// Largest e with q * 2^e <= limit.
-int ScaleFor(double q, double limit) {
-  return static_cast<int>(std::floor(std::log2(limit / q)));
-}
+int ScaleFor(double q, double limit) { return PriorityScaleFor(q, limit); }
 
 int64_t CheckedCapacity(int64_t capacity) {
   REVERIE_CHECK(capacity >= 1, "capacity must be >= 1, got ", capacity);
@@ -66,23 +64,14 @@ void PrioritizedSampler::set_beta(double beta) {
 }
 
 double PrioritizedSampler::Transform(double priority) const {
-  const double x = priority + config_.eps;
-  // Exact shortcuts for the common exponents; pow otherwise.
-  if (config_.alpha == 1.0) return x;
-  if (config_.alpha == 0.5) return std::sqrt(x);
-  if (config_.alpha == 0.0) return 1.0;  // as pow(x, 0): uniform
-  return std::pow(x, config_.alpha);
+  return PriorityTransform(priority, config_.alpha, config_.eps);
 }
 
 uint64_t PrioritizedSampler::ToUnits(double q) const {
   return ToUnits(q, std::ldexp(1.0, state_->scale_exp.load(std::memory_order_relaxed)));
 }
 
-uint64_t PrioritizedSampler::ToUnits(double q, double scale) {
-  if (q <= 0) return 0;
-  const double scaled = std::nearbyint(q * scale);  // scale = 2^scale_exp: exact
-  return scaled < 1 ? 1 : static_cast<uint64_t>(scaled);
-}
+uint64_t PrioritizedSampler::ToUnits(double q, double scale) { return PriorityUnits(q, scale); }
 
 double PrioritizedSampler::StoredPriority(int64_t slot) const {
   return std::ldexp(static_cast<double>(tree_.leaf(slot)),
@@ -158,12 +147,8 @@ void PrioritizedSampler::Draw(const SampleRequest& request, int64_t begin, int64
   for (int64_t first = begin; first < end; first += kPiece) {
     const int64_t count = std::min(kPiece, end - first);
     for (int64_t q = 0; q < count; ++q) {
-      // Segment i is [total*i/B, total*(i+1)/B); one uniform draw inside it.
-      const auto i = static_cast<uint64_t>(first + q);
-      const auto lo = static_cast<uint64_t>(static_cast<unsigned __int128>(total) * i / batch);
-      const auto hi = static_cast<uint64_t>(static_cast<unsigned __int128>(total) * (i + 1) / batch);
-      const uint64_t r = RandomBits(request.seed, request.call, static_cast<uint32_t>(i));
-      u[q] = hi > lo ? lo + MulHi64(r, hi - lo) : std::min(lo, total - 1);
+      u[q] = StratifiedPoint(total, batch, static_cast<uint64_t>(first + q), request.seed,
+                             request.call);
     }
     tree_.DescendBatch(u, slots + first, count);
   }
@@ -185,15 +170,11 @@ void PrioritizedSampler::Weights(const int64_t* slots, int64_t begin, int64_t en
     std::fill(weights + begin, weights + end, 1.0f);
     return;
   }
-  // w = (min / units)^beta. The ratio is formed in double and the power taken in float:
-  // relative error ~1e-7, below the float32 result's own resolution. A ratio above 1 (or a
-  // zero leaf) can only come from an update racing this sample; it is clamped to weight 1.
-  const double min_units = static_cast<double>(tree_.min_positive());
-  const float beta_f = static_cast<float>(beta);
+  // (min / units)^beta (kernels.h); a ratio above 1 (or a zero leaf) can only come from an
+  // update racing this sample and gives weight 1.
+  const uint64_t min_units = tree_.min_positive();
   for (int64_t i = begin; i < end; ++i) {
-    const double units = static_cast<double>(tree_.leaf(slots[i]));
-    const auto ratio = units > min_units ? static_cast<float>(min_units / units) : 1.0f;
-    weights[i] = ratio == 1.0f ? 1.0f : std::exp(beta_f * std::log(ratio));
+    weights[i] = ImportanceWeight(min_units, tree_.leaf(slots[i]), beta);
   }
 }
 

@@ -54,21 +54,12 @@ SumTree::SumTree(int64_t leaves, uint64_t* sums, uint64_t* mins)
     : layout_(MakeTreeLayout(leaves)), sums_(sums), mins_(mins) {}
 
 void SumTree::RefreshRange(int64_t first_leaf, int64_t last_leaf) {
-  uint64_t* s = mutable_sums();
-  uint64_t* m = mutable_mins();
   int64_t lo = first_leaf, hi = last_leaf;
   for (int level = layout_.depth - 1; level >= 0; --level) {
     lo /= kTreeFanout;
     hi /= kTreeFanout;
-    const uint64_t* child_sums = s + layout_.offset[level + 1];
-    const uint64_t* child_mins =
-        level + 1 == layout_.depth ? child_sums : m + layout_.offset[level + 1];
     for (int64_t node = lo; node <= hi; ++node) {
-      const uint64_t* c = child_sums + node * kTreeFanout;
-      uint64_t total = 0;
-      for (int k = 0; k < kTreeFanout; ++k) total += LoadRelaxed(c + k);
-      StoreRelaxed(s + layout_.offset[level] + node, total);
-      StoreRelaxed(m + layout_.offset[level] + node, MinPositive(child_mins + node * kTreeFanout));
+      RebuildNode(mutable_sums(), mutable_mins(), layout_, level, node);
     }
   }
 }
@@ -159,8 +150,7 @@ void SumTree::ShiftLeavesRight(int shift, int64_t first, std::atomic<int64_t>* p
   uint64_t* leaf = mutable_sums() + layout_.offset[layout_.depth];
   const int64_t n = leaves();
   for (int64_t i = first; i < n; ++i) {
-    const uint64_t v = LoadRelaxed(leaf + i);
-    if (v != 0) StoreRelaxed(leaf + i, shift >= 64 ? 1 : std::max<uint64_t>(v >> shift, 1));
+    StoreRelaxed(leaf + i, ShiftedLeaf(LoadRelaxed(leaf + i), shift));
     if (progress != nullptr) progress->store(i + 1, std::memory_order_release);
   }
   Rebuild();

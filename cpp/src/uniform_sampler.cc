@@ -4,6 +4,7 @@
 #include <unordered_set>
 
 #include "reverie/common.h"
+#include "reverie/kernels.h"
 #include "reverie/philox.h"
 
 namespace reverie {
@@ -39,8 +40,7 @@ void UniformSampler::Draw(const SampleRequest& request, int64_t begin, int64_t e
   const uint64_t range = static_cast<uint64_t>(request.draw_range());
   if (replacement_) {
     for (int64_t i = begin; i < end; ++i) {
-      slots[i] = static_cast<int64_t>(
-          MulHi64(RandomBits(request.seed, request.call, static_cast<uint32_t>(i)), range));
+      slots[i] = UniformDraw(request.seed, request.call, i, static_cast<int64_t>(range));
     }
     return;
   }

@@ -6,6 +6,7 @@
 
 from . import _core
 from ._buffer import Batch, ReplayBuffer
+from ._device import DeviceReplayBuffer, cuda_available
 from ._episodes import EpisodeBuffer, sequence_priority
 from ._export import from_minari, from_npz, to_minari, to_npz
 from ._limiter import RateLimiter
@@ -21,7 +22,7 @@ def cuda_built() -> bool:
 
 
 __all__ = [
-    "Batch", "EpisodeBuffer", "Field", "Prioritized", "RateLimiter", "ReplayBuffer", "Uniform",
-    "cuda_built", "from_minari", "from_npz", "sequence_priority", "to_minari", "to_npz",
+    "Batch", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Prioritized", "RateLimiter", "ReplayBuffer", "Uniform",
+    "cuda_available", "cuda_built", "from_minari", "from_npz", "sequence_priority", "to_minari", "to_npz",
     "__version__",
 ]

@@ -106,6 +106,10 @@ class ReplayBuffer:
             prioritized beta and rate limiter are kept unless new ones are given). One
             buffer in one process opens a path at a time.
         path: the file of a ``storage="memmap"`` buffer.
+        device: ``"cuda"`` / ``"cuda:N"`` makes a GPU-resident buffer (``DeviceReplayBuffer``:
+            columns, priority tree and sampling in device memory); ``None`` or ``"cpu"``
+            (default) keeps it in host memory. A host buffer still feeds a GPU learner:
+            ``sample(B, device="cuda", prefetch=True)``.
 
     >>> buf = ReplayBuffer(100_000, sampler=Prioritized(alpha=0.6, beta=0.4), seed=0)
     >>> buf.add(obs=np.zeros(4, np.float32), action=1, reward=0.5, done=False)
@@ -113,10 +117,28 @@ class ReplayBuffer:
     >>> buf.update_priorities(batch.indices, torch.rand(32))
     """
 
+    def __new__(cls, *args: Any, device: Any = None, **kwargs: Any) -> Any:
+        # device="cuda": the buffer lives on the GPU (DeviceReplayBuffer).
+        if device is not None and torch.device(device).type == "cuda":
+            if cls is not ReplayBuffer:
+                raise ValueError(f"device={device!r}: {cls.__name__} has no GPU-resident form; "
+                                 "device buffers are ReplayBuffer(..., device='cuda')")
+            unsupported = [k for k in ("rate_limiter", "storage", "path") if kwargs.get(k) not in (None, "memory")]
+            if unsupported:
+                raise ValueError(f"device={device!r} buffers do not take {', '.join(unsupported)}: "
+                                 "they keep everything in GPU memory")
+            kwargs.pop("rate_limiter", None), kwargs.pop("storage", None), kwargs.pop("path", None)
+            from ._device import DeviceReplayBuffer
+            return DeviceReplayBuffer(*args, device=device, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
                  sampler: Union[Uniform, Prioritized, None] = None,
                  seed: Optional[int] = None, *, rate_limiter: Optional[RateLimiter] = None,
-                 storage: str = "memory", path: Optional[Union[str, os.PathLike]] = None) -> None:
+                 storage: str = "memory", path: Optional[Union[str, os.PathLike]] = None,
+                 device: Any = None) -> None:
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
         capacity = _as_int("capacity", capacity)
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0, got {capacity}")
@@ -222,6 +244,7 @@ class ReplayBuffer:
         self._built = threading.Event()  # set once the spec is known and the core exists
         self._spec: Dict[str, Field] = {}
         self._columns: Optional[Dict[str, torch.Tensor]] = None
+        self._stager: Any = None  # sample(device=..., prefetch=...) state (_staging.py)
 
     def _build(self, spec: Dict[str, Field]) -> Any:
         if self._storage == "memmap":
@@ -357,13 +380,21 @@ class ReplayBuffer:
 
     # ---- sampling ---------------------------------------------------------------------
 
-    def sample(self, batch_size: int, *, out: Optional[Mapping[str, torch.Tensor]] = None) -> Batch:
+    def sample(self, batch_size: int, *, out: Optional[Mapping[str, torch.Tensor]] = None,
+               device: Any = None, prefetch: bool = False) -> Batch:
         """Draws ``batch_size`` items.
 
         Args:
             batch_size: items per batch (> 0).
             out: optional {field: tensor [B, *shape]} to gather into (e.g. pinned memory);
                 each must be a contiguous CPU tensor of the field's dtype.
+            device: where the batch goes, e.g. ``"cuda"``: rows are gathered into pinned
+                memory (two sets, reused) and copied asynchronously on the current stream;
+                ``indices`` stay on the CPU (for ``update_priorities``).
+            prefetch: also start gathering the next batch of the same size and device on a
+                worker thread now, while the caller trains on this one (double buffering).
+                The next call with the same arguments returns it. It is drawn before this
+                batch's priorities are updated (one step stale, as in Reverb's prefetch).
 
         Returns:
             A Batch whose tensors own freshly gathered memory (or are the ``out`` tensors).
@@ -376,6 +407,11 @@ class ReplayBuffer:
             batch_size = _as_int("batch_size", batch_size)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if device is not None or prefetch:
+            if out is not None:
+                raise ValueError("out= and device=/prefetch= exclude each other (staging uses its own pinned buffers)")
+            return self._staged(batch_size, torch.device("cpu" if device is None else device),
+                                bool(prefetch))
         core = self._core
         if core is None:
             core = self._await_first_item(batch_size)
@@ -394,6 +430,16 @@ class ReplayBuffer:
             _, keys, weights = core.sample(batch_size, [t.data_ptr() for t in tensors])
             fields = zip(self._names, tensors)
         return Batch(fields, from_numpy(keys), None if weights is None else from_numpy(weights))
+
+    def _staged(self, batch_size: int, device: torch.device, prefetch: bool) -> Batch:
+        from ._staging import Stager
+
+        stager = self._stager
+        if stager is None or not stager.serves(batch_size, device):
+            if stager is not None:
+                stager.close()
+            stager = self._stager = Stager(self, batch_size, device)
+        return stager.sample(prefetch)
 
     def _await_first_item(self, batch_size: int) -> Any:
         """sample() before the spec is known: an error, or with a rate limiter that may wait,
@@ -514,6 +560,9 @@ class ReplayBuffer:
             del self.add, self.extend  # the unbound methods now report the closed buffer
         # Drop every reference to the core, so its memory (and a memmap file's lock) is
         # released now; column views handed out earlier keep it alive while they live.
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
         if isinstance(self._sampler, Prioritized):
             self._sampler._core = None
         if self._limiter is not None:

@@ -140,6 +140,37 @@ REVERIE_HD void RefreshMinPath(const uint64_t* sums, uint64_t* mins, const TreeL
   }
 }
 
+// Node `node` of level `level` (< depth) from its children: the sum of their sums and the
+// smallest positive among them (their mins, or their values for the level above the leaves).
+// Exact. O(1).
+REVERIE_HD void RebuildNode(uint64_t* sums, uint64_t* mins, const TreeLayout& layout, int level,
+                            int64_t node) {
+  const uint64_t* children = sums + layout.offset[level + 1] + node * kTreeFanout;
+  uint64_t total = 0;
+  for (int k = 0; k < kTreeFanout; ++k) total += LoadRelaxed(children + k);
+  StoreRelaxed(sums + layout.offset[level] + node, total);
+  const uint64_t* child_mins =
+      level + 1 == layout.depth ? children : mins + layout.offset[level + 1] + node * kTreeFanout;
+  StoreRelaxed(mins + layout.offset[level] + node, MinPositive(child_mins));
+}
+
+// Only the min of node `node` of level `level` from its children. O(1).
+REVERIE_HD void RefreshMinNode(const uint64_t* sums, uint64_t* mins, const TreeLayout& layout,
+                               int level, int64_t node) {
+  const uint64_t* children = level + 1 == layout.depth
+                                 ? sums + layout.offset[level + 1] + node * kTreeFanout
+                                 : mins + layout.offset[level + 1] + node * kTreeFanout;
+  StoreRelaxed(mins + layout.offset[level] + node, MinPositive(children));
+}
+
+// A leaf after the fixed-point scale drops by 2^shift: a positive leaf stays >= 1. O(1).
+REVERIE_HD uint64_t ShiftedLeaf(uint64_t units, int shift) {
+  if (units == 0) return 0;
+  if (shift >= 64) return 1;
+  const uint64_t v = units >> shift;
+  return v < 1 ? 1 : v;
+}
+
 // ---- The host-side tree -------------------------------------------------------------
 
 // Thread-safety: one writer at a time (the owner serialises them); readers (total, leaf,

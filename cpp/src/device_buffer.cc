@@ -1,0 +1,281 @@
+#include "reverie/device_buffer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "reverie/aligned_buffer.h"
+#include "reverie/common.h"
+
+namespace reverie {
+namespace {
+
+// The shared kernels on host memory, one thread: what the CUDA build runs, step for step.
+class HostBackend final : public DeviceBackend {
+ public:
+  std::string name() const override { return "cpu"; }
+  void* Allocate(size_t bytes) override {
+    AlignedBuffer buffer(std::max<size_t>(bytes, 1));
+    void* p = buffer.data();
+    blocks_.emplace(p, std::move(buffer));
+    return p;
+  }
+  void Free(void* p) noexcept override { blocks_.erase(p); }
+  void Begin(StreamHandle) override {}
+  void End(StreamHandle) override {}
+  void Copy(void* dst, const void* src, size_t bytes, StreamHandle) override {
+    std::memcpy(dst, src, bytes);
+  }
+  void CopyToHost(void* dst, const void* src, size_t bytes, StreamHandle) override {
+    std::memcpy(dst, src, bytes);
+  }
+  void Insert(const InsertArgs& args, StreamHandle) override { InsertProgram(args, HostBlock{}); }
+  void Sample(const SampleArgs& args, StreamHandle) override {
+    for (int64_t i = 0; i < args.batch; ++i) SampleOne(args, i);
+  }
+  void Gather(const GatherArgs& args, StreamHandle) override {
+    for (int f = 0; f < args.fields; ++f) {
+      for (int64_t i = 0; i < args.batch; ++i) GatherPart(args, i, f, 0, 1);
+    }
+  }
+  void Update(const UpdateArgs& args, StreamHandle) override { UpdateProgram(args, HostBlock{}); }
+
+ private:
+  std::map<void*, AlignedBuffer> blocks_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceBackend> MakeHostBackend() { return std::make_unique<HostBackend>(); }
+
+#ifndef REVERIE_WITH_CUDA
+std::unique_ptr<DeviceBackend> MakeCudaBackend(int) {
+  throw std::runtime_error(
+      "this build of reverie has no CUDA kernels (it was built without nvcc, or with "
+      "REVERIE_CUDA=OFF); rebuild with nvcc on the PATH to use device='cuda'");
+}
+bool CudaBuilt() { return false; }
+int CudaDeviceCount() { return 0; }
+#endif
+
+DeviceReplay::DeviceReplay(int64_t capacity, std::vector<int64_t> row_bytes, bool prioritized,
+                           PrioritizedConfig config, uint64_t seed,
+                           std::unique_ptr<DeviceBackend> backend)
+    : backend_(std::move(backend)),
+      capacity_(capacity),
+      row_bytes_(std::move(row_bytes)),
+      prioritized_(prioritized),
+      config_(config),
+      seed_(seed),
+      beta_(config.beta) {
+  REVERIE_CHECK(capacity >= 1, "capacity must be >= 1, got ", capacity);
+  REVERIE_CHECK(!row_bytes_.empty(), "a buffer needs at least one field");
+  for (size_t f = 0; f < row_bytes_.size(); ++f) {
+    REVERIE_CHECK(row_bytes_[f] > 0, "field ", f, " has ", row_bytes_[f],
+                  " bytes per item; device buffers need fields of at least one byte");
+  }
+  const auto finite = [](double v) { return std::isfinite(v) && v >= 0; };
+  REVERIE_CHECK(finite(config.alpha), "alpha must be finite and >= 0, got ", config.alpha);
+  REVERIE_CHECK(finite(config.beta), "beta must be finite and >= 0, got ", config.beta);
+  REVERIE_CHECK(finite(config.eps), "eps must be finite and >= 0, got ", config.eps);
+  device_ = backend_->name();
+  try {
+    for (int64_t bytes : row_bytes_) {
+      columns_.push_back(static_cast<uint8_t*>(backend_->Allocate(static_cast<size_t>(bytes * capacity))));
+    }
+    status_ = static_cast<DeviceStatus*>(backend_->Allocate(sizeof(DeviceStatus)));
+    if (prioritized_) {
+      layout_ = MakeTreeLayout(capacity);
+      sums_ = static_cast<uint64_t*>(backend_->Allocate(SumTree::SumsBytes(capacity)));
+      mins_ = static_cast<uint64_t*>(backend_->Allocate(SumTree::MinsBytes(capacity)));
+      winner_ = static_cast<uint64_t*>(backend_->Allocate(static_cast<size_t>(capacity) * 8));
+    }
+    // The status starts as PrioritizedSampler's state does: max q 1, its scale.
+    DeviceStatus initial;
+    initial.scale_exp = PriorityScaleFor(1.0, std::ldexp(1.0, 62) / static_cast<double>(capacity) / 16.0);
+    backend_->Begin(0);
+    backend_->Copy(status_, &initial, sizeof(initial), 0);
+    backend_->End(0);
+  } catch (...) {
+    for (uint8_t* c : columns_) backend_->Free(c);
+    for (void* p : {static_cast<void*>(status_), static_cast<void*>(sums_),
+                    static_cast<void*>(mins_), static_cast<void*>(winner_)}) {
+      if (p != nullptr) backend_->Free(p);
+    }
+    throw;
+  }
+}
+
+DeviceReplay::~DeviceReplay() {
+  // The CUDA backend's Free waits for the device (cudaFree), so no kernel still uses these.
+  for (uint8_t* c : columns_) backend_->Free(c);
+  for (void* p : {static_cast<void*>(status_), static_cast<void*>(sums_),
+                  static_cast<void*>(mins_), static_cast<void*>(winner_)}) {
+    if (p != nullptr) backend_->Free(p);
+  }
+}
+
+TreeView DeviceReplay::Tree() const {
+  TreeView t;
+  t.sums = sums_;
+  t.mins = mins_;
+  t.layout = layout_;
+  return t;
+}
+
+void DeviceReplay::Add(const void* const* sources, int64_t n, StreamHandle stream) {
+  REVERIE_CHECK(n >= 0, "cannot add a negative number of items (", n, ")");
+  if (n == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  // Of more than capacity items only the last capacity stay.
+  const int64_t skipped = n > capacity_ ? n - capacity_ : 0;
+  const int64_t kept = n - skipped;
+  const int64_t first_key = written_ + skipped;
+  const int64_t first = first_key % capacity_;
+  const int64_t head = std::min(kept, capacity_ - first);
+  backend_->Begin(stream);
+  for (size_t f = 0; f < columns_.size(); ++f) {
+    const auto bytes = static_cast<size_t>(row_bytes_[f]);
+    const auto* src = static_cast<const uint8_t*>(sources[f]) + static_cast<size_t>(skipped) * bytes;
+    backend_->Copy(columns_[f] + static_cast<size_t>(first) * bytes, src,
+                   static_cast<size_t>(head) * bytes, stream);
+    if (kept > head) {
+      backend_->Copy(columns_[f], src + static_cast<size_t>(head) * bytes,
+                     static_cast<size_t>(kept - head) * bytes, stream);
+    }
+  }
+  if (prioritized_) {
+    InsertArgs args;
+    args.tree = Tree();
+    args.status = status_;
+    args.first = first;
+    args.n = kept;
+    args.capacity = capacity_;
+    backend_->Insert(args, stream);
+  }
+  backend_->End(stream);
+  written_ += n;
+}
+
+void DeviceReplay::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights,
+                          StreamHandle stream) {
+  REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
+  REVERIE_CHECK(batch < (int64_t{1} << 32), "batch_size must be < 2^32, got ", batch);
+  std::lock_guard<std::mutex> lock(mu_);
+  REVERIE_CHECK(written_ > 0, "cannot sample ", batch, " items: the buffer is empty (add items first)");
+  SampleArgs args;
+  args.tree = prioritized_ ? Tree() : TreeView{};
+  args.status = status_;
+  args.seed = seed_;
+  args.call = calls_++;
+  args.batch = batch;
+  args.size = std::min(written_, capacity_);
+  args.written = written_;
+  args.capacity = capacity_;
+  args.beta = beta_;
+  args.keys = keys;
+  args.weights = weights;
+  backend_->Begin(stream);
+  backend_->Sample(args, stream);
+  GatherArgs gather;
+  gather.keys = keys;
+  gather.batch = batch;
+  gather.capacity = capacity_;
+  for (size_t f = 0; f < columns_.size(); f += kMaxGatherFields) {
+    gather.fields = static_cast<int>(std::min<size_t>(kMaxGatherFields, columns_.size() - f));
+    for (int k = 0; k < gather.fields; ++k) {
+      gather.out[k] = out[f + static_cast<size_t>(k)];
+      gather.column[k] = columns_[f + static_cast<size_t>(k)];
+      gather.row_bytes[k] = row_bytes_[f + static_cast<size_t>(k)];
+    }
+    backend_->Gather(gather, stream);
+  }
+  backend_->End(stream);
+}
+
+void DeviceReplay::UpdatePriorities(const int64_t* keys, const void* priorities, bool f64,
+                                    int64_t n, StreamHandle stream) {
+  REVERIE_CHECK(prioritized_, "update_priorities needs a prioritized sampler; this buffer samples uniformly");
+  REVERIE_CHECK(n >= 0, "negative update count ", n);
+  if (n == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  UpdateArgs args;
+  args.tree = Tree();
+  args.status = status_;
+  args.winner = winner_;
+  args.keys = keys;
+  args.priorities = priorities;
+  args.f64 = f64;
+  args.n = n;
+  args.written = written_;
+  args.capacity = capacity_;
+  args.params.alpha = config_.alpha;
+  args.params.eps = config_.eps;
+  args.params.unit_budget = std::ldexp(1.0, 62) / static_cast<double>(capacity_);
+  backend_->Begin(stream);
+  backend_->Update(args, stream);
+  backend_->End(stream);
+}
+
+DeviceStatus DeviceReplay::ReadStatus(StreamHandle stream, bool clear_error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  DeviceStatus status;
+  backend_->Begin(stream);
+  backend_->CopyToHost(&status, status_, sizeof(status), stream);
+  if (clear_error && status.error != kErrorNone) {
+    const int64_t none = kErrorNone;
+    backend_->Copy(&status_->error, &none, sizeof(none), stream);
+  }
+  backend_->End(stream);
+  return status;
+}
+
+std::vector<uint64_t> DeviceReplay::ReadLeaves(StreamHandle stream) {
+  std::vector<uint64_t> leaves(static_cast<size_t>(capacity_), 0);
+  if (!prioritized_) return leaves;
+  std::lock_guard<std::mutex> lock(mu_);
+  backend_->Begin(stream);
+  backend_->CopyToHost(leaves.data(), sums_ + layout_.offset[layout_.depth],
+                       leaves.size() * sizeof(uint64_t), stream);
+  backend_->End(stream);
+  return leaves;
+}
+
+void DeviceReplay::ReadColumn(int field, void* host_out, StreamHandle stream) {
+  REVERIE_CHECK_INDEX(field >= 0 && static_cast<size_t>(field) < columns_.size(), "field ", field,
+                      " out of range: the buffer has ", columns_.size());
+  std::lock_guard<std::mutex> lock(mu_);
+  backend_->Begin(stream);
+  backend_->CopyToHost(host_out, columns_[static_cast<size_t>(field)],
+                       static_cast<size_t>(row_bytes_[static_cast<size_t>(field)] * capacity_), stream);
+  backend_->End(stream);
+}
+
+void DeviceReplay::set_beta(double beta) {
+  REVERIE_CHECK(std::isfinite(beta) && beta >= 0, "beta must be finite and >= 0, got ", beta);
+  std::lock_guard<std::mutex> lock(mu_);
+  beta_ = beta;
+}
+
+double DeviceReplay::beta() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return beta_;
+}
+
+int64_t DeviceReplay::written() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return written_;
+}
+
+int64_t DeviceReplay::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::min(written_, capacity_);
+}
+
+uint64_t DeviceReplay::sample_calls() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return calls_;
+}
+
+}  // namespace reverie

@@ -1,0 +1,395 @@
+"""Device-resident replay: columns, priority tree and sampling in GPU memory."""
+
+from __future__ import annotations
+
+import copy
+import math
+import secrets
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import _core
+from ._samplers import Prioritized, Uniform
+from ._spec import Field, SpecLike, infer_field, normalize_spec
+
+
+def cuda_available() -> bool:
+    """Whether device buffers can run on CUDA here: the build has the kernels, and a driver
+    and a GPU are present (``torch.cuda.is_available()`` is asked too)."""
+    return bool(_core.cuda_built()) and _core.cuda_device_count() > 0 and torch.cuda.is_available()
+
+
+_INT_KINDS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _number_fits(value: Any, dtype: torch.dtype) -> bool:
+    """A Python number converts to a field's dtype as on the CPU buffer: bool -> any,
+    int -> int or float, float -> float."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return dtype != torch.bool
+    return isinstance(value, float) and dtype.is_floating_point
+
+
+class DeviceReplayBuffer:
+    """A replay buffer that lives on a GPU: columns and priority tree in device memory.
+
+    ``sample`` returns CUDA tensors written by the kernels into memory the tensors own, on
+    the caller's current torch stream; ``add``/``extend`` take CUDA tensors (copied device to
+    device) or CPU values; ``update_priorities`` runs on the device. Nothing in
+    sample -> update_priorities waits for the GPU. Draws are the CPU buffer's (same seed, same
+    calls: same indices and weights), since both run the same kernels (kernels.h).
+
+    Priorities and indices given as CUDA tensors are checked on the device: a bad one makes
+    the kernel ignore that whole update and record the error, which ``synchronize()`` raises.
+    Values given on the CPU are checked at once, as on the CPU buffer.
+
+    ``device="cpu"`` runs the very same kernels on host memory, one thread (the reference the
+    CUDA build is tested against; the ordinary ``ReplayBuffer`` is the fast CPU buffer).
+
+    Args:
+        capacity: how many items the buffer holds.
+        spec: optional {name: Field | (dtype, shape)}; else inferred from the first write.
+        sampler: ``Uniform()`` (with replacement) or ``Prioritized(alpha, beta, eps)``.
+        seed: seeds the counter-based generator. Default: a random seed.
+        device: ``"cuda"``, ``"cuda:N"`` or a torch.device; ``"cpu"`` for the reference.
+
+    >>> buf = ReplayBuffer(1_000_000, sampler=Prioritized(), device="cuda")  # doctest: +SKIP
+    >>> buf.extend(obs=obs_cuda, action=act_cuda, reward=rew_cuda)          # doctest: +SKIP
+    >>> batch = buf.sample(256)                                              # doctest: +SKIP
+    >>> buf.update_priorities(batch.indices, td_error.abs())                 # doctest: +SKIP
+    """
+
+    def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
+                 sampler: Union[Uniform, Prioritized, None] = None, seed: Optional[int] = None,
+                 *, device: Union[str, torch.device] = "cuda") -> None:
+        from ._buffer import _as_int
+
+        capacity = _as_int("capacity", capacity)
+        if capacity <= 0:
+            raise ValueError(f"capacity must be > 0, got {capacity}")
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            if not _core.cuda_built():
+                raise RuntimeError(
+                    "device='cuda': this build of reverie has no CUDA kernels (built without "
+                    "nvcc or with REVERIE_CUDA=OFF); reinstall with nvcc on the PATH")
+            if not cuda_available():
+                raise RuntimeError(
+                    "device='cuda' needs a CUDA GPU and driver: reverie sees "
+                    f"{_core.cuda_device_count()} device(s), torch.cuda.is_available() is "
+                    f"{torch.cuda.is_available()}")
+            dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+        elif dev.type != "cpu":
+            raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
+        if sampler is None:
+            sampler = Uniform()
+        if isinstance(sampler, Uniform):
+            if not sampler.replacement:
+                raise ValueError("device buffers sample with replacement; Uniform(replacement=False) "
+                                 "is only on the CPU ReplayBuffer")
+        elif not isinstance(sampler, Prioritized):
+            raise TypeError(f"sampler must be Uniform or Prioritized, got {type(sampler).__name__}")
+        if seed is None:
+            seed = secrets.randbits(63)
+        seed = _as_int("seed", seed)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        self._capacity = capacity
+        self._device = dev
+        self._seed = seed
+        self._sampler = copy.copy(sampler)
+        if isinstance(self._sampler, Prioritized):
+            self._sampler._core = None
+        self._core: Any = None
+        self._spec: Dict[str, Field] = {}
+        if spec is not None:
+            self._build(normalize_spec(spec))
+
+    # ---- construction -------------------------------------------------------------------
+
+    def _build(self, spec: Dict[str, Field]) -> None:
+        row_bytes = []
+        for name, f in spec.items():
+            size = math.prod(f.shape) * torch.empty((), dtype=f.torch_dtype).element_size()
+            if size == 0:
+                raise ValueError(f"field '{name}' has shape {f.shape}: device buffers need "
+                                 "fields of at least one element")
+            row_bytes.append(size)
+        s = self._sampler
+        prioritized = isinstance(s, Prioritized)
+        self._core = _core.DeviceReplay(
+            self._capacity, row_bytes, self._device.type,
+            -1 if self._device.index is None else self._device.index, prioritized,
+            s.alpha if prioritized else 0.0, s.beta if prioritized else 0.0,
+            s.eps if prioritized else 0.0, self._seed)
+        if prioritized:
+            s._core = self._core  # beta changes reach the kernels
+        self._spec = spec
+        self._names = list(spec)
+        self._fields = list(spec.values())
+
+    def _stream(self) -> int:
+        if self._device.type == "cuda":
+            return int(torch.cuda.current_stream(self._device).cuda_stream)
+        return 0
+
+    # ---- writing ----------------------------------------------------------------------
+
+    def add(self, **fields: Any) -> None:
+        """Stores one item (tensors on any device, numpy arrays or Python numbers)."""
+        self._write(fields, batched=False)
+
+    def extend(self, **fields: Any) -> None:
+        """Stores a batch of items along the leading axis of every field. Of more than
+        ``capacity`` items only the last ``capacity`` stay."""
+        self._write(fields, batched=True)
+
+    def _write(self, fields: Mapping[str, Any], batched: bool) -> None:
+        if self._core is None:
+            if not fields:
+                raise ValueError("add()/extend() need at least one field, e.g. add(obs=..., reward=...)")
+            self._build({n: infer_field(n, v, batched) for n, v in fields.items()})
+            try:
+                self._write(fields, batched)
+            except BaseException:
+                self._core = None
+                self._spec = {}
+                if isinstance(self._sampler, Prioritized):
+                    self._sampler._core = None
+                raise
+            return
+        if set(fields) != set(self._names):
+            missing = [n for n in self._names if n not in fields]
+            unknown = [n for n in fields if n not in self._spec]
+            raise ValueError(f"fields must be exactly {self._names}; missing {missing}, unknown {unknown}")
+        tensors: List[torch.Tensor] = []
+        n: Optional[int] = None
+        for name, f in zip(self._names, self._fields):
+            t = self._as_tensor(name, fields[name], f, batched)
+            rows = t.shape[0] if batched else 1
+            if n is None:
+                n = rows
+            elif rows != n:
+                raise ValueError(f"extend(): field '{name}' has {rows} items, '{self._names[0]}' has {n}")
+            tensors.append(t)
+        assert n is not None
+        self._core.add([t.data_ptr() for t in tensors], n, self._stream())
+
+    def _as_tensor(self, name: str, value: Any, f: Field, batched: bool) -> torch.Tensor:
+        dt = f.torch_dtype
+        if isinstance(value, torch.Tensor):
+            t = value
+        elif isinstance(value, (np.ndarray, np.generic)):
+            t = torch.from_numpy(np.asarray(value))
+        elif isinstance(value, (bool, int, float)) and not batched:
+            if not _number_fits(value, dt):
+                raise TypeError(f"field '{name}': cannot store a {type(value).__name__} in {f.dtype}")
+            t = torch.tensor(value, dtype=dt)
+        elif isinstance(value, (list, tuple)):
+            t = torch.as_tensor(np.asarray(value))
+            if t.dtype != dt and (t.dtype.is_floating_point <= dt.is_floating_point):
+                t = t.to(dt)  # a list of Python numbers, converted as single numbers are
+        else:
+            raise TypeError(f"field '{name}': expected a tensor, numpy array or number, "
+                            f"got {type(value).__name__}")
+        if t.dtype != dt:
+            raise TypeError(f"field '{name}': expected dtype {dt}, got {t.dtype}")
+        want = f.shape
+        got = tuple(t.shape[1:]) if batched else tuple(t.shape)
+        if (batched and t.dim() < 1) or got != want:
+            shape = ("N", *want) if batched else want
+            raise ValueError(f"field '{name}': expected shape {shape}, got {tuple(t.shape)}")
+        if t.device != self._device:
+            t = t.to(self._device)
+        return t.detach().contiguous()
+
+    # ---- sampling and priorities ------------------------------------------------------
+
+    def sample(self, batch_size: int) -> "Batch":
+        """Draws ``batch_size`` items: a Batch of tensors on the buffer's device.
+
+        Raises:
+            ValueError: batch_size < 1 or the buffer is empty. (A prioritized buffer whose
+                priorities are all 0 returns indices -1 and weights 0, and synchronize()
+                raises; checking first would wait for the GPU.)
+        """
+        from ._buffer import Batch, _as_int
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            batch_size = _as_int("batch_size", batch_size)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if self._core is None:
+            raise ValueError(f"cannot sample {batch_size} items: the buffer is empty (add items first)")
+        dev = self._device
+        out = [torch.empty((batch_size, *f.shape), dtype=f.torch_dtype, device=dev)
+               for f in self._fields]
+        keys = torch.empty(batch_size, dtype=torch.int64, device=dev)
+        weights = (torch.empty(batch_size, dtype=torch.float32, device=dev)
+                   if isinstance(self._sampler, Prioritized) else None)
+        self._core.sample(batch_size, [t.data_ptr() for t in out], keys.data_ptr(),
+                          0 if weights is None else weights.data_ptr(), self._stream())
+        return Batch(zip(self._names, out), keys, weights)
+
+    def update_priorities(self, indices: Any, priorities: Any) -> None:
+        """Sets the priorities of sampled items (e.g. ``|TD error|``), on the device.
+
+        Args:
+            indices: keys as in ``batch.indices`` (1-D ints), on any device.
+            priorities: 1-D floats, finite and >= 0, one per index. A repeated index keeps
+                the last value. Updates of items overwritten since they were sampled are
+                ignored and counted (``stale_updates``).
+
+        Returns None: the count of ignored updates would need a wait for the GPU.
+
+        Raises:
+            ValueError / IndexError: at once for bad values given on the CPU; for values on
+                the GPU, at the next ``synchronize()`` (the update is then ignored entirely).
+            TypeError: indices not integers or priorities not numbers.
+        """
+        if not isinstance(self._sampler, Prioritized):
+            raise ValueError("update_priorities needs a prioritized sampler; this buffer samples uniformly")
+        keys = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(np.asarray(indices))
+        prio = priorities if isinstance(priorities, torch.Tensor) else torch.as_tensor(np.asarray(priorities))
+        if keys.dim() != 1 or prio.dim() != 1:
+            raise ValueError(f"indices and priorities must be 1-D, got shapes {tuple(keys.shape)} "
+                             f"and {tuple(prio.shape)}")
+        if keys.shape[0] != prio.shape[0]:
+            raise ValueError(f"got {keys.shape[0]} indices and {prio.shape[0]} priorities")
+        if keys.dtype.is_floating_point or keys.dtype == torch.bool or keys.is_complex():
+            raise TypeError(f"indices must be integers, got {keys.dtype}")
+        if prio.dtype == torch.bool or prio.is_complex():
+            raise TypeError(f"priorities must be real numbers, got {prio.dtype}")
+        n = int(keys.shape[0])
+        if n == 0:
+            return
+        if self._core is None:
+            raise IndexError(f"index {int(keys[0])} was never written: the buffer is empty")
+        if keys.device.type == "cpu" and prio.device.type == "cpu":
+            self._check_on_host(keys, prio)
+        dev = self._device
+        keys = keys.to(dev, torch.int64).contiguous()
+        if prio.dtype not in (torch.float32, torch.float64):
+            prio = prio.to(torch.float32)
+        prio = prio.to(dev).detach().contiguous()
+        self._core.update_priorities(keys.data_ptr(), prio.data_ptr(), prio.dtype == torch.float64,
+                                     n, self._stream())
+
+    def _check_on_host(self, keys: torch.Tensor, prio: torch.Tensor) -> None:
+        """The CPU buffer's checks, for values that are on the host anyway."""
+        p = prio.double().numpy()
+        s = self._sampler
+        assert isinstance(s, Prioritized)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok = np.isfinite(p) & (p >= 0)
+            if s.alpha > 1:
+                ok &= np.isfinite(np.power(np.where(ok, p, 0.0) + s.eps, s.alpha))
+        if not ok.all():
+            k = int(np.argmin(ok))
+            raise ValueError(f"priorities must be finite and >= 0 (and (p + eps)^alpha finite); "
+                             f"got {p[k]} at position {k}")
+        k64 = keys.numpy().astype(np.int64, copy=False)
+        written = self._core.written
+        bad = (k64 < 0) | (k64 >= written)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise IndexError(f"index {k64[k]} at position {k} was never written: valid keys are "
+                             f"0 .. {written - 1} (use batch.indices from sample())")
+
+    def synchronize(self) -> None:
+        """Waits for the buffer's queued work and raises the first error a kernel found
+        since the last call (each is reported once).
+
+        Raises:
+            ValueError: an update had a NaN, infinite, negative or overflowing priority (that
+                update was ignored), or a prioritized sample met all-zero priorities.
+            IndexError: an update named a key that was never written (ignored likewise).
+        """
+        if self._core is None:
+            return
+        st = self._core.read_status(self._stream(), True)
+        if st.error == 1:
+            raise ValueError(f"update_priorities: priority {st.error_value} at position {st.error_pos} "
+                             "is not finite and >= 0 (or (p + eps)^alpha overflows); that whole "
+                             "update was ignored")
+        if st.error == 2:
+            raise IndexError(f"update_priorities: index {st.error_key} at position {st.error_pos} "
+                             "was never written (use batch.indices from sample()); that whole "
+                             "update was ignored")
+        if st.error == 3:
+            raise ValueError("sample: every stored item had priority 0, so nothing could be drawn; "
+                             "that batch holds indices -1 and weights 0")
+
+    # ---- inspection ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return 0 if self._core is None else int(self._core.size)
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def spec(self) -> Dict[str, Field]:
+        return dict(self._spec)
+
+    @property
+    def sampler(self) -> Union[Uniform, Prioritized]:
+        return self._sampler
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def stale_updates(self) -> int:
+        """Updates ignored because their item had been overwritten (waits for the GPU)."""
+        return 0 if self._core is None else int(self._core.read_status(self._stream(), False).stale)
+
+    @property
+    def priorities(self) -> torch.Tensor:
+        """The stored ``(p + eps)^alpha`` of every slot as the tree holds it (float64, on the
+        CPU; a copy that waits for the GPU)."""
+        if not isinstance(self._sampler, Prioritized):
+            raise ValueError("priorities exist only with a prioritized sampler")
+        if self._core is None:
+            return torch.zeros(self._capacity, dtype=torch.float64)
+        st = self._core.read_status(self._stream(), False)
+        leaves = self._core.read_leaves(self._stream()).astype(np.float64)
+        return torch.from_numpy(np.ldexp(leaves, -int(st.scale_exp)))
+
+    def _leaves(self) -> np.ndarray:
+        """The tree's leaves in fixed-point units (tests compare them with the CPU tree)."""
+        return self._core.read_leaves(self._stream())
+
+    def columns(self) -> Dict[str, torch.Tensor]:
+        """A CPU copy of every column (all capacity rows; unwritten rows are zero)."""
+        out: Dict[str, torch.Tensor] = {}
+        if self._core is None:
+            return out
+        for i, (name, f) in enumerate(zip(self._names, self._fields)):
+            t = torch.empty((self._capacity, *f.shape), dtype=f.torch_dtype)
+            self._core.read_column(i, t.data_ptr(), self._stream())
+            out[name] = t
+        return out
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}: {f}" for n, f in self._spec.items())
+        return (f"DeviceReplayBuffer(len={len(self)}, capacity={self._capacity}, device={self._device}, "
+                f"sampler={self._sampler!r}, fields={{{fields}}})")
+
+
+def _device_kind(device: Any) -> Tuple[bool, Optional[torch.device]]:
+    """(is it a CUDA device, the device) for a device= argument (None: none given)."""
+    if device is None:
+        return False, None
+    dev = torch.device(device)
+    return dev.type == "cuda", dev
