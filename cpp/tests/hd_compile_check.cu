@@ -1,6 +1,7 @@
 // Compiles the shared __host__ __device__ kernels (tree descent, tree update, gather,
 // Philox, the episode logic: n-step returns, frame stacks, sequence windows) for the GPU, so CI proves the CPU-tested code is also valid device code.
-// Compile-only (CI: nvcc -c); the CUDA build proper comes with the device buffers.
+// Compile-only (CI: nvcc -c). The device buffer's kernels (cpp/cuda/cuda_backend.cu, which
+// launches kernels.h) are compiled by the CUDA build itself.
 #include "reverie/episodes.h"
 #include "reverie/gather.h"
 #include "reverie/philox.h"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import secrets
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ import torch
 from . import _core
 from ._samplers import Prioritized, Uniform
 from ._spec import Field, SpecLike, infer_field, normalize_spec
+
+if TYPE_CHECKING:
+    from ._buffer import Batch
 
 
 def cuda_available() -> bool:
@@ -43,9 +46,10 @@ class DeviceReplayBuffer:
     sample -> update_priorities waits for the GPU. Draws are the CPU buffer's (same seed, same
     calls: same indices and weights), since both run the same kernels (kernels.h).
 
-    Priorities and indices given as CUDA tensors are checked on the device: a bad one makes
-    the kernel ignore that whole update and record the error, which ``synchronize()`` raises.
-    Values given on the CPU are checked at once, as on the CPU buffer.
+    Indices and priorities given as tensors on the buffer's device are checked by the kernel:
+    a bad one makes it ignore that whole update and record the error, which
+    ``synchronize()`` raises. Anything else (numpy, lists, CPU tensors for a CUDA buffer) is
+    checked at once, as on the CPU buffer.
 
     ``device="cpu"`` runs the very same kernels on host memory, one thread (the reference the
     CUDA build is tested against; the ordinary ``ReplayBuffer`` is the fast CPU buffer).
@@ -120,14 +124,14 @@ class DeviceReplayBuffer:
                                  "fields of at least one element")
             row_bytes.append(size)
         s = self._sampler
-        prioritized = isinstance(s, Prioritized)
+        p = s if isinstance(s, Prioritized) else None
         self._core = _core.DeviceReplay(
             self._capacity, row_bytes, self._device.type,
-            -1 if self._device.index is None else self._device.index, prioritized,
-            s.alpha if prioritized else 0.0, s.beta if prioritized else 0.0,
-            s.eps if prioritized else 0.0, self._seed)
-        if prioritized:
-            s._core = self._core  # beta changes reach the kernels
+            -1 if self._device.index is None else self._device.index, p is not None,
+            0.0 if p is None else p.alpha, 0.0 if p is None else p.beta,
+            0.0 if p is None else p.eps, self._seed)
+        if p is not None:
+            p._core = self._core  # beta changes reach the kernels
         self._spec = spec
         self._names = list(spec)
         self._fields = list(spec.values())
@@ -247,8 +251,9 @@ class DeviceReplayBuffer:
         Returns None: the count of ignored updates would need a wait for the GPU.
 
         Raises:
-            ValueError / IndexError: at once for bad values given on the CPU; for values on
-                the GPU, at the next ``synchronize()`` (the update is then ignored entirely).
+            ValueError / IndexError: at once for bad values given off the device; for tensors
+                on the device, at the next ``synchronize()`` (the update is then ignored
+                entirely).
             TypeError: indices not integers or priorities not numbers.
         """
         if not isinstance(self._sampler, Prioritized):
@@ -269,9 +274,11 @@ class DeviceReplayBuffer:
             return
         if self._core is None:
             raise IndexError(f"index {int(keys[0])} was never written: the buffer is empty")
-        if keys.device.type == "cpu" and prio.device.type == "cpu":
-            self._check_on_host(keys, prio)
         dev = self._device
+        on_device = (isinstance(indices, torch.Tensor) and isinstance(priorities, torch.Tensor)
+                     and keys.device == dev and prio.device == dev)
+        if not on_device:
+            self._check_on_host(keys.cpu(), prio.detach().cpu())
         keys = keys.to(dev, torch.int64).contiguous()
         if prio.dtype not in (torch.float32, torch.float64):
             prio = prio.to(torch.float32)
@@ -354,7 +361,6 @@ class DeviceReplayBuffer:
         """Updates ignored because their item had been overwritten (waits for the GPU)."""
         return 0 if self._core is None else int(self._core.read_status(self._stream(), False).stale)
 
-    @property
     def priorities(self) -> torch.Tensor:
         """The stored ``(p + eps)^alpha`` of every slot as the tree holds it (float64, on the
         CPU; a copy that waits for the GPU)."""
@@ -370,8 +376,10 @@ class DeviceReplayBuffer:
         """The tree's leaves in fixed-point units (tests compare them with the CPU tree)."""
         return self._core.read_leaves(self._stream())
 
+    @property
     def columns(self) -> Dict[str, torch.Tensor]:
-        """A CPU copy of every column (all capacity rows; unwritten rows are zero)."""
+        """A CPU copy of every column {name: tensor [capacity, *shape]} (unwritten rows are
+        zero). A copy, unlike the CPU buffer's views: it waits for the GPU."""
         out: Dict[str, torch.Tensor] = {}
         if self._core is None:
             return out

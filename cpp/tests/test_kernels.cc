@@ -1,0 +1,290 @@
+// C++ tests of the shared kernels (kernels.h) as the host backend runs them: the batched
+// tree update and insert against SumTree's serial ones, draws and weights against
+// PrioritizedSampler, the gather against memcpy, device-side input errors, and a device
+// buffer used by several threads at once (TSan in CI).
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "harness.h"
+#include "reverie/device_buffer.h"
+#include "reverie/kernels.h"
+#include "reverie/prioritized_sampler.h"
+#include "reverie/sum_tree.h"
+
+using namespace reverie;
+
+namespace {
+
+// A tree in plain vectors, viewed as the kernels see it.
+struct Tree {
+  explicit Tree(int64_t leaves)
+      : sums(SumTree::SumsBytes(leaves) / 8, 0), mins(SumTree::MinsBytes(leaves) / 8 + 1, 0) {
+    view.sums = sums.data();
+    view.mins = mins.data();
+    view.layout = MakeTreeLayout(leaves);
+  }
+  std::vector<uint64_t> sums, mins;
+  TreeView view;
+};
+
+bool SameTree(const Tree& t, const SumTree& ref) {
+  const TreeLayout& l = ref.layout();
+  for (int64_t i = 0; i < l.total_nodes; ++i) {
+    if (t.sums[static_cast<size_t>(i)] != ref.sums()[i]) return false;
+  }
+  for (int64_t i = 0; i < l.offset[l.depth]; ++i) {
+    if (t.mins[static_cast<size_t>(i)] != ref.mins()[i]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST(KernelUpdateEqualsSerialSetLeaves) {
+  std::mt19937_64 rng(1);
+  for (int64_t capacity : {1, 9, 64, 1000, 70000}) {
+    Tree t(capacity);
+    SumTree ref(capacity);
+    std::vector<uint64_t> winner(static_cast<size_t>(capacity), 0);
+    DeviceStatus status;
+    status.scale_exp = 0;  // units = round(q): keeps the expected values easy to state
+    // Fill every leaf with 1 unit both ways.
+    InsertArgs ins;
+    ins.tree = t.view;
+    ins.status = &status;
+    ins.first = 0;
+    ins.n = capacity;
+    ins.capacity = capacity;
+    status.max_q = 1.0;
+    InsertProgram(ins, HostBlock{});
+    ref.FillRange(0, capacity, 1);
+    CHECK(SameTree(t, ref));
+    for (int round = 0; round < 20; ++round) {
+      const int64_t n = 1 + static_cast<int64_t>(rng() % 300);
+      std::vector<int64_t> keys(static_cast<size_t>(n));
+      std::vector<double> prio(static_cast<size_t>(n));
+      for (int64_t k = 0; k < n; ++k) {
+        // Few distinct keys, so repeats are common.
+        keys[static_cast<size_t>(k)] = static_cast<int64_t>(rng() % static_cast<uint64_t>(std::min<int64_t>(capacity, 40)));
+        prio[static_cast<size_t>(k)] = static_cast<double>(rng() % 1000);
+      }
+      UpdateArgs up;
+      up.tree = t.view;
+      up.status = &status;
+      up.winner = winner.data();
+      up.keys = keys.data();
+      up.priorities = prio.data();
+      up.f64 = true;
+      up.n = n;
+      up.written = capacity;
+      up.capacity = capacity;
+      up.params.alpha = 1.0;
+      up.params.eps = 0.0;
+      up.params.unit_budget = 1e18;  // no rescale here
+      UpdateProgram(up, HostBlock{});
+      std::vector<uint64_t> units(prio.size());
+      for (size_t k = 0; k < prio.size(); ++k) units[k] = static_cast<uint64_t>(prio[k]);
+      ref.SetLeaves(keys.data(), units.data(), n);
+      CHECK(SameTree(t, ref));
+      for (uint64_t w : winner) CHECK(w == 0);  // marks cleared
+    }
+    CHECK(status.error == kErrorNone);
+  }
+}
+
+TEST(KernelInsertWrapsLikeFillRange) {
+  const int64_t capacity = 100;
+  Tree t(capacity);
+  SumTree ref(capacity);
+  DeviceStatus status;
+  status.max_q = 3.0;
+  status.scale_exp = 2;  // 3 * 4 = 12 units
+  InsertArgs ins;
+  ins.tree = t.view;
+  ins.status = &status;
+  ins.first = 90;
+  ins.n = 25;
+  ins.capacity = capacity;
+  InsertProgram(ins, HostBlock{});
+  ref.FillRange(90, 10, 12);
+  ref.FillRange(0, 15, 12);
+  CHECK(SameTree(t, ref));
+  CHECK(ref.total() == 25 * 12);
+}
+
+TEST(KernelUpdateRejectsBadInputAndChangesNothing) {
+  const int64_t capacity = 50;
+  Tree t(capacity);
+  std::vector<uint64_t> winner(capacity, 0);
+  DeviceStatus status;
+  status.scale_exp = 0;
+  InsertArgs ins{t.view, &status, 0, capacity, capacity};
+  InsertProgram(ins, HostBlock{});
+  const std::vector<uint64_t> before = t.sums;
+  const std::vector<int64_t> keys = {1, 2, 3};
+  for (auto [bad_key, bad_prio, code] :
+       {std::tuple<int64_t, double, int64_t>{2, NAN, kErrorPriority},
+        {2, -1.0, kErrorPriority},
+        {2, INFINITY, kErrorPriority},
+        {50, 1.0, kErrorKey},
+        {-1, 1.0, kErrorKey}}) {
+    std::vector<int64_t> k = keys;
+    std::vector<float> p = {1.0f, 5.0f, 7.0f};
+    k[1] = bad_key;
+    p[1] = static_cast<float>(bad_prio);
+    UpdateArgs up;
+    up.tree = t.view;
+    up.status = &status;
+    up.winner = winner.data();
+    up.keys = k.data();
+    up.priorities = p.data();
+    up.n = 3;
+    up.written = capacity;
+    up.capacity = capacity;
+    up.params.alpha = 1.0;
+    up.params.unit_budget = 1e18;
+    status.error = kErrorNone;
+    UpdateProgram(up, HostBlock{});
+    CHECK(status.error == code);
+    CHECK(status.error_pos == 1);
+    CHECK(status.error_key == bad_key);
+    CHECK(t.sums == before);
+  }
+}
+
+TEST(KernelRescaleMatchesPrioritizedSampler) {
+  // The device program's rescale (a q beyond the fixed-point budget) gives the CPU
+  // sampler's tree, leaf for leaf.
+  const int64_t capacity = 300;
+  PrioritizedConfig config{1.0, 0.4, 0.0};
+  PrioritizedSampler cpu(capacity, config);
+  DeviceReplay dev(capacity, {4}, true, config, 5, MakeHostBackend());
+  std::vector<float> rows(capacity, 0.0f);
+  const void* src[] = {rows.data()};
+  dev.Add(src, capacity, 0);
+  cpu.OnInsert(0, capacity);
+  std::vector<int64_t> keys = {0, 7, 7, 299};
+  std::vector<double> prio = {1e-3, 1e25, 4.0, 1e40};
+  dev.UpdatePriorities(keys.data(), prio.data(), true, 4, 0);
+  cpu.UpdatePriorities(keys.data(), prio.data(), 4);
+  const std::vector<uint64_t> leaves = dev.ReadLeaves(0);
+  for (int64_t i = 0; i < capacity; ++i) CHECK(leaves[static_cast<size_t>(i)] == cpu.tree().leaf(i));
+  const DeviceStatus status = dev.ReadStatus(0, false);
+  CHECK(status.max_q == 1e40);
+  CHECK(status.scale_exp == cpu.GetState().scale_exp);
+}
+
+TEST(KernelDrawsAndWeightsMatchPrioritizedSampler) {
+  const int64_t capacity = 5000;
+  PrioritizedConfig config{0.6, 0.4, 1e-6};
+  PrioritizedSampler cpu(capacity, config);
+  DeviceReplay dev(capacity, {8}, true, config, 42, MakeHostBackend());
+  std::vector<int64_t> rows(capacity);
+  for (int64_t i = 0; i < capacity; ++i) rows[static_cast<size_t>(i)] = i * 10;
+  const void* src[] = {rows.data()};
+  dev.Add(src, capacity, 0);
+  cpu.OnInsert(0, capacity);
+  std::mt19937_64 rng(3);
+  std::vector<int64_t> keys(777);
+  std::vector<double> prio(777);
+  for (size_t k = 0; k < keys.size(); ++k) {
+    keys[k] = static_cast<int64_t>(rng() % capacity);
+    prio[k] = static_cast<double>(rng() % 10000) / 100.0;
+  }
+  dev.UpdatePriorities(keys.data(), prio.data(), true, 777, 0);
+  cpu.UpdatePriorities(keys.data(), prio.data(), 777);
+  const int64_t batch = 1024;
+  std::vector<int64_t> out(batch), got_keys(batch), slots(batch);
+  std::vector<float> got_w(batch), want_w(batch);
+  uint8_t* outs[] = {reinterpret_cast<uint8_t*>(out.data())};
+  dev.Sample(batch, outs, got_keys.data(), got_w.data(), 0);
+  SampleRequest request;
+  request.seed = 42;
+  request.call = 0;
+  request.size = capacity;
+  request.batch = batch;
+  cpu.Sample(request, 0, batch, slots.data(), want_w.data());
+  for (int64_t i = 0; i < batch; ++i) {
+    const auto k = static_cast<size_t>(i);
+    CHECK(got_keys[k] == slots[k]);
+    CHECK(got_w[k] == want_w[k]);
+    CHECK(out[k] == slots[k] * 10);
+  }
+}
+
+TEST(KernelGatherCopiesEveryWidthAndAlignment) {
+  // Rows of 1..40 bytes, at aligned and unaligned addresses, against memcpy.
+  std::mt19937_64 rng(9);
+  for (int64_t bytes = 1; bytes <= 40; ++bytes) {
+    for (int shift : {0, 1, 4}) {
+      const int64_t rows = 20, batch = 13;
+      std::vector<uint8_t> column(static_cast<size_t>(rows * bytes + 16));
+      for (auto& b : column) b = static_cast<uint8_t>(rng());
+      std::vector<uint8_t> out(static_cast<size_t>(batch * bytes + 16), 0), want(out.size(), 0);
+      std::vector<int64_t> keys(batch);
+      for (auto& k : keys) k = static_cast<int64_t>(rng() % 60);  // keys beyond one lap
+      GatherArgs g;
+      g.keys = keys.data();
+      g.batch = batch;
+      g.capacity = rows;
+      g.fields = 1;
+      g.out[0] = out.data() + shift;
+      g.column[0] = column.data() + shift;
+      g.row_bytes[0] = bytes;
+      for (int64_t i = 0; i < batch; ++i) {
+        for (int lane = 0; lane < 3; ++lane) GatherPart(g, i, 0, lane, 3);  // 3 lanes split a row
+        std::memcpy(want.data() + shift + i * bytes, column.data() + shift + keys[static_cast<size_t>(i)] % rows * bytes,
+                    static_cast<size_t>(bytes));
+      }
+      CHECK(out == want);
+    }
+  }
+}
+
+TEST(DeviceReplayOnHostFromManyThreads) {
+  // Writers, samplers and updaters on one host-backend device buffer: the calls are
+  // serialised, every gathered row is one that was written whole (TSan in CI).
+  const int64_t capacity = 512;
+  DeviceReplay dev(capacity, {16}, true, PrioritizedConfig{}, 1, MakeHostBackend());
+  std::vector<int64_t> seed_rows(capacity * 2);
+  for (int64_t i = 0; i < capacity; ++i) seed_rows[static_cast<size_t>(2 * i)] = seed_rows[static_cast<size_t>(2 * i + 1)] = i;
+  const void* src[] = {seed_rows.data()};
+  dev.Add(src, capacity, 0);
+  std::vector<std::thread> threads;
+  std::atomic<int> torn{0};
+  for (int w = 0; w < 2; ++w) {
+    threads.emplace_back([&, w] {
+      std::vector<int64_t> rows(64 * 2);
+      for (int r = 0; r < 200; ++r) {
+        for (int64_t i = 0; i < 64; ++i) rows[static_cast<size_t>(2 * i)] = rows[static_cast<size_t>(2 * i + 1)] = w * 100000 + r * 64 + i;
+        const void* s[] = {rows.data()};
+        dev.Add(s, 64, 0);
+      }
+    });
+  }
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      std::vector<int64_t> out(128 * 2), keys(128);
+      std::vector<float> w(128);
+      std::vector<double> prio(128, 2.5);
+      for (int r = 0; r < 200; ++r) {
+        uint8_t* o[] = {reinterpret_cast<uint8_t*>(out.data())};
+        dev.Sample(128, o, keys.data(), w.data(), 0);
+        for (int64_t i = 0; i < 128; ++i) {
+          if (out[static_cast<size_t>(2 * i)] != out[static_cast<size_t>(2 * i + 1)]) torn.fetch_add(1);
+        }
+        dev.UpdatePriorities(keys.data(), prio.data(), true, 128, 0);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(torn.load() == 0);
+  CHECK(dev.written() == capacity + 2 * 200 * 64);
+  CHECK(dev.sample_calls() == 400);
+  CHECK(dev.ReadStatus(0, false).error == kErrorNone);
+}
