@@ -3,6 +3,7 @@
 // function that the host backend runs (and the CPU tests test), with its thread's index.
 #include <cuda_runtime.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -175,7 +176,7 @@ class CudaBackend final : public DeviceBackend {
   }
 
   void Begin(StreamHandle stream) override {
-    guard_ = std::make_unique<DeviceGuard>(device_);
+    guard_.emplace(device_);
     // After the previous call's work, wherever it ran.
     if (recorded_ && stream != last_) {
       Check(cudaStreamWaitEvent(AsStream(stream), done_, 0), "cudaStreamWaitEvent");
@@ -229,7 +230,7 @@ class CudaBackend final : public DeviceBackend {
   cudaEvent_t done_ = nullptr;
   bool recorded_ = false;
   StreamHandle last_ = 0;
-  std::unique_ptr<DeviceGuard> guard_;
+  std::optional<DeviceGuard> guard_;  // set from Begin to End
 };
 
 }  // namespace
