@@ -119,17 +119,24 @@ __global__ void GatherWarpKernel(GatherArgs args) {
   }
 }
 
-// Makes `device` current for the scope of a call, and restores the caller's.
+// Makes `device` current for the scope of a call, and restores the caller's. Never throws
+// (it runs in destructors and noexcept paths); a failed switch shows up as the call's error.
+// The Python layer already makes the buffer's device current (torch.cuda.device), so this
+// switches nothing in the usual case and creates no context on another GPU.
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
-    Check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) Check(cudaSetDevice(device), "cudaSetDevice");
-    changed_ = previous_ != device;
+    if (cudaGetDevice(&previous_) != cudaSuccess) {
+      cudaGetLastError();
+      return;
+    }
+    if (previous_ != device) changed_ = cudaSetDevice(device) == cudaSuccess;
   }
   ~DeviceGuard() {
     if (changed_) cudaSetDevice(previous_);
   }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
 
  private:
   int previous_ = 0;
@@ -178,15 +185,19 @@ class CudaBackend final : public DeviceBackend {
   void Begin(StreamHandle stream) override {
     guard_.emplace(device_);
     // After the previous call's work, wherever it ran.
-    if (recorded_ && stream != last_) {
-      Check(cudaStreamWaitEvent(AsStream(stream), done_, 0), "cudaStreamWaitEvent");
+    // (Also on the same stream handle: a handle may be reused by a new stream.)
+    if (recorded_) {
+      const cudaError_t err = cudaStreamWaitEvent(AsStream(stream), done_, 0);
+      if (err != cudaSuccess) guard_.reset();
+      Check(err, "cudaStreamWaitEvent");
     }
   }
+  void Abort() noexcept override { guard_.reset(); }
   void End(StreamHandle stream) override {
-    Check(cudaEventRecord(done_, AsStream(stream)), "cudaEventRecord");
-    recorded_ = true;
-    last_ = stream;
+    const cudaError_t err = cudaEventRecord(done_, AsStream(stream));
     guard_.reset();
+    Check(err, "cudaEventRecord");
+    recorded_ = true;
   }
 
   void Copy(void* dst, const void* src, size_t bytes, StreamHandle stream) override {
@@ -229,7 +240,6 @@ class CudaBackend final : public DeviceBackend {
   int device_;
   cudaEvent_t done_ = nullptr;
   bool recorded_ = false;
-  StreamHandle last_ = 0;
   std::optional<DeviceGuard> guard_;  // set from Begin to End
 };
 

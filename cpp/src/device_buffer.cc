@@ -11,6 +11,28 @@
 namespace reverie {
 namespace {
 
+// Begin .. End of one call; a call that throws in between aborts instead.
+class CallScope {
+ public:
+  CallScope(DeviceBackend& backend, StreamHandle stream) : backend_(backend), stream_(stream) {
+    backend_.Begin(stream_);
+  }
+  ~CallScope() {
+    if (!ended_) backend_.Abort();
+  }
+  void End() {
+    ended_ = true;
+    backend_.End(stream_);
+  }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+
+ private:
+  DeviceBackend& backend_;
+  StreamHandle stream_;
+  bool ended_ = false;
+};
+
 // The shared kernels on host memory, one thread: what the CUDA build runs, step for step.
 class HostBackend final : public DeviceBackend {
  public:
@@ -94,9 +116,9 @@ DeviceReplay::DeviceReplay(int64_t capacity, std::vector<int64_t> row_bytes, boo
     // The status starts as PrioritizedSampler's state does: max q 1, its scale.
     DeviceStatus initial;
     initial.scale_exp = PriorityScaleFor(1.0, std::ldexp(1.0, 62) / static_cast<double>(capacity) / 16.0);
-    backend_->Begin(0);
+    CallScope call(*backend_, 0);
     backend_->Copy(status_, &initial, sizeof(initial), 0);
-    backend_->End(0);
+    call.End();
   } catch (...) {
     for (uint8_t* c : columns_) backend_->Free(c);
     for (void* p : {static_cast<void*>(status_), static_cast<void*>(sums_),
@@ -134,7 +156,7 @@ void DeviceReplay::Add(const void* const* sources, int64_t n, StreamHandle strea
   const int64_t first_key = written_ + skipped;
   const int64_t first = first_key % capacity_;
   const int64_t head = std::min(kept, capacity_ - first);
-  backend_->Begin(stream);
+  CallScope call(*backend_, stream);
   for (size_t f = 0; f < columns_.size(); ++f) {
     const auto bytes = static_cast<size_t>(row_bytes_[f]);
     const auto* src = static_cast<const uint8_t*>(sources[f]) + static_cast<size_t>(skipped) * bytes;
@@ -154,7 +176,7 @@ void DeviceReplay::Add(const void* const* sources, int64_t n, StreamHandle strea
     args.capacity = capacity_;
     backend_->Insert(args, stream);
   }
-  backend_->End(stream);
+  call.End();
   written_ += n;
 }
 
@@ -176,7 +198,7 @@ void DeviceReplay::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   args.beta = beta_;
   args.keys = keys;
   args.weights = weights;
-  backend_->Begin(stream);
+  CallScope call(*backend_, stream);
   backend_->Sample(args, stream);
   GatherArgs gather;
   gather.keys = keys;
@@ -191,7 +213,7 @@ void DeviceReplay::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
     }
     backend_->Gather(gather, stream);
   }
-  backend_->End(stream);
+  call.End();
 }
 
 void DeviceReplay::UpdatePriorities(const int64_t* keys, const void* priorities, bool f64,
@@ -213,21 +235,21 @@ void DeviceReplay::UpdatePriorities(const int64_t* keys, const void* priorities,
   args.params.alpha = config_.alpha;
   args.params.eps = config_.eps;
   args.params.unit_budget = std::ldexp(1.0, 62) / static_cast<double>(capacity_);
-  backend_->Begin(stream);
+  CallScope call(*backend_, stream);
   backend_->Update(args, stream);
-  backend_->End(stream);
+  call.End();
 }
 
 DeviceStatus DeviceReplay::ReadStatus(StreamHandle stream, bool clear_error) {
   std::lock_guard<std::mutex> lock(mu_);
   DeviceStatus status;
-  backend_->Begin(stream);
+  CallScope call(*backend_, stream);
   backend_->CopyToHost(&status, status_, sizeof(status), stream);
   if (clear_error && status.error != kErrorNone) {
     const int64_t none = kErrorNone;
     backend_->Copy(&status_->error, &none, sizeof(none), stream);
   }
-  backend_->End(stream);
+  call.End();
   return status;
 }
 
@@ -235,10 +257,10 @@ std::vector<uint64_t> DeviceReplay::ReadLeaves(StreamHandle stream) {
   std::vector<uint64_t> leaves(static_cast<size_t>(capacity_), 0);
   if (!prioritized_) return leaves;
   std::lock_guard<std::mutex> lock(mu_);
-  backend_->Begin(stream);
+  CallScope call(*backend_, stream);
   backend_->CopyToHost(leaves.data(), sums_ + layout_.offset[layout_.depth],
                        leaves.size() * sizeof(uint64_t), stream);
-  backend_->End(stream);
+  call.End();
   return leaves;
 }
 
@@ -246,10 +268,10 @@ void DeviceReplay::ReadColumn(int field, void* host_out, StreamHandle stream) {
   REVERIE_CHECK_INDEX(field >= 0 && static_cast<size_t>(field) < columns_.size(), "field ", field,
                       " out of range: the buffer has ", columns_.size());
   std::lock_guard<std::mutex> lock(mu_);
-  backend_->Begin(stream);
+  CallScope call(*backend_, stream);
   backend_->CopyToHost(host_out, columns_[static_cast<size_t>(field)],
                        static_cast<size_t>(row_bytes_[static_cast<size_t>(field)] * capacity_), stream);
-  backend_->End(stream);
+  call.End();
 }
 
 void DeviceReplay::set_beta(double beta) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import secrets
@@ -136,6 +137,13 @@ class DeviceReplayBuffer:
         self._names = list(spec)
         self._fields = list(spec.values())
 
+    def _on_device(self) -> Any:
+        """Makes the buffer's GPU current for a call when it is not (torch restores the
+        caller's device without creating a context on it)."""
+        if self._device.type == "cuda" and torch.cuda.current_device() != self._device.index:
+            return torch.cuda.device(self._device)
+        return contextlib.nullcontext()
+
     def _stream(self) -> int:
         if self._device.type == "cuda":
             return int(torch.cuda.current_stream(self._device).cuda_stream)
@@ -181,7 +189,8 @@ class DeviceReplayBuffer:
                 raise ValueError(f"extend(): field '{name}' has {rows} items, '{self._names[0]}' has {n}")
             tensors.append(t)
         assert n is not None
-        self._core.add([t.data_ptr() for t in tensors], n, self._stream())
+        with self._on_device():
+            self._core.add([t.data_ptr() for t in tensors], n, self._stream())
 
     def _as_tensor(self, name: str, value: Any, f: Field, batched: bool) -> torch.Tensor:
         dt = f.torch_dtype
@@ -235,8 +244,9 @@ class DeviceReplayBuffer:
         keys = torch.empty(batch_size, dtype=torch.int64, device=dev)
         weights = (torch.empty(batch_size, dtype=torch.float32, device=dev)
                    if isinstance(self._sampler, Prioritized) else None)
-        self._core.sample(batch_size, [t.data_ptr() for t in out], keys.data_ptr(),
-                          0 if weights is None else weights.data_ptr(), self._stream())
+        with self._on_device():
+            self._core.sample(batch_size, [t.data_ptr() for t in out], keys.data_ptr(),
+                              0 if weights is None else weights.data_ptr(), self._stream())
         return Batch(zip(self._names, out), keys, weights)
 
     def update_priorities(self, indices: Any, priorities: Any) -> None:
@@ -281,10 +291,11 @@ class DeviceReplayBuffer:
             self._check_on_host(keys.cpu(), prio.detach().cpu())
         keys = keys.to(dev, torch.int64).contiguous()
         if prio.dtype not in (torch.float32, torch.float64):
-            prio = prio.to(torch.float32)
+            prio = prio.to(torch.float64)  # as the CPU buffer reads them
         prio = prio.to(dev).detach().contiguous()
-        self._core.update_priorities(keys.data_ptr(), prio.data_ptr(), prio.dtype == torch.float64,
-                                     n, self._stream())
+        with self._on_device():
+            self._core.update_priorities(keys.data_ptr(), prio.data_ptr(),
+                                         prio.dtype == torch.float64, n, self._stream())
 
     def _check_on_host(self, keys: torch.Tensor, prio: torch.Tensor) -> None:
         """The CPU buffer's checks, for values that are on the host anyway."""
@@ -318,7 +329,8 @@ class DeviceReplayBuffer:
         """
         if self._core is None:
             return
-        st = self._core.read_status(self._stream(), True)
+        with self._on_device():
+            st = self._core.read_status(self._stream(), True)
         if st.error == 1:
             raise ValueError(f"update_priorities: priority {st.error_value} at position {st.error_pos} "
                              "is not finite and >= 0 (or (p + eps)^alpha overflows); that whole "
@@ -359,7 +371,10 @@ class DeviceReplayBuffer:
     @property
     def stale_updates(self) -> int:
         """Updates ignored because their item had been overwritten (waits for the GPU)."""
-        return 0 if self._core is None else int(self._core.read_status(self._stream(), False).stale)
+        if self._core is None:
+            return 0
+        with self._on_device():
+            return int(self._core.read_status(self._stream(), False).stale)
 
     def priorities(self) -> torch.Tensor:
         """The stored ``(p + eps)^alpha`` of every slot as the tree holds it (float64, on the
@@ -368,8 +383,9 @@ class DeviceReplayBuffer:
             raise ValueError("priorities exist only with a prioritized sampler")
         if self._core is None:
             return torch.zeros(self._capacity, dtype=torch.float64)
-        st = self._core.read_status(self._stream(), False)
-        leaves = self._core.read_leaves(self._stream()).astype(np.float64)
+        with self._on_device():
+            st = self._core.read_status(self._stream(), False)
+            leaves = self._core.read_leaves(self._stream()).astype(np.float64)
         return torch.from_numpy(np.ldexp(leaves, -int(st.scale_exp)))
 
     def _leaves(self) -> np.ndarray:
@@ -385,9 +401,24 @@ class DeviceReplayBuffer:
             return out
         for i, (name, f) in enumerate(zip(self._names, self._fields)):
             t = torch.empty((self._capacity, *f.shape), dtype=f.torch_dtype)
-            self._core.read_column(i, t.data_ptr(), self._stream())
+            with self._on_device():
+                self._core.read_column(i, t.data_ptr(), self._stream())
             out[name] = t
         return out
+
+    def close(self) -> None:
+        """Frees the device memory now (it waits for the buffer's queued work). Idempotent;
+        the buffer is then empty and unbuilt."""
+        if isinstance(self._sampler, Prioritized):
+            self._sampler._core = None
+        self._core = None
+        self._spec = {}
+
+    def __enter__(self) -> "DeviceReplayBuffer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{n}: {f}" for n, f in self._spec.items())

@@ -42,6 +42,8 @@ class DeviceBackend {
   // Around each call: orders its work after the previous call's (see above).
   virtual void Begin(StreamHandle stream) = 0;
   virtual void End(StreamHandle stream) = 0;
+  // Instead of End when the call failed half-way (restores the caller's device).
+  virtual void Abort() noexcept {}
   // Copies bytes from host or device memory into device memory, in stream order. A host
   // source may be reused as soon as this returns.
   virtual void Copy(void* dst, const void* src, size_t bytes, StreamHandle stream) = 0;

@@ -5,7 +5,7 @@
 //  - the CPU build runs it through the host backend (device_buffer.cc), one "thread" at a
 //    time, and the CPU samplers call the per-item math (StratifiedPoint, ImportanceWeight,
 //    PriorityUnits, ...), so the C++ and Python tests of the CPU build test this code;
-//  - the CUDA build (cpp/cuda/kernels.cu) launches the same functions as kernels over device
+//  - the CUDA build (cpp/cuda/cuda_backend.cu) launches the same functions as kernels over device
 //    memory, one query / update / row per thread or block.
 // The programs that need a barrier between phases (UpdateProgram, InsertProgram) take a
 // Block: HostBlock runs them as one thread with no-op barriers; the CUDA block runs them with
@@ -86,10 +86,9 @@ REVERIE_HD bool PriorityValid(double priority, double alpha, double eps) {
   return alpha <= 1.0 || std::isfinite(PriorityTransform(priority, alpha, eps));
 }
 
-// The largest power-of-two exponent e with q * 2^e <= limit.
-REVERIE_HD int PriorityScaleFor(double q, double limit) {
-  return static_cast<int>(std::floor(std::log2(limit / q)));
-}
+// The largest power-of-two exponent e with q * 2^e <= limit (ilogb is exact on both sides,
+// where a log2 might round differently on a GPU near a power of two).
+REVERIE_HD int PriorityScaleFor(double q, double limit) { return std::ilogb(limit / q); }
 
 // The point of draw i of a stratified batch of `batch` over a total of `total` units: one
 // uniform draw inside segment i, [total*i/B, total*(i+1)/B). Precondition: total > 0. O(1).
@@ -329,7 +328,7 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
   const int64_t oldest = a.written > a.capacity ? a.written - a.capacity : 0;
   // 1.
   int64_t bad = INT64_MAX;
-  double largest = 0;
+  double largest = -1;  // of the live (not stale) keys' priorities; -1: none
   for (int64_t k = b.thread(); k < a.n; k += b.threads()) {
     const double p = PriorityAt(a, k);
     const int64_t key = a.keys[k];
@@ -350,15 +349,16 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
   }
   largest = b.Max(largest);
   // 2. Every thread reads the status, then thread 0 writes it (after a barrier).
-  const double q = PriorityTransform(largest, a.params.alpha, a.params.eps);
+  const double q = PriorityTransform(largest < 0 ? 0.0 : largest, a.params.alpha, a.params.eps);
   const double max_q = a.status->max_q;
   const int scale_exp = static_cast<int>(a.status->scale_exp);
   int new_scale = scale_exp;
-  if (a.n > 0 && q > max_q && std::ldexp(q, scale_exp) > a.params.unit_budget) {
+  const bool any_live = largest >= 0;  // as on the CPU, only live keys can raise the max
+  if (any_live && q > max_q && std::ldexp(q, scale_exp) > a.params.unit_budget) {
     new_scale = PriorityScaleFor(q, a.params.unit_budget / 16.0);  // kHeadroom
   }
   b.Sync();
-  if (b.thread() == 0 && a.n > 0 && q > max_q) a.status->max_q = q;
+  if (b.thread() == 0 && any_live && q > max_q) a.status->max_q = q;
   if (new_scale != scale_exp) {
     const int shift = scale_exp - new_scale;
     for (int64_t i = b.thread(); i < layout.count[layout.depth]; i += b.threads()) {

@@ -17,6 +17,9 @@ Workloads (see DESIGN.md, "Performance: how it is judged"):
 - episodes: reverie's EpisodeBuffer against a vectorized numpy episode buffer: n-step
   sample(256), sequences 32 x 80, and W3 frames stored once with frame_stack=4 (memory and
   sample throughput against full obs/next_obs stacks) (see ``episodes.py``).
+- gpu: where a CUDA GPU exists, the device buffer against torch-native prioritized replay
+  and the host buffer + pinned copy, and the device gather against the device's copy
+  bandwidth (``gpu.py``, also ``python -m reverie.bench.gpu``); skipped with a line otherwise.
 """
 
 from __future__ import annotations
@@ -863,4 +866,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="run only these workloads")
     args = p.parse_args(argv)
     run(args.quick, args.out, args.budget, args.seed, args.only, args.workloads)
-    return 0
+    # The GPU section runs where a GPU exists (else it prints why it was skipped).
+    from . import gpu
+
+    gpu_args = ["--json", os.path.join(args.out, "gpu.json"), "--seed", str(args.seed)]
+    return gpu.main(gpu_args + (["--quick"] if args.quick else []))
