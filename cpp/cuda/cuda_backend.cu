@@ -49,34 +49,27 @@ struct CudaBlock {
   }
   // Block-wide min / max; every thread gets the result. blockDim.x is a power of two.
   __host__ __device__ int64_t Min(int64_t v) const {
-#if defined(__CUDA_ARCH__)
-    const unsigned t = threadIdx.x;
-    ints[t] = v;
-    __syncthreads();
-    for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
-      if (t < stride && ints[t + stride] < ints[t]) ints[t] = ints[t + stride];
-      __syncthreads();
-    }
-    const int64_t result = ints[0];
-    __syncthreads();
-    return result;
-#else
-    return v;
-#endif
+    return Reduce(v, ints, [](int64_t x, int64_t y) { return y < x ? y : x; });
   }
   __host__ __device__ double Max(double v) const {
+    return Reduce(v, doubles, [](double x, double y) { return y > x ? y : x; });
+  }
+  template <typename T, typename Op>
+  __host__ __device__ static T Reduce(T v, T* shared, Op op) {
 #if defined(__CUDA_ARCH__)
     const unsigned t = threadIdx.x;
-    doubles[t] = v;
+    shared[t] = v;
     __syncthreads();
     for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
-      if (t < stride && doubles[t + stride] > doubles[t]) doubles[t] = doubles[t + stride];
+      if (t < stride) shared[t] = op(shared[t], shared[t + stride]);
       __syncthreads();
     }
-    const double result = doubles[0];
-    __syncthreads();
+    const T result = shared[0];
+    __syncthreads();  // before the array is used again
     return result;
 #else
+    (void)shared;
+    (void)op;
     return v;
 #endif
   }

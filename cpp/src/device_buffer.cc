@@ -120,16 +120,14 @@ DeviceReplay::DeviceReplay(int64_t capacity, std::vector<int64_t> row_bytes, boo
     backend_->Copy(status_, &initial, sizeof(initial), 0);
     call.End();
   } catch (...) {
-    for (uint8_t* c : columns_) backend_->Free(c);
-    for (void* p : {static_cast<void*>(status_), static_cast<void*>(sums_),
-                    static_cast<void*>(mins_), static_cast<void*>(winner_)}) {
-      if (p != nullptr) backend_->Free(p);
-    }
+    Release();
     throw;
   }
 }
 
-DeviceReplay::~DeviceReplay() {
+DeviceReplay::~DeviceReplay() { Release(); }
+
+void DeviceReplay::Release() noexcept {
   // The CUDA backend's Free waits for the device (cudaFree), so no kernel still uses these.
   for (uint8_t* c : columns_) backend_->Free(c);
   for (void* p : {static_cast<void*>(status_), static_cast<void*>(sums_),

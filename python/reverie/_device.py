@@ -6,7 +6,7 @@ import contextlib
 import copy
 import math
 import secrets
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -425,10 +425,3 @@ class DeviceReplayBuffer:
         return (f"DeviceReplayBuffer(len={len(self)}, capacity={self._capacity}, device={self._device}, "
                 f"sampler={self._sampler!r}, fields={{{fields}}})")
 
-
-def _device_kind(device: Any) -> Tuple[bool, Optional[torch.device]]:
-    """(is it a CUDA device, the device) for a device= argument (None: none given)."""
-    if device is None:
-        return False, None
-    dev = torch.device(device)
-    return dev.type == "cuda", dev

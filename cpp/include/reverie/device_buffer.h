@@ -111,6 +111,8 @@ class DeviceReplay {
 
  private:
   TreeView Tree() const;
+  // Frees every allocation made so far (destructor, and a constructor that failed).
+  void Release() noexcept;
 
   mutable std::mutex mu_;
   std::unique_ptr<DeviceBackend> backend_;
