@@ -1,7 +1,9 @@
 """Device buffers (ReplayBuffer(device="cuda") / DeviceReplayBuffer).
 
 Every test runs on device="cpu", the same kernels (cpp/include/reverie/kernels.h) run on
-host memory by the host backend, and on "cuda" where a GPU is present. The CPU ReplayBuffer
+host memory by the host backend; on "cpu-block", the host backend run as a GPU runs the
+kernels (the tree programs on a block of threads with real barriers, sample and gather over
+CUDA's grid); and on "cuda" where a GPU is present. The CPU ReplayBuffer
 is the reference: with the same seed and the same calls, a device buffer must draw the same
 indices, gather the same rows, compute the same weights and hold the same priority tree.
 """
@@ -19,7 +21,8 @@ from scipy import stats
 
 import reverie as rv
 
-DEVICES = ["cpu"] + (["cuda"] if rv.cuda_available() else [])
+DEVICES = ["cpu", "cpu-block"] + (["cuda"] if rv.cuda_available() else [])
+BLOCK_THREADS = 16  # of "cpu-block" (the C++ tests also run 512, a CUDA program's block)
 needs_cuda = pytest.mark.skipif(not rv.cuda_available(), reason="needs a CUDA GPU and driver")
 SPEC = {"obs": ("float32", (3,)), "action": ("int64", ()), "frame": ("uint8", (5,)), "done": ("bool", ())}
 
@@ -34,9 +37,15 @@ def items(n: int, start: int = 0) -> dict:
     }
 
 
+def device_buffer(capacity: int, spec=SPEC, *, device: str, **kwargs) -> rv.DeviceReplayBuffer:
+    if device == "cpu-block":
+        return rv.DeviceReplayBuffer(capacity, spec, device="cpu", block_threads=BLOCK_THREADS, **kwargs)
+    return rv.DeviceReplayBuffer(capacity, spec, device=device, **kwargs)
+
+
 def pair(device: str, capacity: int, sampler=None, seed: int = 7):
     """A device buffer and the CPU reference, built alike."""
-    dev = rv.DeviceReplayBuffer(capacity, SPEC, sampler=sampler, seed=seed, device=device)
+    dev = device_buffer(capacity, SPEC, sampler=sampler, seed=seed, device=device)
     ref = rv.ReplayBuffer(capacity, SPEC, sampler=sampler, seed=seed)
     return dev, ref
 
@@ -83,7 +92,7 @@ def test_prioritized_matches_cpu_buffer(device, alpha):
     sampler = rv.Prioritized(alpha=alpha, beta=0.4)
     dev, ref = pair(device, 50, sampler)
     rng = np.random.default_rng(0)
-    exact = device == "cpu" or alpha in (0.5, 1.0)
+    exact = device != "cuda" or alpha in (0.5, 1.0)
     for step in range(12):
         for buf in (dev, ref):
             buf.extend(**items(9, 9 * step))
@@ -146,7 +155,7 @@ def test_property_same_as_cpu_buffer(device, capacity, alpha, ops):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_repeated_index_last_wins(device):
-    buf = rv.DeviceReplayBuffer(8, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=1, device=device)
+    buf = device_buffer(8, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=1, device=device)
     buf.extend(**items(8))
     keys = torch.tensor([3, 5, 3, 3, 5], device=buf.device)
     buf.update_priorities(keys, torch.tensor([1.0, 9.0, 2.0, 7.0, 4.0], device=buf.device))
@@ -171,7 +180,7 @@ def test_rescale_for_huge_priorities_matches_cpu(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_zero_priority_never_sampled(device):
-    buf = rv.DeviceReplayBuffer(32, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=2, device=device)
+    buf = device_buffer(32, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=2, device=device)
     buf.extend(**items(32))
     zero = torch.arange(0, 32, 2, device=buf.device)
     buf.update_priorities(zero, torch.zeros(16, device=buf.device))
@@ -184,7 +193,7 @@ def test_prioritized_draws_follow_priorities_chi_square(device):
     """Counts over 200 x 512 stratified draws against P(i) = p_i / sum p (alpha = 1).
     Stratification makes counts less variable than multinomial, so the multinomial
     chi-square test is conservative; alpha = 1e-3 at a fixed seed."""
-    buf = rv.DeviceReplayBuffer(16, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=11, device=device)
+    buf = device_buffer(16, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=11, device=device)
     buf.extend(**items(16))
     prio = torch.arange(1, 17, dtype=torch.float64)
     buf.update_priorities(torch.arange(16, device=buf.device), prio.to(buf.device))
@@ -197,7 +206,7 @@ def test_prioritized_draws_follow_priorities_chi_square(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_importance_weights_follow_per_definition(device):
-    buf = rv.DeviceReplayBuffer(10, SPEC, sampler=rv.Prioritized(alpha=1.0, beta=0.7, eps=0.0), seed=4, device=device)
+    buf = device_buffer(10, SPEC, sampler=rv.Prioritized(alpha=1.0, beta=0.7, eps=0.0), seed=4, device=device)
     buf.extend(**items(10))
     prio = torch.arange(1, 11, dtype=torch.float64)
     buf.update_priorities(torch.arange(10, device=buf.device), prio.to(buf.device))
@@ -210,7 +219,7 @@ def test_importance_weights_follow_per_definition(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_stale_updates_are_counted_and_ignored(device):
-    buf = rv.DeviceReplayBuffer(4, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=5, device=device)
+    buf = device_buffer(4, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=5, device=device)
     buf.extend(**items(4))
     old = buf.sample(4).indices
     buf.extend(**items(4, 4))  # every sampled item is overwritten
@@ -236,7 +245,7 @@ def test_extend_more_than_capacity_keeps_the_last(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_priority_on_device_is_reported_and_changes_nothing(device):
-    buf = rv.DeviceReplayBuffer(8, SPEC, sampler=rv.Prioritized(alpha=1.0), seed=6, device=device)
+    buf = device_buffer(8, SPEC, sampler=rv.Prioritized(alpha=1.0), seed=6, device=device)
     buf.extend(**items(8))
     before = buf.priorities().clone()
     keys = torch.arange(4, device=buf.device)
@@ -256,7 +265,7 @@ def test_bad_priority_on_device_is_reported_and_changes_nothing(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_values_off_device_raise_at_once(device):
-    buf = rv.DeviceReplayBuffer(8, SPEC, sampler=rv.Prioritized(), seed=6, device=device)
+    buf = device_buffer(8, SPEC, sampler=rv.Prioritized(), seed=6, device=device)
     buf.extend(**items(8))
     before = buf.priorities().clone()
     with pytest.raises(ValueError, match="got inf at position 2"):
@@ -293,7 +302,7 @@ def test_bad_writes_change_nothing(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_all_zero_priorities_are_reported(device):
-    buf = rv.DeviceReplayBuffer(4, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=6, device=device)
+    buf = device_buffer(4, SPEC, sampler=rv.Prioritized(alpha=1.0, eps=0.0), seed=6, device=device)
     buf.extend(**items(4))
     buf.update_priorities(torch.arange(4, device=buf.device), torch.zeros(4, device=buf.device))
     batch = buf.sample(3)
@@ -318,6 +327,11 @@ def test_argument_errors():
         buf.sample(0)
     with pytest.raises(ValueError, match="at least one element"):
         rv.DeviceReplayBuffer(4, {"x": ("float32", (0,))}, device="cpu")
+    for bad in (0, 3, 2048):
+        with pytest.raises(ValueError, match="block_threads must be a power of two"):
+            rv.DeviceReplayBuffer(4, SPEC, device="cpu", block_threads=bad)
+    with pytest.raises(ValueError, match="block_threads is for device='cpu'"):
+        rv.DeviceReplayBuffer(4, SPEC, device="cuda", block_threads=32)
     with pytest.raises(ValueError, match="do not take rate_limiter"):
         rv.ReplayBuffer(4, SPEC, device="cuda", rate_limiter=rv.RateLimiter(min_size_to_sample=1))
     with pytest.raises(ValueError, match="EpisodeBuffer has no GPU-resident form"):
@@ -374,7 +388,7 @@ def test_all_stale_update_changes_nothing_even_with_large_eps(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_threads_add_sample_and_update_together(device):
-    buf = rv.DeviceReplayBuffer(256, SPEC, sampler=rv.Prioritized(), seed=9, device=device)
+    buf = device_buffer(256, SPEC, sampler=rv.Prioritized(), seed=9, device=device)
     buf.extend(**items(16))
     errors: list = []
 

@@ -230,11 +230,11 @@ void ToView(const std::string& name, py::handle value, size_t index, Inputs& in,
     arr = py::array(py::module_::import("numpy").attr("asarray")(value));
   } catch (py::error_already_set& e) {
     ThrowType("field '" + name + "': cannot read a value of type " +
-              std::string(py::str(value.get_type().attr("__name__"))) + ": " + e.what());
+              std::string(py::str(py::type::handle_of(value).attr("__name__"))) + ": " + e.what());
   }
   if (arr.dtype().kind() == 'O' || arr.dtype().kind() == 'U' || arr.dtype().kind() == 'S') {
     ThrowType("field '" + name + "': expected a number, array or tensor, got " +
-              std::string(py::str(value.get_type().attr("__name__"))));
+              std::string(py::str(py::type::handle_of(value).attr("__name__"))));
   }
   FromNumpy(name, arr, typed, true, in, view);
 }
@@ -446,16 +446,16 @@ PYBIND11_MODULE(_core, m) {
   py::class_<DeviceReplay>(m, "DeviceReplay")
       .def(py::init([](int64_t capacity, std::vector<int64_t> row_bytes, const std::string& device,
                        int index, bool prioritized, double alpha, double beta, double eps,
-                       uint64_t seed) {
+                       uint64_t seed, int block_threads) {
              PrioritizedConfig config{alpha, beta, eps};
              std::unique_ptr<DeviceBackend> backend =
-                 device == "cuda" ? MakeCudaBackend(index) : MakeHostBackend();
+                 device == "cuda" ? MakeCudaBackend(index) : MakeHostBackend(block_threads);
              return std::make_unique<DeviceReplay>(capacity, std::move(row_bytes), prioritized,
                                                    config, seed, std::move(backend));
            }),
            py::arg("capacity"), py::arg("row_bytes"), py::arg("device"), py::arg("index"),
            py::arg("prioritized"), py::arg("alpha"), py::arg("beta"), py::arg("eps"),
-           py::arg("seed"), py::call_guard<py::gil_scoped_release>())
+           py::arg("seed"), py::arg("block_threads") = 1, py::call_guard<py::gil_scoped_release>())
       .def("add", [](DeviceReplay& self, const std::vector<uintptr_t>& sources, int64_t n,
                      uintptr_t stream) {
              std::vector<const void*> src(sources.size());

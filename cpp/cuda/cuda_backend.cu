@@ -22,12 +22,10 @@ void Check(cudaError_t err, const char* what) {
 
 cudaStream_t AsStream(StreamHandle s) { return reinterpret_cast<cudaStream_t>(s); }
 
-// A CUDA block as the Block of kernels.h: barriers and block-wide reductions in shared memory.
-// Its members are __host__ __device__ only so the templates that take it compile for both
-// sides; they run on the device.
-struct CudaBlock {
-  int64_t* ints;    // blockDim.x entries of shared memory
-  double* doubles;  // blockDim.x entries of shared memory
+// The threads and barrier of a CUDA block, for SharedBlock and BlockReduce (kernels.h). Its
+// members are __host__ __device__ only so the templates that take it compile for both sides;
+// they run on the device.
+struct CudaLanes {
   __host__ __device__ int thread() const {
 #if defined(__CUDA_ARCH__)
     return static_cast<int>(threadIdx.x);
@@ -47,69 +45,41 @@ struct CudaBlock {
     __syncthreads();
 #endif
   }
-  // Block-wide min / max; every thread gets the result. blockDim.x is a power of two.
-  __host__ __device__ int64_t Min(int64_t v) const {
-    return Reduce(v, ints, [](int64_t x, int64_t y) { return y < x ? y : x; });
-  }
-  __host__ __device__ double Max(double v) const {
-    return Reduce(v, doubles, [](double x, double y) { return y > x ? y : x; });
-  }
-  template <typename T, typename Op>
-  __host__ __device__ static T Reduce(T v, T* shared, Op op) {
-#if defined(__CUDA_ARCH__)
-    const unsigned t = threadIdx.x;
-    shared[t] = v;
-    __syncthreads();
-    for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
-      if (t < stride) shared[t] = op(shared[t], shared[t + stride]);
-      __syncthreads();
-    }
-    const T result = shared[0];
-    __syncthreads();  // before the array is used again
-    return result;
-#else
-    (void)shared;
-    (void)op;
-    return v;
-#endif
-  }
 };
 
-constexpr int kProgramThreads = 512;  // the one-block tree programs
-constexpr int kSampleThreads = 256;
-constexpr int kRowThreads = 256;      // a block per row for large rows
-constexpr int kWarpRowsPerBlock = 8;  // a warp per row for small rows
-constexpr int64_t kLargeRowBytes = 1024;
-
+// Each kernel is its thread's function of kernels.h, on the grid of SampleLaunch /
+// GatherLaunch, or the one-block program with kProgramThreads threads.
 __global__ void __launch_bounds__(kProgramThreads) InsertKernel(InsertArgs args) {
   __shared__ int64_t ints[kProgramThreads];
   __shared__ double doubles[kProgramThreads];
-  InsertProgram(args, CudaBlock{ints, doubles});
+  InsertProgram(args, SharedBlock<CudaLanes>{CudaLanes{}, ints, doubles});
 }
 
 __global__ void __launch_bounds__(kProgramThreads) UpdateKernel(UpdateArgs args) {
   __shared__ int64_t ints[kProgramThreads];
   __shared__ double doubles[kProgramThreads];
-  UpdateProgram(args, CudaBlock{ints, doubles});
+  UpdateProgram(args, SharedBlock<CudaLanes>{CudaLanes{}, ints, doubles});
 }
 
-__global__ void SampleKernel(SampleArgs args) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < args.batch) SampleOne(args, i);
+__global__ void __launch_bounds__(kSampleThreads) SampleKernel(SampleArgs args) {
+  SampleThread(args, blockIdx.x, static_cast<int>(threadIdx.x));
 }
 
-// Large rows: block (item, field) copies one row with all its threads.
-__global__ void GatherRowKernel(GatherArgs args) {
-  GatherPart(args, blockIdx.x, static_cast<int>(blockIdx.y), static_cast<int>(threadIdx.x),
-             static_cast<int>(blockDim.x));
+__global__ void __launch_bounds__(kRowThreads) GatherRowKernel(GatherArgs args) {
+  GatherRowThread(args, blockIdx.x, static_cast<int>(blockIdx.y), static_cast<int>(threadIdx.x));
 }
 
-// Small rows: each warp copies one row.
-__global__ void GatherWarpKernel(GatherArgs args) {
-  const int64_t item = blockIdx.x * static_cast<int64_t>(kWarpRowsPerBlock) + threadIdx.x / 32;
-  if (item < args.batch) {
-    GatherPart(args, item, static_cast<int>(blockIdx.y), static_cast<int>(threadIdx.x % 32), 32);
+__global__ void __launch_bounds__(kWarpThreads * kWarpRowsPerBlock) GatherWarpKernel(GatherArgs args) {
+  GatherWarpThread(args, blockIdx.x, static_cast<int>(blockIdx.y), static_cast<int>(threadIdx.x));
+}
+
+// A kernel's grid; a launch CUDA cannot take (more than 2^31 - 1 blocks) is an error.
+dim3 Grid(const Launch& l, const char* what) {
+  if (l.blocks_x < 1 || l.blocks_x > 0x7fffffff) {
+    throw std::runtime_error(std::string(what) + ": " + std::to_string(l.blocks_x) +
+                             " blocks is outside what one CUDA launch takes (1 .. 2^31 - 1)");
   }
+  return dim3(static_cast<unsigned>(l.blocks_x), static_cast<unsigned>(l.blocks_y));
 }
 
 // Makes `device` current for the scope of a call, and restores the caller's. Never throws
@@ -207,20 +177,17 @@ class CudaBackend final : public DeviceBackend {
     Check(cudaGetLastError(), "the insert kernel");
   }
   void Sample(const SampleArgs& args, StreamHandle stream) override {
-    const auto blocks = static_cast<unsigned>((args.batch + kSampleThreads - 1) / kSampleThreads);
-    SampleKernel<<<blocks, kSampleThreads, 0, AsStream(stream)>>>(args);
+    const Launch l = SampleLaunch(args);
+    SampleKernel<<<Grid(l, "the sample kernel"), l.threads, 0, AsStream(stream)>>>(args);
     Check(cudaGetLastError(), "the sample kernel");
   }
   void Gather(const GatherArgs& args, StreamHandle stream) override {
-    int64_t widest = 0;
-    for (int f = 0; f < args.fields; ++f) widest = args.row_bytes[f] > widest ? args.row_bytes[f] : widest;
-    if (widest >= kLargeRowBytes) {
-      const dim3 grid(static_cast<unsigned>(args.batch), static_cast<unsigned>(args.fields));
-      GatherRowKernel<<<grid, kRowThreads, 0, AsStream(stream)>>>(args);
+    const Launch l = GatherLaunch(args);
+    const dim3 grid = Grid(l, "the gather kernel");
+    if (GatherByRow(args)) {
+      GatherRowKernel<<<grid, l.threads, 0, AsStream(stream)>>>(args);
     } else {
-      const dim3 grid(static_cast<unsigned>((args.batch + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock),
-                      static_cast<unsigned>(args.fields));
-      GatherWarpKernel<<<grid, 32 * kWarpRowsPerBlock, 0, AsStream(stream)>>>(args);
+      GatherWarpKernel<<<grid, l.threads, 0, AsStream(stream)>>>(args);
     }
     Check(cudaGetLastError(), "the gather kernel");
   }

@@ -15,6 +15,7 @@
 #include "reverie/kernels.h"
 #include "reverie/prioritized_sampler.h"
 #include "reverie/sum_tree.h"
+#include "reverie/thread_team.h"
 
 using namespace reverie;
 
@@ -287,4 +288,138 @@ TEST(DeviceReplayOnHostFromManyThreads) {
   CHECK(dev.written() == capacity + 2 * 200 * 64);
   CHECK(dev.sample_calls() == 400);
   CHECK(dev.ReadStatus(0, false).error == kErrorNone);
+}
+
+// ---- The host backend as a GPU runs the kernels ------------------------------------------
+// MakeHostBackend(T > 1) runs the tree programs on a block of T threads with real barriers
+// and block reductions (SharedBlock, BlockReduce: the code the CUDA block runs), and sample
+// and gather over CUDA's grid. Every output must equal the one-thread backend's, which the
+// tests above hold to the CPU sampler. Under TSan in CI, an access that a barrier fails to
+// order is a reported race.
+
+namespace {
+
+struct Step {
+  std::vector<int64_t> keys;
+  std::vector<double> priorities;
+};
+
+// Equal states: leaves, status, and a sample of `batch` (keys, weights, rows).
+void CheckSame(DeviceReplay& a, DeviceReplay& b, int64_t batch, const std::vector<int64_t>& row_bytes) {
+  CHECK(a.ReadLeaves(0) == b.ReadLeaves(0));
+  const DeviceStatus sa = a.ReadStatus(0, true), sb = b.ReadStatus(0, true);
+  CHECK(sa.max_q == sb.max_q);
+  CHECK(sa.scale_exp == sb.scale_exp);
+  CHECK(sa.stale == sb.stale);
+  CHECK(sa.error == sb.error);
+  CHECK(sa.error_pos == sb.error_pos);
+  CHECK(sa.error_key == sb.error_key);
+  std::vector<std::vector<uint8_t>> out_a, out_b;
+  std::vector<uint8_t*> pa, pb;
+  for (int64_t bytes : row_bytes) {
+    out_a.emplace_back(static_cast<size_t>(batch * bytes), 0);
+    out_b.emplace_back(static_cast<size_t>(batch * bytes), 1);
+    pa.push_back(out_a.back().data());
+    pb.push_back(out_b.back().data());
+  }
+  std::vector<int64_t> ka(static_cast<size_t>(batch)), kb(static_cast<size_t>(batch));
+  std::vector<float> wa(static_cast<size_t>(batch)), wb(static_cast<size_t>(batch));
+  a.Sample(batch, pa.data(), ka.data(), wa.data(), 0);
+  b.Sample(batch, pb.data(), kb.data(), wb.data(), 0);
+  CHECK(ka == kb);
+  CHECK(wa == wb);
+  CHECK(out_a == out_b);
+}
+
+}  // namespace
+
+TEST(TeamBlocksRunTheKernelsAsOneThreadDoes) {
+  struct Config {
+    int64_t capacity;
+    std::vector<int64_t> row_bytes;  // 3 bytes: unaligned words; 1500: a block per row
+  };
+  const Config configs[] = {{5, {8, 3}}, {1000, {8, 1500}}, {20000, {8, 3}}};
+  for (int threads : {2, 8, 64, 512}) {
+    for (const Config& c : configs) {
+      PrioritizedConfig config{0.6, 0.4, 1e-6};
+      DeviceReplay one(c.capacity, c.row_bytes, true, config, 17, MakeHostBackend(1));
+      DeviceReplay team(c.capacity, c.row_bytes, true, config, 17, MakeHostBackend(threads));
+      std::mt19937_64 rng(static_cast<uint64_t>(threads * 31 + c.capacity));
+      int64_t written = 0;
+      for (int round = 0; round < 8; ++round) {
+        // Adds that wrap the ring, sometimes more than the capacity at once.
+        const int64_t n = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(c.capacity + c.capacity / 3 + 1));
+        std::vector<std::vector<uint8_t>> cols;
+        std::vector<const void*> src;
+        for (int64_t bytes : c.row_bytes) {
+          cols.emplace_back(static_cast<size_t>(n * bytes));
+          for (auto& v : cols.back()) v = static_cast<uint8_t>(rng());
+          src.push_back(cols.back().data());
+        }
+        one.Add(src.data(), n, 0);
+        team.Add(src.data(), n, 0);
+        written += n;
+        // An update over recent keys: repeats, stale keys, zeros; in round 4 a priority far
+        // beyond the fixed-point budget (a rescale of every leaf).
+        const int64_t m = 1 + static_cast<int64_t>(rng() % 1500);
+        Step step;
+        const int64_t span = std::min<int64_t>(written, c.capacity + c.capacity / 4 + 1);
+        for (int64_t k = 0; k < m; ++k) {
+          step.keys.push_back(written - 1 - static_cast<int64_t>(rng() % static_cast<uint64_t>(span)));
+          const double choices[] = {0.0, 0.5, 3.0, static_cast<double>(rng() % 100000) / 7.0};
+          step.priorities.push_back(choices[rng() % 4]);
+        }
+        if (round == 4) step.priorities[static_cast<size_t>(rng() % static_cast<uint64_t>(m))] = 1e30;
+        one.UpdatePriorities(step.keys.data(), step.priorities.data(), true, m, 0);
+        team.UpdatePriorities(step.keys.data(), step.priorities.data(), true, m, 0);
+        CheckSame(one, team, 1 + static_cast<int64_t>(rng() % 700), c.row_bytes);
+        // A bad update (a NaN and an unwritten key, far apart): the first bad position is
+        // reported (a block-wide min) and nothing changes.
+        if (m >= 2) {
+          Step bad = step;
+          const auto p = static_cast<size_t>(rng() % static_cast<uint64_t>(m));
+          const auto q = static_cast<size_t>(rng() % static_cast<uint64_t>(m));
+          bad.priorities[p] = NAN;
+          bad.keys[q] = written;
+          const std::vector<uint64_t> before = team.ReadLeaves(0);
+          one.UpdatePriorities(bad.keys.data(), bad.priorities.data(), true, m, 0);
+          team.UpdatePriorities(bad.keys.data(), bad.priorities.data(), true, m, 0);
+          CHECK(team.ReadLeaves(0) == before);
+          const DeviceStatus s = team.ReadStatus(0, false);
+          CHECK(s.error_pos == static_cast<int64_t>(std::min(p, q)));
+          CHECK(s.error == (q <= p ? kErrorKey : kErrorPriority));
+          CheckSame(one, team, 64, c.row_bytes);  // also clears both errors
+        }
+      }
+    }
+  }
+}
+
+TEST(BlockReduceOnATeamGivesEveryThreadTheResult) {
+  // Back-to-back reductions over the same shared array, as a CUDA block runs them: each
+  // thread must get every result (and under TSan, no step may race with the next).
+  for (int size : {1, 2, 16, 128}) {
+    ThreadTeam team(size);
+    std::vector<int64_t> ints(static_cast<size_t>(size));
+    std::vector<double> doubles(static_cast<size_t>(size));
+    std::atomic<int> wrong{0};
+    team.Run([&](int t) {
+      const SharedBlock<TeamLanes> b{TeamLanes{&team, t}, ints.data(), doubles.data()};
+      for (int round = 0; round < 20; ++round) {
+        // Thread t holds (t * 7 + round) % size: min 0, max size - 1, at a thread that moves.
+        const int64_t v = (t * 7 + round) % size;
+        if (b.Min(v + round) != round) wrong.fetch_add(1);
+        if (b.Min(size - v) != 1) wrong.fetch_add(1);
+        if (b.Max(static_cast<double>(v) / 2) != static_cast<double>(size - 1) / 2) wrong.fetch_add(1);
+      }
+    });
+    CHECK(wrong.load() == 0);
+  }
+}
+
+TEST(HostBackendBlockThreadsMustBeACudaBlockSize) {
+  CHECK_THROWS(MakeHostBackend(0), std::invalid_argument);
+  CHECK_THROWS(MakeHostBackend(3), std::invalid_argument);
+  CHECK_THROWS(MakeHostBackend(2048), std::invalid_argument);
+  CHECK(MakeHostBackend(1024) != nullptr);
 }

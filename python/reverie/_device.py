@@ -52,8 +52,10 @@ class DeviceReplayBuffer:
     ``synchronize()`` raises. Anything else (numpy, lists, CPU tensors for a CUDA buffer) is
     checked at once, as on the CPU buffer.
 
-    ``device="cpu"`` runs the very same kernels on host memory, one thread (the reference the
-    CUDA build is tested against; the ordinary ``ReplayBuffer`` is the fast CPU buffer).
+    ``device="cpu"`` runs the very same kernels on host memory (the reference the CUDA build
+    is tested against; the ordinary ``ReplayBuffer`` is the fast CPU buffer): item by item on
+    the calling thread, or with ``block_threads=N`` as a GPU runs them, the tree programs on a
+    block of N threads with real barriers and the sample and gather kernels over CUDA's grid.
 
     Args:
         capacity: how many items the buffer holds.
@@ -61,6 +63,9 @@ class DeviceReplayBuffer:
         sampler: ``Uniform()`` (with replacement) or ``Prioritized(alpha, beta, eps)``.
         seed: seeds the counter-based generator. Default: a random seed.
         device: ``"cuda"``, ``"cuda:N"`` or a torch.device; ``"cpu"`` for the reference.
+        block_threads: ``device="cpu"`` only: the threads of the host's stand-in for a CUDA
+            block, a power of two up to 1024 (1: no threads, the fastest). A check of the
+            kernels' synchronisation without a GPU; slow.
 
     >>> buf = ReplayBuffer(1_000_000, sampler=Prioritized(), device="cuda")  # doctest: +SKIP
     >>> buf.extend(obs=obs_cuda, action=act_cuda, reward=rew_cuda)          # doctest: +SKIP
@@ -70,13 +75,19 @@ class DeviceReplayBuffer:
 
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
                  sampler: Union[Uniform, Prioritized, None] = None, seed: Optional[int] = None,
-                 *, device: Union[str, torch.device] = "cuda") -> None:
+                 *, device: Union[str, torch.device] = "cuda", block_threads: int = 1) -> None:
         from ._buffer import _as_int
 
         capacity = _as_int("capacity", capacity)
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0, got {capacity}")
         dev = torch.device(device)
+        block_threads = _as_int("block_threads", block_threads)
+        if not (1 <= block_threads <= 1024 and block_threads & (block_threads - 1) == 0):
+            raise ValueError(f"block_threads must be a power of two in [1, 1024], got {block_threads}")
+        if block_threads != 1 and dev.type != "cpu":
+            raise ValueError(f"block_threads is for device='cpu' (the host's stand-in for a CUDA "
+                             f"block); on {dev} the GPU's blocks run the kernels")
         if dev.type == "cuda":
             if not _core.cuda_built():
                 raise RuntimeError(
@@ -106,6 +117,7 @@ class DeviceReplayBuffer:
         self._capacity = capacity
         self._device = dev
         self._seed = seed
+        self._block_threads = block_threads
         self._sampler = copy.copy(sampler)
         if isinstance(self._sampler, Prioritized):
             self._sampler._core = None
@@ -130,7 +142,7 @@ class DeviceReplayBuffer:
             self._capacity, row_bytes, self._device.type,
             -1 if self._device.index is None else self._device.index, p is not None,
             0.0 if p is None else p.alpha, 0.0 if p is None else p.beta,
-            0.0 if p is None else p.eps, self._seed)
+            0.0 if p is None else p.eps, self._seed, self._block_threads)
         if p is not None:
             p._core = self._core  # beta changes reach the kernels
         self._spec = spec

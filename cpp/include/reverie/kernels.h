@@ -2,16 +2,26 @@
 // and insert, and the row gather, written once as REVERIE_HD code.
 //
 // Every function here is run twice over:
-//  - the CPU build runs it through the host backend (device_buffer.cc), one "thread" at a
-//    time, and the CPU samplers call the per-item math (StratifiedPoint, ImportanceWeight,
-//    PriorityUnits, ...), so the C++ and Python tests of the CPU build test this code;
+//  - the CPU build runs it through the host backend (device_buffer.cc), item by item or as
+//    a GPU does (below), and the CPU samplers call the per-item math (StratifiedPoint,
+//    ImportanceWeight, PriorityUnits, ...), so the C++ and Python tests of the CPU build
+//    test this code;
 //  - the CUDA build (cpp/cuda/cuda_backend.cu) launches the same functions as kernels over device
 //    memory, one query / update / row per thread or block.
 // The programs that need a barrier between phases (UpdateProgram, InsertProgram) take a
-// Block: HostBlock runs them as one thread with no-op barriers; the CUDA block runs them with
-// __syncthreads() between phases. Within a phase, threads touch disjoint words, or add to the
-// same sums with atomic adds (exact: the sums are integers, sum_tree.h), or store the same
-// value to the same min node.
+// Block: HostBlock runs them as one thread with no-op barriers; a SharedBlock runs them on a
+// block of threads with barriers and BlockReduce between phases: the CUDA block
+// (__syncthreads), or on the host a team of threads (device_buffer.cc, which the tests run
+// at several block sizes, under TSan in CI). Within a phase, threads touch disjoint words, or
+// add to the same sums with atomic adds (exact: the sums are integers, sum_tree.h), or store
+// the same value to the same min node. A word with one writer in a phase (a leaf, a mark
+// being cleared) is written with a plain store, not StoreRelaxed: in a TSan build the
+// relaxed accesses are atomics, which TSan never reports, while a plain store that no
+// barrier orders against another thread's access is a reported race, whatever the timing.
+//
+// What each thread of a kernel's grid does (SampleThread, GatherRowThread, GatherWarpThread)
+// and the grid itself (SampleLaunch, GatherLaunch) are here too: the CUDA kernels are one
+// line each, and the host backend can walk the very same grid.
 #pragma once
 
 #include <cmath>
@@ -138,6 +148,47 @@ struct HostBlock {
   double Max(double v) const { return v; }
 };
 
+struct MinOf {
+  template <typename T>
+  REVERIE_HD T operator()(T x, T y) const { return y < x ? y : x; }
+};
+struct MaxOf {
+  template <typename T>
+  REVERIE_HD T operator()(T x, T y) const { return y > x ? y : x; }
+};
+
+// A block-wide reduction over `shared` (one entry per thread): pairwise steps with a barrier
+// after each; every thread gets the result. `lanes` gives thread(), threads() (a power of
+// two) and Sync(). O(log threads) barriers.
+template <typename T, typename Op, typename Lanes>
+REVERIE_HD T BlockReduce(T v, T* shared, Op op, const Lanes& lanes) {
+  const int t = lanes.thread();
+  shared[t] = v;
+  lanes.Sync();
+  for (int stride = lanes.threads() / 2; stride > 0; stride /= 2) {
+    if (t < stride) shared[t] = op(shared[t], shared[t + stride]);
+    lanes.Sync();
+  }
+  const T result = shared[0];
+  lanes.Sync();  // before the array is used again
+  return result;
+}
+
+// A block of threads with one int64 and one double of shared scratch per thread: the Block of
+// the programs below, over the threads and barrier of `Lanes` (a CUDA block, or the host's
+// thread team).
+template <typename Lanes>
+struct SharedBlock {
+  Lanes lanes;
+  int64_t* ints;
+  double* doubles;
+  REVERIE_HD int thread() const { return lanes.thread(); }
+  REVERIE_HD int threads() const { return lanes.threads(); }
+  REVERIE_HD void Sync() const { lanes.Sync(); }
+  REVERIE_HD int64_t Min(int64_t v) const { return BlockReduce(v, ints, MinOf{}, lanes); }
+  REVERIE_HD double Max(double v) const { return BlockReduce(v, doubles, MaxOf{}, lanes); }
+};
+
 // ---- Device-side state and the arguments of each kernel ----------------------------------
 
 // Lives in device memory next to the tree: what the kernels change without the host
@@ -255,6 +306,55 @@ REVERIE_HD void GatherPart(const GatherArgs& a, int64_t item, int field, int lan
   }
 }
 
+// ---- Launch shapes: each kernel's grid, and what one thread of it does --------------------
+
+// A grid of blocks_x * blocks_y blocks of `threads` threads each.
+struct Launch {
+  int64_t blocks_x = 1;
+  int blocks_y = 1;
+  int threads = 1;
+};
+
+inline constexpr int kProgramThreads = 512;  // the one-block tree programs
+inline constexpr int kSampleThreads = 256;   // a thread per draw
+inline constexpr int kRowThreads = 256;      // a block per row for large rows
+inline constexpr int kWarpThreads = 32;      // a warp per row for small rows
+inline constexpr int kWarpRowsPerBlock = 8;
+inline constexpr int64_t kLargeRowBytes = 1024;
+
+inline Launch SampleLaunch(const SampleArgs& a) {
+  return {(a.batch + kSampleThreads - 1) / kSampleThreads, 1, kSampleThreads};
+}
+
+REVERIE_HD void SampleThread(const SampleArgs& a, int64_t block, int thread) {
+  const int64_t i = block * kSampleThreads + thread;
+  if (i < a.batch) SampleOne(a, i);
+}
+
+// Whether some field's rows are large enough for a block per row.
+inline bool GatherByRow(const GatherArgs& a) {
+  for (int f = 0; f < a.fields; ++f) {
+    if (a.row_bytes[f] >= kLargeRowBytes) return true;
+  }
+  return false;
+}
+
+// Block (x, y): row x of field y (GatherByRow), or rows 8x .. 8x+7 of field y, one per warp.
+inline Launch GatherLaunch(const GatherArgs& a) {
+  if (GatherByRow(a)) return {a.batch, a.fields, kRowThreads};
+  return {(a.batch + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock, a.fields,
+          kWarpThreads * kWarpRowsPerBlock};
+}
+
+REVERIE_HD void GatherRowThread(const GatherArgs& a, int64_t block, int field, int thread) {
+  GatherPart(a, block, field, thread, kRowThreads);
+}
+
+REVERIE_HD void GatherWarpThread(const GatherArgs& a, int64_t block, int field, int thread) {
+  const int64_t item = block * kWarpRowsPerBlock + thread / kWarpThreads;
+  if (item < a.batch) GatherPart(a, item, field, thread % kWarpThreads, kWarpThreads);
+}
+
 // ---- The tree programs (one block) ---------------------------------------------------------
 
 // Recomputes the sums and mins of the ancestors of leaves [first, last] level by level, a
@@ -284,7 +384,7 @@ REVERIE_HD void InsertProgram(const InsertArgs& a, const Block& b) {
   const uint64_t units = PriorityUnits(a.status->max_q, std::ldexp(1.0, static_cast<int>(a.status->scale_exp)));
   uint64_t* leaves = a.tree.sums + a.tree.layout.offset[a.tree.layout.depth];
   for (int64_t j = b.thread(); j < a.n; j += b.threads()) {
-    StoreRelaxed(leaves + (a.first + j) % a.capacity, units);
+    leaves[(a.first + j) % a.capacity] = units;
   }
   b.Sync();
   const int64_t head = a.n < a.capacity - a.first ? a.n : a.capacity - a.first;
@@ -362,7 +462,7 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
   if (new_scale != scale_exp) {
     const int shift = scale_exp - new_scale;
     for (int64_t i = b.thread(); i < layout.count[layout.depth]; i += b.threads()) {
-      StoreRelaxed(leaves + i, ShiftedLeaf(LoadRelaxed(leaves + i), shift));
+      leaves[i] = ShiftedLeaf(leaves[i], shift);
     }
     if (b.thread() == 0) a.status->scale_exp = new_scale;
     b.Sync();
@@ -386,8 +486,8 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
     if (LoadRelaxed(a.winner + slot) != static_cast<uint64_t>(k) + 1) continue;
     const uint64_t units =
         PriorityUnits(PriorityTransform(PriorityAt(a, k), a.params.alpha, a.params.eps), scale);
-    const uint64_t delta = units - LoadRelaxed(leaves + slot);  // modulo 2^64: exact
-    StoreRelaxed(leaves + slot, units);
+    const uint64_t delta = units - leaves[slot];  // modulo 2^64: exact
+    leaves[slot] = units;
     int64_t node = slot;
     for (int level = layout.depth - 1; level >= 0; --level) {
       node /= kTreeFanout;
@@ -413,7 +513,7 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
     const int64_t key = a.keys[k];
     if (key < oldest) continue;
     const int64_t slot = key % a.capacity;
-    if (LoadRelaxed(a.winner + slot) == static_cast<uint64_t>(k) + 1) StoreRelaxed(a.winner + slot, 0);
+    if (LoadRelaxed(a.winner + slot) == static_cast<uint64_t>(k) + 1) a.winner[slot] = 0;
   }
   b.Sync();
 }
