@@ -107,6 +107,28 @@ def test_prioritized_matches_cpu_buffer(device, alpha):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_large_rows_and_many_fields_match_cpu_buffer(device):
+    """A field of 1200 bytes (a block per row on a GPU) among 18 (two gathers of <= 16)."""
+    spec = {f"f{i}": ("float32", (300,)) if i == 3 else ("int16", (i + 1,)) for i in range(18)}
+    sampler = rv.Prioritized(alpha=0.6, beta=0.4)
+    dev = device_buffer(40, spec, sampler=sampler, seed=2, device=device)
+    ref = rv.ReplayBuffer(40, spec, sampler=sampler, seed=2)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        data = {name: rng.standard_normal((25, 300)).astype(np.float32) if name == "f3"
+                else rng.integers(-999, 999, (25, *shape)).astype(np.int16)
+                for name, (_, shape) in spec.items()}
+        for buf in (dev, ref):
+            buf.extend(**data)
+        got, want = dev.sample(33), ref.sample(33)
+        assert_same_batch(got, want)
+        prio = rng.exponential(2.0, 33)
+        dev.update_priorities(got.indices, torch.from_numpy(prio).to(dev.device))
+        ref.update_priorities(want.indices, prio)
+        assert_same_tree(dev, ref, exact=device != "cuda")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_single_adds_and_beta_changes_match(device):
     sampler = rv.Prioritized(alpha=0.7, beta=0.5)
     dev, ref = pair(device, 16, sampler)

@@ -48,7 +48,8 @@ struct CudaLanes {
 };
 
 // Each kernel is its thread's function of kernels.h, on the grid of SampleLaunch /
-// GatherLaunch, or the one-block program with kProgramThreads threads.
+// GatherLaunch, or the one-block program with kProgramThreads threads. (No launch bounds on
+// the grid kernels: with them ptxas caps the gathers at 32 registers and they spill.)
 __global__ void __launch_bounds__(kProgramThreads) InsertKernel(InsertArgs args) {
   __shared__ int64_t ints[kProgramThreads];
   __shared__ double doubles[kProgramThreads];
@@ -61,15 +62,15 @@ __global__ void __launch_bounds__(kProgramThreads) UpdateKernel(UpdateArgs args)
   UpdateProgram(args, SharedBlock<CudaLanes>{CudaLanes{}, ints, doubles});
 }
 
-__global__ void __launch_bounds__(kSampleThreads) SampleKernel(SampleArgs args) {
+__global__ void SampleKernel(SampleArgs args) {
   SampleThread(args, blockIdx.x, static_cast<int>(threadIdx.x));
 }
 
-__global__ void __launch_bounds__(kRowThreads) GatherRowKernel(GatherArgs args) {
+__global__ void GatherRowKernel(GatherArgs args) {
   GatherRowThread(args, blockIdx.x, static_cast<int>(blockIdx.y), static_cast<int>(threadIdx.x));
 }
 
-__global__ void __launch_bounds__(kWarpThreads * kWarpRowsPerBlock) GatherWarpKernel(GatherArgs args) {
+__global__ void GatherWarpKernel(GatherArgs args) {
   GatherWarpThread(args, blockIdx.x, static_cast<int>(blockIdx.y), static_cast<int>(threadIdx.x));
 }
 

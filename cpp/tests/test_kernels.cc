@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <thread>
 #include <tuple>
@@ -395,6 +396,46 @@ TEST(TeamBlocksRunTheKernelsAsOneThreadDoes) {
   }
 }
 
+TEST(TeamGridsSampleAndGatherAsOneThreadDoes) {
+  // Uniform draws over 20 fields (two gathers: 16 fields with a 1500-byte one, a block per
+  // row; then 4 small ones, a warp per row), and an all-zero prioritized sample (every
+  // thread of the grid records the error at once).
+  std::vector<int64_t> row_bytes;
+  for (int f = 0; f < 20; ++f) row_bytes.push_back(f == 5 ? 1500 : 1 + (f * 7) % 40);
+  const int64_t capacity = 300;
+  for (int threads : {4, 64}) {
+    DeviceReplay one(capacity, row_bytes, false, PrioritizedConfig{}, 5, MakeHostBackend(1));
+    DeviceReplay team(capacity, row_bytes, false, PrioritizedConfig{}, 5, MakeHostBackend(threads));
+    std::mt19937_64 rng(8);
+    std::vector<std::vector<uint8_t>> cols;
+    std::vector<const void*> src;
+    for (int64_t bytes : row_bytes) {
+      cols.emplace_back(static_cast<size_t>(450 * bytes));
+      for (auto& v : cols.back()) v = static_cast<uint8_t>(rng());
+      src.push_back(cols.back().data());
+    }
+    one.Add(src.data(), 450, 0);
+    team.Add(src.data(), 450, 0);
+    for (int64_t batch : {1, 7, 8, 9, 257, 1000}) CheckSame(one, team, batch, row_bytes);
+
+    DeviceReplay zero(16, {8}, true, PrioritizedConfig{1.0, 0.4, 0.0}, 5, MakeHostBackend(threads));
+    std::vector<int64_t> rows(16, 3), keys(16), out(600), got(600);
+    std::iota(keys.begin(), keys.end(), 0);
+    const void* s1[] = {rows.data()};
+    zero.Add(s1, 16, 0);
+    std::vector<double> zeros(16, 0.0);
+    zero.UpdatePriorities(keys.data(), zeros.data(), true, 16, 0);
+    std::vector<float> w(600);
+    uint8_t* o[] = {reinterpret_cast<uint8_t*>(out.data())};
+    zero.Sample(600, o, got.data(), w.data(), 0);
+    const DeviceStatus st = zero.ReadStatus(0, true);
+    CHECK(st.error == kErrorAllZero);
+    CHECK(st.error_pos >= 0 && st.error_pos < 600);  // whichever draw claimed it first
+    for (int64_t k : got) CHECK(k == -1);
+    CHECK(zero.ReadStatus(0, false).error == kErrorNone);  // cleared by the read
+  }
+}
+
 TEST(BlockReduceOnATeamGivesEveryThreadTheResult) {
   // Back-to-back reductions over the same shared array, as a CUDA block runs them: each
   // thread must get every result (and under TSan, no step may race with the next).
@@ -415,6 +456,28 @@ TEST(BlockReduceOnATeamGivesEveryThreadTheResult) {
     });
     CHECK(wrong.load() == 0);
   }
+}
+
+TEST(ThreadTeamReportsDivergentBarriersInsteadOfHanging) {
+  ThreadTeam team(8);
+  std::atomic<int> after{0};
+  // Thread 3 returns early, the others wait at a barrier it never reaches.
+  CHECK_THROWS(team.Run([&](int t) {
+    if (t == 3) return;
+    team.Barrier();
+    team.Barrier();
+    after.fetch_add(1);
+  }), std::logic_error);
+  CHECK(after.load() == 7);  // the others ran to their end
+  // The team is whole again for the next program.
+  std::atomic<int> rounds{0};
+  team.Run([&](int) {
+    for (int i = 0; i < 5; ++i) {
+      team.Barrier();
+      rounds.fetch_add(1);
+    }
+  });
+  CHECK(rounds.load() == 40);
 }
 
 TEST(HostBackendBlockThreadsMustBeACudaBlockSize) {

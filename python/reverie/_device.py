@@ -82,6 +82,8 @@ class DeviceReplayBuffer:
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0, got {capacity}")
         dev = torch.device(device)
+        if dev.type not in ("cuda", "cpu"):
+            raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
         block_threads = _as_int("block_threads", block_threads)
         if not (1 <= block_threads <= 1024 and block_threads & (block_threads - 1) == 0):
             raise ValueError(f"block_threads must be a power of two in [1, 1024], got {block_threads}")
@@ -99,8 +101,6 @@ class DeviceReplayBuffer:
                     f"{_core.cuda_device_count()} device(s), torch.cuda.is_available() is "
                     f"{torch.cuda.is_available()}")
             dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
-        elif dev.type != "cpu":
-            raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
         if sampler is None:
             sampler = Uniform()
         if isinstance(sampler, Uniform):

@@ -14,10 +14,10 @@
 // (__syncthreads), or on the host a team of threads (device_buffer.cc, which the tests run
 // at several block sizes, under TSan in CI). Within a phase, threads touch disjoint words, or
 // add to the same sums with atomic adds (exact: the sums are integers, sum_tree.h), or store
-// the same value to the same min node. A word with one writer in a phase (a leaf, a mark
-// being cleared) is written with a plain store, not StoreRelaxed: in a TSan build the
-// relaxed accesses are atomics, which TSan never reports, while a plain store that no
-// barrier orders against another thread's access is a reported race, whatever the timing.
+// the same value to the same min node. A word that only one thread touches in a phase (a
+// leaf being set) is accessed plainly, not with LoadRelaxed/StoreRelaxed: in a TSan build
+// those are atomics, which TSan never reports, while a plain access that no barrier orders
+// against another thread's access to the word is a reported race, whatever the timing.
 //
 // What each thread of a kernel's grid does (SampleThread, GatherRowThread, GatherWarpThread)
 // and the grid itself (SampleLaunch, GatherLaunch) are here too: the CUDA kernels are one
@@ -138,7 +138,7 @@ REVERIE_HD int64_t KeyOfSlot(int64_t slot, int64_t written, int64_t capacity) {
   return slot + (written - 1 - slot) / capacity * capacity;
 }
 
-// ---- Barriers: one thread on the host, a CUDA block on the device -------------------------
+// ---- Blocks: one thread (HostBlock), or threads with barriers (SharedBlock) ---------------
 
 struct HostBlock {
   int thread() const { return 0; }
@@ -210,14 +210,15 @@ enum DeviceError : int64_t {
   kErrorAllZero = 3,     // a prioritized sample while every priority was 0
 };
 
-// Records the first error; later ones are dropped until the host reads and clears it.
+// Records an error unless one is already recorded: later ones are dropped until the host
+// reads and clears it. (Of threads failing at once, whichever claims the word first.)
 REVERIE_HD void RecordError(DeviceStatus* status, int64_t code, int64_t pos, int64_t key,
                             double value) {
   if (AtomicClaimI64(&status->error, kErrorNone, -1)) {  // -1: being written
     status->error_pos = pos;
     status->error_key = key;
     status->error_value = value;
-    status->error = code;
+    AtomicClaimI64(&status->error, -1, code);  // atomic: other threads may be claiming it
   }
 }
 
@@ -513,9 +514,8 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
     const int64_t key = a.keys[k];
     if (key < oldest) continue;
     const int64_t slot = key % a.capacity;
-    if (LoadRelaxed(a.winner + slot) == static_cast<uint64_t>(k) + 1) a.winner[slot] = 0;
-  }
-  b.Sync();
+    if (LoadRelaxed(a.winner + slot) == static_cast<uint64_t>(k) + 1) StoreRelaxed(a.winner + slot, 0);
+  }  // no barrier: the program ends, and the end of a kernel orders everything after it
 }
 
 }  // namespace reverie

@@ -14,10 +14,12 @@ namespace reverie {
 // The block programs of kernels.h run on it with real concurrency between their barriers, so
 // a missing barrier shows up as a wrong result in the tests, or as a race under TSan (the
 // barrier is a mutex, which TSan understands).
-// Thread-safety: one Run at a time; Barrier only from inside Run's function.
+// Thread-safety: one Run at a time; Barrier only from inside Run's function. The workers do
+// not survive fork(): a team must not be used in a forked child.
 class ThreadTeam {
  public:
-  // size - 1 worker threads; the caller of Run is member 0. size >= 1.
+  // size - 1 worker threads; the caller of Run is member 0. size >= 1. Throws
+  // std::system_error when the threads cannot be started.
   explicit ThreadTeam(int size);
   ~ThreadTeam();
   ThreadTeam(const ThreadTeam&) = delete;
@@ -26,14 +28,19 @@ class ThreadTeam {
   int size() const { return size_; }
 
   // Runs fn(t) for every t in [0, size) at once, the caller as t = 0; returns when all have
-  // returned. fn must not throw, and every member must reach the same barriers.
+  // returned. fn must not throw. Throws std::logic_error if the members called Barrier a
+  // different number of times (one returned while others waited at a barrier): instead of
+  // hanging, the barriers then stop waiting and every member runs to its end.
   void Run(const std::function<void(int)>& fn);
 
-  // Returns once every member has called it.
+  // Returns once every member has called it (or, after a divergence, at once).
   void Barrier();
 
  private:
   void Work(int t);
+  void Stop() noexcept;  // ends and joins the workers
+  void Finished();       // a member's fn returned; mu_ held
+  void Release();        // completes the current barrier; mu_ held
 
   const int size_;
   std::mutex mu_;
@@ -41,7 +48,9 @@ class ThreadTeam {
   const std::function<void(int)>* job_ = nullptr;  // guarded by mu_, as is everything below
   uint64_t job_generation_ = 0;
   int running_ = 0;
-  int arrived_ = 0;
+  int arrived_ = 0;   // members waiting at the current barrier
+  int finished_ = 0;  // members whose fn has returned, this Run
+  bool diverged_ = false;
   uint64_t barrier_generation_ = 0;
   bool stop_ = false;
   std::vector<std::thread> threads_;
