@@ -96,9 +96,9 @@ class HostBackend final : public DeviceBackend {
  private:
   ThreadTeam& Team() {
     if (!team_) {
+      ints_.assign(static_cast<size_t>(block_threads_), 0);  // before the team: a throw here
+      doubles_.assign(static_cast<size_t>(block_threads_), 0.0);  // leaves no team without them
       team_ = std::make_unique<ThreadTeam>(block_threads_);
-      ints_.assign(static_cast<size_t>(block_threads_), 0);
-      doubles_.assign(static_cast<size_t>(block_threads_), 0.0);
     }
     return *team_;
   }

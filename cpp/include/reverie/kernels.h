@@ -411,7 +411,7 @@ REVERIE_HD double PriorityAt(const UpdateArgs& a, int64_t k) {
                : static_cast<double>(static_cast<const float*>(a.priorities)[k]);
 }
 
-// The phases, each ending at a barrier:
+// The phases, each but the last ending at a barrier:
 //  1. validate every key (written, >= 0) and priority; on any bad one record the first and
 //     change nothing;
 //  2. settle the fixed-point scale for the largest new q (shifting every leaf right and
