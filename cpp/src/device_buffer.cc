@@ -37,13 +37,15 @@ class CallScope {
 };
 
 // The shared kernels on host memory: what the CUDA build runs, step for step.
-// With one block thread, each kernel's work runs item by item on the calling thread. With
-// more, the block programs run on a team of that many threads, and the sample and gather
-// kernels over the very grid CUDA launches (SampleLaunch, GatherLaunch), the team sharing
-// each block's threads.
+// The block programs run on a team of block_threads threads (one: no worker threads), with
+// the team's barrier and shared scratch, and the sample and gather kernels over the very grid
+// CUDA launches (SampleLaunch, GatherLaunch), the team sharing each block's threads.
 class HostBackend final : public DeviceBackend {
  public:
-  explicit HostBackend(int block_threads) : block_threads_(block_threads) {}
+  explicit HostBackend(int block_threads)
+      : ints_(static_cast<size_t>(block_threads)),
+        doubles_(static_cast<size_t>(block_threads)),
+        team_(block_threads) {}
 
   std::string name() const override { return "cpu"; }
   void* Allocate(size_t bytes) override {
@@ -62,27 +64,15 @@ class HostBackend final : public DeviceBackend {
     std::memcpy(dst, src, bytes);
   }
   void Insert(const InsertArgs& args, StreamHandle) override {
-    if (block_threads_ == 1) return InsertProgram(args, HostBlock{});
     OnTeam([&](const SharedBlock<TeamLanes>& b) { InsertProgram(args, b); });
   }
   void Update(const UpdateArgs& args, StreamHandle) override {
-    if (block_threads_ == 1) return UpdateProgram(args, HostBlock{});
     OnTeam([&](const SharedBlock<TeamLanes>& b) { UpdateProgram(args, b); });
   }
   void Sample(const SampleArgs& args, StreamHandle) override {
-    if (block_threads_ == 1) {
-      for (int64_t i = 0; i < args.batch; ++i) SampleOne(args, i);
-      return;
-    }
     OverGrid(SampleLaunch(args), [&](int64_t x, int, int thread) { SampleThread(args, x, thread); });
   }
   void Gather(const GatherArgs& args, StreamHandle) override {
-    if (block_threads_ == 1) {
-      for (int f = 0; f < args.fields; ++f) {
-        for (int64_t i = 0; i < args.batch; ++i) GatherPart(args, i, f, 0, 1);
-      }
-      return;
-    }
     const bool by_row = GatherByRow(args);
     OverGrid(GatherLaunch(args), [&](int64_t x, int y, int thread) {
       if (by_row) {
@@ -94,38 +84,27 @@ class HostBackend final : public DeviceBackend {
   }
 
  private:
-  ThreadTeam& Team() {
-    if (!team_) {
-      ints_.assign(static_cast<size_t>(block_threads_), 0);  // before the team: a throw here
-      doubles_.assign(static_cast<size_t>(block_threads_), 0.0);  // leaves no team without them
-      team_ = std::make_unique<ThreadTeam>(block_threads_);
-    }
-    return *team_;
-  }
   // A one-block program on the team, with the team's shared scratch.
   template <typename Program>
   void OnTeam(const Program& program) {
-    ThreadTeam& team = Team();
-    team.Run([&](int t) { program(SharedBlock<TeamLanes>{TeamLanes{&team, t}, ints_.data(), doubles_.data()}); });
+    team_.Run([&](int t) { program(SharedBlock<TeamLanes>{TeamLanes{&team_, t}, ints_.data(), doubles_.data()}); });
   }
   // Every thread of a grid: block by block, member t of the team taking threads t, t + size,
   // ... of each block.
   template <typename ThreadFn>
   void OverGrid(const Launch& l, const ThreadFn& fn) {
-    ThreadTeam& team = Team();
-    team.Run([&](int t) {
+    team_.Run([&](int t) {
       for (int y = 0; y < l.blocks_y; ++y) {
         for (int64_t x = 0; x < l.blocks_x; ++x) {
-          for (int thread = t; thread < l.threads; thread += team.size()) fn(x, y, thread);
+          for (int thread = t; thread < l.threads; thread += team_.size()) fn(x, y, thread);
         }
       }
     });
   }
 
-  const int block_threads_;
-  std::unique_ptr<ThreadTeam> team_;  // made on first use
-  std::vector<int64_t> ints_;         // the "shared memory" of the block programs
+  std::vector<int64_t> ints_;  // the "shared memory" of the block programs
   std::vector<double> doubles_;
+  ThreadTeam team_;
   std::map<void*, AlignedBuffer> blocks_;
 };
 

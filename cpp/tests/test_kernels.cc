@@ -22,6 +22,15 @@ using namespace reverie;
 
 namespace {
 
+// One thread as the Block of the tree programs, for calling them directly.
+struct HostBlock {
+  int thread() const { return 0; }
+  int threads() const { return 1; }
+  void Sync() const {}
+  int64_t Min(int64_t v) const { return v; }
+  double Max(double v) const { return v; }
+};
+
 // A tree in plain vectors, viewed as the kernels see it.
 struct Tree {
   explicit Tree(int64_t leaves)

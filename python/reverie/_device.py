@@ -53,9 +53,9 @@ class DeviceReplayBuffer:
     checked at once, as on the CPU buffer.
 
     ``device="cpu"`` runs the very same kernels on host memory (the reference the CUDA build
-    is tested against; the ordinary ``ReplayBuffer`` is the fast CPU buffer): item by item on
-    the calling thread, or with ``block_threads=N`` as a GPU runs them, the tree programs on a
-    block of N threads with real barriers and the sample and gather kernels over CUDA's grid.
+    is tested against; the ordinary ``ReplayBuffer`` is the fast CPU buffer), over CUDA's grids
+    on the calling thread, or with ``block_threads=N`` the tree programs on a block of N
+    threads with real barriers, as a GPU runs them.
 
     Args:
         capacity: how many items the buffer holds.
@@ -64,7 +64,7 @@ class DeviceReplayBuffer:
         seed: seeds the counter-based generator. Default: a random seed.
         device: ``"cuda"``, ``"cuda:N"`` or a torch.device; ``"cpu"`` for the reference.
         block_threads: ``device="cpu"`` only: the threads of the host's stand-in for a CUDA
-            block, a power of two up to 1024 (1: no threads, the fastest). A check of the
+            block, a power of two up to 1024 (1: the calling thread alone). A check of the
             kernels' synchronisation without a GPU; slow.
 
     >>> buf = ReplayBuffer(1_000_000, sampler=Prioritized(), device="cuda")  # doctest: +SKIP

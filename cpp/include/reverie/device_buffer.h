@@ -55,10 +55,9 @@ class DeviceBackend {
   virtual void Update(const UpdateArgs& args, StreamHandle stream) = 0;
 };
 
-// Host memory. With block_threads = 1 the kernels run item by item on the calling thread;
-// with more (a power of two up to 1024) the block programs run on a team of that many
-// threads with real barriers, and the sample and gather kernels over CUDA's grid: a check of
-// the kernels' synchronisation without a GPU.
+// Host memory. The block programs run on a team of block_threads threads (a power of two up
+// to 1024; 1 starts no thread) with real barriers, and the sample and gather kernels over
+// CUDA's grid: with more than one, a check of the kernels' synchronisation without a GPU.
 std::unique_ptr<DeviceBackend> MakeHostBackend(int block_threads = 1);
 // CUDA device `device`. Throws std::runtime_error when this build has no CUDA, or there is no
 // driver or no such device.

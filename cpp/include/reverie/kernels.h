@@ -2,16 +2,15 @@
 // and insert, and the row gather, written once as REVERIE_HD code.
 //
 // Every function here is run twice over:
-//  - the CPU build runs it through the host backend (device_buffer.cc), item by item or as
-//    a GPU does (below), and the CPU samplers call the per-item math (StratifiedPoint,
+//  - the CPU build runs it through the host backend (device_buffer.cc), over the same grids
+//    and blocks as a GPU (below), and the CPU samplers call the per-item math (StratifiedPoint,
 //    ImportanceWeight, PriorityUnits, ...), so the C++ and Python tests of the CPU build
 //    test this code;
 //  - the CUDA build (cpp/cuda/cuda_backend.cu) launches the same functions as kernels over device
 //    memory, one query / update / row per thread or block.
 // The programs that need a barrier between phases (UpdateProgram, InsertProgram) take a
-// Block: HostBlock runs them as one thread with no-op barriers; a SharedBlock runs them on a
-// block of threads with barriers and BlockReduce between phases: the CUDA block
-// (__syncthreads), or on the host a team of threads (device_buffer.cc, which the tests run
+// Block: a SharedBlock runs them on a block of threads with barriers and BlockReduce between
+// phases: the CUDA block (__syncthreads), or on the host a team of threads (device_buffer.cc, which the tests run
 // at several block sizes, under TSan in CI). Within a phase, threads touch disjoint words, or
 // add to the same sums with atomic adds (exact: the sums are integers, sum_tree.h), or store
 // the same value to the same min node. A word that only one thread touches in a phase (a
@@ -138,15 +137,7 @@ REVERIE_HD int64_t KeyOfSlot(int64_t slot, int64_t written, int64_t capacity) {
   return slot + (written - 1 - slot) / capacity * capacity;
 }
 
-// ---- Blocks: one thread (HostBlock), or threads with barriers (SharedBlock) ---------------
-
-struct HostBlock {
-  int thread() const { return 0; }
-  int threads() const { return 1; }
-  void Sync() const {}
-  int64_t Min(int64_t v) const { return v; }
-  double Max(double v) const { return v; }
-};
+// ---- Blocks: threads with barriers and shared scratch -------------------------------------
 
 struct MinOf {
   template <typename T>
