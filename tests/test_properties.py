@@ -170,8 +170,7 @@ def run_sequence(data, capacity: int, kind: str, config: dict, seed: int) -> Non
             assert_batches_equal(buf.sample(size), fresh.sample(size))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          derandomize=True)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), capacity=st.integers(1, 20), sampler=samplers,
        seed=st.integers(0, 2**63 - 2))
 def test_random_sequences_match_reference(data, capacity, sampler, seed):
@@ -179,8 +178,7 @@ def test_random_sequences_match_reference(data, capacity, sampler, seed):
     run_sequence(data, capacity, kind, config, seed)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          derandomize=True)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), capacity=st.integers(1, 20),
        alpha=st.sampled_from([0.0, 0.6, 1.0]), beta=st.sampled_from([0.4, 1.0]),
        eps=st.sampled_from([0.0, 1e-6]), seed=st.integers(0, 2**63 - 2))
@@ -188,7 +186,7 @@ def test_prioritized_sequences_match_reference(data, capacity, alpha, beta, eps,
     run_sequence(data, capacity, "prioritized", {"alpha": alpha, "beta": beta, "eps": eps}, seed)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=60, deadline=None)
 @given(capacity=st.integers(1, 20), chunks=st.lists(st.integers(0, 45), min_size=1, max_size=8))
 def test_eviction_order_matches_reference(capacity, chunks):
     """Any mix of extends (0 items, fewer, exactly, more than the capacity) and adds keeps

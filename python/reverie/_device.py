@@ -352,8 +352,9 @@ class DeviceReplayBuffer:
                              "was never written (use batch.indices from sample()); that whole "
                              "update was ignored")
         if st.error == 3:
-            raise ValueError("sample: every stored item had priority 0, so nothing could be drawn; "
-                             "that batch holds indices -1 and weights 0")
+            # The CPU buffer's message, found one call late (checking first would wait).
+            raise ValueError("cannot sample: every stored item has priority 0 (found after the "
+                             "sample call; that batch holds indices -1 and weights 0)")
 
     # ---- inspection ---------------------------------------------------------------------
 
