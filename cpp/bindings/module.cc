@@ -252,16 +252,25 @@ void ConvertOne(PyObject* key, PyObject* value, size_t i, Inputs& in) {
 
 // ---- add/extend as vectorcall functions --------------------------------------------------
 // The per-item path is the hottest call of the API and runs with the GIL held until the core
-// takes over, so it skips pybind11's dispatcher and the kwargs dict: a METH_FASTCALL C
-// function bound to its buffer through a capsule (python/reverie/_buffer.py installs them as
-// buf.add / buf.extend).
+// takes over, so it skips pybind11's dispatcher and the kwargs dict: METH_FASTCALL C functions.
+// Each Python buffer gets one WriteTarget when it is made, and its `add`/`extend` are these
+// functions bound to it, for the buffer's whole life: an alias (`add = buf.add`) taken at any
+// time is the same function. Bound to a core (bind_writes), a call goes straight to it; unbound
+// (before the spec is known, after close()), it calls the buffer's Python method `unbound_add`
+// / `unbound_extend` with the same arguments, reached through a weak reference so that no
+// reference cycle through this C object keeps the buffer alive.
 
-struct BoundBuffer {
-  PyObject* owner;  // the _core.ReplayBuffer, kept alive by the capsule
-  ReplayBuffer* buf;
+struct WriteTarget {
+  PyObject* owner = nullptr;  // weak reference to the Python buffer
+  PyObject* core = nullptr;   // the bound _core.ReplayBuffer (a strong reference), or null
+  ReplayBuffer* buf = nullptr;
 };
 
-constexpr const char* kBoundName = "reverie._core.bound_buffer";
+constexpr const char* kWriteTargetName = "reverie._core.write_target";
+
+WriteTarget* TargetOf(PyObject* capsule) {
+  return static_cast<WriteTarget*>(PyCapsule_GetPointer(capsule, kWriteTargetName));
+}
 
 // Sets the Python error for an exception from the core or the conversion (GIL held).
 void SetPythonError() {
@@ -284,10 +293,38 @@ void SetPythonError() {
   }
 }
 
+// The unbound call: owner.unbound_<add|extend>(*args, **kwargs), same vectorcall arguments.
+PyObject* CallUnbound(WriteTarget* target, bool batched, PyObject* const* args, Py_ssize_t nargs,
+                      PyObject* kwnames) {
+  PyObject* owner = PyWeakref_GetObject(target->owner);  // borrowed; None once collected
+  if (owner == nullptr) return nullptr;
+  if (owner == Py_None) {
+    PyErr_SetString(PyExc_ValueError, "this buffer no longer exists");
+    return nullptr;
+  }
+  Py_INCREF(owner);
+  PyObject* method = PyObject_GetAttrString(owner, batched ? "unbound_extend" : "unbound_add");
+  Py_DECREF(owner);
+  if (method == nullptr) return nullptr;
+  PyObject* result = PyObject_Vectorcall(method, args, static_cast<size_t>(nargs), kwnames);
+  Py_DECREF(method);
+  return result;
+}
+
 template <bool kBatched>
 PyObject* FastWrite(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  auto* bound = static_cast<BoundBuffer*>(PyCapsule_GetPointer(capsule, kBoundName));
-  if (bound == nullptr) return nullptr;
+  WriteTarget* target = TargetOf(capsule);
+  if (target == nullptr) return nullptr;
+  if (target->core == nullptr) return CallUnbound(target, kBatched, args, nargs, kwnames);
+  if (PyWeakref_GetObject(target->owner) == Py_None) {
+    // The buffer is gone (its shared segment may be unlinked): refuse rather than write into
+    // a core nobody can read.
+    PyErr_SetString(PyExc_ValueError, "this buffer no longer exists");
+    return nullptr;
+  }
+  // The core stays alive for this call even if another thread unbinds it meanwhile.
+  py::object core = py::reinterpret_borrow<py::object>(target->core);
+  ReplayBuffer* buf = target->buf;
   try {
     if (nargs != 0) {
       ThrowType(std::string(kBatched ? "extend" : "add") +
@@ -302,9 +339,9 @@ PyObject* FastWrite(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, 
     {
       py::gil_scoped_release release;
       if (kBatched) {
-        bound->buf->Extend(in.fields(), in.count);
+        buf->Extend(in.fields(), in.count);
       } else {
-        bound->buf->Add(in.fields(), in.count);
+        buf->Add(in.fields(), in.count);
       }
     }
   } catch (...) {
@@ -319,27 +356,39 @@ PyMethodDef kFastAdd = {"add", reinterpret_cast<PyCFunction>(reinterpret_cast<vo
 PyMethodDef kFastExtend = {"extend", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&FastWrite<true>)),
                            METH_FASTCALL | METH_KEYWORDS, "Stores a batch of items along axis 0."};
 
-// (add, extend) bound to `self`.
-py::tuple FastMethods(py::object self) {
-  auto* bound = new BoundBuffer{self.ptr(), self.cast<ReplayBuffer*>()};
-  Py_INCREF(bound->owner);
-  PyObject* capsule = PyCapsule_New(bound, kBoundName, [](PyObject* c) {
-    auto* b = static_cast<BoundBuffer*>(PyCapsule_GetPointer(c, kBoundName));
-    Py_DECREF(b->owner);
-    delete b;
+// (target, add, extend) for the Python buffer `owner`; the functions start unbound.
+py::tuple MakeWriteTarget(py::object owner) {
+  py::object weak = py::reinterpret_steal<py::object>(PyWeakref_NewRef(owner.ptr(), nullptr));
+  if (!weak) throw py::error_already_set();
+  auto* target = new WriteTarget{weak.release().ptr(), nullptr, nullptr};
+  PyObject* capsule = PyCapsule_New(target, kWriteTargetName, [](PyObject* c) {
+    auto* t = TargetOf(c);
+    Py_XDECREF(t->owner);
+    Py_XDECREF(t->core);
+    delete t;
   });
   if (capsule == nullptr) {
-    Py_DECREF(bound->owner);
-    delete bound;
+    Py_DECREF(target->owner);
+    delete target;
     throw py::error_already_set();
   }
   py::object cap = py::reinterpret_steal<py::object>(capsule);
-  PyObject* add = PyCFunction_New(&kFastAdd, cap.ptr());
-  if (add == nullptr) throw py::error_already_set();
-  py::object add_obj = py::reinterpret_steal<py::object>(add);
-  PyObject* extend = PyCFunction_New(&kFastExtend, cap.ptr());
-  if (extend == nullptr) throw py::error_already_set();
-  return py::make_tuple(add_obj, py::reinterpret_steal<py::object>(extend));
+  py::object add = py::reinterpret_steal<py::object>(PyCFunction_New(&kFastAdd, cap.ptr()));
+  if (!add) throw py::error_already_set();
+  py::object extend = py::reinterpret_steal<py::object>(PyCFunction_New(&kFastExtend, cap.ptr()));
+  if (!extend) throw py::error_already_set();
+  return py::make_tuple(cap, add, extend);
+}
+
+// Binds the target's functions to `core` (a _core.ReplayBuffer), or unbinds them (None).
+void BindWrites(py::capsule capsule, py::object core) {
+  WriteTarget* target = TargetOf(capsule.ptr());
+  if (target == nullptr) throw py::error_already_set();
+  ReplayBuffer* buf = core.is_none() ? nullptr : core.cast<ReplayBuffer*>();
+  PyObject* old = target->core;
+  target->core = core.is_none() ? nullptr : core.inc_ref().ptr();
+  target->buf = buf;
+  Py_XDECREF(old);
 }
 
 py::dtype MakeNumpyDType(DType dtype) {
@@ -424,6 +473,10 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_TimeoutError, e.what());
     }
   });
+  m.def("make_write_target", &MakeWriteTarget, py::arg("owner"),
+        "(target, add, extend): the write functions of the Python buffer `owner`, unbound.");
+  m.def("bind_writes", &BindWrites, py::arg("target"), py::arg("core"),
+        "Binds a write target's functions to a core, or unbinds them (None).");
   m.def("cuda_built", &CudaBuilt, "Whether the CUDA kernels were compiled into this build.");
   m.def("cuda_device_count", &CudaDeviceCount, py::call_guard<py::gil_scoped_release>(),
         "CUDA devices usable now (0 without kernels, driver or device).");
@@ -654,8 +707,6 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release release;
         return buf.UpdatePriorities(k.data(), p.data(), k.shape(0));
       })
-      .def("fast_methods", &FastMethods,
-           "(add, extend) as vectorcall functions bound to this buffer (the per-item path).")
       .def_property_readonly("capacity", &ReplayBuffer::capacity)
       .def_property_readonly("written", &ReplayBuffer::written)
       .def_property_readonly("claimed", &ReplayBuffer::claimed)

@@ -241,7 +241,11 @@ class ReplayBuffer:
         self._sampler = sampler
         self._limiter = limiter
         self._core: Any = None
+        # add/extend: C functions bound to this buffer once, for its whole life (aliases such
+        # as `add = buf.add` taken at any time keep working); _install binds them to the core.
+        self._writes, self.add, self.extend = _core.make_write_target(self)  # type: ignore[method-assign]
         self._built = threading.Event()  # set once the spec is known and the core exists
+        self._first_write_lock = threading.Lock()  # one first write infers the spec
         self._spec: Dict[str, Field] = {}
         self._columns: Optional[Dict[str, torch.Tensor]] = None
         self._stager: Any = None  # sample(device=..., prefetch=...) state (_staging.py)
@@ -328,9 +332,7 @@ class ReplayBuffer:
             self._sampler._core = core
         # The per-item path: once the spec is known, add/extend go straight to the core
         # (which validates everything) without a Python frame in between.
-        add, extend = core.fast_methods()
-        self.add = add  # type: ignore[method-assign]
-        self.extend = extend  # type: ignore[method-assign]
+        _core.bind_writes(self._writes, core)
         self._built.set()
         return core
 
@@ -348,15 +350,18 @@ class ReplayBuffer:
             else:
                 self.add(**fields)
         except BaseException:
+            _core.bind_writes(self._writes, None)  # back to inferring on the next write
             self._core = None
             self._built.clear()
             self._spec = {}
-            del self.add, self.extend  # back to the inferring methods
             if isinstance(self._sampler, Prioritized):
                 self._sampler._core = None
             raise
 
     # ---- writing ----------------------------------------------------------------------
+
+    # add/extend are instance attributes (C functions, see _init_fields); these class-level
+    # methods document them and serve calls through the class (ReplayBuffer.add(buf, ...)).
 
     def add(self, **fields: Any) -> None:
         """Stores one item. Values: tensors, numpy arrays or Python numbers.
@@ -368,15 +373,35 @@ class ReplayBuffer:
             ValueError: a field is missing, unknown, or has the wrong shape.
             TypeError: a value has the wrong dtype or type.
         """
-        # Reached only before the spec is known (afterwards the core's add is bound here).
-        self._first_write(fields, batched=False)
+        return self.__dict__["add"](**fields)
 
     def extend(self, **fields: Any) -> None:
         """Stores a batch of items given along the leading axis of every field.
 
         When more items than the capacity come at once, only the last ``capacity`` stay.
         """
-        self._first_write(fields, batched=True)
+        return self.__dict__["extend"](**fields)
+
+    def unbound_add(self, *args: Any, **fields: Any) -> None:
+        """add() while no core is bound: infers the spec from this first write, or reports
+        the closed buffer. Called by the write functions; not for direct use."""
+        self._unbound_write(args, fields, batched=False)
+
+    def unbound_extend(self, *args: Any, **fields: Any) -> None:
+        """extend() while no core is bound (see unbound_add)."""
+        self._unbound_write(args, fields, batched=True)
+
+    def _unbound_write(self, args: Tuple[Any, ...], fields: Dict[str, Any], batched: bool) -> None:
+        if args:
+            name = "extend" if batched else "add"
+            raise TypeError(f"{name}() takes fields as keyword arguments only, e.g. "
+                            f"{name}(obs=o, reward=r)")
+        with self._first_write_lock:
+            if self._core is None:
+                self._first_write(fields, batched)
+                return
+        # Another thread's first write built the core meanwhile: an ordinary write.
+        (self.__dict__["extend"] if batched else self.__dict__["add"])(**fields)
 
     # ---- sampling ---------------------------------------------------------------------
 
@@ -557,7 +582,7 @@ class ReplayBuffer:
         if self._core is not None:
             if self._storage == "memmap":
                 self._core.flush()
-            del self.add, self.extend  # the unbound methods now report the closed buffer
+            _core.bind_writes(self._writes, None)  # writes now report the closed buffer
         # Drop every reference to the core, so its memory (and a memmap file's lock) is
         # released now; column views handed out earlier keep it alive while they live.
         if self._stager is not None:
