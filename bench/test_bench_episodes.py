@@ -14,6 +14,8 @@ from typing import Any, Iterator
 import pytest
 
 from reverie.bench import episodes as E
+from reverie.bench.harness import Cell, summary
+from reverie.bench.workloads import Settings
 
 W1_CAPACITY = 100_000
 W3_CAPACITY = 10_000
@@ -60,12 +62,12 @@ def test_w3_dedup_sample(benchmark, w3: Any, batch_size: int) -> None:
 
 def test_report_formats() -> None:
     """The section's tables render from cells (no timing)."""
-    s = E.R.Settings.make(True, None, 0)
-    v = E.stats([1.0, 2.0, 3.0])
-    cells = [E.Cell("W1", "sequences 32 x 80 (pad)", "sequences/s", {"reverie": v, "numpy": v},
-                    {"ratio": 1.0, "target": E.SEQUENCE_TARGET, "disagreements": []}),
-             E.Cell("W3", "sample 32", "GB/s", {k: v for k in E.KINDS},
-                    {"ratio": 1.0, "ratio_vs_naive": 1.0, "disagreements": ["return"]})]
+    s = Settings.make(True, None, 0)
+    v = summary([1.0, 2.0, 3.0])
+    cells = [Cell("W1", "sequences 32 x 80 (pad)", "sequences/s", {"reverie": v, "numpy": v},
+                  {"ratio": 1.0, "target": E.SEQUENCE_TARGET, "disagreements": []}),
+             Cell("W3", "sample 32", "GB/s", {k: v for k in E.KINDS},
+                  {"ratio": 1.0, "ratio_vs_naive": 1.0, "disagreements": ["return"]})]
     memory = {"reverie": {"rss_growth": 10, "stored": 10}, "numpy": {"error": "x"},
               "naive": {"rss_growth": 100, "stored": 100}}
     text = E.table(cells, memory, s)

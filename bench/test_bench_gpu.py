@@ -23,7 +23,8 @@ import torch
 
 import reverie as rv
 from reverie.bench import gpu as G
-from reverie.bench import runner as R
+from reverie.bench.harness import human_count
+from reverie.bench.workloads import W1_SPEC, W3_SPEC
 
 CALLS = 100  # steps or samples per benchmarked call, then one synchronisation
 needs_cuda = pytest.mark.skipif(
@@ -38,7 +39,7 @@ def _cuda() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-@pytest.fixture(scope="module", params=W2_CASES, ids=[f"{k}-{R.human_count(c)}" for k, c in W2_CASES])
+@pytest.fixture(scope="module", params=W2_CASES, ids=[f"{k}-{human_count(c)}" for k, c in W2_CASES])
 def w2(request: pytest.FixtureRequest) -> Iterator[Tuple[Any, int]]:
     kind, cap = request.param
     impl = G.build_w2(kind, cap, _cuda(), G.w2_columns(cap, 0))
@@ -70,7 +71,7 @@ def test_gpu_w2_step_256(benchmark, w2: Tuple[Any, int]) -> None:
 
     benchmark(steps)
     fields, idx, weights = impl.sample(256)
-    G.check_batch("after the benchmark", fields, idx, weights, 256, R.W1_SPEC, device, cap, True)
+    G.check_batch("after the benchmark", fields, idx, weights, 256, W1_SPEC, device, cap, True)
 
 
 @needs_cuda
@@ -89,7 +90,7 @@ def test_gpu_w3_sample(benchmark, w3: Any, kind: str, batch_size: int) -> None:
         return out
 
     fields, idx, _ = benchmark(samples)
-    G.check_batch(kind, fields, idx, None, batch_size, R.W3_SPEC, _cuda(), W3_CAPACITY, False)
+    G.check_batch(kind, fields, idx, None, batch_size, W3_SPEC, _cuda(), W3_CAPACITY, False)
 
 
 @pytest.mark.skipif(rv.cuda_available(), reason="CUDA is present: the section would run in full")

@@ -11,18 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from reverie.bench import runner as R
+from reverie.bench import workloads as W
+from reverie.bench.harness import human_count
 
-CASES = R.bench_cases((10_000, 1_000_000))
+CASES = W.bench_cases((10_000, 1_000_000))
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{i}-{R.human_count(c)}" for i, c in CASES])
-def w2(request: pytest.FixtureRequest) -> Iterator[R.Adapter]:
-    yield R.filled_case(request.param, R.W1_SPEC, True)
+@pytest.fixture(scope="module", params=CASES, ids=[f"{i}-{human_count(c)}" for i, c in CASES])
+def w2(request: pytest.FixtureRequest) -> Iterator[W.Adapter]:
+    yield W.filled_case(request.param, W.W1_SPEC, True)
 
 
 @pytest.mark.benchmark(group="W2 step 256")
-def test_w2_step_256(benchmark, w2: R.Adapter) -> None:
+def test_w2_step_256(benchmark, w2: W.Adapter) -> None:
     pool = np.random.default_rng(1).random((64, 256), dtype=np.float32) + np.float32(1e-3)
     prios: Any = torch.from_numpy(pool) if w2.key == "reverie" else pool
     counter = [0]

@@ -10,19 +10,20 @@ from typing import Iterator
 
 import pytest
 
-from reverie.bench import runner as R
+from reverie.bench import workloads as W
+from reverie.bench.harness import human_count
 
-CASES = R.bench_cases((10_000, 50_000), exclude=("python",))
+CASES = W.bench_cases((10_000, 50_000), exclude=("python",))
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{i}-{R.human_count(c)}" for i, c in CASES])
-def w3(request: pytest.FixtureRequest) -> Iterator[R.Adapter]:
-    yield R.filled_case(request.param, R.W3_SPEC, False)
+@pytest.fixture(scope="module", params=CASES, ids=[f"{i}-{human_count(c)}" for i, c in CASES])
+def w3(request: pytest.FixtureRequest) -> Iterator[W.Adapter]:
+    yield W.filled_case(request.param, W.W3_SPEC, False)
 
 
 @pytest.mark.parametrize("batch_size", [32, 256])
-def test_w3_sample(benchmark, w3: R.Adapter, batch_size: int) -> None:
+def test_w3_sample(benchmark, w3: W.Adapter, batch_size: int) -> None:
     benchmark.group = f"W3 sample {batch_size}"
-    benchmark.extra_info["bytes_per_call"] = batch_size * R.item_bytes(R.W3_SPEC)
+    benchmark.extra_info["bytes_per_call"] = batch_size * W.item_bytes(W.W3_SPEC)
     out = benchmark(w3.sample, batch_size)
     assert tuple(out["obs"].shape) == (batch_size, 4, 84, 84)

@@ -4,9 +4,11 @@ It follows the issue-4 API (the episode-buffer contract) with plain loops over k
 float64 arithmetic, and no sampling: the tests ask it which starts are valid and what a batch
 must hold for a given list of start keys.
 
-- Every row ever written is kept (columnar, by key); `written` and `capacity` decide which
-  keys are still stored: present(key) <=> 0 <= key < written and key >= written - capacity.
-  Keys: the t-th step of env e has key t * num_envs + e.
+- Every row ever written is kept (columnar, by id); `written` and `capacity` decide which
+  ids are still stored: present(id) <=> 0 <= id < written and id >= written - capacity.
+  Ids: the t-th step of env e has id t * num_envs + e (its insertion number). The model's
+  methods take and return ids ("keys" in their names); the buffer's keys pack a slot and a
+  generation instead (tests/keys.py): `ids(batch.indices)` and `keys(ids)` convert.
 - final(key): the env's previous row key - N was a transition row (not itself a
   final-observation row) with terminated or truncated set. The flags of a final-observation
   row come from the env's reset step and are ignored, so they never make the next row final.
@@ -22,6 +24,7 @@ import copy
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from keys import fifo_insertion, fifo_key
 
 TRANSITION = "transition"
 FINAL = "final"
@@ -75,6 +78,18 @@ class EpisodeReference:
         view = copy.copy(self)
         view.written = written
         return view
+
+    # ---- the buffer's keys ------------------------------------------------------------
+
+    def ids(self, keys: Any) -> Any:
+        """The model's ids (insertion numbers) of the buffer's keys (an array or tensor)."""
+        if hasattr(keys, "numpy"):
+            keys = keys.numpy()
+        return fifo_insertion(np.asarray(keys, dtype=np.int64), self.capacity, self.num_envs)
+
+    def keys(self, ids: Any) -> Any:
+        """The buffer's keys of model ids."""
+        return fifo_key(np.asarray(ids, dtype=np.int64), self.capacity, self.num_envs)
 
     # ---- rows ---------------------------------------------------------------------------
 

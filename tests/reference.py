@@ -4,8 +4,9 @@ It follows the documented semantics (docs/api-draft.md) with plain lists and exa
 arithmetic, no fixed point and no sampling: the tests compare what the real buffer stores and
 returns with what this model says must be stored and returned.
 
-- Ring: item number k (0-based, over all items ever added) is stored in slot k % capacity
-  until item k + capacity overwrites it; its key is k.
+- Ring: item number n (0-based, over all items ever added) is stored in slot n % capacity
+  until item n + capacity overwrites it; its key packs that slot and the generation
+  n // capacity (tests/keys.py, the encoding of cpp/include/reverie/key.h).
 - Prioritized: a slot holds q = (p + eps) ** alpha; a new item gets the running max of q
   (which starts at 1.0). P(i) = q_i / sum_k q_k over stored items. Importance weights are
   w_i = (N * P(i)) ** -beta / max_j (N * P(j)) ** -beta, the max over stored items with q > 0,
@@ -21,6 +22,7 @@ import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
+from keys import fifo_insertion, fifo_key
 
 
 class ReferenceBuffer:
@@ -46,27 +48,39 @@ class ReferenceBuffer:
     def __len__(self) -> int:
         return min(self.written, self.capacity)
 
+    def key_of(self, n: int) -> int:
+        """The key of insertion number n."""
+        return fifo_key(int(n), self.capacity)
+
+    def insertion_of(self, key: int) -> int:
+        """The insertion number of a key; -1 for a key that is no key of this buffer."""
+        key = int(key)
+        if key < 0 or key >= 1 << 55:  # shard 0 only
+            return -1
+        n = fifo_insertion(key, self.capacity)
+        return n if self.key_of(n) == key else -1  # a slot beyond the capacity: not a key
+
     def slot_of(self, key: int) -> int:
-        return key % self.capacity
+        return self.insertion_of(key) % self.capacity
 
     def was_written(self, key: int) -> bool:
-        return 0 <= key < self.written
+        return 0 <= self.insertion_of(key) < self.written
 
     def is_stored(self, key: int) -> bool:
-        return self.was_written(key) and key >= self.written - self.capacity
+        return self.was_written(key) and self.insertion_of(key) >= self.written - self.capacity
 
-    def stored_keys(self) -> range:
+    def stored_keys(self) -> List[int]:
         """Keys of the items now stored, oldest first."""
-        return range(max(0, self.written - self.capacity), self.written)
+        return [self.key_of(n) for n in range(max(0, self.written - self.capacity), self.written)]
 
     def key_of_slot(self, slot: int) -> int:
         """Key of the item now in `slot` (slot < len(self))."""
         if not 0 <= slot < len(self):
             raise IndexError(f"slot {slot} holds no item")
         newest = self.written - 1
-        key = newest - ((newest - slot) % self.capacity)
-        assert key % self.capacity == slot
-        return key
+        n = newest - ((newest - slot) % self.capacity)
+        assert n % self.capacity == slot
+        return self.key_of(n)
 
     def row(self, key: int) -> Dict[str, np.ndarray]:
         """The stored item with this key."""
@@ -80,8 +94,8 @@ class ReferenceBuffer:
 
     def add(self, item: Mapping[str, Any]) -> int:
         """Stores one item (a dict of arrays); returns its key."""
-        key = self.written
-        slot = self.slot_of(key)
+        key = self.key_of(self.written)
+        slot = self.written % self.capacity
         self.storage[slot] = {name: np.array(value, copy=True) for name, value in item.items()}
         if self.prioritized:
             self.q[slot] = self.max_q

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from keys import fifo_insertion, fifo_key
 from reference import ReferenceBuffer, assert_batches_equal, assert_tensor_equal
 
 import reverie as rv
@@ -219,9 +220,10 @@ def test_all_dtypes_round_trip(name, source, prioritized):
     assert batch.v.dtype == TORCH_OF[name] and tuple(batch.v.shape) == (64, *shape)
     assert batch.s.dtype == TORCH_OF[name] and tuple(batch.s.shape) == (64,)
     for j, key in enumerate(batch.indices.tolist()):
-        assert written - cap <= key < written
-        assert_tensor_equal(batch.v[j], values[key], f"sampled v key {key}")
-        assert_tensor_equal(batch.s[j], scalars[key], f"sampled s key {key}")
+        n = fifo_insertion(key, cap)
+        assert written - cap <= n < written
+        assert_tensor_equal(batch.v[j], values[n], f"sampled v key {key}")
+        assert_tensor_equal(batch.s[j], scalars[n], f"sampled s key {key}")
 
 
 def test_non_contiguous_inputs_are_stored_in_logical_order():
@@ -253,7 +255,12 @@ def test_input_arrays_are_copied_not_referenced():
 
 
 def stored_keys_by_slot(buf) -> list:
-    """The stored items' keys as read back through the `k` field (which holds the key)."""
+    """The stored items' keys, from the `k` field (which holds the insertion number)."""
+    return [fifo_key(n, buf.capacity) for n in stored_ids_by_slot(buf)]
+
+
+def stored_ids_by_slot(buf) -> list:
+    """The stored items' insertion numbers, read back through the `k` field."""
     return buf.columns["k"][: len(buf)].tolist()
 
 
@@ -265,18 +272,18 @@ def test_eviction_single_adds():
         ref.add({"k": np.int64(k)})
         assert len(buf) == len(ref)
         assert stored_keys_by_slot(buf) == [ref.key_of_slot(s) for s in range(len(ref))]
-    # oldest first overwritten: slots hold keys 10, 11, 7, 8, 9
-    assert stored_keys_by_slot(buf) == [10, 11, 7, 8, 9]
+    # oldest first overwritten: slots hold items 10, 11, 7, 8, 9
+    assert stored_ids_by_slot(buf) == [10, 11, 7, 8, 9]
 
 
 def test_eviction_wraps_inside_one_extend():
     buf = rv.ReplayBuffer(5, seed=0)
     buf.extend(k=np.arange(3))
     buf.extend(k=np.arange(3, 7))  # slots 3, 4, 0, 1
-    assert stored_keys_by_slot(buf) == [5, 6, 2, 3, 4]
+    assert stored_ids_by_slot(buf) == [5, 6, 2, 3, 4]
     b = buf.sample(200)
-    assert set(b.indices.tolist()) == {2, 3, 4, 5, 6}
-    assert_tensor_equal(b.k, b.indices)
+    assert set(b.indices.tolist()) == {fifo_key(n, 5) for n in (2, 3, 4, 5, 6)}
+    assert_tensor_equal(b.k, torch.from_numpy(fifo_insertion(b.indices.numpy(), 5)))
 
 
 @pytest.mark.parametrize("prefill", [0, 2, 5, 7])
@@ -294,13 +301,13 @@ def test_extend_larger_than_capacity_keeps_the_last_items(prefill, n):
         ref.extend({"k": np.arange(prefill, prefill + n)})
         assert len(buf) == cap
         assert stored_keys_by_slot(buf) == [ref.key_of_slot(s) for s in range(cap)]
-        assert sorted(stored_keys_by_slot(buf)) == list(range(prefill + n - cap, prefill + n))
+        assert sorted(stored_ids_by_slot(buf)) == list(range(prefill + n - cap, prefill + n))
         # keys continue after the skipped ones
         buf.add(k=prefill + n)
         assert buf.columns["k"][(prefill + n) % cap].item() == prefill + n
         b = buf.sample(100)
-        assert_tensor_equal(b.k, b.indices)
-        assert set(b.indices.tolist()) <= set(range(prefill + n + 1 - cap, prefill + n + 1))
+        assert_tensor_equal(b.k, torch.from_numpy(fifo_insertion(b.indices.numpy(), cap)))
+        assert set(b.indices.tolist()) <= {fifo_key(i, cap) for i in range(prefill + n + 1 - cap, prefill + n + 1)}
         if prioritized:
             assert buf.priorities().tolist() == [1.0] * cap
 
@@ -317,11 +324,11 @@ def test_uniform_with_replacement_keys_and_rows():
     assert b.indices.dtype == torch.int64 and tuple(b.indices.shape) == (500,)
     assert b.weights is None
     keys = b.indices.tolist()
-    assert set(keys) == set(range(5, 13))  # 500 draws over 8 items: all appear
+    assert set(keys) == {fifo_key(n, 8) for n in range(5, 13)}  # 500 draws over 8 items: all appear
     assert len(set(keys)) < len(keys)  # with replacement: repeats
     for j, k in enumerate(keys):
         for name, v in vals.items():
-            assert_tensor_equal(b[name][j], torch.from_numpy(np.asarray(v[k])), name)
+            assert_tensor_equal(b[name][j], torch.from_numpy(np.asarray(v[fifo_insertion(k, 8)])), name)
             assert_tensor_equal(b[name][j], buf.columns[name][k % 8], name)
 
 
@@ -437,10 +444,11 @@ def test_prioritized_weights_and_sampled_rows():
     buf.extend(k=np.arange(7))
     ref.extend({"k": np.arange(7)})
     pr = [0.0, 1.0, 3.0, 10.0, 0.2]
-    buf.update_priorities([2, 3, 4, 5, 6], pr)
-    ref.update_priorities([2, 3, 4, 5, 6], pr)
+    keys = [ref.key_of(n) for n in range(2, 7)]
+    buf.update_priorities(keys, pr)
+    ref.update_priorities(keys, pr)
     b = buf.sample(200)
-    assert_tensor_equal(b.k, b.indices)
+    assert_tensor_equal(b.k, torch.from_numpy(fifo_insertion(b.indices.numpy(), 5)))
     np.testing.assert_allclose(b.weights.numpy(), ref.weights(b.indices.tolist()), rtol=1e-6)
     assert b.weights.max().item() <= 1.0
     buf.sampler.beta = 0.0

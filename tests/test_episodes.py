@@ -26,6 +26,7 @@ import torch
 from episode_reference import EpisodeReference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from keys import fifo_insertion
 from scipy import stats
 
 import reverie as rv
@@ -163,7 +164,7 @@ def check_transitions(batch: rv.Batch, ref: EpisodeReference, n_step: int,
                       gamma: float) -> None:
     """Every start is valid per the reference and every field equals the reference's."""
     assert batch.indices.dtype == torch.int64
-    starts = batch.indices.numpy()
+    starts = ref.ids(batch.indices)
     bad = sorted({int(s) for s in starts if not ref.valid_start(int(s))})
     assert not bad, f"invalid starts sampled: {bad} (valid: {ref.valid_starts()})"
     assert_fields(batch, expected_by_unique(
@@ -174,7 +175,7 @@ def check_sequences(batch: rv.Batch, ref: EpisodeReference, length: int, burn_in
                     episode_end: str) -> None:
     """Every start is valid per the reference and every field and the mask equal its."""
     assert batch.indices.dtype == torch.int64
-    starts = batch.indices.numpy()
+    starts = ref.ids(batch.indices)
     bad = sorted({int(s) for s in starts
                   if not ref.sequence_valid(int(s), length, burn_in, episode_end)})
     assert not bad, f"invalid sequence starts sampled: {bad}"
@@ -183,8 +184,8 @@ def check_sequences(batch: rv.Batch, ref: EpisodeReference, length: int, burn_in
 
 
 def check_storage(pair: Pair) -> None:
-    """len and the stored rows (`columns`, single frames, key k at slot k % capacity)
-    match the reference."""
+    """len and the stored rows (`columns`, single frames, stream-major slots) match the
+    reference."""
     buf, ref = pair.buf, pair.ref
     assert len(buf) == min(ref.written, ref.capacity)
     cols = buf.columns
@@ -202,7 +203,7 @@ def transitions_by_start(pair: Pair, n_step: int, gamma: float,
     batch = pair.buf.sample(batch_size, n_step=n_step, gamma=gamma)
     check_transitions(batch, pair.ref, n_step, gamma)
     out: Dict[int, Dict[str, np.ndarray]] = {}
-    for i, s in enumerate(batch.indices.tolist()):
+    for i, s in enumerate(pair.ref.ids(batch.indices).tolist()):
         out.setdefault(s, {k: v[i].numpy() for k, v in batch.items()})
     return out
 
@@ -213,7 +214,7 @@ def sequences_by_start(pair: Pair, length: int, burn_in: int, episode_end: str,
                                       episode_end=episode_end)
     check_sequences(batch, pair.ref, length, burn_in, episode_end)
     out: Dict[int, Dict[str, np.ndarray]] = {}
-    for i, s in enumerate(batch.indices.tolist()):
+    for i, s in enumerate(pair.ref.ids(batch.indices).tolist()):
         out.setdefault(s, {k: v[i].numpy() for k, v in batch.items()})
     return out
 
@@ -333,9 +334,9 @@ def test_next_obs_is_the_same_envs_next_row():
             np.testing.assert_array_equal(nxt[:, 2], 1)
             step = nxt[:, 1].astype(int) - now[:, 1].astype(int)
             assert (step == 1).all() if n_step == 1 else ((step >= 1) & (step <= 3)).all()
-        keys = batch.indices.numpy()
-        np.testing.assert_array_equal(batch["action"].numpy(), keys)
-        np.testing.assert_array_equal(batch["obs"].numpy()[:, 0], keys % 3)
+        ids = pair.ref.ids(batch.indices)
+        np.testing.assert_array_equal(batch["action"].numpy(), ids)
+        np.testing.assert_array_equal(batch["obs"].numpy()[:, 0], ids % 3)
 
 
 def test_add_extend_step_and_torch_inputs_store_the_same():
@@ -432,7 +433,7 @@ def test_frame_stacks_stay_within_an_env():
     pair.write(layout_steps(".......", "..TF...", "RF....."))
     batch = pair.buf.sample(512, n_step=2, gamma=0.9)
     check_transitions(batch, pair.ref, 2, 0.9)
-    env = (batch.indices.numpy() % 3)[:, None]
+    env = (pair.ref.ids(batch.indices) % 3)[:, None]
     for name in ("obs", "next_obs", "pix", "next_pix"):
         np.testing.assert_array_equal(batch[name].numpy()[:, :, 0], np.repeat(env, 3, 1))
 
@@ -467,7 +468,7 @@ def test_frame_stack_stores_single_frames():
     batch = buf.sample(8, n_step=1)
     assert tuple(batch["obs"].shape) == (8, 4, 84, 84)
     assert tuple(batch["next_obs"].shape) == (8, 4, 84, 84)
-    for i, s in enumerate(batch.indices.tolist()):
+    for i, s in enumerate(fifo_insertion(batch.indices.numpy(), cap, n).tolist()):
         t, e = divmod(s, n)
         want = [max(t - 3 + j, 0) for j in range(4)]
         assert batch["obs"][i, :, 0, 0].tolist() == want
@@ -544,7 +545,7 @@ def test_sequences_three_envs_stay_in_their_stream():
     batch = pair.buf.sample_sequences(512, 4, burn_in=2)
     check_sequences(batch, pair.ref, 4, 2, "pad")
     obs = batch["obs"].numpy()
-    for i, s in enumerate(batch.indices.tolist()):
+    for i, s in enumerate(pair.ref.ids(batch.indices).tolist()):
         e, t = s % 3, s // 3
         for pos in range(6):
             if obs[i, pos, 2] == 1:
@@ -671,7 +672,7 @@ def test_transitions_match_reference(sc, frame_stack, n_step, gamma, sampler):
     batch = pair.buf.sample(2000, n_step=n_step, gamma=gamma)
     check_transitions(batch, pair.ref, n_step, gamma)
     if len(valid) <= 100:  # uniform: P(a valid start missed) <= 100 * (1 - 1/100)^2000 < 1e-6
-        assert set(batch.indices.tolist()) == set(valid)
+        assert set(pair.ref.ids(batch.indices).tolist()) == set(valid)
 
 
 @PROPERTY
@@ -698,7 +699,7 @@ def test_sequences_match_reference(sc, frame_stack, sampler, episode_end, data):
     batch = pair.buf.sample_sequences(2000, length, burn_in=burn_in, episode_end=episode_end)
     check_sequences(batch, pair.ref, length, burn_in, episode_end)
     if len(valid) <= 100:
-        assert set(batch.indices.tolist()) == set(valid)
+        assert set(pair.ref.ids(batch.indices).tolist()) == set(valid)
 
 
 # ---- statistics --------------------------------------------------------------------------
@@ -718,6 +719,7 @@ def stat_pair(sampler: Any = None, steps: int = 31) -> Pair:
 
 
 def draw_counts(draw, valid: Sequence[int], batches: int = 100) -> np.ndarray:
+    """Counts of each of the `valid` starts (buffer keys) over the batches draw() returns."""
     pos = {s: i for i, s in enumerate(valid)}
     counts = np.zeros(len(valid))
     for _ in range(batches):
@@ -730,7 +732,7 @@ def draw_counts(draw, valid: Sequence[int], batches: int = 100) -> np.ndarray:
 def test_uniform_transitions_over_valid_starts():
     """51200 draws: every valid start equally likely (chi-square p > 1e-3)."""
     pair = stat_pair()
-    valid = pair.ref.valid_starts()
+    valid = pair.ref.keys(pair.ref.valid_starts()).tolist()
     assert len(valid) > 20
     counts = draw_counts(lambda: pair.buf.sample(512, n_step=3), valid)
     assert chi_square_p(counts, np.ones(len(valid))) > P_MIN
@@ -739,7 +741,7 @@ def test_uniform_transitions_over_valid_starts():
 def test_uniform_sequences_over_valid_starts():
     """51200 draws of 'drop' windows: uniform over the valid starts (chi-square p > 1e-3)."""
     pair = stat_pair()
-    valid = pair.ref.valid_sequence_starts(3, 2, "drop")
+    valid = pair.ref.keys(pair.ref.valid_sequence_starts(3, 2, "drop")).tolist()
     assert len(valid) > 10
     counts = draw_counts(
         lambda: pair.buf.sample_sequences(512, 3, burn_in=2, episode_end="drop"), valid)
@@ -758,7 +760,7 @@ def test_prioritized_transitions_follow_priorities():
     to the priority (chi-square p > 1e-3); a zero priority is never drawn; weights with beta=1
     are proportional to 1 / priority within each batch (rtol 1e-5)."""
     pair = stat_pair(rv.Prioritized(alpha=1.0, beta=1.0, eps=0.0))
-    valid = pair.ref.valid_starts()
+    valid = pair.ref.keys(pair.ref.valid_starts()).tolist()
     prio = priorities_for(valid)
     pair.buf.update_priorities(torch.tensor(valid), torch.from_numpy(prio))
     p_of = dict(zip(valid, prio))
@@ -780,8 +782,9 @@ def test_prioritized_sequences_follow_priorities():
     """Same for 'pad' sequence starts (here including the two newest rows, which are no
     n-step starts)."""
     pair = stat_pair(rv.Prioritized(alpha=1.0, beta=0.5, eps=0.0), steps=30)
-    valid = pair.ref.valid_sequence_starts(4, 1, "pad")
-    assert {58, 59} <= set(valid) and not {58, 59} & set(pair.ref.valid_starts())
+    valid_ids = pair.ref.valid_sequence_starts(4, 1, "pad")
+    assert {58, 59} <= set(valid_ids) and not {58, 59} & set(pair.ref.valid_starts())
+    valid = pair.ref.keys(valid_ids).tolist()
     prio = priorities_for(valid)
     pair.buf.update_priorities(np.array(valid), prio)
     counts = draw_counts(lambda: pair.buf.sample_sequences(512, 4, burn_in=1), valid)
@@ -795,10 +798,10 @@ def test_new_rows_get_the_max_priority():
     pair = Pair(40, num_envs=2, sampler=rv.Prioritized(alpha=1.0, beta=0.4, eps=0.0), seed=9)
     data = layout_steps("." * 14, "." * 14)
     pair.write(chunk(data, 0, 10))
-    old = pair.ref.valid_starts()
+    old = pair.ref.keys(pair.ref.valid_starts()).tolist()
     pair.buf.update_priorities(np.array(old), np.full(len(old), 0.25))
     pair.write(chunk(data, 10, 14))
-    valid = pair.ref.valid_starts()
+    valid = pair.ref.keys(pair.ref.valid_starts()).tolist()
     prio = np.array([0.25 if s in old else 1.0 for s in valid])
     counts = draw_counts(lambda: pair.buf.sample(512), valid)
     assert chi_square_p(counts, prio) > P_MIN
@@ -1040,7 +1043,7 @@ def test_concurrent_writer_and_samplers():
                 else:
                     batch = buf.sample_sequences(8, length, burn_in=burn_in)
                 hi = min(progress[0] + max_chunk * num_envs, total_steps * num_envs)
-                for i, s in enumerate(batch.indices.tolist()):
+                for i, s in enumerate(ref.ids(batch.indices).tolist()):
                     if not matches(kind, batch, i, s, lo, hi):
                         failures.append(f"{kind}: start {s} written in [{lo}, {hi}]: "
                                         f"{ {n: v[i].tolist() for n, v in batch.items()} }")

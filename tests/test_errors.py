@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from keys import fifo_key
 from reference import assert_batches_equal, assert_tensor_equal
 
 import reverie as rv
@@ -76,7 +77,7 @@ def history(buf: rv.ReplayBuffer) -> None:
     b = buf.sample(4)
     if buf.sampler.kind == "prioritized":
         buf.update_priorities(b.indices, torch.tensor([0.5, 1.5, 2.5, 3.5]))
-        buf.update_priorities([3, 4], [9.0, 9.0])  # overwritten: stale
+        buf.update_priorities(fifo_key(np.array([0, 1]), CAP), [9.0, 9.0])  # overwritten: stale
 
 
 def make_pair(kind: str, seed: int = 21):
@@ -385,7 +386,7 @@ def test_sample_too_many_without_replacement():
 def test_sample_when_every_priority_is_zero(ppair):
     buf, twin = ppair
     for b in (buf, twin):
-        b.update_priorities(torch.arange(3, 13), torch.zeros(10))
+        b.update_priorities(fifo_key(np.arange(3, 13), CAP), torch.zeros(10))
     check_error(buf, twin, lambda b: b.sample(3), ValueError, ["priorit"])
     # check_error added one item (key 13) with the running max priority; add another: only
     # these two can be drawn
@@ -393,7 +394,7 @@ def test_sample_when_every_priority_is_zero(ppair):
     twin.add(**good_item(50))
     a = buf.sample(64)
     assert_batches_equal(a, twin.sample(64))
-    assert set(a.indices.tolist()) == {13, 14}
+    assert set(a.indices.tolist()) == {fifo_key(13, CAP), fifo_key(14, CAP)}
 
 
 def test_prioritized_unbuilt_all_zero_after_eps0():
@@ -449,8 +450,14 @@ def test_out_error_leaves_out_tensors_untouched(pair):
 
 # The history wrote keys 0..12 into capacity 10, so keys 3..12 are stored, 0..2 stale.
 UPDATE_CASES = {
-    "never_written": (lambda b: b.update_priorities([5, 13], [2.0, 2.0]), IndexError, ["13", "12"]),
+    # 13 items written into 10 slots: insertion 13 (generation 1 of slot 3) is the next one
+    "never_written": (lambda b: b.update_priorities([5, fifo_key(13, CAP)], [2.0, 2.0]), IndexError,
+                      [str(fifo_key(13, CAP)), "never written", "generation 1 of slot 3", "13 items"]),
+    "beyond_capacity": (lambda b: b.update_priorities([5, 13], [2.0, 2.0]), IndexError,
+                        ["13", "slot 13", "capacity 10"]),
     "far_out_of_range": (lambda b: b.update_priorities([10**12], [1.0]), IndexError, [str(10**12)]),
+    "other_shard": (lambda b: b.update_priorities([(3 << 55) | 5], [1.0]), IndexError,
+                    ["shard 3", "shard 0"]),
     "negative": (lambda b: b.update_priorities([4, -1], [3.0, 1.0]), IndexError, ["-1"]),
     "negative_stale_mix": (lambda b: b.update_priorities([0, -5], [3.0, 1.0]), IndexError, ["-5"]),
     "nan": (lambda b: b.update_priorities([5, 6], [3.0, float("nan")]), ValueError, ["nan"]),
@@ -521,7 +528,7 @@ def foreign_state(kind: str = "prioritized", seed: int = 99) -> dict:
     other = rv.ReplayBuffer(CAP, spec=SPEC, sampler=SAMPLERS[kind](), seed=seed)
     other.extend(**good_batch(14, start=500))
     if kind == "prioritized":
-        other.update_priorities(np.arange(4, 14), np.linspace(0.5, 5.0, 10))
+        other.update_priorities(fifo_key(np.arange(4, 14), CAP), np.linspace(0.5, 5.0, 10))
     other.sample(3)
     return other.state_dict()
 

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from keys import fifo_insertion, fifo_key
 
 import reverie as rv
 from reverie import _export as ex
@@ -31,8 +32,7 @@ def _episode_buffer(num_envs=3, capacity=120, steps=100, seed=0, **kwargs):
 
 
 def _stored(buf):
-    keys = np.arange(max(0, buf._core.written - buf.capacity), buf._core.written)
-    slots = torch.from_numpy(buf._slots_of(keys))
+    slots = torch.from_numpy(buf._slots_of(buf._core.stored_keys()))  # oldest first
     return {n: c.index_select(0, slots) for n, c in buf.columns.items()}
 
 
@@ -53,7 +53,7 @@ def test_npz_round_trip_replay_buffer(tmp_path, sampler):
     ex.to_npz(buf, path)
     with np.load(path) as data:  # readable without reverie, oldest first
         assert np.array_equal(data["action"], np.arange(150, 250))
-        assert np.array_equal(data["__keys__"], np.arange(150, 250))
+        assert np.array_equal(data["__keys__"], fifo_key(np.arange(150, 250), 100))
         assert data["obs"].shape == (100, 3) and data["half"].dtype == np.int16
     back = ex.from_npz(path)
     assert type(back) is rv.ReplayBuffer and back.capacity == 100 and back.seed == buf.seed
@@ -61,8 +61,8 @@ def test_npz_round_trip_replay_buffer(tmp_path, sampler):
     _same(_stored(back), _stored(buf))
     if sampler is not None:
         assert back.sampler.config() == buf.sampler.config()
-        old = buf.priorities()[torch.from_numpy(buf._slots_of(np.arange(150, 250)))]
-        new = back.priorities()[torch.from_numpy(back._slots_of(np.arange(100)))]
+        old = buf.priorities()[torch.from_numpy(buf._slots_of(fifo_key(np.arange(150, 250), 100)))]
+        new = back.priorities()[torch.from_numpy(back._slots_of(fifo_key(np.arange(100), 100)))]
         assert torch.equal(old, new)  # bit for bit
 
 
@@ -86,7 +86,7 @@ def test_npz_priorities_into_other_buffers(tmp_path):
     ex.to_npz(buf, tmp_path / "p.npz")
     # Another alpha: the priorities come back through update_priorities (p = q^(1/alpha) - eps).
     other = ex.from_npz(tmp_path / "p.npz", sampler=rv.Prioritized(alpha=0.5, eps=1e-3))
-    p_old = buf.priorities()[torch.from_numpy(buf._slots_of(np.arange(150, 250)))]
+    p_old = buf.priorities()[torch.from_numpy(buf._slots_of(fifo_key(np.arange(150, 250), 100)))]
     p_new = other.priorities()[:100]
     want = (p_old ** (1 / 0.6) - 1e-3 + 1e-3) ** 0.5
     assert torch.allclose(p_new, want, rtol=1e-4)
@@ -109,11 +109,13 @@ def test_npz_round_trip_episode_buffer_after_wrap(tmp_path):
     assert type(back) is rv.EpisodeBuffer and back.num_envs == 3 and back.capacity == 120
     _same(_stored(back), _stored(buf))
     # Episode boundaries come back (the oldest rows may continue an overwritten episode).
-    old_flags = buf._core.episode_state()[0][buf._slots_of(np.arange(180, 300))]
-    new_flags = back._core.episode_state()[0][back._slots_of(np.arange(120))]
+    old_flags = buf._core.episode_state()[0][buf._slots_of(fifo_key(np.arange(180, 300), 120, 3))]
+    new_flags = back._core.episode_state()[0][back._slots_of(fifo_key(np.arange(120), 120, 3))]
     assert np.array_equal(old_flags, new_flags)
-    assert [(e, [k - 180 for k in ks]) for e, ks in ex.stored_episodes(buf)] == \
-        ex.stored_episodes(back)
+    # the same episodes, as insertion numbers 180 lower (keys: tests/keys.py)
+    moved = [(e, fifo_key(fifo_insertion(np.array(ks), 120, 3) - 180, 120, 3).tolist())
+             for e, ks in ex.stored_episodes(buf)]
+    assert moved == ex.stored_episodes(back)
     b1, b2 = buf.sample(64, n_step=3), back.sample(64, n_step=3)
     assert b1["return"].shape == b2["return"].shape
 
@@ -213,8 +215,9 @@ def test_minari_round_trip(minari_path):
     episodes = _episodes_of(ds)
     rows = _stored(buf)
     for (env, keys), (obs, action, reward, term, trunc, logp) in zip(expected, episodes):
-        assert all(k % 3 == env for k in keys)
-        idx = torch.tensor(keys) - (buf._core.written - len(rows["obs"]))
+        ids = fifo_insertion(np.array(keys), 300, 3)  # step t of env e: insertion 3t + e
+        assert all(i % 3 == env for i in ids)
+        idx = torch.from_numpy(ids) - (buf._core.written - len(rows["obs"]))
         assert np.array_equal(obs, rows["obs"][idx].numpy())
         assert np.array_equal(action, rows["action"][idx[:-1]].numpy())
         assert np.array_equal(reward, rows["reward"][idx[:-1]].numpy())
@@ -240,11 +243,11 @@ def test_minari_n_step_samples_match_episodes(minari_path):
     episodes = _episodes_of(ds)
     one = ex.from_minari(ds, seed=0)
     where = {}  # key -> (episode, step)
-    key = 0
+    n_row = 0
     for i, ep in enumerate(episodes):
         for t in range(len(ep[1]) + 1):
-            where[key] = (i, t)
-            key += 1
+            where[fifo_key(n_row, one.capacity)] = (i, t)
+            n_row += 1
     gamma, n = 0.9, 3
     batch = one.sample(512, n_step=n, gamma=gamma)
     for b in range(512):

@@ -142,8 +142,9 @@ def run_sequence(data, capacity: int, kind: str, config: dict, seed: int) -> Non
         elif op == "update":
             if ref.written == 0:
                 continue
-            pool = st.sampled_from(sampled) if sampled else st.integers(0, ref.written - 1)
-            key_st = st.one_of(pool, st.integers(0, ref.written - 1))
+            written_keys = st.integers(0, ref.written - 1).map(ref.key_of)  # stored or stale
+            pool = st.sampled_from(sampled) if sampled else written_keys
+            key_st = st.one_of(pool, written_keys)
             keys = data.draw(st.lists(key_st, max_size=8), label="keys")
             values = data.draw(st.lists(priorities, min_size=len(keys), max_size=len(keys)),
                                label="priorities")
@@ -151,7 +152,13 @@ def run_sequence(data, capacity: int, kind: str, config: dict, seed: int) -> Non
                                           torch.tensor(values, dtype=torch.float64))
             assert stale == ref.update_priorities(keys, values)
         elif op == "bad_update":
-            bad = data.draw(st.sampled_from([-1, ref.written, ref.written + 5]), label="bad key")
+            # Never written (the next keys), negative, another shard's, or a slot beyond the
+            # capacity (when the capacity is no power of two).
+            bads = [-1, ref.key_of(ref.written), ref.key_of(ref.written + 5), (1 << 55) | 0]
+            slot_room = 1 << (capacity - 1).bit_length()
+            if slot_room > capacity:
+                bads.append(slot_room - 1)
+            bad = data.draw(st.sampled_from(bads), label="bad key")
             expected = IndexError if kind == "prioritized" else ValueError
             with pytest.raises(expected):
                 buf.update_priorities([bad], [1.0])
@@ -190,7 +197,7 @@ def test_prioritized_sequences_match_reference(data, capacity, alpha, beta, eps,
 @given(capacity=st.integers(1, 20), chunks=st.lists(st.integers(0, 45), min_size=1, max_size=8))
 def test_eviction_order_matches_reference(capacity, chunks):
     """Any mix of extends (0 items, fewer, exactly, more than the capacity) and adds keeps
-    exactly the newest `capacity` items, item k in slot k % capacity."""
+    exactly the newest `capacity` items, item n in slot n % capacity (the `k` field holds n)."""
     buf = rv.ReplayBuffer(capacity, spec=SPEC, seed=0)
     ref = ReferenceBuffer(capacity)
     first = 0
@@ -205,24 +212,30 @@ def test_eviction_order_matches_reference(capacity, chunks):
             ref.extend(batch)
         first += n
         check_storage(buf, ref)
-        assert sorted(buf.columns["k"][: len(buf)].tolist()) == list(ref.stored_keys())
+        stored = buf.columns["k"][: len(buf)].tolist()
+        assert sorted(stored) == sorted(ref.insertion_of(k) for k in ref.stored_keys())
         for slot in range(len(ref)):
-            assert buf.columns["k"][slot].item() == ref.key_of_slot(slot)
+            assert ref.key_of(buf.columns["k"][slot].item()) == ref.key_of_slot(slot)
 
 
 def test_reference_self_check():
     """The model itself: slot arithmetic, stale counting, last-wins, weights definition."""
     ref = ReferenceBuffer(3, prioritized=True, alpha=1.0, beta=1.0, eps=0.0)
     ref.extend({"x": np.arange(5)})
-    assert list(ref.stored_keys()) == [2, 3, 4]
-    assert [ref.key_of_slot(s) for s in range(3)] == [3, 4, 2]
-    assert ref.update_priorities([0, 2, 3, 3], [9.0, 1.0, 5.0, 2.0]) == 1
+    # capacity 3: two slot bits; insertion n has key (n // 3) << 2 | n % 3
+    assert [ref.key_of(n) for n in range(5)] == [0, 1, 2, 4, 5]
+    assert list(ref.stored_keys()) == [2, 4, 5]
+    assert [ref.key_of_slot(s) for s in range(3)] == [4, 5, 2]
+    assert ref.insertion_of(3) == -1  # slot 3 of a capacity-3 buffer: not a key
+    assert ref.update_priorities([0, 2, 4, 4], [9.0, 1.0, 5.0, 2.0]) == 1
     assert ref.stored_q().tolist() == [2.0, 1.0, 1.0]
     with pytest.raises(IndexError):
-        ref.update_priorities([5], [1.0])
+        ref.update_priorities([ref.key_of(5)], [1.0])
+    with pytest.raises(IndexError):
+        ref.update_priorities([3], [1.0])
     with pytest.raises(ValueError):
         ref.update_priorities([2], [math.nan])
     p = ref.probabilities()
     assert p.tolist() == [0.5, 0.25, 0.25]
     # w_i = (N P_i)^-1 / max_j (N P_j)^-1 = P_min / P_i
-    assert ref.weights([3, 4, 2]).tolist() == [0.5, 1.0, 1.0]
+    assert ref.weights([4, 5, 2]).tolist() == [0.5, 1.0, 1.0]

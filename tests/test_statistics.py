@@ -19,6 +19,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from keys import fifo_insertion, fifo_key, slot_of
 from reference import ReferenceBuffer
 from scipy import stats
 
@@ -65,7 +66,7 @@ def count_slots(buf, draws: int, batch: int) -> np.ndarray:
     counts = np.zeros(buf.capacity, dtype=np.int64)
     for _ in range(draws // batch):
         keys = buf.sample(batch).indices.numpy()
-        counts += np.bincount(keys % buf.capacity, minlength=buf.capacity)
+        counts += np.bincount(slot_of(keys, buf.capacity), minlength=buf.capacity)
     return counts
 
 
@@ -117,7 +118,7 @@ def test_frequencies_after_wrap_and_updates():
         buf.extend(k=batch)
         ref.extend({"k": batch})
         keys = buf.sample(16).indices.numpy()
-        old = np.array([max(0, ref.written - cap - 3)])  # possibly stale
+        old = np.array([ref.key_of(max(0, ref.written - cap - 3))])  # possibly stale
         all_keys = np.concatenate([keys, old])
         pr = rng.exponential(2.0, len(all_keys))
         assert buf.update_priorities(all_keys, pr) == ref.update_priorities(all_keys.tolist(), pr.tolist())
@@ -231,13 +232,14 @@ def test_uniform_with_replacement_frequencies(written, capacity):
     counts = np.zeros(capacity, dtype=np.int64)
     for _ in range(200):
         keys = buf.sample(1000).indices.numpy()
-        assert keys.min() >= written - n and keys.max() < written
-        counts += np.bincount(keys % capacity, minlength=capacity)
+        ids = fifo_insertion(keys, capacity)
+        assert ids.min() >= written - n and ids.max() < written
+        counts += np.bincount(slot_of(keys, capacity), minlength=capacity)
     probs = np.zeros(capacity)
     probs[:n] = 1 / n
     assert chi_square_p(counts, probs) > P_MIN
     # positions within a batch are identically distributed too: column 0 of many batches
-    firsts = np.array([buf.sample(4).indices[0].item() for _ in range(20_000)]) % capacity
+    firsts = slot_of(np.array([buf.sample(4).indices[0].item() for _ in range(20_000)]), capacity)
     assert chi_square_p(np.bincount(firsts, minlength=capacity), probs) > P_MIN
 
 
@@ -245,7 +247,8 @@ def test_uniform_with_replacement_frequencies(written, capacity):
 def test_uniform_without_replacement_subsets(n, batch):
     buf = rv.ReplayBuffer(n, sampler=rv.Uniform(replacement=False), seed=3)
     buf.extend(k=np.arange(2 * n + 1))  # wrapped: keys n+1 .. 2n stored
-    subsets = {frozenset(c): i for i, c in enumerate(itertools.combinations(range(n + 1, 2 * n + 1), batch))}
+    subsets = {frozenset(fifo_key(k, n) for k in c): i
+               for i, c in enumerate(itertools.combinations(range(n + 1, 2 * n + 1), batch))}
     counts = np.zeros(len(subsets), dtype=np.int64)
     inclusion = np.zeros(n, dtype=np.int64)
     draws = 20_000
@@ -254,7 +257,7 @@ def test_uniform_without_replacement_subsets(n, batch):
         assert len(set(keys)) == batch
         counts[subsets[frozenset(keys)]] += 1
         for k in keys:
-            inclusion[k % n] += 1
+            inclusion[slot_of(k, n)] += 1
     assert chi_square_p(counts, np.full(len(subsets), 1 / len(subsets))) > P_MIN
     # every item is in a batch with probability batch / n
     np.testing.assert_allclose(inclusion / draws, batch / n, atol=5 * np.sqrt(0.25 / draws))

@@ -451,14 +451,22 @@ py::object NewWeights(const ReplayBuffer& buf, int64_t batch, float** w) {
   return std::move(weights);
 }
 
+using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// 1-D integer keys as a C-contiguous int64 array (TypeError / ValueError otherwise).
+Int64Array KeyArray(const py::array& keys) {
+  const char kind = keys.dtype().kind();
+  if (kind != 'i' && kind != 'u') ThrowType("keys must be integers, got dtype " + std::string(py::str(keys.dtype())));
+  if (keys.ndim() != 1) throw std::invalid_argument("keys must be 1-D, got " + std::to_string(keys.ndim()) + "-D");
+  return Int64Array::ensure(keys);
+}
+
 PrioritizedSampler& Prioritized(ReplayBuffer& buf) {
   auto* p = dynamic_cast<const PrioritizedSampler*>(&buf.sampler());
   if (p == nullptr) throw std::invalid_argument("this buffer's sampler is not prioritized");
   return const_cast<PrioritizedSampler&>(*p);
 }
-
-using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
-using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
 }  // namespace
 
@@ -633,6 +641,27 @@ PYBIND11_MODULE(_core, m) {
         }
         return py::make_tuple(std::move(arrays), std::move(keys), std::move(weights));
       }, py::arg("batch"), py::arg("out") = py::none())
+      .def("get", [](const ReplayBuffer& buf, const py::array& keys) {
+        // The stored rows of the given keys, in fresh arrays (IndexError for a key that is
+        // not stored now).
+        const auto k = KeyArray(keys);
+        const int64_t n = k.size();
+        const auto& spec = buf.spec();
+        std::vector<uint8_t*> dst(spec.size());
+        py::list arrays;
+        for (size_t i = 0; i < spec.size(); ++i) {
+          std::vector<py::ssize_t> shape{n};
+          shape.insert(shape.end(), spec[i].shape.begin(), spec[i].shape.end());
+          py::array a(NumpyDType(spec[i].dtype), shape);
+          dst[i] = static_cast<uint8_t*>(a.mutable_data());
+          arrays.append(std::move(a));
+        }
+        {
+          py::gil_scoped_release release;
+          buf.Get(k.data(), n, dst.data());
+        }
+        return py::make_tuple(std::move(arrays), py::array_t<int64_t>(n, k.data()));
+      }, py::arg("keys"))
       .def("sample_transitions", [](ReplayBuffer& buf, int64_t batch, int n_step, double gamma) {
         // Fresh arrays: fields of the start rows (obs fields stacked), next obs, returns,
         // discounts, keys, weights.
@@ -771,12 +800,29 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("set_priority_state", [](ReplayBuffer& buf, const py::array_t<uint64_t, py::array::c_style>& leaves,
                                     int scale_exp, double max_q) {
-        PrioritizedSampler& p = Prioritized(buf);
+        Prioritized(buf);
         PrioritizedSampler::State state;
         state.leaves.assign(leaves.data(), leaves.data() + leaves.size());
         state.scale_exp = scale_exp;
         state.max_q = max_q;
         py::gil_scoped_release release;
-        buf.WithSampler([&](Sampler&) { p.SetState(state); });
-      });
+        buf.SetPriorityState(state);
+      })
+      // Keys (key.h): the decoder of the layers above.
+      .def("slots_of", [](const ReplayBuffer& buf, const py::array& keys) {
+        const auto k = KeyArray(keys);
+        py::array_t<int64_t> slots(k.size());
+        buf.SlotsOf(k.data(), slots.mutable_data(), k.size());
+        return slots;
+      }, "The slot of each key (-1: not a key of this buffer).")
+      .def("insertions_of", [](const ReplayBuffer& buf, const py::array& keys) {
+        const auto k = KeyArray(keys);
+        py::array_t<int64_t> out(k.size());
+        buf.InsertionsOf(k.data(), out.mutable_data(), k.size());
+        return out;
+      }, "The FIFO insertion number of each key (-1: not a key of this buffer).")
+      .def("stored_keys", [](const ReplayBuffer& buf) {
+        const std::vector<int64_t> keys = buf.StoredKeys();
+        return py::array_t<int64_t>(static_cast<py::ssize_t>(keys.size()), keys.data());
+      }, "The keys of the stored items, oldest first.");
 }

@@ -239,6 +239,7 @@ void DeviceReplay::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   args.size = std::min(written_, capacity_);
   args.written = written_;
   args.capacity = capacity_;
+  args.codec = KeyCodec(capacity_, 0);
   args.beta = beta_;
   args.keys = keys;
   args.weights = weights;
@@ -248,6 +249,7 @@ void DeviceReplay::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   gather.keys = keys;
   gather.batch = batch;
   gather.capacity = capacity_;
+  gather.codec = KeyCodec(capacity_, 0);
   for (size_t f = 0; f < columns_.size(); f += kMaxGatherFields) {
     gather.fields = static_cast<int>(std::min<size_t>(kMaxGatherFields, columns_.size() - f));
     for (int k = 0; k < gather.fields; ++k) {
@@ -276,6 +278,7 @@ void DeviceReplay::UpdatePriorities(const int64_t* keys, const void* priorities,
   args.n = n;
   args.written = written_;
   args.capacity = capacity_;
+  args.codec = KeyCodec(capacity_, 0);
   args.params.alpha = config_.alpha;
   args.params.eps = config_.eps;
   args.params.unit_budget = std::ldexp(1.0, 62) / static_cast<double>(capacity_);

@@ -29,14 +29,22 @@ class StoredRows {
  public:
   StoredRows(const Ring& ring, const uint8_t* flags, const uint8_t* reward, DType reward_dtype)
       : ring_(ring), flags_(flags), reward_(reward), reward_f32_(reward_dtype == DType::kFloat32),
-        envs_(ring.streams()), rows_(ring.stream_rows()) {}
+        envs_(ring.streams()), rows_(ring.stream_rows()),
+        generation_(ring.codec().Key(1, 0) - ring.codec().Key(0, 0)) {}
 
+  // Keys (key.h) of one stream's rows: the next row is the next slot, one generation up
+  // where the stream's rows wrap around. No division.
   RowPos Next(RowPos p) const {
-    const int64_t slot = p.slot + 1;
-    return RowPos{p.key + envs_, slot == p.base + rows_ ? p.base : slot, p.base};
+    if (p.slot + 1 == p.base + rows_) {
+      return RowPos{p.key + generation_ - (rows_ - 1), p.base, p.base};
+    }
+    return RowPos{p.key + 1, p.slot + 1, p.base};
   }
-  RowPos Prev(RowPos p) const {
-    return RowPos{p.key - envs_, p.slot == p.base ? p.base + rows_ - 1 : p.slot - 1, p.base};
+  RowPos Prev(RowPos p) const { return Back(p, 1); }
+  // The row `behind` rows (0 <= behind < stream rows) before `p` in its stream.
+  RowPos Back(RowPos p, int64_t behind) const {
+    if (p.slot - behind >= p.base) return RowPos{p.key - behind, p.slot - behind, p.base};
+    return RowPos{p.key - behind + rows_ - generation_, p.slot - behind + rows_, p.base};
   }
   bool Present(RowPos p) const {
     return p.key >= 0 && ring_.LoadStamp(p.slot) == Stamp::Committed(p.key);
@@ -82,8 +90,9 @@ class StoredRows {
   const uint8_t* flags_;
   const uint8_t* reward_;
   bool reward_f32_;
-  int64_t envs_;  // rows of one key step: the next row of a stream is key + envs_
+  int64_t envs_;  // streams: a step of all envs is envs_ insertions
   int64_t rows_;  // rows per stream
+  int64_t generation_;  // one generation in key units (2^slot bits)
 };
 
 // Whether every row of lo's stream from lo to hi (inclusive) still holds its key.
@@ -188,7 +197,7 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
   // the ring (ring.h), so the draw is over keys and mapped to their slots.
   const bool by_key = !sampler_->prioritized();
   const int64_t oldest = claimed - range;
-  auto to_slot = [&](int64_t d) { return d < 0 || !by_key ? d : ring_.slot_of(oldest + d); };
+  auto to_slot = [&](int64_t d) { return d < 0 || !by_key ? d : ring_.SlotOfInsertion(oldest + d); };
   std::atomic<bool> none{false};  // no valid start exists
 
   // Every valid start (slot, key and cumulative draw weight), listed once per piece of the
@@ -425,10 +434,10 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
             copier.CopyRun(f, slots[t], end - t, dst);
           } else {
             for (int64_t u = t; u < end; ++u) {
-              // The window is one stream: a row's key is hi's minus its distance in slots.
+              // The window is one stream: a row is hi's minus its distance in slots.
               int64_t behind = hi.slot - slots[u];
               if (behind < 0) behind += rows.stream_rows();
-              const RowPos row{hi.key - behind * rows.envs(), slots[u], hi.base};
+              const RowPos row = rows.Back(hi, behind);
               StackRows(rows, row, k, stack);  // rows in [lo, hi]; see SampleTransitions' Copy
               copier.CopyField(f, row, stack, dst + static_cast<size_t>(u - t) * bytes);
             }

@@ -233,7 +233,7 @@ ReplayBuffer::ReplayBuffer(int64_t capacity, std::vector<FieldSpec> spec,
   for (size_t offset : layout.columns) columns.push_back(base + offset);
   storage_.Bind(std::move(columns));
   ring_ = Ring(capacity, reinterpret_cast<std::atomic<uint64_t>*>(base + layout.stamps),
-               &header_->ring, episodes_.enabled() ? episodes_.num_envs : 1);
+               &header_->ring, KeyCodec(capacity, 0), episodes_.enabled() ? episodes_.num_envs : 1);
   limiter_ = RateLimiter(&header_->limiter, &ring_);
   if (episodes_.enabled()) {
     flags_ = base + layout.flags;
@@ -421,7 +421,7 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
   auto acquire_all = [&] {
     Ring::Cursor c(ring_, first_key);
     for (int64_t k = first_key; k < first_key + kept; ++k, c.Next()) {
-      if (!ring_.Acquire(k, c.slot(), pid)) {
+      if (!ring_.Acquire(c.key(), c.slot(), pid)) {
         all_acquired = false;
         lapped.push_back(k);
       }
@@ -471,7 +471,7 @@ void ReplayBuffer::WriteItems(const ArrayView* const* values, int64_t count) {
   // Step 4: publish (each a release store, after all of this writer's bytes).
   Ring::Cursor c(ring_, first_key);
   for (int64_t k = first_key; k < first_key + kept; ++k, c.Next()) {
-    if (all_acquired || acquired(k)) ring_.Publish(k, c.slot());
+    if (all_acquired || acquired(k)) ring_.Publish(c.key(), c.slot());
   }
   ring_.CountCommitted(count);
   if (limiter_.enabled()) limiter_.Notify();
@@ -685,13 +685,37 @@ void ReplayBuffer::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   for (int64_t i = 0; i < batch; ++i) keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
 }
 
+void ReplayBuffer::Get(const int64_t* keys, int64_t n, uint8_t* const* out) const {
+  const KeyCodec& codec = ring_.codec();
+  for (int64_t i = 0; i < n; ++i) {
+    if (!ring_.WasClaimed(keys[i])) throw std::out_of_range(BadKeyMessage(keys[i], i));
+  }
+  auto gone = [&](int64_t i) {
+    return std::out_of_range(internal::Concat(
+        "index ", keys[i], " at position ", i, " is no longer stored: slot ", codec.Slot(keys[i]),
+        " has been written again since (keys name one item; a newer item has another key)"));
+  };
+  // The seqlock read of ring.h: each row must be committed with its key before the copy and
+  // still after it.
+  const std::unique_ptr<int64_t[]> slots(new int64_t[static_cast<size_t>(n)]);
+  for (int64_t i = 0; i < n; ++i) {
+    slots[i] = codec.Slot(keys[i]);
+    if (ring_.LoadStamp(slots[i]) != Stamp::Committed(keys[i])) throw gone(i);
+  }
+  const auto& spec = storage_.spec();
+  for (size_t f = 0; f < spec.size(); ++f) {
+    GatherRows(out[f], storage_.column(f), spec[f].row_bytes(), slots.get(), 0, n);
+  }
+  std::atomic_thread_fence(std::memory_order_acquire);
+  for (int64_t i = 0; i < n; ++i) {
+    if (ring_.RecheckStamp(slots[i]) != Stamp::Committed(keys[i])) throw gone(i);
+  }
+}
+
 int64_t ReplayBuffer::UpdatePriorities(const int64_t* keys, const double* priorities, int64_t n) {
   sampler_->ValidatePriorities(priorities, n);
-  const int64_t claimed = ring_.claimed();
   for (int64_t k = 0; k < n; ++k) {
-    REVERIE_CHECK_INDEX(keys[k] >= 0 && keys[k] < claimed, "index ", keys[k], " at position ", k,
-                        " was never written: valid keys are 0 .. ", claimed - 1,
-                        " (use batch.indices from sample())");
+    if (!ring_.WasClaimed(keys[k])) throw std::out_of_range(BadKeyMessage(keys[k], k));
   }
   std::vector<int64_t> slots;
   std::vector<double> values;
@@ -701,9 +725,10 @@ int64_t ReplayBuffer::UpdatePriorities(const int64_t* keys, const double* priori
     WriterLock lock(*this);
     // Under the lock, so a writer cannot mark a checked slot and give it a new priority
     // between the check and the update (see WriteItems).
-    for (int64_t k = 0; k < n; ++k) ring_.PrefetchStamp(ring_.slot_of(keys[k]));
+    const KeyCodec& codec = ring_.codec();
+    for (int64_t k = 0; k < n; ++k) ring_.PrefetchStamp(codec.Slot(keys[k]));
     for (int64_t k = 0; k < n; ++k) {
-      const int64_t slot = ring_.slot_of(keys[k]);
+      const int64_t slot = codec.Slot(keys[k]);
       if (!ring_.Holds(keys[k], slot)) continue;
       slots.push_back(slot);
       values.push_back(priorities[k]);
@@ -713,6 +738,63 @@ int64_t ReplayBuffer::UpdatePriorities(const int64_t* keys, const double* priori
   const int64_t stale = n - static_cast<int64_t>(slots.size());
   header_->stale.fetch_add(stale, std::memory_order_relaxed);
   return stale;
+}
+
+void ReplayBuffer::SlotsOf(const int64_t* keys, int64_t* slots, int64_t n) const {
+  const KeyCodec& codec = ring_.codec();
+  for (int64_t i = 0; i < n; ++i) {
+    slots[i] = codec.WellFormed(keys[i], capacity()) ? codec.Slot(keys[i]) : -1;
+  }
+}
+
+std::vector<int64_t> ReplayBuffer::StoredKeys() const {
+  const int64_t written = ring_.committed();
+  const int64_t oldest = std::max<int64_t>(0, written - capacity());
+  std::vector<int64_t> keys;
+  keys.reserve(static_cast<size_t>(written - oldest));
+  Ring::Cursor c(ring_, oldest);
+  for (int64_t n = oldest; n < written; ++n, c.Next()) keys.push_back(c.key());
+  return keys;
+}
+
+void ReplayBuffer::InsertionsOf(const int64_t* keys, int64_t* out, int64_t n) const {
+  for (int64_t i = 0; i < n; ++i) out[i] = ring_.InsertionOfKey(keys[i]);
+}
+
+void ReplayBuffer::SetPriorityState(const PrioritizedSampler::State& state) {
+  auto* sampler = dynamic_cast<PrioritizedSampler*>(sampler_.get());
+  REVERIE_CHECK(sampler != nullptr, "this buffer has no prioritized sampler");
+  REVERIE_CHECK(static_cast<int64_t>(state.leaves.size()) == capacity(), "priority state has ",
+                state.leaves.size(), " leaves, the buffer has capacity ", capacity());
+  int64_t held = 0;
+  for (int64_t slot = 0; slot < capacity(); ++slot) {
+    const bool holds = Stamp::IsCommitted(ring_.LoadStamp(slot));
+    held += holds;
+    REVERIE_CHECK(holds || state.leaves[static_cast<size_t>(slot)] == 0,
+                  "priority state is inconsistent with its counters: slot ", slot,
+                  " holds no item but has a priority (", held, " of ", capacity(),
+                  " slots checked so far hold items)");
+  }
+  WithSampler([&](Sampler&) { sampler->SetState(state); });
+}
+
+std::string ReplayBuffer::BadKeyMessage(int64_t key, int64_t position) const {
+  const KeyCodec& codec = ring_.codec();
+  const std::string at = internal::Concat("index ", key, " at position ", position);
+  const char* hint = " (use batch.indices from sample())";
+  if (key < 0) return internal::Concat(at, " is negative: keys are >= 0", hint);
+  if (codec.Shard(key) != codec.shard) {
+    return internal::Concat(at, " belongs to shard ", codec.Shard(key), "; this buffer is shard ",
+                            codec.shard, hint);
+  }
+  const int64_t slot = codec.Slot(key);
+  if (slot >= capacity()) {
+    return internal::Concat(at, " is not a key of this buffer: its slot ", slot,
+                            " is beyond the capacity ", capacity(), hint);
+  }
+  return internal::Concat(at, " was never written: it is generation ", codec.Generation(key),
+                          " of slot ", slot, ", and ", ring_.claimed(),
+                          " items have been written in all", hint);
 }
 
 ReplayBuffer::Counters ReplayBuffer::GetCounters() const {
@@ -731,9 +813,9 @@ void ReplayBuffer::SetCounters(const Counters& counters) {
   header_->ring.committed.store(counters.written, std::memory_order_relaxed);
   // The stored items are the last min(written, capacity) keys.
   const int64_t cap = capacity();
-  for (int64_t key = std::max<int64_t>(0, counters.written - cap); key < counters.written; ++key) {
-    ring_.Publish(key);
-  }
+  const int64_t oldest = std::max<int64_t>(0, counters.written - cap);
+  Ring::Cursor c(ring_, oldest);
+  for (int64_t n = oldest; n < counters.written; ++n, c.Next()) ring_.Publish(c.key(), c.slot());
   header_->stale.store(counters.stale_updates, std::memory_order_relaxed);
   header_->calls.store(counters.sample_calls, std::memory_order_relaxed);
   limiter_.Restore(counters.sampled, counters.limiter_offset);

@@ -125,20 +125,21 @@ TEST(StreamMajorRingCursorMatchesSlotOf) {
     const int64_t cap = streams * 5;
     std::vector<std::atomic<uint64_t>> stamps(static_cast<size_t>(cap));
     RingCounters counters;
-    Ring ring(cap, stamps.data(), &counters, streams);
+    Ring ring(cap, stamps.data(), &counters, KeyCodec(cap, 0), streams);
     std::vector<int> hits(static_cast<size_t>(cap), 0);
-    for (int64_t key0 : {int64_t{0}, streams * 3, streams * 7}) {
-      Ring::Cursor c(ring, key0);
-      for (int64_t k = key0; k < key0 + 3 * cap; ++k, c.Next()) {
-        CHECK(c.slot() == ring.slot_of(k));
-        // Env e's rows are adjacent: key k + streams is the next slot of the same stream.
-        const int64_t next = ring.slot_of(k + streams);
-        const int64_t row = ring.slot_of(k) % (cap / streams);
-        CHECK(next == (row + 1 == cap / streams ? ring.slot_of(k) - row : ring.slot_of(k) + 1));
-        if (k < key0 + cap) ++hits[static_cast<size_t>(c.slot())];
+    for (int64_t n0 : {int64_t{0}, streams * 3, streams * 7}) {
+      Ring::Cursor c(ring, n0);
+      for (int64_t n = n0; n < n0 + 3 * cap; ++n, c.Next()) {
+        CHECK(c.slot() == ring.SlotOfInsertion(n));
+        CHECK(ring.InsertionOfKey(c.key()) == n);
+        // Env e's rows are adjacent: insertion n + streams is the next slot of the same stream.
+        const int64_t next = ring.SlotOfInsertion(n + streams);
+        const int64_t row = ring.SlotOfInsertion(n) % (cap / streams);
+        CHECK(next == (row + 1 == cap / streams ? ring.SlotOfInsertion(n) - row : ring.SlotOfInsertion(n) + 1));
+        if (n < n0 + cap) ++hits[static_cast<size_t>(c.slot())];
       }
     }
-    for (int h : hits) CHECK(h == 3);  // each window of `cap` keys covers every slot once
+    for (int h : hits) CHECK(h == 3);  // each window of `cap` insertions covers every slot once
   }
 }
 
@@ -183,13 +184,26 @@ void WriteStep(ReplayBuffer& buf, int64_t t) {
   buf.Extend(in, 4);
 }
 
+// Env and step of a key of a buffer of kEnvs streams and `capacity` rows: the inverse of the
+// stream-major key encoding of ring.h, written out here as the test's own reference.
+struct StepOf {
+  int64_t capacity;
+  int64_t Insertion(int64_t key) const {
+    const KeyCodec codec(capacity, 0);
+    const int64_t rows = capacity / kEnvs, slot = codec.Slot(key);
+    return (codec.Generation(key) * rows + slot % rows) * kEnvs + slot / rows;
+  }
+  float env(int64_t key) const { return static_cast<float>(Insertion(key) % kEnvs); }
+  float t(int64_t key) const { return static_cast<float>(Insertion(key) / kEnvs); }
+};
+
 // Checks a transition batch against the data's encoding; returns failures.
-int CheckTransitions(const std::vector<float>& obs, const std::vector<float>& next,
+int CheckTransitions(const StepOf& of, const std::vector<float>& obs, const std::vector<float>& next,
                      const std::vector<float>& disc, const std::vector<int64_t>& keys, int64_t batch) {
   int bad = 0;
   for (int64_t i = 0; i < batch; ++i) {
     const float env = obs[2 * i], t = obs[2 * i + 1];
-    bad += env != static_cast<float>(keys[i] % kEnvs) || t != static_cast<float>(keys[i] / kEnvs);
+    bad += env != of.env(keys[i]) || t != of.t(keys[i]);
     bad += next[2 * i] != env;                    // the same env's stream
     bad += !(next[2 * i + 1] > t && next[2 * i + 1] <= t + 3);  // 1..n steps later
     bad += !(disc[i] >= 0.0f && disc[i] <= 1.0f);
@@ -211,8 +225,9 @@ TEST(EpisodeBufferTransitionsAndSequences) {
                      term.data(), trunc.data()};
   uint8_t* next_out[1] = {reinterpret_cast<uint8_t*>(next.data())};
   buf.SampleTransitions(batch, 3, 0.9, out, next_out, ret.data(), disc.data(), keys.data(), nullptr);
-  CHECK(CheckTransitions(obs, next, disc, keys, batch) == 0);
-  for (int64_t i = 0; i < batch; ++i) CHECK(keys[i] >= 45 * kEnvs - 20 * kEnvs);  // stored
+  const StepOf of{kEnvs * 20};
+  CHECK(CheckTransitions(of, obs, next, disc, keys, batch) == 0);
+  for (int64_t i = 0; i < batch; ++i) CHECK(of.Insertion(keys[i]) >= 45 * kEnvs - 20 * kEnvs);  // stored
   // Sequences: consecutive steps of one env wherever the mask is set.
   const int64_t len = 6;
   std::vector<float> sobs(2 * batch * len), srew(batch * len);
@@ -222,11 +237,11 @@ TEST(EpisodeBufferTransitionsAndSequences) {
   buf.SampleSequences(batch, 2, len - 2, false, sout, mask.data(), keys.data(), nullptr);
   for (int64_t i = 0; i < batch; ++i) {
     CHECK(mask[i * len + 2] == 1);  // the start
-    CHECK(sobs[2 * (i * len + 2) + 1] == static_cast<float>(keys[i] / kEnvs));
+    CHECK(sobs[2 * (i * len + 2) + 1] == of.t(keys[i]));
     for (int64_t t = 0; t < len; ++t) {
       if (!mask[i * len + t]) continue;
-      CHECK(sobs[2 * (i * len + t)] == static_cast<float>(keys[i] % kEnvs));
-      CHECK(sobs[2 * (i * len + t) + 1] == static_cast<float>(keys[i] / kEnvs + t - 2));
+      CHECK(sobs[2 * (i * len + t)] == of.env(keys[i]));
+      CHECK(sobs[2 * (i * len + t) + 1] == of.t(keys[i]) + static_cast<float>(t - 2));
     }
   }
   // Bad arguments are refused before anything happens.
@@ -247,6 +262,7 @@ TEST(EpisodeSamplingWhileAWriterRuns) {
   ReplayBuffer buf(kEnvs * 16, EpisodeSpec(), reverie_test::conc::UniformSampling(), 3, {},
                    Episodes(2));
   for (int64_t t = 0; t < 20; ++t) WriteStep(buf, t);
+  const StepOf of{kEnvs * 16};
   std::atomic<bool> stop{false};
   std::atomic<int> bad{0};
   std::atomic<int64_t> batches{0};
@@ -272,8 +288,8 @@ TEST(EpisodeSamplingWhileAWriterRuns) {
           for (int64_t t = 0; t < len; ++t) {
             if (!mask[i * len + t]) continue;
             const float* row = &obs[4 * (i * len + t)];  // stack of 2 frames (env, t)
-            bad += row[2] != static_cast<float>(keys[i] % kEnvs) ||
-                   row[3] != static_cast<float>(keys[i] / kEnvs + t) || row[0] != row[2] ||
+            bad += row[2] != of.env(keys[i]) ||
+                   row[3] != of.t(keys[i]) + static_cast<float>(t) || row[0] != row[2] ||
                    !(row[1] == row[3] || row[1] == row[3] - 1);
           }
         }
@@ -283,8 +299,8 @@ TEST(EpisodeSamplingWhileAWriterRuns) {
         for (int64_t i = 0; i < batch; ++i) {
           const float* row = &obs[4 * i];
           const float* nrow = &next[4 * i];
-          bad += row[2] != static_cast<float>(keys[i] % kEnvs) ||
-                 row[3] != static_cast<float>(keys[i] / kEnvs) || nrow[2] != row[2] ||
+          bad += row[2] != of.env(keys[i]) ||
+                 row[3] != of.t(keys[i]) || nrow[2] != row[2] ||
                  !(nrow[3] > row[3] && nrow[3] <= row[3] + 3);
         }
       }
@@ -305,6 +321,7 @@ TEST(EpisodeWritersTakeTurns) {
   ReplayBuffer buf(kEnvs * 32, EpisodeSpec(), reverie_test::conc::UniformSampling(), 9, {},
                    Episodes());
   for (int64_t t = 0; t < 8; ++t) WriteStep(buf, t);
+  const StepOf of{kEnvs * 32};
   std::atomic<bool> stop{false};
   std::atomic<int> bad{0};
   auto writer = [&] {
@@ -320,7 +337,7 @@ TEST(EpisodeWritersTakeTurns) {
     uint8_t* next_out[1] = {reinterpret_cast<uint8_t*>(next.data())};
     while (!stop) {
       buf.SampleTransitions(batch, 2, 0.9, out, next_out, other.data(), disc.data(), keys.data(), nullptr);
-      for (int64_t i = 0; i < batch; ++i) bad += obs[2 * i] != static_cast<float>(keys[i] % kEnvs) || next[2 * i] != obs[2 * i];
+      for (int64_t i = 0; i < batch; ++i) bad += obs[2 * i] != of.env(keys[i]) || next[2 * i] != obs[2 * i];
     }
   });
   std::thread a(writer), b(writer);

@@ -22,6 +22,10 @@ using namespace reverie;
 
 namespace {
 
+// The key of insertion n of a one-stream FIFO ring of `capacity` slots (key.h, ring.h): the
+// test's own statement of the encoding.
+int64_t FifoKey(int64_t capacity, int64_t n) { return KeyCodec(capacity, 0).Key(n / capacity, n % capacity); }
+
 // One thread as the Block of the tree programs, for calling them directly.
 struct HostBlock {
   int thread() const { return 0; }
@@ -94,6 +98,7 @@ TEST(KernelUpdateEqualsSerialSetLeaves) {
       up.n = n;
       up.written = capacity;
       up.capacity = capacity;
+      up.codec = KeyCodec(capacity, 0);  // one lap written: key = slot
       up.params.alpha = 1.0;
       up.params.eps = 0.0;
       up.params.unit_budget = 1e18;  // no rescale here
@@ -157,6 +162,7 @@ TEST(KernelUpdateRejectsBadInputAndChangesNothing) {
     up.n = 3;
     up.written = capacity;
     up.capacity = capacity;
+    up.codec = KeyCodec(capacity, 0);
     up.params.alpha = 1.0;
     up.params.unit_budget = 1e18;
     status.error = kErrorNone;
@@ -237,19 +243,23 @@ TEST(KernelGatherCopiesEveryWidthAndAlignment) {
       std::vector<uint8_t> column(static_cast<size_t>(rows * bytes + 16));
       for (auto& b : column) b = static_cast<uint8_t>(rng());
       std::vector<uint8_t> out(static_cast<size_t>(batch * bytes + 16), 0), want(out.size(), 0);
+      const KeyCodec codec(rows, 0);
       std::vector<int64_t> keys(batch);
-      for (auto& k : keys) k = static_cast<int64_t>(rng() % 60);  // keys beyond one lap
+      for (auto& k : keys) {  // keys beyond one lap
+        k = codec.Key(static_cast<int64_t>(rng() % 3), static_cast<int64_t>(rng() % rows));
+      }
       GatherArgs g;
       g.keys = keys.data();
       g.batch = batch;
       g.capacity = rows;
+      g.codec = codec;
       g.fields = 1;
       g.out[0] = out.data() + shift;
       g.column[0] = column.data() + shift;
       g.row_bytes[0] = bytes;
       for (int64_t i = 0; i < batch; ++i) {
         for (int lane = 0; lane < 3; ++lane) GatherPart(g, i, 0, lane, 3);  // 3 lanes split a row
-        std::memcpy(want.data() + shift + i * bytes, column.data() + shift + keys[static_cast<size_t>(i)] % rows * bytes,
+        std::memcpy(want.data() + shift + i * bytes, column.data() + shift + codec.Slot(keys[static_cast<size_t>(i)]) * bytes,
                     static_cast<size_t>(bytes));
       }
       CHECK(out == want);
@@ -375,7 +385,7 @@ TEST(TeamBlocksRunTheKernelsAsOneThreadDoes) {
         Step step;
         const int64_t span = std::min<int64_t>(written, c.capacity + c.capacity / 4 + 1);
         for (int64_t k = 0; k < m; ++k) {
-          step.keys.push_back(written - 1 - static_cast<int64_t>(rng() % static_cast<uint64_t>(span)));
+          step.keys.push_back(FifoKey(c.capacity, written - 1 - static_cast<int64_t>(rng() % static_cast<uint64_t>(span))));
           const double choices[] = {0.0, 0.5, 3.0, static_cast<double>(rng() % 100000) / 7.0};
           step.priorities.push_back(choices[rng() % 4]);
         }
@@ -390,7 +400,7 @@ TEST(TeamBlocksRunTheKernelsAsOneThreadDoes) {
           const auto p = static_cast<size_t>(rng() % static_cast<uint64_t>(m));
           const auto q = static_cast<size_t>(rng() % static_cast<uint64_t>(m));
           bad.priorities[p] = NAN;
-          bad.keys[q] = written;
+          bad.keys[q] = FifoKey(c.capacity, written);  // the next insertion's: never written
           const std::vector<uint64_t> before = team.ReadLeaves(0);
           one.UpdatePriorities(bad.keys.data(), bad.priorities.data(), true, m, 0);
           team.UpdatePriorities(bad.keys.data(), bad.priorities.data(), true, m, 0);

@@ -379,36 +379,62 @@ TEST(UniformWithoutReplacementDistinct) {
 TEST(RingStampsAndKeys) {
   std::atomic<uint64_t> stamps[5] = {};
   RingCounters counters;
-  Ring ring(5, stamps, &counters);
+  const KeyCodec codec(5, 0);
+  Ring ring(5, stamps, &counters, codec);
+  CHECK(codec.slot_bits == 3);
   CHECK(ring.Claim(12) == 0 && ring.claimed() == 12 && ring.size() == 0 && ring.range() == 5);
   const uint32_t pid = CurrentPid();
-  for (int64_t k = 0; k < 12; ++k) {
-    CHECK(ring.Acquire(k, pid));
-    CHECK(Stamp::IsWriting(ring.LoadStamp(ring.slot_of(k))));
-    ring.Publish(k);
+  Ring::Cursor c(ring, 0);
+  for (int64_t n = 0; n < 12; ++n, c.Next()) {
+    // Insertion n: slot n % 5, generation n / 5, key (generation << 3) | slot.
+    CHECK(c.slot() == n % 5 && c.key() == ((n / 5) << 3 | (n % 5)));
+    CHECK(ring.KeyOfInsertion(n) == c.key() && ring.InsertionOfKey(c.key()) == n);
+    CHECK(ring.Acquire(c.key(), c.slot(), pid));
+    CHECK(Stamp::IsWriting(ring.LoadStamp(c.slot())));
+    ring.Publish(c.key(), c.slot());
   }
   ring.CountCommitted(12);
   CHECK(ring.size() == 5);
-  // keys 7..11 are stored in slots 2,3,4,0,1
-  CHECK(Stamp::KeyOf(ring.LoadStamp(2)) == 7 && Stamp::KeyOf(ring.LoadStamp(1)) == 11);
-  CHECK(ring.Holds(7) && !ring.Holds(6) && !ring.Holds(12) && ring.was_claimed(6) && !ring.was_claimed(12));
-  CHECK(!ring.Acquire(6, pid));  // a writer lapped by a newer item skips the slot
-  CHECK(Stamp::KeyOf(ring.LoadStamp(1)) == 11);
+  // insertions 7..11 are stored in slots 2,3,4,0,1
+  const int64_t k6 = codec.Key(1, 1), k7 = codec.Key(1, 2), k11 = codec.Key(2, 1), k12 = codec.Key(2, 2);
+  CHECK(Stamp::KeyOf(ring.LoadStamp(2)) == k7 && Stamp::KeyOf(ring.LoadStamp(1)) == k11);
+  CHECK(ring.Holds(k7) && !ring.Holds(k6) && !ring.Holds(k12));
+  CHECK(ring.WasClaimed(k6) && ring.WasClaimed(k11) && !ring.WasClaimed(k12));
+  // Keys that are no keys of this ring: a slot beyond the capacity, another shard, negative.
+  CHECK(ring.InsertionOfKey(codec.Key(0, 5)) == -1 && !ring.WasClaimed(codec.Key(0, 6)));
+  CHECK(ring.InsertionOfKey(KeyCodec(5, 1).Key(0, 1)) == -1 && ring.InsertionOfKey(-1) == -1);
+  CHECK(!ring.Acquire(k6, 1, pid));  // a writer lapped by a newer item skips the slot
+  CHECK(Stamp::KeyOf(ring.LoadStamp(1)) == k11);
+}
+
+TEST(StreamMajorKeysAndTheirInverse) {
+  // 3 streams of 4 rows: insertion n is row (n / 3) % 4 of stream n % 3, generation n / 12.
+  std::atomic<uint64_t> stamps[12] = {};
+  RingCounters counters;
+  const KeyCodec codec(12, 0);
+  Ring ring(12, stamps, &counters, codec, 3);
+  Ring::Cursor c(ring, 5);
+  for (int64_t n = 5; n < 60; ++n, c.Next()) {
+    const int64_t slot = (n % 3) * 4 + (n / 3) % 4;
+    CHECK(c.slot() == slot && ring.SlotOfInsertion(n) == slot);
+    CHECK(c.key() == codec.Key(n / 12, slot) && ring.InsertionOfKey(c.key()) == n);
+  }
 }
 
 TEST(DeadWritersSlotIsTakenOver) {
   // A stamp left WRITING by a process that no longer exists is taken over, not waited on.
   std::atomic<uint64_t> stamps[2] = {};
   RingCounters counters;
-  Ring ring(2, stamps, &counters);
+  Ring ring(2, stamps, &counters, KeyCodec(2, 0));
   const pid_t child = fork();
   if (child == 0) _exit(0);
   int status = 0;
   waitpid(child, &status, 0);
   stamps[0].store(Stamp::Writing(static_cast<uint32_t>(child)));
-  CHECK(ring.Acquire(2, CurrentPid()));
-  ring.Publish(2);
-  CHECK(ring.Holds(2));
+  const int64_t key = ring.KeyOfInsertion(2);
+  CHECK(ring.Acquire(key, 0, CurrentPid()));
+  ring.Publish(key, 0);
+  CHECK(ring.Holds(key));
 }
 
 TEST(BufferAddSampleEvict) {
@@ -418,7 +444,7 @@ TEST(BufferAddSampleEvict) {
   const Drawn d = Draw(buf, 64);
   for (int i = 0; i < 64; ++i) {
     CHECK(d.ids[i] >= 2 && d.ids[i] <= 5);   // 0 and 1 were evicted
-    CHECK(d.keys[i] == d.ids[i]);             // key = insertion number
+    CHECK(d.keys[i] == ((d.ids[i] / 4) << 2 | d.ids[i] % 4));  // (generation, slot)
     CHECK(d.obs[3 * i] == static_cast<float>(d.ids[i]));
     CHECK(d.obs[3 * i + 2] == -static_cast<float>(d.ids[i]));
   }

@@ -288,8 +288,9 @@ class ReplayBuffer:
         return 1
 
     def _slots_of(self, keys: np.ndarray) -> np.ndarray:
-        """The slots of the given keys (vectorized)."""
-        return keys % self._capacity
+        """The slots of the given keys (the core's decoder, key.h; -1: not a key of this
+        buffer)."""
+        return self._core.slots_of(np.asarray(keys, dtype=np.int64))
 
     def _core_options(self, spec: Dict[str, Field]) -> Dict[str, Any]:
         """Extra keyword arguments of the core for this spec (validated here)."""
@@ -455,6 +456,37 @@ class ReplayBuffer:
             _, keys, weights = core.sample(batch_size, [t.data_ptr() for t in tensors])
             fields = zip(self._names, tensors)
         return Batch(fields, from_numpy(keys), None if weights is None else from_numpy(weights))
+
+    def get(self, keys: Any) -> Batch:
+        """The stored items named by ``keys`` (e.g. ``batch.indices`` of an earlier sample),
+        in that order, as a Batch of fresh tensors (``indices`` are the keys; no weights).
+
+        An EpisodeBuffer returns its rows as stored (single frames, no next observation).
+
+        Raises:
+            IndexError: naming the first key that names no stored item: never written, not
+                a key of this buffer, or overwritten since (the buffer is unchanged).
+            TypeError: keys are not integers.
+
+        >>> batch = buf.sample(32)
+        >>> again = buf.get(batch.indices)  # the same items, as long as they are stored
+        """
+        arr = _to_numpy(keys)
+        core = self._core
+        if core is None:
+            self._check_open()
+            if arr.size:
+                raise IndexError(f"index {arr.reshape(-1)[0]} was never written: the buffer is empty")
+            return Batch({}, torch.from_numpy(np.zeros(0, np.int64)), None)
+        arrays, stored = core.get(arr.reshape(-1) if arr.ndim else arr.reshape(1))
+        return Batch(self._as_tensors(arrays), torch.from_numpy(stored), None)
+
+    def _as_tensors(self, arrays: Any) -> Dict[str, torch.Tensor]:
+        """{field: tensor} of the core's arrays in spec order (bfloat16 from its raw bits)."""
+        tensors = [torch.from_numpy(a) for a in arrays]
+        for i in self._bf16:
+            tensors[i] = tensors[i].view(torch.bfloat16)
+        return dict(zip(self._names, tensors))
 
     def _staged(self, batch_size: int, device: torch.device, prefetch: bool) -> Batch:
         from ._staging import Stager
@@ -775,19 +807,15 @@ class ReplayBuffer:
         if set(state["columns"]) != set(spec):
             raise ValueError(f"state columns {list(state['columns'])} do not match its spec {list(spec)}")
         core = self._make_core(spec, sampler, seed)
+        leaves = None
         if core.prioritized:
             pr = state["priorities"]
             leaves = pr["leaves"]
             if not isinstance(leaves, torch.Tensor) or leaves.dtype != torch.int64 or tuple(leaves.shape) != (self._capacity,):
                 raise ValueError(f"state priority leaves must be an int64 tensor of shape ({self._capacity},)")
             leaves = leaves.detach().cpu().contiguous().numpy()
-            holds = np.zeros(self._capacity, dtype=bool)
-            holds[self._slots_of(np.arange(max(0, written - self._capacity), written))] = True
-            if (leaves < 0).any() or leaves[~holds].any():
-                raise ValueError("state priorities are inconsistent with its counters: a slot "
-                                 f"that holds no item has a priority ({holds.sum()} of "
-                                 f"{self._capacity} slots hold items)")
-            core.set_priority_state(leaves.view(np.uint64), int(pr["scale_exp"]), float(pr["max_q"]))
+            if (leaves < 0).any():
+                raise ValueError("state priority leaves must be >= 0")
         for i, arr in enumerate(arrays):
             core.load_column(i, arr)
         self._load_extra_state(core, state)
@@ -798,6 +826,9 @@ class ReplayBuffer:
                                         -1.0 if self._limiter._timeout is None
                                         else self._limiter._timeout)
         core.set_counters(written, calls, stale, sampled, offset)
+        if leaves is not None:
+            # After the counters: the core checks that only slots holding items have priorities.
+            core.set_priority_state(leaves.view(np.uint64), int(pr["scale_exp"]), float(pr["max_q"]))
         # All loaded: swap in.
         self._seed = seed
         self._sampler = sampler

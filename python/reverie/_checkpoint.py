@@ -486,19 +486,17 @@ def _fill(buf: ReplayBuffer, f: io.RawIOBase, path: str, header: Dict[str, Any],
             what = f"column '{name[7:]}'" if name.startswith("column:") else f"section '{name}'"
             raise ValueError(f"{path}: checksum mismatch in {what}: the file is corrupted")
 
-    # Every byte is verified: install the state.
-    if core.prioritized:
-        leaves = extra["priorities"]
-        holds = np.zeros(buf.capacity, dtype=bool)
-        holds[buf._slots_of(np.arange(max(0, written - buf.capacity), written))] = True
-        if leaves[~holds].any():
-            raise ValueError(f"{path}: corrupted checkpoint: a slot that holds no item has a "
-                             "priority")
-        pr = header["priorities"]
-        core.set_priority_state(leaves, int(pr["scale_exp"]), float(pr["max_q"]))
+    # Every byte is verified: install the state (the counters first: the core then checks that
+    # only slots holding items have priorities).
     if isinstance(buf, EpisodeBuffer):
         core.set_episode_state(extra["row_flags"], extra["stream_flags"])
     core.set_counters(written, calls, stale, sampled, offset)
+    if core.prioritized:
+        pr = header["priorities"]
+        try:
+            core.set_priority_state(extra["priorities"], int(pr["scale_exp"]), float(pr["max_q"]))
+        except ValueError as e:
+            raise ValueError(f"{path}: corrupted checkpoint: {e}") from None
 
 
 def load(path: PathLike, *, progress: Optional[bool] = None,

@@ -240,7 +240,8 @@ class DeviceReplayBuffer:
         Raises:
             ValueError: batch_size < 1 or the buffer is empty. (A prioritized buffer whose
                 priorities are all 0 returns indices -1 and weights 0, and synchronize()
-                raises; checking first would wait for the GPU.)
+                raises; checking first would wait for the GPU. Unlike the CPU buffer's
+                refusal, that call still advances the generator.)
         """
         from ._buffer import Batch, _as_int
 

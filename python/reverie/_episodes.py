@@ -121,10 +121,6 @@ class EpisodeBuffer(ReplayBuffer):
             shape = np.shape(reward)
         return 2 if shape is not None and len(shape) == 2 else 1
 
-    def _slots_of(self, keys: np.ndarray) -> np.ndarray:
-        per = self._capacity // self._num_envs
-        return (keys % self._num_envs) * per + (keys // self._num_envs) % per
-
     def _extra_state(self, core: Any) -> Dict[str, Any]:
         flags, streams = core.episode_state()
         return {"episodes": {"options": self._options(), "row_flags": torch.from_numpy(flags),
@@ -237,6 +233,28 @@ class EpisodeBuffer(ReplayBuffer):
         env e's rows are ``[e * per, (e + 1) * per)`` with ``per = capacity // num_envs``,
         step t at row ``e * per + t % per``."""
         return super().columns
+
+    def env_steps(self, keys: Any) -> "tuple[torch.Tensor, torch.Tensor]":
+        """Which env and which of its steps each key names: ``(env, step)`` int64 tensors,
+        step t counting that env's rows from 0 (its t-th written row). Keys are opaque
+        (``batch.indices``); this is the buffer's own decoder for them.
+
+        Raises:
+            IndexError: a key is not one of this buffer's (never written is fine: the
+                position it would name is returned).
+
+        >>> env, step = buf.env_steps(batch.indices)  # doctest: +SKIP
+        """
+        arr = np.asarray(keys.numpy() if isinstance(keys, torch.Tensor) else keys, dtype=np.int64)
+        core = self._core
+        if core is None:
+            raise IndexError("the buffer is empty: no key names one of its rows yet")
+        n = np.asarray(core.insertions_of(arr.reshape(-1)))
+        if (n < 0).any():
+            bad = int(arr.reshape(-1)[np.flatnonzero(n < 0)[0]])
+            raise IndexError(f"index {bad} is not a key of this buffer (use batch.indices)")
+        env, step = n % self._num_envs, n // self._num_envs
+        return (torch.from_numpy(env.reshape(arr.shape)), torch.from_numpy(step.reshape(arr.shape)))
 
     @property
     def num_envs(self) -> int:

@@ -41,8 +41,7 @@ def _stored_keys(buf: ReplayBuffer) -> np.ndarray:
     """The keys of the stored items, oldest first."""
     if buf._core is None:
         return np.zeros(0, dtype=np.int64)
-    written = int(buf._core.written)
-    return np.arange(max(0, written - buf.capacity), written, dtype=np.int64)
+    return np.asarray(buf._core.stored_keys())
 
 
 def _gather(buf: ReplayBuffer, slots: np.ndarray) -> Dict[str, np.ndarray]:
@@ -259,13 +258,14 @@ def from_npz(path: "str | os.PathLike[str]", buf: Optional[ReplayBuffer] = None,
     if episodic:
         values = {name: v.reshape(n // num_envs, num_envs, *v.shape[1:]) for name, v in values.items()}
     buf.extend(**values)
-    new_keys = np.arange(before, before + n, dtype=np.int64)
-    kept = new_keys >= before + n - buf.capacity
+    # The imported rows still stored are the newest ones: the last min(n, capacity) of them.
+    kept = min(n, buf.capacity)
+    new_keys = np.asarray(buf._core.stored_keys())[-kept:]
     if episodic and flags is not None and before == 0 and meta is not None \
             and (meta.get("episodes") or {}).get("num_envs") == num_envs:
-        _restore_flags(cast(EpisodeBuffer, buf), new_keys[kept], flags[kept])
+        _restore_flags(cast(EpisodeBuffer, buf), new_keys, flags[n - kept:])
     if leaves is not None and isinstance(buf.sampler, Prioritized) and meta is not None:
-        _restore_priorities(buf, meta, new_keys[kept], leaves[kept], fresh=before == 0)
+        _restore_priorities(buf, meta, new_keys, leaves[n - kept:], fresh=before == 0)
     return buf
 
 
@@ -278,8 +278,9 @@ def _restore_flags(buf: EpisodeBuffer, keys: np.ndarray, flags: np.ndarray) -> N
     row_flags[buf._slots_of(keys)] = flags.astype(np.uint8)
     streams = np.array(streams, dtype=np.uint8)
     n = buf.num_envs
+    envs = core.insertions_of(keys) % n  # step t of env e is insertion t * n + e
     for e in range(n):
-        mine = keys[keys % n == e]
+        mine = keys[envs == e]
         if mine.size:
             streams[e] = row_flags[buf._slots_of(mine[-1:])][0]
     core.set_episode_state(row_flags, streams)
@@ -300,9 +301,8 @@ def _restore_priorities(buf: ReplayBuffer, meta: Mapping[str, Any], keys: np.nda
     if same and int(info.get("scale_exp", -1)) == int(scale_exp):
         merged = np.array(cur, dtype=np.uint64)
         merged[buf._slots_of(keys)] = leaves.view(np.uint64)
-        written = int(core.written)
         holds = np.zeros(buf.capacity, dtype=bool)
-        holds[buf._slots_of(np.arange(max(0, written - buf.capacity), written))] = True
+        holds[buf._slots_of(core.stored_keys())] = True
         merged[~holds] = 0
         saved = float(info.get("max_q", max_q))
         top = saved if fresh else max(float(max_q), saved)  # the max priority new items get
@@ -350,9 +350,10 @@ def stored_episodes(buf: EpisodeBuffer) -> List[Tuple[int, List[int]]]:
         return []
     flags = np.asarray(buf._core.episode_state()[0])[buf._slots_of(keys)]
     n = buf.num_envs
+    envs = buf._core.insertions_of(keys) % n  # step t of env e is insertion t * n + e
     episodes = []
     for e in range(n):
-        mine = np.nonzero(keys % n == e)[0]
+        mine = np.nonzero(envs == e)[0]
         current: Optional[List[int]] = None
         for i in mine:
             f = int(flags[i])
@@ -367,7 +368,8 @@ def stored_episodes(buf: EpisodeBuffer) -> List[Tuple[int, List[int]]]:
                 current = [key]
             elif current is not None:
                 current.append(key)
-    episodes.sort(key=lambda ep: ep[1][-1])
+    order = {int(k): i for i, k in enumerate(keys)}  # keys are oldest first
+    episodes.sort(key=lambda ep: order[ep[1][-1]])
     return episodes
 
 

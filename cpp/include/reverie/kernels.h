@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "reverie/common.h"
+#include "reverie/key.h"
 #include "reverie/philox.h"
 #include "reverie/sum_tree.h"
 
@@ -130,11 +131,20 @@ REVERIE_HD float ImportanceWeight(uint64_t min_units, uint64_t units, double bet
   return ratio == 1.0f ? 1.0f : std::exp(static_cast<float>(beta) * std::log(ratio));
 }
 
-// ---- Keys of a plain ring (slot = key % capacity) ---------------------------------------
+// ---- Keys of the device buffer's FIFO ring (key.h) -----------------------------------------
+// The device buffer is a one-stream FIFO ring: insertion n is slot n % capacity, generation
+// n / capacity. These two are its whole relation between keys and insertion order.
 
 // The key now stored in `slot`, `written` items having been written (slot < written). O(1).
-REVERIE_HD int64_t KeyOfSlot(int64_t slot, int64_t written, int64_t capacity) {
-  return slot + (written - 1 - slot) / capacity * capacity;
+REVERIE_HD int64_t FifoKeyOfSlot(const KeyCodec& codec, int64_t slot, int64_t written,
+                                 int64_t capacity) {
+  return codec.Key((written - 1 - slot) / capacity, slot);
+}
+
+// The insertion number of `key`, or -1 when it is not a key of this table. O(1).
+REVERIE_HD int64_t FifoInsertionOfKey(const KeyCodec& codec, int64_t key, int64_t capacity) {
+  if (!codec.WellFormed(key, capacity)) return -1;
+  return codec.Generation(key) * capacity + codec.Slot(key);
 }
 
 // ---- Blocks: threads with barriers and shared scratch -------------------------------------
@@ -230,6 +240,7 @@ struct SampleArgs {
   DeviceStatus* status = nullptr;
   uint64_t seed = 0, call = 0;
   int64_t batch = 0, size = 0, written = 0, capacity = 0;
+  KeyCodec codec;
   double beta = 0;
   int64_t* keys = nullptr;   // out: the key of each draw (-1 if none)
   float* weights = nullptr;  // out (prioritized): importance weights
@@ -255,7 +266,7 @@ REVERIE_HD void SampleOne(const SampleArgs& a, int64_t i) {
     const uint64_t units = LoadRelaxed(a.tree.sums + a.tree.layout.offset[a.tree.layout.depth] + slot);
     a.weights[i] = ImportanceWeight(LoadRelaxed(a.tree.mins), units, a.beta);
   }
-  a.keys[i] = KeyOfSlot(slot, a.written, a.capacity);
+  a.keys[i] = FifoKeyOfSlot(a.codec, slot, a.written, a.capacity);
 }
 
 // The rows of one sample call, for every field at once.
@@ -263,6 +274,7 @@ inline constexpr int kMaxGatherFields = 16;
 struct GatherArgs {
   const int64_t* keys = nullptr;  // from SampleOne; -1 gathers row 0
   int64_t batch = 0, capacity = 0;
+  KeyCodec codec;
   int fields = 0;
   uint8_t* out[kMaxGatherFields] = {};
   const uint8_t* column[kMaxGatherFields] = {};
@@ -274,7 +286,7 @@ struct GatherArgs {
 // bytes / lanes).
 REVERIE_HD void GatherPart(const GatherArgs& a, int64_t item, int field, int lane, int lanes) {
   const int64_t key = a.keys[item];
-  const int64_t slot = key < 0 ? 0 : key % a.capacity;
+  const int64_t slot = key < 0 ? 0 : a.codec.Slot(key);
   const int64_t bytes = a.row_bytes[field];
   const uint8_t* src = a.column[field] + slot * bytes;
   uint8_t* dst = a.out[field] + item * bytes;
@@ -394,8 +406,14 @@ struct UpdateArgs {
   const void* priorities = nullptr;
   bool f64 = false;
   int64_t n = 0, written = 0, capacity = 0;
+  KeyCodec codec;
   PriorityParams params;
 };
+
+// The insertion number of keys[k] (-1: not a key of this buffer).
+REVERIE_HD int64_t InsertionAt(const UpdateArgs& a, int64_t k) {
+  return FifoInsertionOfKey(a.codec, a.keys[k], a.capacity);
+}
 
 REVERIE_HD double PriorityAt(const UpdateArgs& a, int64_t k) {
   return a.f64 ? static_cast<const double*>(a.priorities)[k]
@@ -423,18 +441,18 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
   double largest = -1;  // of the live (not stale) keys' priorities; -1: none
   for (int64_t k = b.thread(); k < a.n; k += b.threads()) {
     const double p = PriorityAt(a, k);
-    const int64_t key = a.keys[k];
-    if (key < 0 || key >= a.written || !PriorityValid(p, a.params.alpha, a.params.eps)) {
+    const int64_t n = InsertionAt(a, k);
+    if (n < 0 || n >= a.written || !PriorityValid(p, a.params.alpha, a.params.eps)) {
       bad = k < bad ? k : bad;
-    } else if (key >= oldest) {
+    } else if (n >= oldest) {
       largest = p > largest ? p : largest;
     }
   }
   bad = b.Min(bad);
   if (bad != INT64_MAX) {
     if (b.thread() == 0) {
-      const int64_t key = a.keys[bad];
-      RecordError(a.status, key < 0 || key >= a.written ? kErrorKey : kErrorPriority, bad, key,
+      const int64_t n = InsertionAt(a, bad);
+      RecordError(a.status, n < 0 || n >= a.written ? kErrorKey : kErrorPriority, bad, a.keys[bad],
                   PriorityAt(a, bad));
     }
     return;
@@ -463,18 +481,18 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
   const double scale = std::ldexp(1.0, new_scale);
   // 3.
   for (int64_t k = b.thread(); k < a.n; k += b.threads()) {
-    const int64_t key = a.keys[k];
-    if (key >= oldest) AtomicMaxU64(a.winner + key % a.capacity, static_cast<uint64_t>(k) + 1);
+    if (InsertionAt(a, k) >= oldest) {
+      AtomicMaxU64(a.winner + a.codec.Slot(a.keys[k]), static_cast<uint64_t>(k) + 1);
+    }
   }
   b.Sync();
   // 4.
   for (int64_t k = b.thread(); k < a.n; k += b.threads()) {
-    const int64_t key = a.keys[k];
-    if (key < oldest) {
+    if (InsertionAt(a, k) < oldest) {
       AtomicAddI64(&a.status->stale, 1);
       continue;
     }
-    const int64_t slot = key % a.capacity;
+    const int64_t slot = a.codec.Slot(a.keys[k]);
     if (LoadRelaxed(a.winner + slot) != static_cast<uint64_t>(k) + 1) continue;
     const uint64_t units =
         PriorityUnits(PriorityTransform(PriorityAt(a, k), a.params.alpha, a.params.eps), scale);
@@ -490,9 +508,8 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
   // 5.
   for (int level = layout.depth - 1; level >= 0; --level) {
     for (int64_t k = b.thread(); k < a.n; k += b.threads()) {
-      const int64_t key = a.keys[k];
-      if (key < oldest) continue;
-      const int64_t slot = key % a.capacity;
+      if (InsertionAt(a, k) < oldest) continue;
+      const int64_t slot = a.codec.Slot(a.keys[k]);
       if (LoadRelaxed(a.winner + slot) != static_cast<uint64_t>(k) + 1) continue;
       int64_t node = slot;
       for (int l = layout.depth - 1; l >= level; --l) node /= kTreeFanout;
@@ -502,9 +519,8 @@ REVERIE_HD void UpdateProgram(const UpdateArgs& a, const Block& b) {
   }
   // 6.
   for (int64_t k = b.thread(); k < a.n; k += b.threads()) {
-    const int64_t key = a.keys[k];
-    if (key < oldest) continue;
-    const int64_t slot = key % a.capacity;
+    if (InsertionAt(a, k) < oldest) continue;
+    const int64_t slot = a.codec.Slot(a.keys[k]);
     if (LoadRelaxed(a.winner + slot) == static_cast<uint64_t>(k) + 1) StoreRelaxed(a.winner + slot, 0);
   }  // no barrier: the program ends, and the end of a kernel orders everything after it
 }

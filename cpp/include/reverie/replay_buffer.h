@@ -81,6 +81,12 @@ class ReplayBuffer {
   // when it cannot be served, TimeoutError when the rate limiter refuses it in time.
   void Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights);
 
+  // Copies the stored items named by keys[0..n) into out[f] (n rows of field f each, spec
+  // order). Throws IndexError, copying nothing the caller may use, naming the first key that
+  // names no stored item: never written, not a key of this buffer, or overwritten since
+  // (also when a writer overwrites it during the copy). O(n * item bytes).
+  void Get(const int64_t* keys, int64_t n, uint8_t* const* out) const;
+
   // ---- Episodes (episodes.h); ValueError on a buffer without them. ----
   // n-step transitions: draws `batch` valid starts (a transition row whose next row is
   // stored and whose frame stack is complete; uniformly or by priority among those) and
@@ -112,6 +118,16 @@ class ReplayBuffer {
   // is being overwritten) is skipped and counted in stale_updates(). Returns how many were
   // skipped.
   int64_t UpdatePriorities(const int64_t* keys, const double* priorities, int64_t n);
+
+  // ---- Keys (key.h): the one decoder the layers above use. ----
+  const KeyCodec& codec() const { return ring_.codec(); }
+  // slots[i] = the slot of keys[i], or -1 for a key that is not one of this buffer's. O(n).
+  void SlotsOf(const int64_t* keys, int64_t* slots, int64_t n) const;
+  // The keys of the stored items, oldest first (FIFO order). O(size).
+  std::vector<int64_t> StoredKeys() const;
+  // out[i] = the insertion number (FIFO order, from 0) of keys[i], or -1 for a key that is
+  // not one of this buffer's. O(n).
+  void InsertionsOf(const int64_t* keys, int64_t* out, int64_t n) const;
 
   int64_t capacity() const { return storage_.capacity(); }
   int64_t size() const { return ring_.size(); }
@@ -162,6 +178,10 @@ class ReplayBuffer {
   // Sets the counters and marks the stored slots committed. Throws ValueError unless
   // written, stale_updates and sampled are >= 0.
   void SetCounters(const Counters& counters);
+  // Sets the prioritized sampler's state (leaves, scale, running max). Throws ValueError,
+  // changing nothing, when it does not fit (PrioritizedSampler::SetState) or gives a priority
+  // to a slot that holds no item (call SetCounters first).
+  void SetPriorityState(const PrioritizedSampler::State& state);
   // Copies `bytes` (capacity * row bytes) into column `field`. Throws on a size mismatch.
   void LoadColumn(size_t field, const void* data, size_t bytes);
   // Episode state: the row flags (capacity bytes) and each stream's last flags (num_envs).
@@ -209,6 +229,8 @@ class ReplayBuffer {
   // wait), validates the request (ValueError, the admission taken back) and numbers the
   // call. `claimed` (may be null) receives the claimed count the draw range came from.
   SampleRequest BeginSample(int64_t batch, int64_t* claimed);
+  // Why `key` (given at `position`) names no item this buffer ever held, for IndexError.
+  std::string BadKeyMessage(int64_t key, int64_t position) const;
   // Takes call number `call` back (a call that failed after NextCall), unless another call
   // took a number since.
   void UndoCall(uint64_t call);

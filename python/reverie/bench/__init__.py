@@ -1,6 +1,15 @@
 """Benchmarks: reverie against the replay buffers people write (``python -m reverie.bench``).
 
-``baselines`` holds the comparison buffers; ``runner`` the workloads, timing and report.
+The library never imports this package. Its modules:
+
+- ``harness``: the one harness every section uses (interleaved timing, medians and spread,
+  ratio columns, the markdown table, the PNG).
+- ``workloads``: the shared specs (W1, W3), random data, run settings and the per-library
+  adapters.
+- ``baselines``, ``policy_baselines``, ``episode_baseline``, ``torch_baselines``: the
+  buffers reverie is compared against.
+- Sections: ``runner`` (W1-W3, memory; the main job), ``concurrency`` (with ``ingest``),
+  ``episodes``, ``gpu``, ``checkpoint``, ``memmap``.
 """
 
-__all__ = ["baselines", "runner"]
+__all__ = ["baselines", "harness", "runner", "workloads"]

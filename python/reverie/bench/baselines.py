@@ -30,7 +30,8 @@ import torch
 Spec = Mapping[str, Tuple[Any, Tuple[int, ...]]]
 """``{field name: (numpy dtype, per-item shape)}``."""
 
-__all__ = ["Spec", "DequeReplay", "PythonSumTreePER", "NumpyReplay", "NumpyPER", "tree_size"]
+__all__ = ["Spec", "DequeReplay", "PythonSumTreePER", "NumpyReplay", "NumpyPER", "normalize_spec",
+           "tree_size"]
 
 
 def tree_size(capacity: int) -> int:
@@ -40,7 +41,8 @@ def tree_size(capacity: int) -> int:
     return 1 << (capacity - 1).bit_length()
 
 
-def _normalize(spec: Spec) -> Dict[str, Tuple[np.dtype, Tuple[int, ...]]]:
+def normalize_spec(spec: Spec) -> Dict[str, Tuple[np.dtype, Tuple[int, ...]]]:
+    """The spec with numpy dtypes and shape tuples (an int shape ``n`` becomes ``(n,)``)."""
     out = {}
     for name, (dtype, shape) in spec.items():
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -73,7 +75,7 @@ class DequeReplay:
 
     def __init__(self, capacity: int, spec: Spec, seed: Optional[int] = None) -> None:
         self.capacity = capacity
-        self.spec = _normalize(spec)
+        self.spec = normalize_spec(spec)
         self.names = list(self.spec)
         self.dtypes = [dt for dt, _ in self.spec.values()]
         self.buffer: collections.deque = collections.deque(maxlen=capacity)
@@ -108,7 +110,7 @@ class NumpyReplay:
 
     def __init__(self, capacity: int, spec: Spec, seed: Optional[int] = None) -> None:
         self.capacity = capacity
-        self.spec = _normalize(spec)
+        self.spec = normalize_spec(spec)
         self.names = list(self.spec)
         self.columns = [np.zeros((capacity, *shape), dtype=dt) for dt, shape in self.spec.values()]
         self.ptr = 0
@@ -175,7 +177,7 @@ class PythonSumTreePER:
     def __init__(self, capacity: int, spec: Spec, alpha: float = 0.6, beta: float = 0.4,
                  eps: float = 1e-6, seed: Optional[int] = None) -> None:
         self.capacity = capacity
-        self.spec = _normalize(spec)
+        self.spec = normalize_spec(spec)
         self.names = list(self.spec)
         self.dtypes = [dt for dt, _ in self.spec.values()]
         self.alpha, self.beta, self.eps = alpha, beta, eps

@@ -6,7 +6,9 @@ np.savez/np.load, and the disk's own sequential write/read speed, all measured i
 Every write is timed to durability (the file fsynced), and every read starts cold: before it,
 the file's pages are dropped from the page cache (``posix_fadvise(POSIX_FADV_DONTNEED)``).
 The disk's figures are a plain file of the same size written in 64 MiB chunks + fsync, and
-read back with ``readinto``. GB/s count the buffer's stored bytes (columns), 1 GB = 1e9 bytes.
+read back with ``readinto``. The four methods take turns (disk, reverie, torch, numpy, then
+again), through the shared harness (``harness.py``); a figure is the median over the runs.
+GB/s count the buffer's stored bytes (columns), 1 GB = 1e9 bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -24,19 +27,15 @@ import torch
 
 import reverie as rv
 
-from .runner import W1_SPEC, W3_SPEC, fill_blocks, human_count, item_bytes
+from .harness import drop_cache, fmt_ratio, fmt_value, human_count, interleave, markdown, summary
+from .workloads import W1_SPEC, W3_SPEC, fill_blocks, item_bytes
 
 CHUNK = 64 << 20
-
-
-def drop_cache(path: str) -> None:
-    """Evicts the file's pages from the page cache (after an fsync they are clean)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+METHODS = ("disk", "reverie", "torch", "npz")
+# (direction, then the figure's name for each method): the table's rows and columns.
+DIRECTIONS = (("save", ("disk write", "reverie save", "torch save", "np.savez")),
+              ("load", ("disk read", "reverie load", "torch load", "np.load")))
+TARGET = 0.5  # reverie save/load over the disk's sequential write/read, at least
 
 
 def _fsynced(path: str, write: Callable[[Any], None]) -> None:
@@ -82,6 +81,8 @@ def make_buffer(spec: Mapping[str, Any], capacity: int, seed: int = 0) -> rv.Rep
 
 @dataclass
 class Case:
+    """One buffer's figures: seconds per run of each figure (e.g. ``"reverie save"``)."""
+
     name: str
     nbytes: int
     seconds: Dict[str, List[float]] = field(default_factory=dict)
@@ -90,8 +91,9 @@ class Case:
         self.seconds.setdefault(method, []).append(s)
 
     def gbps(self, method: str) -> Optional[float]:
+        """Stored bytes over the median seconds of ``method``, in GB/s (None: not measured)."""
         times = self.seconds.get(method)
-        return None if not times else self.nbytes / float(np.median(times)) / 1e9
+        return None if not times else self.nbytes / summary(times)["value"] / 1e9
 
 
 def _timed(fn: Callable[[], Any]) -> Tuple[float, Any]:
@@ -100,10 +102,31 @@ def _timed(fn: Callable[[], Any]) -> Tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def _save_load(save: Callable[[], Any], load: Callable[[], Any], path: str,
+               check: Optional[Callable[[Any], None]] = None) -> Tuple[float, float]:
+    """(seconds to save to ``path``, seconds to load it back cold); the file is removed."""
+    s_save, _ = _timed(save)
+    drop_cache(path)
+    s_load, loaded = _timed(load)
+    if check is not None:
+        check(loaded)
+    del loaded
+    os.unlink(path)
+    return s_save, s_load
+
+
+def _npz_save(columns: Dict[str, np.ndarray], f: Any) -> None:
+    np.savez(f, **columns)  # type: ignore[arg-type]
+
+
+def _npz_load(path: str) -> Dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {n: data[n] for n in data.files}
+
+
 def run_case(name: str, spec: Mapping[str, Any], capacity: int, directory: str,
              repeats: int, log: Callable[[str], None]) -> Case:
-    from reverie import _checkpoint
-
+    """Every method ``repeats`` times on one full buffer, the methods in turns."""
     buf = make_buffer(spec, capacity)
     nbytes = item_bytes(spec) * capacity
     case = Case(f"{name} {human_count(capacity)}", nbytes)
@@ -111,73 +134,49 @@ def run_case(name: str, spec: Mapping[str, Any], capacity: int, directory: str,
     numpy_cols = {n: t.numpy() for n, t in columns.items()}
     payload = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8)
     scratch = np.empty(nbytes, dtype=np.uint8)
-    paths = {m: os.path.join(directory, f"{name}.{m}") for m in ("disk", "reverie", "torch", "npz")}
+    paths = {m: os.path.join(directory, f"{name}.{m}") for m in METHODS}
     log(f"{case.name}: {nbytes / 1e6:.0f} MB of columns, {repeats} run(s) each")
-    for _ in range(repeats):
-        # The disk itself.
-        s, _ = _timed(lambda: disk_write(paths["disk"], payload.data))
-        case.add("disk write", s)
-        drop_cache(paths["disk"])
-        s, _ = _timed(lambda: disk_read(paths["disk"], scratch.data))
-        case.add("disk read", s)
-        os.unlink(paths["disk"])
 
-        # reverie (its save fsyncs the file and the directory).
-        s, _ = _timed(lambda: _checkpoint.save(buf, paths["reverie"], progress=False))
-        case.add("reverie save", s)
-        drop_cache(paths["reverie"])
-        s, loaded = _timed(lambda: _checkpoint.load(paths["reverie"], progress=False))
-        case.add("reverie load", s)
+    def same_length(loaded: Any) -> None:
         assert len(loaded) == len(buf)
-        del loaded
 
+    runs = {
+        # The disk itself.
+        "disk": partial(_save_load, lambda: disk_write(paths["disk"], payload.data),
+                        lambda: disk_read(paths["disk"], scratch.data), paths["disk"]),
+        # reverie (its save fsyncs the file and the directory).
+        "reverie": partial(_save_load, lambda: buf.save(paths["reverie"], progress=False),
+                           lambda: rv.ReplayBuffer.load(paths["reverie"], progress=False),
+                           paths["reverie"], same_length),
         # torch.save / torch.load of the same tensors (the column views, no copies).
-        s, _ = _timed(lambda: _fsynced(paths["torch"], lambda f: torch.save(columns, f)))
-        case.add("torch save", s)
-        drop_cache(paths["torch"])
-        s, loaded = _timed(lambda: torch.load(paths["torch"]))
-        case.add("torch load", s)
-        del loaded
-
+        "torch": partial(_save_load,
+                         lambda: _fsynced(paths["torch"], lambda f: torch.save(columns, f)),
+                         lambda: torch.load(paths["torch"]), paths["torch"]),
         # np.savez / np.load (every array read).
-        s, _ = _timed(lambda: _fsynced(paths["npz"], lambda f: np.savez(f, **numpy_cols)))  # type: ignore[arg-type]
-        case.add("np.savez", s)
-        drop_cache(paths["npz"])
-
-        def npz_load() -> Dict[str, np.ndarray]:
-            with np.load(paths["npz"]) as data:
-                return {n: data[n] for n in data.files}
-
-        s, loaded = _timed(npz_load)
-        case.add("np.load", s)
-        del loaded
-        for m in ("reverie", "torch", "npz"):
-            os.unlink(paths[m])
+        "npz": partial(_save_load, lambda: _fsynced(paths["npz"], partial(_npz_save, numpy_cols)),
+                       lambda: _npz_load(paths["npz"]), paths["npz"]),
+    }
+    for method, times in interleave(runs, repeats).items():
+        i = METHODS.index(method)
+        for s_save, s_load in times:
+            case.add(DIRECTIONS[0][1][i], s_save)
+            case.add(DIRECTIONS[1][1][i], s_load)
     buf.close()
     return case
 
 
-def _fmt(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x:.2f} GB/s"
-
-
 def table(cases: List[Case]) -> str:
-    lines = ["| buffer | direction | disk (plain file) | reverie | torch | numpy .npz | "
-             "reverie/disk | reverie/torch | reverie/numpy |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One row per buffer and direction: each method's GB/s, then reverie's over each."""
+    rows = []
     for c in cases:
-        for direction, disk, ours, th, npz in (
-                ("save", "disk write", "reverie save", "torch save", "np.savez"),
-                ("load", "disk read", "reverie load", "torch load", "np.load")):
-            d, r, t, n = c.gbps(disk), c.gbps(ours), c.gbps(th), c.gbps(npz)
-
-            def ratio(a: Optional[float], b: Optional[float]) -> str:
-                return "-" if a is None or not b else f"{a / b:.2f}x"
-
-            lines.append(f"| {c.name} ({c.nbytes / 1e6:.0f} MB) | {direction} | {_fmt(d)} | "
-                         f"{_fmt(r)} | {_fmt(t)} | {_fmt(n)} | {ratio(r, d)} | {ratio(r, t)} | "
-                         f"{ratio(r, n)} |")
-    return "\n".join(lines)
+        for direction, names in DIRECTIONS:
+            d, r, t, n = (c.gbps(m) for m in names)
+            rows.append([f"{c.name} ({c.nbytes / 1e6:.0f} MB)", direction]
+                        + [fmt_value(x, "GB/s") for x in (d, r, t, n)]
+                        + [fmt_ratio(None if r is None or not b else r / b) for b in (d, t, n)])
+    return "\n".join(markdown(["buffer", "direction", "disk (plain file)", "reverie", "torch",
+                               "numpy .npz", "reverie/disk", "reverie/torch", "reverie/numpy"],
+                              rows))
 
 
 def run(quick: bool = False, directory: Optional[str] = None, repeats: Optional[int] = None,
@@ -203,7 +202,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     cases = run(args.quick, args.dir, args.repeats)
     print()
     print(table(cases))
-    print("\nTarget: reverie save/load at >= 0.50x the disk's sequential write/read (same run).")
+    print(f"\nTarget: reverie save/load at >= {TARGET:.2f}x the disk's sequential write/read "
+          "(same run).")
 
 
 if __name__ == "__main__":

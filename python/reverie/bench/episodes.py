@@ -3,8 +3,8 @@
 reverie's ``EpisodeBuffer`` against the numpy episode buffer people write (arrays laid
 out ``[T, num_envs, ...]`` as in Stable-Baselines3's ``ReplayBuffer`` with ``n_envs``; obs
 stored once; every sampler vectorized, no Python loop per item), all measured in this one
-process, each cell the median of several repeats with the implementations in turns (as in
-the rest of ``reverie.bench``):
+process, each cell the median of several rounds with the implementations in turns (the
+shared harness, ``harness.py``):
 
 - W1 episodes: fields obs f32[17], action f32[6], reward f32, terminated, truncated; 8 envs,
   capacity 1M (quick: 100k), filled one and a quarter laps with random episodes of 100-1000
@@ -19,7 +19,8 @@ the rest of ``reverie.bench``):
   the obs and next_obs stacks (2 x 28,224 bytes per sample).
 
 Before timing, each pair of episode buffers (filled with the same stream) is checked to
-agree: the numpy buffer recomputes reverie's sampled batch from reverie's start keys.
+agree: the numpy buffer (``episode_baseline.py``) recomputes reverie's sampled batch from
+reverie's start keys.
 """
 
 from __future__ import annotations
@@ -33,8 +34,26 @@ import numpy as np
 import torch
 
 from . import baselines as bl
-from . import runner as R
-from .concurrency import Cell, _md, stats
+from .episode_baseline import NumpyEpisodeBuffer, reverie_key_to_step
+from .harness import (
+    Cell,
+    Progress,
+    fmt_ratio,
+    fmt_stats,
+    human_count,
+    measure_rates,
+    probe_in_subprocess,
+    ratio_column,
+    rss_bytes,
+    si,
+    tabulate,
+)
+from .workloads import Settings, build_filled, fill_blocks, item_bytes, make_columns
+
+__all__ = ["NumpyEpisodeBuffer", "check_nstep", "check_sequences", "compare", "episode_flags",
+           "filled_episode_buffer", "filled_w3", "make_episode_buffer", "reverie_key_to_step",
+           "run", "stream", "table", "unavailable"]
+
 
 NUM_ENVS = 8
 N_STEP, GAMMA = 3, 0.99
@@ -78,312 +97,6 @@ LABELS = {"reverie": "reverie EpisodeBuffer", "numpy": "numpy episode buffer",
 
 
 # ---------------------------------------------------------------------------------------
-# The numpy baseline
-# ---------------------------------------------------------------------------------------
-
-
-class NumpyEpisodeBuffer:
-    """An episode replay buffer in numpy, written the way people write one.
-
-    Columns are ``[T, num_envs, *shape]`` arrays (T = capacity // num_envs steps per env
-    stream; Stable-Baselines3's ReplayBuffer layout with ``n_envs``), each observation stored
-    once. Row convention, keys and every sampling rule follow ``rv.EpisodeBuffer``
-    (gymnasium's NEXT_STEP autoreset: after a terminated/truncated row comes the episode's
-    final-observation row, whose obs is the final observation; key of step t of env e is
-    ``t * num_envs + e``, its row ``t % T``). Two per-row columns are kept at write time:
-    ``final`` (the row is a final-observation row) and ``ep_start`` (the step at which the
-    row's episode began), so validity, stacks and episode masks are array arithmetic.
-
-    All sampling is vectorized over the batch: starts are drawn uniformly over the stored
-    (step, env) pairs and invalid ones redrawn together (rejection sampling, uniform over
-    the valid starts); n-step returns come from a ``[B, n]`` index grid with cumulative
-    done masks; sequences from a ``[B, L]`` window grid. Batches are dicts of torch tensors
-    (``torch.from_numpy`` of freshly gathered arrays) with ``"indices"`` holding the keys.
-    """
-
-    def __init__(self, capacity: int, spec: bl.Spec, num_envs: int = 1,
-                 seed: Optional[int] = None, *, obs_fields: Sequence[str] = ("obs",),
-                 frame_stack: int = 1, reward: str = "reward", terminated: str = "terminated",
-                 truncated: str = "truncated") -> None:
-        if num_envs < 1 or capacity % num_envs:
-            raise ValueError(f"capacity {capacity} is not a multiple of num_envs {num_envs}")
-        if frame_stack < 1:
-            raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
-        self.capacity, self.num_envs, self.frame_stack = capacity, num_envs, frame_stack
-        self.T = capacity // num_envs
-        self.spec = bl._normalize(spec)
-        self.names = list(self.spec)
-        self.obs_fields = tuple(obs_fields)
-        self.reward, self.terminated, self.truncated = reward, terminated, truncated
-        for name in (*self.obs_fields, reward, terminated, truncated):
-            if name not in self.spec:
-                raise ValueError(f"field {name!r} is not in the spec")
-        # One row per key slot (key % capacity = (t % T) * N + e), gathered with one flat
-        # index array, and one zero row after them (slot ``capacity``): a gather pads the
-        # positions outside an episode by pointing them there.
-        self._flat = {name: np.zeros((capacity + 1, *shape), dtype=dt)
-                      for name, (dt, shape) in self.spec.items()}
-        self.columns = {name: c[:capacity].reshape(self.T, num_envs, *c.shape[1:])
-                        for name, c in self._flat.items()}
-        self.final = np.zeros((self.T, num_envs), dtype=np.bool_)
-        self.ep_start = np.zeros((self.T, num_envs), dtype=np.int64)
-        self._final_flat = self.final.reshape(capacity)
-        self._start_flat = self.ep_start.reshape(capacity)
-        self.steps = 0  # steps written per env stream (all streams in lockstep)
-        # the last row ended its episode (terminated/truncated, not a final-observation row)
-        self._prev_done = np.zeros(num_envs, dtype=np.bool_)
-        self._prev_final = np.zeros(num_envs, dtype=np.bool_)  # last row was a final-obs row
-        self._cur_start = np.zeros(num_envs, dtype=np.int64)  # last row's episode start
-        self._back = np.arange(-(frame_stack - 1), 1, dtype=np.int64)  # stack offsets
-        self.rng = np.random.default_rng(seed)
-        self._powers: Dict[Tuple[int, float], np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return min(self.steps, self.T) * self.num_envs
-
-    @property
-    def oldest(self) -> int:
-        """The oldest stored step (of every env stream)."""
-        return max(0, self.steps - self.T)
-
-    # ---- writing ----------------------------------------------------------------------
-
-    def extend(self, **fields: Any) -> None:
-        """One vector step (values ``[num_envs, *shape]``) or T steps ``[T, num_envs, *shape]``."""
-        n_env = self.num_envs
-        reward = np.asarray(fields[self.reward])
-        vals = {name: np.asarray(fields[name]) for name in self.names}
-        if reward.ndim == 1:  # one step
-            vals = {name: v[None] for name, v in vals.items()}
-        steps = vals[self.reward].shape[0]
-        if steps == 0:
-            return
-        done = vals[self.terminated] | vals[self.truncated]  # [steps, N]
-        final = np.empty((steps, n_env), dtype=np.bool_)
-        final[0] = self._prev_done
-        final[1:] = done[:-1]
-        if (done & final).any():
-            # A final-observation row's flags are the reset step's, ignored (it ends nothing):
-            # step by step where such flags are set (not with gymnasium's autoreset).
-            for i in range(steps):
-                if i:
-                    final[i] = done[i - 1]
-                done[i] &= ~final[i]
-        first = np.empty((steps, n_env), dtype=np.bool_)
-        first[0] = self._prev_final | (self.steps == 0)
-        first[1:] = final[:-1]
-        t = self.steps + np.arange(steps, dtype=np.int64)
-        start = np.where(first, t[:, None], -1)
-        start[0] = np.where(first[0], self.steps, self._cur_start)
-        np.maximum.accumulate(start, axis=0, out=start)
-        self._prev_done, self._prev_final, self._cur_start = done[-1], final[-1], start[-1]
-        begin = self.steps
-        self.steps += steps
-        if steps > self.T:  # only the newest T steps stay
-            cut = steps - self.T
-            vals = {name: v[cut:] for name, v in vals.items()}
-            final, start, begin, steps = final[cut:], start[cut:], begin + cut, self.T
-        row = begin % self.T
-        head = min(steps, self.T - row)
-        for dst, src in ((self.final, final), (self.ep_start, start),
-                         *((self.columns[n], vals[n]) for n in self.names)):
-            dst[row:row + head] = src[:head]
-            if head < steps:
-                dst[:steps - head] = src[head:]
-
-    # ---- sampling ---------------------------------------------------------------------
-
-    def sample(self, batch_size: int, n_step: int = 1, gamma: float = 0.99) -> Dict[str, torch.Tensor]:
-        """n-step transitions from uniformly drawn valid starts (see ``nstep_at``)."""
-        if batch_size <= 0 or n_step < 1 or not 0.0 <= gamma <= 1.0:
-            raise ValueError("batch_size > 0, n_step >= 1 and gamma in [0, 1] are required")
-        t, e = self._draw(batch_size, self.oldest, self.steps - 1, self.valid_transition)
-        return self._nstep(t, e, n_step, gamma)
-
-    def sample_sequences(self, batch_size: int, length: int, burn_in: int = 0,
-                         episode_end: str = "pad") -> Dict[str, torch.Tensor]:
-        """Windows of ``burn_in + length`` steps from uniformly drawn valid starts."""
-        if batch_size <= 0 or length < 1 or burn_in < 0 or burn_in + length > self.T:
-            raise ValueError("batch_size > 0, length >= 1, burn_in >= 0 and "
-                             "burn_in + length <= capacity // num_envs are required")
-        if episode_end == "pad":
-            valid = self.valid_sequence_start
-        elif episode_end == "drop":
-            def valid(t: np.ndarray, e: np.ndarray) -> np.ndarray:
-                ok = self.valid_sequence_start(t, e)
-                ok[ok] = self._drop_ok(t[ok], e[ok], length)
-                return ok
-        else:
-            raise ValueError(f"episode_end must be 'pad' or 'drop', got {episode_end!r}")
-        t, e = self._draw(batch_size, self.oldest, self.steps, valid)
-        return self._sequences(t, e, length, burn_in)
-
-    def nstep_at(self, keys: Any, n_step: int = 1, gamma: float = 0.99) -> Dict[str, torch.Tensor]:
-        """The n-step batch for the given start keys (e.g. ``rv`` batch.indices)."""
-        t, e = self._split(keys)
-        return self._nstep(t, e, n_step, gamma)
-
-    def sequences_at(self, keys: Any, length: int, burn_in: int = 0) -> Dict[str, torch.Tensor]:
-        """The sequence batch for the given start keys (the first learning steps)."""
-        t, e = self._split(keys)
-        return self._sequences(t, e, length, burn_in)
-
-    # ---- validity ---------------------------------------------------------------------
-
-    def _split(self, keys: Any) -> Tuple[np.ndarray, np.ndarray]:
-        keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
-        return np.divmod(keys.astype(np.int64), self.num_envs)
-
-    def _slots(self, t: np.ndarray, e: np.ndarray) -> np.ndarray:
-        return (t % self.T) * self.num_envs + e
-
-    def _window(self, t: np.ndarray, e: np.ndarray, first: int,
-                stop: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Steps t + i and their flat slots, [B, stop - first] for i in [first, stop)."""
-        offsets = np.arange(first, stop, dtype=np.int64)
-        ts = t[:, None] + offsets
-        slots = self._slots(t, e)[:, None] + offsets * self.num_envs
-        np.subtract(slots, self.capacity, out=slots, where=slots >= self.capacity)
-        np.add(slots, self.capacity, out=slots, where=slots < 0)
-        return ts, slots
-
-    def _complete(self, t: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Whether the stacks of rows (steps ``t``, flat ``slots``) are complete."""
-        if self.frame_stack == 1:
-            return t >= self.oldest
-        return np.maximum(t - (self.frame_stack - 1), self._start_flat[slots]) >= self.oldest
-
-    def valid_transition(self, t: np.ndarray, e: np.ndarray) -> np.ndarray:
-        """Valid n-step starts: stored transition rows whose next row is stored, whose stack
-        is complete."""
-        slots = self._slots(t, e)
-        ok = (t >= self.oldest) & (t + 1 < self.steps) & ~self._final_flat[slots]
-        return ok & self._complete(t, slots)
-
-    def valid_sequence_start(self, t: np.ndarray, e: np.ndarray) -> np.ndarray:
-        """Valid sequence starts ("pad"): stored transition rows with a complete stack."""
-        slots = self._slots(t, e)
-        ok = (t >= self.oldest) & (t < self.steps) & ~self._final_flat[slots]
-        return ok & self._complete(t, slots)
-
-    def _draw(self, batch_size: int, lo: int, hi: int,
-              valid: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-        """``batch_size`` (step, env) pairs uniform over the valid ones among steps
-        [lo, hi): draw all, redraw the invalid ones together until none is left."""
-        if hi <= lo:
-            raise ValueError("no transition can be sampled yet")
-        rng, n_env = self.rng, self.num_envs
-        t = rng.integers(lo, hi, batch_size)
-        e = rng.integers(0, n_env, batch_size)
-        bad = np.flatnonzero(~valid(t, e))
-        rounds = 0
-        while bad.size:
-            rounds += 1
-            if rounds > 32:  # few valid starts: draw from the list of all of them
-                tt, ee = np.divmod(np.arange(lo * n_env, hi * n_env, dtype=np.int64), n_env)
-                ok = np.flatnonzero(valid(tt, ee))
-                if not ok.size:
-                    raise ValueError("no transition can be sampled yet")
-                pick = ok[rng.integers(0, ok.size, bad.size)]
-                t[bad], e[bad] = tt[pick], ee[pick]
-                break
-            t[bad] = rng.integers(lo, hi, bad.size)
-            e[bad] = rng.integers(0, n_env, bad.size)
-            bad = bad[~valid(t[bad], e[bad])]
-        return t, e
-
-    # ---- gathering --------------------------------------------------------------------
-
-    def _obs_index(self, t: np.ndarray, slots: np.ndarray, e: np.ndarray) -> np.ndarray:
-        """Flat slots of the observations of rows (t, e): ``slots`` itself, or with
-        ``frame_stack = k > 1`` the stacks ``[..., k]`` (oldest first; positions before the
-        episode's first row repeat it)."""
-        if self.frame_stack == 1:
-            return slots
-        st = np.maximum(t[..., None] + self._back, self._start_flat[slots][..., None])
-        return (st % self.T) * self.num_envs + e[..., None]
-
-    def _gather(self, obs_index: np.ndarray, slots: np.ndarray) -> Dict[str, np.ndarray]:
-        """Every field at ``slots`` (obs fields at ``obs_index``); np.take along axis 0, the
-        fastest numpy gather (2-3x a fancy index for rows of a few dozen bytes)."""
-        return {name: np.take(self._flat[name], obs_index if name in self.obs_fields else slots,
-                              axis=0) for name in self.names}
-
-    def _nstep(self, t: np.ndarray, e: np.ndarray, n: int, gamma: float) -> Dict[str, torch.Tensor]:
-        ts, grid = self._window(t, e, 0, n)  # [B, n]: steps s, s+1, ... of env e
-        term = self._flat[self.terminated][grid]
-        done = term | self._flat[self.truncated][grid]
-        # step i counts if step i+1 is stored (the write head) and no step before it ended
-        go = ts + 1 < self.steps
-        go[:, 1:] &= ~done[:, :-1]
-        counts = np.logical_and.accumulate(go, axis=1)
-        powers = self._powers.get((n, gamma))
-        if powers is None:  # 1, g, g*g, ... (n + 1 of them), by repeated multiplication
-            powers = self._powers[n, gamma] = np.cumprod(np.r_[1.0, np.full(n, gamma)])
-        rewards = self._flat[self.reward][grid].astype(np.float64)
-        ret = (np.where(counts, rewards, 0.0) * powers[:n]).sum(axis=1)
-        m = counts.sum(axis=1)
-        discount = np.where((counts & term).any(axis=1), 0.0, powers[m])
-        boot = t + m
-        slots = grid[:, 0]
-        out = self._gather(self._obs_index(t, slots, e), slots)
-        boot_slots = self._slots(boot, e)
-        boot_index = self._obs_index(boot, boot_slots, e)
-        for name in self.obs_fields:
-            out["next_" + name] = np.take(self._flat[name], boot_index, axis=0)
-        out["return"] = ret.astype(np.float32)
-        out["discount"] = discount.astype(np.float32)
-        out["indices"] = t * self.num_envs + e
-        return {k: torch.from_numpy(v) for k, v in out.items()}
-
-    def _forward(self, ts: np.ndarray, done: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """For learning rows ``ts`` [B, L] (s, s+1, ...) and their done flags: (transition
-        rows of s's episode, its final-observation row), both [B, L]."""
-        present = ts < self.steps
-        go = present.copy()
-        go[:, 1:] &= ~done[:, :-1]
-        trans = np.logical_and.accumulate(go, axis=1)
-        final = np.zeros_like(trans)
-        final[:, 1:] = present[:, 1:] & trans[:, :-1] & done[:, :-1]
-        return trans, final
-
-    def _drop_ok(self, t: np.ndarray, e: np.ndarray, length: int) -> np.ndarray:
-        """Whether every learning row of each start is a transition row of its episode."""
-        ts, grid = self._window(t, e, 0, length)
-        done = self._flat[self.terminated][grid] | self._flat[self.truncated][grid]
-        return np.logical_and.reduce(self._forward(ts, done)[0], axis=1)
-
-    def _sequences(self, t: np.ndarray, e: np.ndarray, length: int,
-                   burn_in: int) -> Dict[str, torch.Tensor]:
-        ts, grid = self._window(t, e, -burn_in, length)  # [B, burn_in + length]
-        done = self._flat[self.terminated][grid] | self._flat[self.truncated][grid]
-        trans, final = self._forward(ts[:, burn_in:], done[:, burn_in:])
-        if burn_in:
-            # back from s: w_t belongs if w_{t+1} belongs and is not its episode's first
-            # row, and w_t is stored
-            after, after_slots = ts[:, 1:burn_in + 1], grid[:, 1:burn_in + 1]
-            ok = (ts[:, :burn_in] >= self.oldest) & (self._start_flat[after_slots] != after)
-            back = np.logical_and.accumulate(ok[:, ::-1], axis=1)[:, ::-1]
-            trans = np.concatenate([back, trans], axis=1)
-            final = np.concatenate([np.zeros_like(back), final], axis=1)
-        mask = trans
-        obs_index = self._obs_index(ts, grid, np.broadcast_to(e[:, None], ts.shape))
-        if self.frame_stack > 1:
-            mask = trans & self._complete(ts, grid)
-        # positions outside the episode read the zero row: gather and pad in one pass
-        keep = mask | final
-        slots = np.where(keep, grid, self.capacity)
-        if self.frame_stack > 1:
-            obs_index = np.where(keep[..., None], obs_index, self.capacity)
-        else:
-            obs_index = slots
-        out = self._gather(obs_index, slots)
-        out["mask"] = mask
-        out["indices"] = t * self.num_envs + e
-        return {k: torch.from_numpy(v) for k, v in out.items()}
-
-
-# ---------------------------------------------------------------------------------------
 # Data: random episodes under the NEXT_STEP convention
 # ---------------------------------------------------------------------------------------
 
@@ -417,7 +130,7 @@ def stream(spec: bl.Spec, steps: int, num_envs: int, seed: int, chunk: int = 102
     term, trunc = episode_flags(steps, num_envs, rng)
     other = {k: v for k, v in spec.items() if k not in ("terminated", "truncated")}
     pool_steps = steps if pool_steps is None else min(pool_steps, steps)
-    cols = R.make_columns(other, pool_steps * num_envs, rng)
+    cols = make_columns(other, pool_steps * num_envs, rng)
     pool = {k: v.reshape(pool_steps, num_envs, *v.shape[1:]) for k, v in cols.items()}
     done = 0
     while done < steps:
@@ -470,10 +183,10 @@ W3_POOL_STEPS = 256  # distinct random steps of frames, cycled when filling W3
 
 def filled_w3(kind: str, capacity: int, seed: int = 0) -> Any:
     """A W3 buffer: "reverie"/"numpy" episode buffers (frame_stack 4) or "naive", a plain
-    rv.ReplayBuffer of full obs/next_obs stacks (an ``R.Adapter``)."""
+    rv.ReplayBuffer of full obs/next_obs stacks (a ``workloads.Adapter``)."""
     if kind == "naive":
-        blocks = R.fill_blocks(W3_NAIVE_SPEC, capacity, np.random.default_rng(seed))
-        return R.build_filled("reverie", capacity, W3_NAIVE_SPEC, False, blocks, seed)
+        blocks = fill_blocks(W3_NAIVE_SPEC, capacity, np.random.default_rng(seed))
+        return build_filled("reverie", capacity, W3_NAIVE_SPEC, False, blocks, seed)
     return filled_episode_buffer(kind, capacity, W3E_SPEC, FRAME_STACK, seed, W3_POOL_STEPS)
 
 
@@ -499,7 +212,7 @@ def compare(got: Mapping[str, torch.Tensor], want: Mapping[str, torch.Tensor],
     return bad
 
 
-def _as_dict(batch: Any) -> Dict[str, torch.Tensor]:
+def as_dict(batch: Any) -> Dict[str, torch.Tensor]:
     out = dict(batch)
     out["indices"] = batch.indices
     return out
@@ -510,8 +223,8 @@ def check_nstep(rbuf: Any, nbuf: NumpyEpisodeBuffer, batch_size: int, n_step: in
     """Differences between reverie's n-step batch and the baseline's for the same starts
     (and starts the baseline holds invalid)."""
     b = rbuf.sample(batch_size, n_step=n_step, gamma=gamma)
-    bad = compare(_as_dict(b), nbuf.nstep_at(b.indices, n_step, gamma))
-    t, e = nbuf._split(b.indices)
+    bad = compare(as_dict(b), nbuf.nstep_at(rbuf, b.indices, n_step, gamma))
+    t, e = reverie_key_to_step(rbuf, b.indices)
     if not nbuf.valid_transition(t, e).all():
         bad.append("starts the baseline holds invalid")
     return bad
@@ -520,9 +233,9 @@ def check_nstep(rbuf: Any, nbuf: NumpyEpisodeBuffer, batch_size: int, n_step: in
 def check_sequences(rbuf: Any, nbuf: NumpyEpisodeBuffer, batch_size: int, length: int,
                     burn_in: int = 0, episode_end: str = "pad") -> List[str]:
     b = rbuf.sample_sequences(batch_size, length, burn_in=burn_in, episode_end=episode_end)
-    want = nbuf.sequences_at(b.indices, length, burn_in)
-    bad = compare(_as_dict(b), want)
-    t, e = nbuf._split(b.indices)
+    want = nbuf.sequences_at(rbuf, b.indices, length, burn_in)
+    bad = compare(as_dict(b), want)
+    t, e = reverie_key_to_step(rbuf, b.indices)
     ok = nbuf.valid_sequence_start(t, e)
     if episode_end == "drop":
         ok &= want["mask"][:, burn_in:].numpy().all(axis=1)
@@ -534,11 +247,6 @@ def check_sequences(rbuf: Any, nbuf: NumpyEpisodeBuffer, batch_size: int, length
 # ---------------------------------------------------------------------------------------
 # Cells
 # ---------------------------------------------------------------------------------------
-
-
-def measure(ops: Dict[str, Callable[[], Any]], units: float, s: R.Settings) -> Dict[str, Any]:
-    """``R.measure`` (median of repeats, in turns), with min and max."""
-    return {k: stats(v["repeats"]) for k, v in R.measure(ops, units, s).items()}
 
 
 def unavailable() -> Optional[str]:
@@ -557,7 +265,7 @@ def cells() -> int:
     return 3 + 2 + 2 + 3 + 3
 
 
-def run_w1(s: R.Settings, prog: R.Progress) -> List[Cell]:
+def run_w1(s: Settings, prog: Progress) -> List[Cell]:
     """W1 episodes: n-step sample(256) and sequences 32 x 80, reverie vs numpy."""
     cap = s.w1_capacity
     bufs = {}
@@ -570,7 +278,7 @@ def run_w1(s: R.Settings, prog: R.Progress) -> List[Cell]:
     out = []
     prog.note(f"episodes W1: n-step sample 256 (n={N_STEP})")
     cell = Cell("W1", f"n-step sample 256 (n={N_STEP})", "samples/s")
-    cell.values = measure({k: partial(b.sample, 256, n_step=N_STEP, gamma=GAMMA)
+    cell.values = measure_rates({k: partial(b.sample, 256, n_step=N_STEP, gamma=GAMMA)
                            for k, b in bufs.items()}, 256, s)
     cell.extra = {"ratio": cell.ratio("reverie", "numpy"), "target": None,
                   "disagreements": agree["n-step"]}
@@ -578,7 +286,7 @@ def run_w1(s: R.Settings, prog: R.Progress) -> List[Cell]:
     prog.advance(2)
     prog.note(f"episodes W1: sequences {SEQ_BATCH} x {SEQ_LENGTH}")
     cell = Cell("W1", f"sequences {SEQ_BATCH} x {SEQ_LENGTH} (pad)", "sequences/s")
-    cell.values = measure({k: partial(b.sample_sequences, SEQ_BATCH, SEQ_LENGTH)
+    cell.values = measure_rates({k: partial(b.sample_sequences, SEQ_BATCH, SEQ_LENGTH)
                            for k, b in bufs.items()}, SEQ_BATCH, s)
     cell.extra = {"ratio": cell.ratio("reverie", "numpy"), "target": SEQUENCE_TARGET,
                   "disagreements": agree["sequences"]}
@@ -589,7 +297,7 @@ def run_w1(s: R.Settings, prog: R.Progress) -> List[Cell]:
     return out
 
 
-def run_w3(s: R.Settings, prog: R.Progress) -> List[Cell]:
+def run_w3(s: Settings, prog: Progress) -> List[Cell]:
     """W3 dedup: sample(32) and sample(256) of the three buffers, in GB/s of stacks."""
     cap = s.w3_capacity
     bufs: Dict[str, Any] = {}
@@ -602,7 +310,7 @@ def run_w3(s: R.Settings, prog: R.Progress) -> List[Cell]:
     for n in (32, 256):
         prog.note(f"episodes W3: sample {n}")
         cell = Cell("W3", f"sample {n}", "GB/s")
-        cell.values = measure({k: partial(bufs[k].sample, n) for k in KINDS},
+        cell.values = measure_rates({k: partial(bufs[k].sample, n) for k in KINDS},
                               n * SAMPLE_BYTES / 1e9, s)
         cell.extra = {"ratio": cell.ratio("reverie", "numpy"),
                       "ratio_vs_naive": cell.ratio("reverie", "naive"),
@@ -623,32 +331,32 @@ def memory_probe(kind: str, capacity: int, seed: int = 0) -> Dict[str, int]:
 
     rng = np.random.default_rng(seed)
     if kind == "naive":
-        blocks = R.fill_blocks(W3_NAIVE_SPEC, capacity, rng)
+        blocks = fill_blocks(W3_NAIVE_SPEC, capacity, rng)
         gc.collect()
-        before = R._rss_bytes()
-        buf: Any = R.build_filled("reverie", capacity, W3_NAIVE_SPEC, False, blocks, seed)
-        stored = capacity * R.item_bytes(W3_NAIVE_SPEC)
+        before = rss_bytes()
+        buf: Any = build_filled("reverie", capacity, W3_NAIVE_SPEC, False, blocks, seed)
+        stored = capacity * item_bytes(W3_NAIVE_SPEC)
     else:
         chunks = list(stream(W3E_SPEC, fill_steps(capacity), NUM_ENVS, seed,
                              pool_steps=W3_POOL_STEPS))
         gc.collect()
-        before = R._rss_bytes()
+        before = rss_bytes()
         buf = make_episode_buffer(kind, capacity, W3E_SPEC, FRAME_STACK, seed)
         for chunk in chunks:
             buf.extend(**chunk)
-        stored = capacity * R.item_bytes(W3E_SPEC)
+        stored = capacity * item_bytes(W3E_SPEC)
     gc.collect()
-    after = R._rss_bytes()
+    after = rss_bytes()
     assert len(buf) == capacity
     return {"rss_growth": after - before, "stored": stored}
 
 
-def run_memory(s: R.Settings, prog: R.Progress) -> Dict[str, Any]:
+def run_memory(s: Settings, prog: Progress) -> Dict[str, Any]:
     """``memory_probe`` in a fresh interpreter per kind."""
     out: Dict[str, Any] = {}
     for kind in KINDS:
         prog.note(f"episodes memory: {kind}")
-        out[kind] = R.probe_in_subprocess("reverie.bench.episodes", "memory_probe",
+        out[kind] = probe_in_subprocess("reverie.bench.episodes", "memory_probe",
                                           (kind, s.w3_capacity, s.seed), 600)
         prog.advance()
     return out
@@ -659,57 +367,42 @@ def run_memory(s: R.Settings, prog: R.Progress) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def _num(x: float) -> str:
-    for scale, suffix in ((1e6, "M"), (1e3, "k")):
-        if x >= scale:
-            return f"{x / scale:.3g}{suffix}"
-    return f"{x:.3g}"
+def _figure(key: str, header: str) -> Tuple[str, Callable[[Cell], str]]:
+    """A variant's median [min-max]; for GB/s also in samples/s."""
+    def text(c: Cell) -> str:
+        v = c.values.get(key)
+        out = fmt_stats(v, c.unit)
+        if v is not None and c.unit == "GB/s":
+            out += f", {si(v['value'] * 1e9 / SAMPLE_BYTES)} samples/s"
+        return out
+
+    return header, text
 
 
-def _rate(v: Optional[Dict[str, Any]], unit: str) -> str:
-    """'1.2M/s [1.1M-1.3M]', or for GB/s also samples/s."""
-    if v is None:
-        return "-"
-    if unit == "GB/s":
-        per = v["value"] * 1e9 / SAMPLE_BYTES
-        return (f"{v['value']:.2f} GB/s [{v['min']:.2f}-{v['max']:.2f}], "
-                f"{_num(per)} samples/s")
-    return f"{_num(v['value'])}/s [{_num(v['min'])}-{_num(v['max'])}]"
-
-
-def _ratio(r: Optional[float], target: Optional[float] = None, most: bool = False) -> str:
-    if r is None:
-        return "-"
-    text = f"{r:.3g}x"
-    if target is not None:
-        meets = r <= target if most else r >= target
-        text += f" ({'meets' if meets else 'misses'} {'<=' if most else '>='} {target:g}x)"
-    return text
-
-
-def table(cells_: Sequence[Cell], memory: Mapping[str, Any], s: R.Settings) -> str:
+def table(cells_: Sequence[Cell], memory: Mapping[str, Any], s: Settings) -> str:
     """The section's tables and notes."""
     lines: List[str] = []
     w1 = [c for c in cells_ if c.section == "W1"]
     w3 = [c for c in cells_ if c.section == "W3"]
+    metric = ("metric", lambda c: c.metric)
     if w1:
         lines.append(f"Episodes, W1 fields, {NUM_ENVS} envs, capacity "
-                     f"{R.human_count(s.w1_capacity)} (median [min-max])")
-        lines += _md(["metric", "reverie EpisodeBuffer", "numpy episode buffer",
-                      "reverie/numpy"],
-                     [[c.metric, _rate(c.values.get("reverie"), c.unit),
-                       _rate(c.values.get("numpy"), c.unit),
-                       _ratio(c.extra.get("ratio"), c.extra.get("target"))] for c in w1])
+                     f"{human_count(s.w1_capacity)} (median [min-max])")
+        lines += tabulate(w1, [metric, _figure("reverie", "reverie EpisodeBuffer"),
+                               _figure("numpy", "numpy episode buffer"),
+                               ratio_column("reverie", "numpy",
+                                            target=lambda c: c.extra.get("target"))])
     if w3:
         lines.append("")
         lines.append(f"Episodes, W3 frames u8{list(FRAME)} x frame_stack {FRAME_STACK}, "
-                     f"{NUM_ENVS} envs, capacity {R.human_count(s.w3_capacity)}; GB/s of "
+                     f"{NUM_ENVS} envs, capacity {human_count(s.w3_capacity)}; GB/s of "
                      f"obs + next_obs stacks ({SAMPLE_BYTES:,} bytes per sample)")
-        lines += _md(["metric", "reverie EpisodeBuffer (dedup)", "numpy dedup",
-                      "ReplayBuffer (full stacks)", "reverie/numpy", "reverie/ReplayBuffer"],
-                     [[c.metric] + [_rate(c.values.get(k), c.unit) for k in KINDS]
-                      + [_ratio(c.extra.get("ratio")), _ratio(c.extra.get("ratio_vs_naive"))]
-                      for c in w3])
+        lines += tabulate(w3, [metric]
+                          + [_figure(k, h) for k, h in zip(KINDS, (
+                              "reverie EpisodeBuffer (dedup)", "numpy dedup",
+                              "ReplayBuffer (full stacks)"))]
+                          + [ratio_column("reverie", "numpy"),
+                             ratio_column("reverie", "naive", "reverie/ReplayBuffer")])
     if memory:
         naive = memory.get("naive", {}).get("rss_growth")
         lines.append("")
@@ -725,7 +418,7 @@ def table(cells_: Sequence[Cell], memory: Mapping[str, Any], s: R.Settings) -> s
             rel = ""
             if naive and kind != "naive":
                 target = MEMORY_TARGET if kind == "reverie" else None
-                rel = (f"; {_ratio(m['rss_growth'] / naive, target, most=True)} "
+                rel = (f"; {fmt_ratio(m['rss_growth'] / naive, target, at_most=True)} "
                        "the full-stacks ReplayBuffer")
             lines.append(f"  {LABELS[kind]}: {m['rss_growth'] / 1e6:.0f} MB = "
                          f"{m['rss_growth'] / m['stored']:.2f}x its stored bytes{rel}")
@@ -743,7 +436,7 @@ def table(cells_: Sequence[Cell], memory: Mapping[str, Any], s: R.Settings) -> s
     return "\n".join(lines)
 
 
-def run(s: R.Settings, prog: R.Progress) -> Tuple[List[Cell], Dict[str, Any]]:
+def run(s: Settings, prog: Progress) -> Tuple[List[Cell], Dict[str, Any]]:
     """Runs the section; returns the cells and their JSON form."""
     t0 = time.perf_counter()
     memory = run_memory(s, prog)  # first, while this process is small

@@ -10,7 +10,8 @@ Everything is measured side by side in this one process on one device:
   microseconds per step:
 
   (a) reverie's ``DeviceReplayBuffer`` (``ReplayBuffer(..., device="cuda")``);
-  (b) the torch-native prioritized buffer people write (``TorchPER``): priorities
+  (b) the torch-native prioritized buffer people write (``TorchPER``, in
+      ``torch_baselines.py``): priorities
       ``(p + eps)^alpha`` in one float32 (and, as a second figure, float64) tensor of
       ``capacity`` elements; a sample is ``torch.cumsum`` + ``torch.searchsorted`` of
       stratified uniform points, weights ``(N * P)^-beta / max`` in torch ops and an
@@ -31,15 +32,22 @@ Everything is measured side by side in this one process on one device:
 
 Timing: each variant is warmed up, then calibrated to a number K of calls that fill one
 slice of the budget; a figure is the median over repeats of (K calls between two
-``torch.cuda.synchronize()``) / K, the variants taken in turns (A B C A B C ...) so that a
-change in the machine's state hits all of them alike. The benchmark adds no synchronisation
-inside a run; a variant that waits by itself (the host path's ``.cpu()`` of the TD errors)
-pays for it.
+``torch.cuda.synchronize()``) / K, the variants taken in turns (A B C A B C ...,
+``harness.interleave``) so that a change in the machine's state hits all of them alike. The
+benchmark adds no synchronisation inside a run; a variant that waits by itself (the host
+path's ``.cpu()`` of the TD errors) pays for it.
 
 Without a CUDA device the section prints one line saying it was skipped and exits 0.
 ``--device cpu`` runs the same code with tiny sizes on the host reference (reverie's device
 kernels on one CPU thread, the torch baselines on the CPU with one thread): it checks the code
 path, and its figures say nothing about a GPU.
+
+Length: about 700 lines, over the ~500 of the house style, because this is a section that
+also runs on its own: choosing and checking the device (and the skip rule), the
+synchronised, calibrated timing a GPU needs on top of the shared harness, the adapters that
+put reverie's device and host buffers behind one sample/update interface, the batch checks
+made before timing, two workloads, their report and the command line. Its torch baselines
+are in ``torch_baselines.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
@@ -61,15 +70,28 @@ import torch
 import reverie as rv
 
 from . import baselines as bl
-from . import runner as R
-from .concurrency import Cell, _md, stats
+from .harness import (
+    Cell,
+    fmt_ratio,
+    fmt_stats,
+    human_count,
+    interleave,
+    machine_info,
+    markdown,
+    ratio_column,
+    summary,
+    tabulate,
+    value_column,
+)
+from .torch_baselines import TorchGather, TorchPER, torch_dtype
+from .workloads import ALPHA, BETA, EPS, W1_SPEC, W3_SPEC, Columns, item_bytes, make_columns
 
 W2_BATCH = 256
 W3_BATCHES = (32, 256)
 POOL = 64  # distinct priority vectors the W2 steps cycle through
 W2_TARGET = 5.0  # device buffer speedup over the cumsum + searchsorted buffer at 1M, at least
 W3_TARGET = 0.5  # gathered GB/s over copied GB/s, at least
-FRAME_BYTES = R.item_bytes(R.W3_SPEC)
+FRAME_BYTES = item_bytes(W3_SPEC)
 
 W2_KINDS = ("reverie", "torch-f32", "torch-f64", "multinomial", "host", "host-prefetch")
 W2_LABELS = {
@@ -180,13 +202,9 @@ def device_info(device: torch.device) -> Dict[str, Any]:
                     capability=f"{props.major}.{props.minor}",
                     memory_gb=props.total_memory / 1e9, multiprocessors=props.multi_processor_count)
     else:
-        info["name"] = (f"{R.machine_info()['cpu']} (host reference: reverie's device kernels "
+        info["name"] = (f"{machine_info()['cpu']} (host reference: reverie's device kernels "
                         "and torch on one CPU thread)")
     return info
-
-
-def _torch_dtype(dt: Any) -> torch.dtype:
-    return torch.from_numpy(np.zeros(0, dtype=dt)).dtype
 
 
 def _empty_cache(device: torch.device) -> None:
@@ -196,82 +214,8 @@ def _empty_cache(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# The torch-native buffers
+# reverie's buffers behind the baselines' calls
 # ---------------------------------------------------------------------------------------
-
-
-class TorchPER:
-    """A prioritized replay buffer in plain torch on one device, as people write it.
-
-    Columns are ``[capacity, *shape]`` tensors and the priorities ``(p + eps)^alpha`` one
-    tensor of ``capacity`` elements (``prio_dtype``). ``draw="searchsorted"``: the batch is
-    stratified, one uniform point per segment of the total, found by ``torch.searchsorted``
-    in the ``torch.cumsum`` of the priorities; ``draw="multinomial"``:
-    ``torch.multinomial(priorities, B, replacement=True)``. Weights are
-    ``(N * P)^-beta / max`` over the batch. New items get the largest stored priority. Nothing
-    in sample -> update waits for the device.
-    """
-
-    DRAWS = ("searchsorted", "multinomial")
-
-    def __init__(self, capacity: int, spec: bl.Spec,
-                 device: torch.device, *, prio_dtype: torch.dtype = torch.float32,
-                 draw: str = "searchsorted", alpha: float = R.ALPHA, beta: float = R.BETA,
-                 eps: float = R.EPS, seed: int = 0) -> None:
-        if draw not in self.DRAWS:
-            raise ValueError(f"draw must be one of {self.DRAWS}, got {draw!r}")
-        if prio_dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"prio_dtype must be torch.float32 or torch.float64, got {prio_dtype}")
-        if capacity <= 0:
-            raise ValueError(f"capacity must be > 0, got {capacity}")
-        self.capacity, self.device, self.draw = capacity, device, draw
-        self.alpha, self.beta, self.eps = alpha, beta, eps
-        self.columns = {name: torch.zeros((capacity, *shape), dtype=_torch_dtype(dt), device=device)
-                        for name, (dt, shape) in spec.items()}
-        self.prio = torch.zeros(capacity, dtype=prio_dtype, device=device)
-        self.gen = torch.Generator(device=device)
-        self.gen.manual_seed(seed)
-        self.size = 0
-        self.pos = 0
-        self._offsets: Dict[int, torch.Tensor] = {}
-
-    def extend(self, **fields: torch.Tensor) -> None:
-        """Writes a batch of items (tensors on any device) into the ring."""
-        if set(fields) != set(self.columns):
-            raise ValueError(f"fields must be exactly {list(self.columns)}, got {list(fields)}")
-        n = len(next(iter(fields.values())))
-        skip = max(0, n - self.capacity)  # of more than capacity items the last ones stay
-        slots = (self.pos + skip + torch.arange(n - skip, device=self.device)) % self.capacity
-        for name, col in self.columns.items():
-            col.index_copy_(0, slots, fields[name][skip:].to(self.device))
-        top: Any = self.prio[:self.size].max() if self.size else 1.0
-        self.prio[slots] = top
-        self.pos = (self.pos + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
-
-    def sample(self, n: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """(fields, indices, float32 weights), all on the device."""
-        if self.size == 0:
-            raise ValueError(f"cannot sample {n} items: the buffer is empty")
-        prio = self.prio if self.size == self.capacity else self.prio[:self.size]
-        if self.draw == "searchsorted":
-            cdf = torch.cumsum(prio, 0)
-            total = cdf[-1]
-            offsets = self._offsets.get(n)
-            if offsets is None:
-                offsets = self._offsets[n] = torch.arange(n, dtype=prio.dtype, device=self.device)
-            points = (offsets + torch.rand(n, generator=self.gen, dtype=prio.dtype,
-                                           device=self.device)) * (total / n)
-            idx = torch.searchsorted(cdf, points, right=True).clamp_(max=self.size - 1)
-        else:
-            total = prio.sum()
-            idx = torch.multinomial(prio, n, replacement=True, generator=self.gen)
-        weights = (prio.index_select(0, idx) / total * self.size).pow_(-self.beta)
-        weights = (weights / weights.max()).float()
-        return {name: col.index_select(0, idx) for name, col in self.columns.items()}, idx, weights
-
-    def update(self, idx: torch.Tensor, priorities: torch.Tensor) -> None:
-        self.prio[idx] = (priorities.to(self.prio.dtype) + self.eps) ** self.alpha
 
 
 class DeviceW2:
@@ -309,19 +253,6 @@ class HostW2:
         self.buf.close()  # stops the prefetch worker
 
 
-class TorchGather:
-    """Uniform sampling from one device column in torch: ``randint`` + ``index_select``."""
-
-    def __init__(self, column: torch.Tensor, seed: int = 0) -> None:
-        self.column = column
-        self.gen = torch.Generator(device=column.device)
-        self.gen.manual_seed(seed)
-
-    def sample(self, n: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, None]:
-        idx = torch.randint(len(self.column), (n,), generator=self.gen, device=self.column.device)
-        return {"obs": self.column.index_select(0, idx)}, idx, None
-
-
 class DeviceW3:
     def __init__(self, buf: rv.DeviceReplayBuffer) -> None:
         self.buf = buf
@@ -336,29 +267,29 @@ class DeviceW3:
 # ---------------------------------------------------------------------------------------
 
 
-def w2_columns(capacity: int, seed: int) -> R.Columns:
+def w2_columns(capacity: int, seed: int) -> Columns:
     """``capacity`` random W1 items (host arrays)."""
-    return R.make_columns(R.W1_SPEC, capacity, np.random.default_rng(seed))
+    return make_columns(W1_SPEC, capacity, np.random.default_rng(seed))
 
 
-def build_w2(kind: str, capacity: int, device: torch.device, cols: R.Columns, seed: int = 0,
+def build_w2(kind: str, capacity: int, device: torch.device, cols: Columns, seed: int = 0,
              device_cols: Optional[Dict[str, torch.Tensor]] = None) -> Any:
     """A full W2 buffer of ``kind`` (see ``W2_KINDS``) holding ``cols``; ``device_cols``: the
     same columns already on the device (made here when not given)."""
     if kind not in W2_KINDS:
         raise ValueError(f"kind must be one of {W2_KINDS}, got {kind!r}")
     if kind in ("host", "host-prefetch"):
-        host = rv.ReplayBuffer(capacity, dict(R.W1_SPEC), sampler=_prioritized(), seed=seed)
+        host = rv.ReplayBuffer(capacity, dict(W1_SPEC), sampler=_prioritized(), seed=seed)
         host.extend(**cols)
         return HostW2(host, device, prefetch=kind == "host-prefetch")
     if device_cols is None:
         device_cols = {name: torch.from_numpy(c).to(device) for name, c in cols.items()}
     if kind == "reverie":
-        buf = rv.DeviceReplayBuffer(capacity, dict(R.W1_SPEC), sampler=_prioritized(), seed=seed,
+        buf = rv.DeviceReplayBuffer(capacity, dict(W1_SPEC), sampler=_prioritized(), seed=seed,
                                     device=device)
         buf.extend(**device_cols)
         return DeviceW2(buf)
-    per = TorchPER(capacity, R.W1_SPEC, device, seed=seed,
+    per = TorchPER(capacity, W1_SPEC, device, seed=seed,
                    prio_dtype=torch.float64 if kind == "torch-f64" else torch.float32,
                    draw="multinomial" if kind == "multinomial" else "searchsorted")
     per.extend(**device_cols)
@@ -366,7 +297,7 @@ def build_w2(kind: str, capacity: int, device: torch.device, cols: R.Columns, se
 
 
 def _prioritized() -> rv.Prioritized:
-    return rv.Prioritized(alpha=R.ALPHA, beta=R.BETA, eps=R.EPS)
+    return rv.Prioritized(alpha=ALPHA, beta=BETA, eps=EPS)
 
 
 def priority_pool(device: torch.device, seed: int = 0) -> List[torch.Tensor]:
@@ -410,9 +341,9 @@ def check_batch(label: str, fields: Dict[str, torch.Tensor], idx: torch.Tensor,
         if t is None:
             fail(f"the batch has no field '{name}' (fields: {list(fields)})")
         want = (n, *shape)
-        if tuple(t.shape) != want or t.dtype != _torch_dtype(dt) or t.device.type != device.type:
+        if tuple(t.shape) != want or t.dtype != torch_dtype(dt) or t.device.type != device.type:
             fail(f"field '{name}' is {tuple(t.shape)} {t.dtype} on {t.device}, expected "
-                 f"{want} {_torch_dtype(dt)} on {device}")
+                 f"{want} {torch_dtype(dt)} on {device}")
     if idx.dtype != torch.int64 or tuple(idx.shape) != (n,):
         fail(f"indices are {tuple(idx.shape)} {idx.dtype}, expected ({n},) torch.int64")
     lo, hi = int(idx.min()), int(idx.max())
@@ -467,18 +398,19 @@ def _calls_for(op: Callable[[], Any], seconds: float, sync: Sync) -> int:
 
 
 def measure(ops: Dict[str, Callable[[], Any]], s: Settings, sync: Sync) -> Dict[str, List[float]]:
-    """Seconds per call of each op, one figure per repeat: after warm-up and calibration,
-    each repeat runs every op K times (its own K, one slice of the budget) between two
+    """Seconds per call of each op, one figure per round: after warm-up and calibration,
+    each round runs every op K times (its own K, one slice of the budget) between two
     synchronisations, the ops in turns."""
     slice_s = s.budget_s / s.repeats
     for op in ops.values():
         _warm(op, s.warmup_s, sync)
     calls = {k: _calls_for(op, slice_s, sync) for k, op in ops.items()}
-    out: Dict[str, List[float]] = {k: [] for k in ops}
-    for _ in range(s.repeats):
-        for key, op in ops.items():
-            out[key].append(_run(op, calls[key], sync) / calls[key])
-    return out
+    return interleave({k: partial(_per_call, op, calls[k], sync) for k, op in ops.items()},
+                      s.repeats)
+
+
+def _per_call(op: Callable[[], Any], calls: int, sync: Sync) -> float:
+    return _run(op, calls, sync) / calls
 
 
 # ---------------------------------------------------------------------------------------
@@ -494,7 +426,7 @@ def run_w2(s: Settings, device: torch.device, sync: Sync, log: Log) -> List[Cell
     out = []
     rows = priority_pool(device, s.seed + 1)
     for cap in s.w2_capacities:
-        name = R.human_count(cap)
+        name = human_count(cap)
         log(f"W2 @ {name}: filling {len(W2_KINDS)} buffers")
         cols = w2_columns(cap, s.seed)
         dcols = {k: torch.from_numpy(c).to(device) for k, c in cols.items()}
@@ -504,7 +436,7 @@ def run_w2(s: Settings, device: torch.device, sync: Sync, log: Log) -> List[Cell
         try:
             for kind, impl in impls.items():
                 fields, idx, weights = impl.sample(W2_BATCH)
-                check_batch(W2_LABELS[kind], fields, idx, weights, W2_BATCH, R.W1_SPEC, device,
+                check_batch(W2_LABELS[kind], fields, idx, weights, W2_BATCH, W1_SPEC, device,
                             cap, True)
             log(f"W2 @ {name}: timing step {W2_BATCH}")
             ops = {k: w2_stepper(impl, rows) for k, impl in impls.items()}
@@ -516,7 +448,7 @@ def run_w2(s: Settings, device: torch.device, sync: Sync, log: Log) -> List[Cell
             del impls
             _empty_cache(device)
         cell = Cell("W2", f"step {W2_BATCH} @ {name}", "us/step",
-                    {k: stats([x * 1e6 for x in v]) for k, v in secs.items()})
+                    {k: summary([x * 1e6 for x in v]) for k, v in secs.items()})
         us = {k: v["value"] for k, v in cell.values.items()}
         cell.extra["capacity"] = cap
         cell.extra["speedup"] = {k: us[k] / us["reverie"] for k in W2_KINDS}
@@ -535,10 +467,10 @@ def fill_w3(capacity: int, device: torch.device, seed: int = 0,
     random block of up to 2048 frames, repeated: repeats do not change copying speed)."""
     block_n = min(2048, capacity)
     block = torch.from_numpy(
-        R.make_columns(R.W3_SPEC, block_n, np.random.default_rng(seed))["obs"]).to(device)
-    buf = rv.DeviceReplayBuffer(capacity, dict(R.W3_SPEC), sampler=rv.Uniform(), seed=seed,
+        make_columns(W3_SPEC, block_n, np.random.default_rng(seed))["obs"]).to(device)
+    buf = rv.DeviceReplayBuffer(capacity, dict(W3_SPEC), sampler=rv.Uniform(), seed=seed,
                                 device=device)
-    column = torch.empty((capacity, *R.W3_SPEC["obs"][1]), dtype=torch.uint8, device=device)
+    column = torch.empty((capacity, *W3_SPEC["obs"][1]), dtype=torch.uint8, device=device)
     done = 0
     while done < capacity:
         k = min(block_n, capacity - done)
@@ -552,7 +484,7 @@ def run_w3(s: Settings, device: torch.device, sync: Sync, log: Log) -> List[Cell
     """One cell per batch size: GB/s of the device buffer, of index_select and of a plain
     device-to-device copy, in turns."""
     cap = s.w3_capacity
-    log(f"W3 @ {R.human_count(cap)}: filling ({cap * FRAME_BYTES / 1e9:.2f} GB per buffer)")
+    log(f"W3 @ {human_count(cap)}: filling ({cap * FRAME_BYTES / 1e9:.2f} GB per buffer)")
     buf, column = fill_w3(cap, device, s.seed)
     impls: Dict[str, Any] = {"reverie": DeviceW3(buf), "index_select": TorchGather(column, s.seed)}
     src = torch.ones(s.copy_bytes, dtype=torch.uint8, device=device)
@@ -562,7 +494,7 @@ def run_w3(s: Settings, device: torch.device, sync: Sync, log: Log) -> List[Cell
         for n in W3_BATCHES:
             for kind, impl in impls.items():
                 fields, idx, _ = impl.sample(n)
-                check_batch(W3_LABELS[kind], fields, idx, None, n, R.W3_SPEC, device, cap, False)
+                check_batch(W3_LABELS[kind], fields, idx, None, n, W3_SPEC, device, cap, False)
             log(f"W3 sample {n}: timing")
             ops: Dict[str, Callable[[], Any]] = {k: _sampler(impl, n) for k, impl in impls.items()}
             ops["copy"] = _copier(dst, src)
@@ -570,7 +502,7 @@ def run_w3(s: Settings, device: torch.device, sync: Sync, log: Log) -> List[Cell
             per_call = {"reverie": n * FRAME_BYTES, "index_select": n * FRAME_BYTES,
                         "copy": s.copy_bytes}
             cell = Cell("W3", f"sample {n}", "GB/s",
-                        {k: stats([per_call[k] / x / 1e9 for x in v]) for k, v in secs.items()})
+                        {k: summary([per_call[k] / x / 1e9 for x in v]) for k, v in secs.items()})
             cell.extra["batch"] = n
             cell.extra["bytes_per_call"] = per_call
             cell.extra["share_of_copy"] = cell.ratio("reverie", "copy")
@@ -606,32 +538,6 @@ def _copier(dst: torch.Tensor, src: torch.Tensor) -> Callable[[], Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def _num(x: float) -> str:
-    return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
-
-
-def _us(v: Optional[Dict[str, Any]]) -> str:
-    if v is None:
-        return "-"
-    return f"{_num(v['value'])} us [{_num(v['min'])}-{_num(v['max'])}]"
-
-
-def _gbps(v: Optional[Dict[str, Any]]) -> str:
-    if v is None:
-        return "-"
-    return f"{v['value']:.1f} GB/s [{v['min']:.1f}-{v['max']:.1f}]"
-
-
-def _ratio(r: Optional[float], target: Optional[float] = None, percent: bool = False) -> str:
-    if r is None:
-        return "-"
-    text = f"{r:.0%}" if percent else f"{r:.2f}x"
-    if target is not None:
-        goal = f"{target:.0%}" if percent else f"{target:g}x"
-        text += f" ({'meets' if r >= target else 'misses'} >= {goal})"
-    return text
-
-
 def table(w2: Sequence[Cell], w3: Sequence[Cell], s: Settings, info: Dict[str, Any]) -> str:
     """The section's markdown tables and notes."""
     lines = [f"GPU section on {info['name']} ({info['device']}); torch {info['torch']}"
@@ -647,21 +553,21 @@ def table(w2: Sequence[Cell], w3: Sequence[Cell], s: Settings, info: Dict[str, A
                      "variant's us / reverie device buffer's us")
         head = ["variant"]
         for c in w2:
-            cap = R.human_count(c.extra["capacity"])
+            cap = human_count(c.extra["capacity"])
             head += [f"@ {cap}", f"speedup @ {cap}"]
         body = []
         for k in W2_KINDS:
             row = [W2_LABELS[k]]
             for c in w2:
                 target = c.extra.get("target") if k == c.extra["searchsorted_baseline"] else None
-                row += [_us(c.values.get(k)),
-                        "1x" if k == "reverie" else _ratio(c.extra["speedup"].get(k), target)]
+                row += [fmt_stats(c.values.get(k), "us"),
+                        "1x" if k == "reverie" else fmt_ratio(c.extra["speedup"].get(k), target)]
             body.append(row)
-        lines += _md(head, body)
+        lines += markdown(head, body)
         for c in w2:
             if "target" in c.extra:
                 r = c.extra["speedup_vs_searchsorted"]
-                lines.append(f"target at {R.human_count(c.extra['capacity'])}: reverie device "
+                lines.append(f"target at {human_count(c.extra['capacity'])}: reverie device "
                              f">= {W2_TARGET:g}x the cumsum + searchsorted buffer (the faster, "
                              f"{W2_LABELS[c.extra['searchsorted_baseline']]}): {r:.2f}x, "
                              f"{'met' if r >= W2_TARGET else 'MISSED'}")
@@ -672,16 +578,18 @@ def table(w2: Sequence[Cell], w3: Sequence[Cell], s: Settings, info: Dict[str, A
     if w3:
         lines.append("")
         lines.append(f"W3 on the device: frames u8[4,84,84], capacity "
-                     f"{R.human_count(s.w3_capacity)}, uniform; GB/s = bytes of frames gathered "
+                     f"{human_count(s.w3_capacity)}, uniform; GB/s = bytes of frames gathered "
                      "into the batch per second (1 GB = 1e9 bytes), median [min-max]")
-        lines += _md(["metric", W3_LABELS["reverie"], W3_LABELS["index_select"],
-                      f"copy of {s.copy_bytes >> 20:,} MiB", "reverie / copy",
-                      "reverie / index_select", "reverie samples/s"],
-                     [[c.metric, _gbps(c.values.get("reverie")),
-                       _gbps(c.values.get("index_select")), _gbps(c.values.get("copy")),
-                       _ratio(c.extra["share_of_copy"], None if s.device == "cpu" else W3_TARGET, percent=True),
-                       _ratio(c.extra["vs_index_select"]), f"{c.extra['samples_per_s']:,.0f}"]
-                      for c in w3])
+        copy_target = None if s.device == "cpu" else W3_TARGET
+        lines += tabulate(w3, [("metric", lambda c: c.metric),
+                               value_column("reverie", W3_LABELS["reverie"]),
+                               value_column("index_select", W3_LABELS["index_select"]),
+                               value_column("copy", f"copy of {s.copy_bytes >> 20:,} MiB"),
+                               ratio_column("reverie", "copy", "reverie / copy",
+                                            target=copy_target, percent=True),
+                               ratio_column("reverie", "index_select", "reverie / index_select"),
+                               ("reverie samples/s",
+                                lambda c: f"{c.extra['samples_per_s']:,.0f}")])
         lines.append(f"  copy: dst.copy_(src) of {s.copy_bytes:,} bytes device to device, "
                      "measured in turns with the gathers; GB/s = bytes copied per second (each "
                      "byte read once and written once, as a gathered byte is), so the memory "
@@ -740,7 +648,7 @@ def run(s: Settings, log: Log = _log) -> Dict[str, Any]:
     return {
         "device": info,
         "settings": {**dataclasses.asdict(s), "w2_batch": W2_BATCH, "w3_batches": list(W3_BATCHES),
-                     "alpha": R.ALPHA, "beta": R.BETA, "eps": R.EPS, "w2_target": W2_TARGET,
+                     "alpha": ALPHA, "beta": BETA, "eps": EPS, "w2_target": W2_TARGET,
                      "w3_target": W3_TARGET,
                      "statistic": "median of repeats, variants in turns, synchronised runs"},
         "w2": [c.as_dict() for c in w2],

@@ -18,16 +18,18 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .checkpoint import drop_cache
+from .harness import drop_cache, fmt_ratio, interleave, markdown, timed
+from .workloads import W1_SPEC, item_bytes
 
-W1 = {"obs": ("float32", (17,)), "action": ("float32", (6,)), "reward": ("float32", ()),
-      "next_obs": ("float32", (17,)), "done": ("bool", ())}
-ROW_BYTES = 4 * 17 + 4 * 6 + 4 + 4 * 17 + 1
+W1 = W1_SPEC
+ROW_BYTES = item_bytes(W1_SPEC)  # 165
+KINDS = ("reverie", "numpy")
+BATCHES = (256, 4096)
 CGROUP_ROOT = "/sys/fs/cgroup/memory"
 
 
@@ -58,7 +60,7 @@ def fill(kind: str, directory: str, capacity: int, seed: int = 0) -> None:
                 for n, (dt, shape) in W1.items()}
     for start in range(0, capacity, chunk):
         n = min(chunk, capacity - start)
-        rows = {name: (rng.random((n, *shape)) < 0.01 if dt == "bool"
+        rows = {name: (rng.random((n, *shape)) < 0.01 if np.dtype(dt) == np.bool_
                        else rng.standard_normal((n, *shape), dtype=np.float32))
                 for name, (dt, shape) in W1.items()}
         if kind == "reverie":
@@ -89,12 +91,7 @@ def sample_run(kind: str, directory: str, capacity: int, batch: int, seconds: fl
         def step() -> Any:
             idx = np.sort(rng.integers(0, capacity, batch))
             return {n: torch.from_numpy(np.ascontiguousarray(c[idx])) for n, c in cols.items()}
-    t0 = time.perf_counter()
-    calls = 0
-    while time.perf_counter() - t0 < seconds:
-        step()
-        calls += 1
-    elapsed = time.perf_counter() - t0
+    calls, elapsed = timed(step, seconds)
     return {"batches_per_s": calls / elapsed, "rows_per_s": calls * batch / elapsed}
 
 
@@ -124,13 +121,15 @@ def run(quick: bool = False, budget_mb: Optional[int] = None, seconds: float = 3
     out: Dict[str, Any] = {"budget_bytes": budget, "capacity": capacity,
                            "file_bytes": capacity * ROW_BYTES, "capped": cgroup is not None}
     with tempfile.TemporaryDirectory(dir=os.environ.get("REVERIE_BENCH_DIR")) as d:
-        for kind in ("reverie", "numpy"):
+        for kind in KINDS:
             print(f"memmap: writing the {kind} file ({capacity * ROW_BYTES / 1e9:.1f} GB)",
                   file=sys.stderr)
             fill(kind, d, capacity)
-        for batch in (256, 4096):
-            for kind in ("reverie", "numpy"):
-                out[f"{kind} sample {batch}"] = measure(kind, d, capacity, batch, seconds, cgroup)
+        for batch in BATCHES:  # one cold run per kind, in turns
+            runs = interleave({k: partial(measure, k, d, capacity, batch, seconds, cgroup)
+                               for k in KINDS}, 1)
+            for kind, (result,) in runs.items():
+                out[f"{kind} sample {batch}"] = result
     if cgroup:
         try:
             os.rmdir(cgroup)
@@ -140,16 +139,18 @@ def run(quick: bool = False, budget_mb: Optional[int] = None, seconds: float = 3
 
 
 def report(r: Dict[str, Any]) -> str:
+    """The run's markdown table, under a line saying how the page cache was capped."""
+    cap = "a memory cgroup limit" if r["capped"] else "NOT enforced: no writable memory cgroup"
     lines = [f"Sampling from a file-backed W1 buffer of {r['capacity']:,} rows "
              f"({r['file_bytes'] / 1e9:.2f} GB) with a page-cache budget of "
-             f"{r['budget_bytes'] >> 20} MB ({'a memory cgroup limit' if r['capped'] else 'NOT enforced: no writable memory cgroup'}); "
-             "cold cache at the start of each run",
-             "| batch | reverie memmap (rows/s) | np.memmap columns (rows/s) | reverie/numpy |",
-             "|---|---|---|---|"]
-    for batch in (256, 4096):
+             f"{r['budget_bytes'] >> 20} MB ({cap}); cold cache at the start of each run"]
+    rows = []
+    for batch in BATCHES:
         a, b = r[f"reverie sample {batch}"], r[f"numpy sample {batch}"]
-        lines.append(f"| {batch} | {a['rows_per_s']:,.0f} | {b['rows_per_s']:,.0f} | "
-                     f"{a['rows_per_s'] / b['rows_per_s']:.2f}x |")
+        rows.append([str(batch), f"{a['rows_per_s']:,.0f}", f"{b['rows_per_s']:,.0f}",
+                     fmt_ratio(a["rows_per_s"] / b["rows_per_s"])])
+    lines += markdown(["batch", "reverie memmap (rows/s)", "np.memmap columns (rows/s)",
+                       "reverie/numpy"], rows)
     return "\n".join(lines)
 
 

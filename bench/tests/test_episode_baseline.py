@@ -1,10 +1,14 @@
-"""The numpy episode buffer of the benchmarks (reverie.bench.episodes) computes what
+"""The numpy episode buffer of the benchmarks (reverie.bench.episode_baseline) computes what
 rv.EpisodeBuffer computes, so that timing one against the other compares like with like.
 
 First against a per-key model written straight from the API's definitions (present, final,
 first, stacks, the n-step loop, the sequence window rules); then against reverie itself: the
 same stream written to both, reverie's sampled start keys recomputed by the baseline, and
 the set of starts each considers valid.
+
+The model numbers the rows of the stream ``t * N_ENVS + e`` (step t of env e); reverie's
+keys are turned into those positions only by ``reverie_key_to_step``, so that a change of
+reverie's key encoding is adapted in that one function.
 """
 
 from __future__ import annotations
@@ -236,7 +240,7 @@ def test_nstep_matches_model(frame_stack: int, steps: int, stray_flags: bool) ->
     assert valid.tolist() == [model.valid_nstep(int(k)) for k in keys]
     starts = keys[valid]
     for n_step, gamma in ((1, 0.99), (3, 0.9), (5, 0.5)):
-        got = base.nstep_at(starts, n_step, gamma)
+        got = base.nstep_at_steps(*np.divmod(starts, N_ENVS), n_step, gamma)
         assert got["indices"].tolist() == starts.tolist()
         want = [model.nstep(int(s), n_step, gamma) for s in starts]
         check(got, {name: np.stack([w[name] for w in want]) for name in want[0]})
@@ -255,7 +259,7 @@ def test_sequences_match_model(frame_stack: int, burn_in: int, steps: int,
     valid = base.valid_sequence_start(t, e)
     assert valid.tolist() == [model.valid_sequence(int(k), 6, burn_in, False) for k in keys]
     starts = keys[valid]
-    got = base.sequences_at(starts, 6, burn_in)
+    got = base.sequences_at_steps(*np.divmod(starts, N_ENVS), 6, burn_in)
     zeros = zeros_of(base, model)
     want = [model.sequence(int(s), 6, burn_in, zeros) for s in starts]
     check(got, {name: np.stack([w[name] for w in want]) for name in want[0]})
@@ -283,6 +287,12 @@ def _reverie_keys(batch: Any) -> np.ndarray:
     return batch.indices.numpy().astype(np.int64)
 
 
+def _model_keys(rbuf: Any, keys: np.ndarray) -> List[int]:
+    """reverie's keys as the model numbers the same rows (step * N_ENVS + env)."""
+    t, e = E.reverie_key_to_step(rbuf, keys)
+    return (t * N_ENVS + e).tolist()
+
+
 @pytest.mark.parametrize("stray_flags", [False, True])
 @pytest.mark.parametrize("frame_stack,frame,dtype", [(1, (4,), np.float32),
                                                      (3, (2, 3), np.uint8)])
@@ -295,8 +305,8 @@ def test_nstep_matches_reverie(frame_stack: int, frame: Tuple[int, ...], dtype: 
         n_step, gamma = (3, 0.9) if i % 2 else (1, 0.99)
         b = rbuf.sample(64, n_step=n_step, gamma=gamma)
         keys = _reverie_keys(b)
-        seen.update(keys.tolist())
-        assert not E.compare(E._as_dict(b), base.nstep_at(keys, n_step, gamma))
+        seen.update(_model_keys(rbuf, keys))
+        assert not E.compare(E.as_dict(b), base.nstep_at(rbuf, keys, n_step, gamma))
     valid = {int(k) for k in stored_keys(model) if model.valid_nstep(int(k))}
     assert seen == valid  # reverie draws from the same set of valid starts
 
@@ -314,8 +324,8 @@ def test_sequences_match_reverie(frame_stack: int, frame: Tuple[int, ...], dtype
     for _ in range(40):
         b = rbuf.sample_sequences(64, 5, burn_in=burn_in, episode_end=episode_end)
         keys = _reverie_keys(b)
-        seen.update(keys.tolist())
-        assert not E.compare(E._as_dict(b), base.sequences_at(keys, 5, burn_in))
+        seen.update(_model_keys(rbuf, keys))
+        assert not E.compare(E.as_dict(b), base.sequences_at(rbuf, keys, 5, burn_in))
     valid = {int(k) for k in stored_keys(model)
              if model.valid_sequence(int(k), 5, burn_in, episode_end == "drop")}
     assert seen == valid
