@@ -86,7 +86,7 @@ def test_extend_with_zero_items_changes_nothing():
     before = buf.state_dict()
     buf.extend(**{k: v[:0] for k, v in transitions(3).items()})
     assert len(buf) == 2
-    assert buf.state_dict()["counters"] == before["counters"]
+    assert buf.state_dict()["scalars"] == before["scalars"]
 
 
 def test_repr_names_fields_and_sampler():
@@ -572,15 +572,15 @@ def test_state_round_trip_continues_identically(prioritized, target):
     assert len(loaded) == len(original)
     # and the states agree again afterwards
     sa, sb = original.state_dict(), loaded.state_dict()
-    assert sa["counters"] == sb["counters"]
+    assert sa["scalars"] == sb["scalars"]
 
 
 def test_state_dict_is_a_copy():
     buf = busy_buffer(True)
     state = buf.state_dict()
     before = buf.columns["obs"].clone()
-    state["columns"]["obs"].fill_(123.0)
-    state["priorities"]["leaves"].fill_(0)
+    state["arrays"]["column:obs"].fill_(123.0)
+    state["arrays"]["priority.leaves"].fill_(0)
     assert_tensor_equal(buf.columns["obs"], before)
     assert (buf.priorities()[: len(buf)] > 0).all()
 

@@ -65,16 +65,19 @@ def assert_same_state(a: rv.ReplayBuffer, b: rv.ReplayBuffer) -> None:
     assert b.storage == "memory"
     assert (len(a), a.capacity, a.seed, a.spec) == (len(b), b.capacity, b.seed, b.spec)
     assert a.sampler.config() == b.sampler.config()
-    assert a._core.get_counters() == b._core.get_counters()
+    assert a.stats() == b.stats()
     assert a.stale_updates == b.stale_updates
     for name, col in a.columns.items():
         assert torch.equal(col, b.columns[name]), name
     if isinstance(a.sampler, rv.Prioritized):
         assert torch.equal(a.priorities(), b.priorities())
     if isinstance(a, rv.EpisodeBuffer):
-        assert a._options() == b._options()
-        for x, y in zip(a._core.episode_state(), b._core.episode_state()):
-            assert np.array_equal(x, y)
+        assert a._view == b._view
+    # every state array: columns, stamps, priority leaves, episode flags, ...
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa.get("arrays", {})) == list(sb.get("arrays", {}))
+    for name, t in sa.get("arrays", {}).items():
+        assert torch.equal(t, sb["arrays"][name]), name
 
 
 def draw(buf: rv.ReplayBuffer, step: Callable[[rv.ReplayBuffer, int], Any],
@@ -107,8 +110,8 @@ def episode_step(buf: rv.ReplayBuffer, i: int) -> Any:
 
 def round_trip(buf: rv.ReplayBuffer, path: Path, step: Callable[[rv.ReplayBuffer, int], Any],
                **load_kwargs: Any) -> rv.ReplayBuffer:
-    ckpt.save(buf, path)
-    restored = ckpt.load(path, **load_kwargs)
+    buf.save(path)
+    restored = rv.ReplayBuffer.load(path, **load_kwargs)
     assert_same_state(buf, restored)
     for a, b in zip(draw(buf, step), draw(restored, step)):
         assert_batches_equal(a, b)
@@ -157,11 +160,11 @@ def test_round_trip_rate_limiter(tmp_path: Path) -> None:
     for _ in range(20):
         buf.sample(16)
     buf.rate_limiter.samples_per_insert = 2.0  # a live change: the offset is restored
-    ckpt.save(buf, tmp_path / "r.rvckpt")
-    restored = ckpt.load(tmp_path / "r.rvckpt")
+    buf.save(tmp_path / "r.rvckpt")
+    restored = rv.ReplayBuffer.load(tmp_path / "r.rvckpt")
     assert restored.rate_limiter.config() == buf.rate_limiter.config()
     assert restored.rate_limiter.stats() == buf.rate_limiter.stats()
-    assert restored._core.get_counters() == buf._core.get_counters()
+    assert restored.stats() == buf.stats()
     for a, b in zip(draw(buf, uniform_step, 200), draw(restored, uniform_step, 200)):
         assert_batches_equal(a, b)
     # A limiter that must refuse: refuses the same way after the restore.
@@ -169,8 +172,8 @@ def test_round_trip_rate_limiter(tmp_path: Path) -> None:
                                                            tolerance=0.0, timeout=0))
     while strict.rate_limiter.can_sample():
         strict.sample(4)
-    ckpt.save(strict, tmp_path / "s.rvckpt")
-    again = ckpt.load(tmp_path / "s.rvckpt")
+    strict.save(tmp_path / "s.rvckpt")
+    again = rv.ReplayBuffer.load(tmp_path / "s.rvckpt")
     assert not again.rate_limiter.can_sample()
     with pytest.raises(TimeoutError):
         again.sample(4)
@@ -201,14 +204,14 @@ def test_round_trip_shared_source(tmp_path: Path) -> None:
 
 
 def test_round_trip_unbuilt_and_empty(tmp_path: Path) -> None:
-    ckpt.save(rv.ReplayBuffer(10, sampler=rv.Prioritized(), seed=3), tmp_path / "a")
-    a = ckpt.load(tmp_path / "a")
+    rv.ReplayBuffer(10, sampler=rv.Prioritized(), seed=3).save(tmp_path / "a")
+    a = rv.ReplayBuffer.load(tmp_path / "a")
     assert (len(a), a.capacity, a.seed, a.spec) == (0, 10, 3, {})
     a.add(x=1.0)  # its spec is inferred as for a new buffer
     assert len(a) == 1
     b = rv.ReplayBuffer(10, {"x": ("float32", ())}, seed=4)
-    ckpt.save(b, tmp_path / "b")
-    restored = ckpt.load(tmp_path / "b")
+    b.save(tmp_path / "b")
+    restored = rv.ReplayBuffer.load(tmp_path / "b")
     assert len(restored) == 0 and restored.spec == b.spec
     restored.add(x=2.0)
     assert restored.sample(1)["x"].item() == 2.0
@@ -225,46 +228,48 @@ def test_restored_buffer_keeps_going(tmp_path: Path) -> None:
 
 
 def test_cls_check(tmp_path: Path) -> None:
-    ckpt.save(transition_buffer(), tmp_path / "r")
+    transition_buffer().save(tmp_path / "r")
     with pytest.raises(TypeError, match="ReplayBuffer, which is not a EpisodeBuffer"):
-        ckpt.load(tmp_path / "r", cls=rv.EpisodeBuffer)
-    assert type(ckpt.load(tmp_path / "r", cls=rv.ReplayBuffer)) is rv.ReplayBuffer
+        rv.EpisodeBuffer.load(tmp_path / "r")
+    assert type(rv.ReplayBuffer.load(tmp_path / "r")) is rv.ReplayBuffer
     ep = rv.EpisodeBuffer(20, num_envs=2, seed=0, obs_fields=("obs", "pix"))
     fill_episodes(ep, 5)
-    ckpt.save(ep, tmp_path / "e")
-    assert type(ckpt.load(tmp_path / "e", cls=rv.ReplayBuffer)) is rv.EpisodeBuffer
+    ep.save(tmp_path / "e")
+    assert type(rv.ReplayBuffer.load(tmp_path / "e")) is rv.EpisodeBuffer
 
     class Mine(rv.ReplayBuffer):
         pass
 
-    assert type(ckpt.load(tmp_path / "r", cls=Mine)) is Mine
-    with pytest.raises(TypeError):
-        ckpt.load(tmp_path / "r", cls=dict)
+    assert type(Mine.load(tmp_path / "r")) is Mine
+    with pytest.raises(TypeError, match="which is not a Mine"):
+        Mine.load(tmp_path / "e")
 
 
 def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("tqdm")
     buf = transition_buffer()
-    ckpt.save(buf, tmp_path / "p", progress=True)
-    ckpt.load(tmp_path / "p", progress=True)
+    buf.save(tmp_path / "p", progress=True)
+    rv.ReplayBuffer.load(tmp_path / "p", progress=True)
     err = capsys.readouterr().err
     assert "saving p" in err and "loading p" in err
-    ckpt.save(buf, tmp_path / "q")  # None: small, no bar
-    ckpt.load(tmp_path / "q", progress=False)
+    buf.save(tmp_path / "q")  # None: small, no bar
+    rv.ReplayBuffer.load(tmp_path / "q", progress=False)
     assert "saving" not in capsys.readouterr().err
 
 
 def test_format_is_self_describing(tmp_path: Path) -> None:
     buf = transition_buffer(sampler=rv.Prioritized())
-    ckpt.save(buf, tmp_path / "f")
+    buf.save(tmp_path / "f")
     data = (tmp_path / "f").read_bytes()
     header = read_header(data)
-    assert header["class"] == "ReplayBuffer" and header["capacity"] == 300
-    assert header["spec"][0] == ["obs", "float32", [3]]
-    assert header["counters"]["written"] == 450
+    assert header["version"] == 2 and header["config"]["capacity"] == 300
+    assert header["config"]["view"] is None and header["config"]["writer"] == {"kind": "fifo"}
+    assert header["config"]["selector"]["kind"] == "prioritized"
+    assert header["config"]["spec"][0] == ["obs", "float32", [3]]
+    assert header["scalars"]["table.written"] == 450
     names = [s["name"] for s in header["sections"]]
     assert names == ["column:obs", "column:action", "column:reward", "column:done", "column:h",
-                     "priorities"]
+                     "table.stamps", "priority.leaves"]
     for s in header["sections"]:
         assert s["offset"] % ckpt.ALIGN == 0
     obs = header["sections"][0]
@@ -290,7 +295,7 @@ CHILD = textwrap.dedent("""
     buf.columns["frame"].fill_(9)  # 320 MB
     buf.add(frame=buf.columns["frame"][0])
     print("saving", flush=True)
-    ckpt.save(buf, sys.argv[1])
+    buf.save(sys.argv[1])
     print("saved", flush=True)
 """)
 
@@ -298,7 +303,7 @@ CHILD = textwrap.dedent("""
 def test_kill_mid_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.rv"
     old = transition_buffer(sampler=rv.Prioritized())
-    ckpt.save(old, path)
+    old.save(path)
     before = path.read_bytes()
     # The child imports reverie from wherever this process did (an installed wheel in CI,
     # the source tree with its built module in development).
@@ -333,22 +338,22 @@ def test_kill_mid_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     assert len(temps) == 1 and temps[0].stat().st_size < 330 << 20  # the torn temp file
     # The previous checkpoint is untouched and restores exactly.
     assert path.read_bytes() == before
-    restored = ckpt.load(path)
+    restored = rv.ReplayBuffer.load(path)
     assert_same_state(old, restored)
     for a, b in zip(draw(old, prioritized_step, 200), draw(restored, prioritized_step, 200)):
         assert_batches_equal(a, b)
     # The torn temp file is refused if someone tries it, and does not block the next save.
     with pytest.raises(ValueError, match="truncated"):
-        ckpt.load(temps[0])
-    ckpt.save(restored, path)
-    again = ckpt.load(path)
+        rv.ReplayBuffer.load(temps[0])
+    restored.save(path)
+    again = rv.ReplayBuffer.load(path)
     assert_same_state(restored, again)
 
 
 def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "c"
     buf = transition_buffer()
-    ckpt.save(buf, path)
+    buf.save(path)
     before = path.read_bytes()
 
     def broken_fsync(fd: int) -> None:
@@ -357,11 +362,11 @@ def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(os, "fsync", broken_fsync)
     fill_transitions(buf, 10, start=999)
     with pytest.raises(OSError, match="No space"):
-        ckpt.save(buf, path)
+        buf.save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # the temp file is removed
     with pytest.raises(FileNotFoundError):
-        ckpt.save(buf, tmp_path / "missing-dir" / "c")
+        buf.save(tmp_path / "missing-dir" / "c")
 
 
 # ---- refusal of bad files ----------------------------------------------------------------------
@@ -377,7 +382,7 @@ def saved(tmp_path: Path) -> Path:
                            obs_fields=("obs", "pix"))
     fill_episodes(buf, 70)
     path = tmp_path / "good.rvckpt"
-    ckpt.save(buf, path)
+    buf.save(path)
     return path
 
 
@@ -393,33 +398,34 @@ def test_truncated_files_are_refused(saved: Path, tmp_path: Path) -> None:
     sections = {s["name"]: s for s in header["sections"]}
     header_end = 28 + len(json.dumps(header, separators=(",", ":"))) + 4
     cuts = [16, 20, 27, 28, 28 + 10, header_end - 2, header_end, sections["column:obs"]["offset"],
-            sections["column:pix"]["offset"] + 7, sections["priorities"]["offset"] + 100,
-            sections["stream_flags"]["offset"] + 1, header["footer_offset"],
+            sections["column:pix"]["offset"] + 7, sections["priority.leaves"]["offset"] + 100,
+            sections["episodes.stream_flags"]["offset"] + 1, header["footer_offset"],
             header["file_bytes"] - 1]
     for cut in cuts:
         path = write(tmp_path, f"cut{cut}", data[:cut])
         with pytest.raises(ValueError, match="truncated: expected") as info:
-            ckpt.load(path)
+            rv.ReplayBuffer.load(path)
         assert str(path) in str(info.value), cut
     for cut in (0, 5, 15):  # not even the signature
         with pytest.raises(ValueError, match="not a reverie checkpoint"):
-            ckpt.load(write(tmp_path, f"cut{cut}", data[:cut]))
+            rv.ReplayBuffer.load(write(tmp_path, f"cut{cut}", data[:cut]))
     with pytest.raises(ValueError, match="trailing data"):
-        ckpt.load(write(tmp_path, "long", data + b"\0"))
-    ckpt.load(saved)  # the original is fine
+        rv.ReplayBuffer.load(write(tmp_path, "long", data + b"\0"))
+    rv.ReplayBuffer.load(saved)  # the original is fine
 
 
 @pytest.mark.parametrize("section,what", [
     ("column:obs", "column 'obs'"), ("column:pix", "column 'pix'"),
-    ("column:terminated", "column 'terminated'"), ("priorities", "section 'priorities'"),
-    ("row_flags", "section 'row_flags'"), ("stream_flags", "section 'stream_flags'")])
+    ("column:terminated", "column 'terminated'"), ("priority.leaves", "section 'priority.leaves'"),
+    ("episodes.row_flags", "section 'episodes.row_flags'"), ("table.stamps", "section 'table.stamps'"),
+    ("episodes.stream_flags", "section 'episodes.stream_flags'")])
 def test_flipped_byte_names_the_section(saved: Path, tmp_path: Path, section: str,
                                         what: str) -> None:
     data = bytearray(saved.read_bytes())
     entry = next(s for s in read_header(bytes(data))["sections"] if s["name"] == section)
     data[entry["offset"] + entry["nbytes"] // 2] ^= 0x10
     with pytest.raises(ValueError, match=f"checksum mismatch in {what}"):
-        ckpt.load(write(tmp_path, "flipped", bytes(data)))
+        rv.ReplayBuffer.load(write(tmp_path, "flipped", bytes(data)))
 
 
 def test_corrupted_header_and_footer(saved: Path, tmp_path: Path) -> None:
@@ -428,22 +434,22 @@ def test_corrupted_header_and_footer(saved: Path, tmp_path: Path) -> None:
     bad = bytearray(data)
     bad[40] ^= 0x01  # inside the JSON header
     with pytest.raises(ValueError, match="checksum mismatch in the header"):
-        ckpt.load(write(tmp_path, "h", bytes(bad)))
+        rv.ReplayBuffer.load(write(tmp_path, "h", bytes(bad)))
     bad = bytearray(data)
     bad[header["footer_offset"] + 12] ^= 0x01  # a section's checksum
     with pytest.raises(ValueError, match="footer"):
-        ckpt.load(write(tmp_path, "f", bytes(bad)))
+        rv.ReplayBuffer.load(write(tmp_path, "f", bytes(bad)))
     bad = bytearray(data)
     bad[27] = 0x7F  # an absurd header length
     with pytest.raises(ValueError, match="header length"):
-        ckpt.load(write(tmp_path, "l", bytes(bad)))
+        rv.ReplayBuffer.load(write(tmp_path, "l", bytes(bad)))
 
 
 def test_wrong_version_is_refused(saved: Path, tmp_path: Path) -> None:
     data = bytearray(saved.read_bytes())
-    data[16:20] = struct.pack("<I", 2)
-    with pytest.raises(ValueError, match="format version 2; this reverie reads version 1"):
-        ckpt.load(write(tmp_path, "v2", bytes(data)))
+    data[16:20] = struct.pack("<I", 1)
+    with pytest.raises(ValueError, match="format version 1; this reverie reads version 2"):
+        rv.ReplayBuffer.load(write(tmp_path, "v1", bytes(data)))
 
 
 def test_foreign_files_are_refused(tmp_path: Path) -> None:
@@ -457,10 +463,10 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
                write(tmp_path, "empty", b"")]
     for path in foreign:
         with pytest.raises(ValueError, match="is not a reverie checkpoint") as info:
-            ckpt.load(path)
+            rv.ReplayBuffer.load(path)
         assert str(path) in str(info.value)
     with pytest.raises(FileNotFoundError):
-        ckpt.load(tmp_path / "nothing-here")
+        rv.ReplayBuffer.load(tmp_path / "nothing-here")
 
 
 def test_inconsistent_header_is_refused(saved: Path, tmp_path: Path) -> None:
@@ -480,15 +486,17 @@ def test_inconsistent_header_is_refused(saved: Path, tmp_path: Path) -> None:
         return write(tmp_path, "x", data[:28] + enc + struct.pack("<I", zlib.crc32(enc)) + body)
 
     with pytest.raises(ValueError, match="corrupted checkpoint"):
-        ckpt.load(rewrite(lambda h: h["counters"].update(written=-5)))
+        rv.ReplayBuffer.load(rewrite(lambda h: h["scalars"].update({"table.written": -5})))
     with pytest.raises(ValueError, match="corrupted checkpoint"):
-        ckpt.load(rewrite(lambda h: h["counters"].update(written=71)))  # not whole steps
+        rv.ReplayBuffer.load(rewrite(lambda h: h["scalars"].update({"table.written": 71})))  # not whole steps
     with pytest.raises(ValueError, match="corrupted checkpoint"):
-        ckpt.load(rewrite(lambda h: h.update(capacity=99)))
+        rv.ReplayBuffer.load(rewrite(lambda h: h["config"].update(capacity=99)))
     with pytest.raises(ValueError, match="corrupted checkpoint"):
-        ckpt.load(rewrite(lambda h: h.pop("sampler")))
+        rv.ReplayBuffer.load(rewrite(lambda h: h["config"].pop("selector")))
     with pytest.raises(ValueError, match="corrupted checkpoint"):
-        ckpt.load(rewrite(lambda h: h["counters"].update(written=2)))  # priorities of empty slots
+        rv.ReplayBuffer.load(rewrite(lambda h: h["scalars"].update({"table.written": 2})))  # stamps disagree
+    with pytest.raises(ValueError, match="corrupted checkpoint"):
+        rv.ReplayBuffer.load(rewrite(lambda h: h["scalars"].pop("priority.max_q")))
 
 
 def test_buffer_methods_save_and_load(tmp_path):
@@ -525,8 +533,8 @@ def test_save_while_a_thread_writes_is_loadable(tmp_path: Path) -> None:
     writer.start()
     try:
         for k in range(5):
-            ckpt.save(buf, tmp_path / f"c{k}")
-            assert len(ckpt.load(tmp_path / f"c{k}")) == 4096
+            buf.save(tmp_path / f"c{k}")
+            assert len(rv.ReplayBuffer.load(tmp_path / f"c{k}")) == 4096
     finally:
         stop.set()
         writer.join()
@@ -543,5 +551,5 @@ def test_stale_temp_files_of_dead_saves_are_removed(tmp_path: Path) -> None:
     live.write_bytes(b"in progress")
     buf = rv.ReplayBuffer(8, {"x": ("float32", ())}, seed=0)
     buf.extend(x=np.arange(8, dtype=np.float32))
-    ckpt.save(buf, tmp_path / "ckpt")
+    buf.save(tmp_path / "ckpt")
     assert not stale.exists() and live.exists()

@@ -64,8 +64,8 @@ def test_state_dict_of_other_episode_options_is_refused_and_changes_nothing():
     with pytest.raises(ValueError, match="episode options"):
         other.load_state_dict(a.state_dict())
     after = other.state_dict()
-    assert all(torch.equal(before["columns"][k], after["columns"][k]) for k in before["columns"])
-    assert before["counters"] == after["counters"]
+    assert all(torch.equal(before["arrays"][k], after["arrays"][k]) for k in before["arrays"])
+    assert before["scalars"] == after["scalars"]
 
 
 def test_columns_are_stream_major():
@@ -144,9 +144,9 @@ def test_state_dict_of_a_partly_filled_prioritized_multi_env_buffer():
     b = rv.EpisodeBuffer(N * 16, SPEC, sampler=rv.Prioritized(), num_envs=N)
     b.load_state_dict(state)
     assert same(a.sample(16), b.sample(16))
-    leaves = state["priorities"]["leaves"].clone()
+    leaves = state["arrays"]["priority.leaves"].clone()
     leaves[5] = 7  # env 0's sixth row: not written yet
-    bad = dict(state, priorities=dict(state["priorities"], leaves=leaves))
+    bad = dict(state, arrays=dict(state["arrays"], **{"priority.leaves": leaves}))
     with pytest.raises(ValueError, match="holds no item"):
         rv.EpisodeBuffer(N * 16, SPEC, sampler=rv.Prioritized(), num_envs=N).load_state_dict(bad)
 

@@ -556,25 +556,35 @@ def del_key(d, path):
 LOAD_CASES = {
     "not_a_mapping": (lambda b: b.load_state_dict([1, 2]), ValueError, ["state"]),
     "wrong_version": (corrupt(lambda s: set_key(s, ["version"], 99)), ValueError, ["version"]),
-    "capacity_mismatch": (corrupt(lambda s: set_key(s, ["capacity"], 20)), ValueError, ["20", str(CAP)]),
-    "spec_mismatch": (corrupt(lambda s: set_key(s, ["spec", "obs"], ("float64", (3,)))), ValueError, ["spec"]),
-    "column_wrong_dtype": (corrupt(lambda s: set_key(s, ["columns", "obs"], s["columns"]["obs"].double())),
-                           ValueError, ["'obs'"]),
-    "column_wrong_shape": (corrupt(lambda s: set_key(s, ["columns", "img"], s["columns"]["img"][:-1])),
-                           ValueError, ["'img'"]),
-    "column_missing": (corrupt(lambda s: del_key(s, ["columns", "rew"])), ValueError, ["'rew'"]),
-    "columns_key_missing": (corrupt(lambda s: del_key(s, ["columns"])), ValueError, []),
-    "capacity_key_missing": (corrupt(lambda s: del_key(s, ["capacity"])), ValueError, []),
-    "priorities_key_missing": (corrupt(lambda s: del_key(s, ["priorities"])), ValueError, []),
-    "written_negative": (corrupt(lambda s: set_key(s, ["counters", "written"], -1)), ValueError, ["written"]),
-    "stale_negative": (corrupt(lambda s: set_key(s, ["counters", "stale_updates"], -3)), ValueError, ["stale"]),
-    "leaves_truncated": (corrupt(lambda s: set_key(s, ["priorities", "leaves"], s["priorities"]["leaves"][:-1])),
-                         ValueError, ["leaves"]),
-    "leaves_past_budget": (corrupt(lambda s: set_key(s, ["priorities", "leaves"],
+    "wrong_format": (corrupt(lambda s: set_key(s, ["format"], "other")), ValueError, ["reverie-state"]),
+    "capacity_mismatch": (corrupt(lambda s: set_key(s, ["config", "capacity"], 20)), ValueError,
+                          ["capacity", "20", str(CAP)]),
+    "spec_mismatch": (corrupt(lambda s: set_key(s, ["config", "spec"],
+                                                [[n, "float64" if n == "obs" else d, sh]
+                                                 for n, d, sh in s["config"]["spec"]])),
+                      ValueError, ["spec"]),
+    "writer_mismatch": (corrupt(lambda s: set_key(s, ["config", "writer"], {"kind": "reservoir"})),
+                        ValueError, ["writer", "reservoir", "fifo"]),
+    "column_wrong_dtype": (corrupt(lambda s: set_key(s, ["arrays", "column:obs"], s["arrays"]["column:obs"].double())),
+                           ValueError, ["column:obs"]),
+    "column_wrong_shape": (corrupt(lambda s: set_key(s, ["arrays", "column:img"], s["arrays"]["column:img"][:-1])),
+                           ValueError, ["column:img"]),
+    "column_missing": (corrupt(lambda s: del_key(s, ["arrays", "column:rew"])), ValueError, ["column:rew"]),
+    "arrays_key_missing": (corrupt(lambda s: del_key(s, ["arrays"])), ValueError, []),
+    "capacity_key_missing": (corrupt(lambda s: del_key(s, ["config", "capacity"])), ValueError, []),
+    "priorities_missing": (corrupt(lambda s: del_key(s, ["arrays", "priority.leaves"])), ValueError,
+                           ["priority.leaves"]),
+    "written_negative": (corrupt(lambda s: set_key(s, ["scalars", "table.written"], -1)), ValueError, ["written"]),
+    "stale_negative": (corrupt(lambda s: set_key(s, ["scalars", "table.stale_updates"], -3)), ValueError, ["stale"]),
+    "leaves_truncated": (corrupt(lambda s: set_key(s, ["arrays", "priority.leaves"], s["arrays"]["priority.leaves"][:-1])),
+                         ValueError, ["priority.leaves"]),
+    "leaves_past_budget": (corrupt(lambda s: set_key(s, ["arrays", "priority.leaves"],
                                                      torch.full((CAP,), 2**62, dtype=torch.int64))),
                            ValueError, []),
-    "max_q_nan": (corrupt(lambda s: set_key(s, ["priorities", "max_q"], float("nan"))), ValueError, ["max"]),
-    "leaves_for_unwritten_slots": (corrupt(lambda s: set_key(s, ["counters", "written"], 3)), ValueError, []),
+    "max_q_nan": (corrupt(lambda s: set_key(s, ["scalars", "priority.max_q"], float("nan"))), ValueError, ["max"]),
+    "leaves_for_unwritten_slots": (corrupt(lambda s: set_key(s, ["scalars", "table.written"], 3)), ValueError, []),
+    "scalar_missing": (corrupt(lambda s: del_key(s, ["scalars", "table.sample_calls"])), ValueError,
+                       ["table.sample_calls"]),
 }
 
 
@@ -596,14 +606,14 @@ def test_load_state_dict_errors(ppair, case, state_seed):
 def test_load_state_dict_errors_uniform(kind):
     buf, twin = make_pair(kind)
     check_error(buf, twin, corrupt(lambda s: None, kind="prioritized"), ValueError, ["prioritized", "uniform"])
-    check_error(buf, twin, corrupt(lambda s: set_key(s, ["counters", "written"], -2), kind=kind),
+    check_error(buf, twin, corrupt(lambda s: set_key(s, ["scalars", "table.written"], -2), kind=kind),
                 ValueError, ["written"])
 
 
 def test_load_state_dict_error_into_unbuilt_buffer():
     buf = rv.ReplayBuffer(CAP, sampler=rv.Prioritized(alpha=0.7, beta=0.5, eps=0.0), seed=5)
     state = foreign_state()
-    state["priorities"]["leaves"] = state["priorities"]["leaves"][:-1]
+    state["arrays"]["priority.leaves"] = state["arrays"]["priority.leaves"][:-1]
     with pytest.raises(ValueError):
         buf.load_state_dict(state)
     assert buf.spec == {} and len(buf) == 0 and buf.seed == 5

@@ -8,7 +8,7 @@ import torch
 from keys import fifo_insertion, fifo_key
 
 import reverie as rv
-from reverie import _export as ex
+from reverie import _minari as minari_io
 
 
 def _filled(sampler=None, capacity=100, n=250):
@@ -50,31 +50,31 @@ def test_npz_round_trip_replay_buffer(tmp_path, sampler):
         batch = buf.sample(40)
         buf.update_priorities(batch.indices, torch.rand(40) * 5)
     path = tmp_path / "buf.npz"
-    ex.to_npz(buf, path)
+    rv.to_npz(buf, path)
     with np.load(path) as data:  # readable without reverie, oldest first
         assert np.array_equal(data["action"], np.arange(150, 250))
         assert np.array_equal(data["__keys__"], fifo_key(np.arange(150, 250), 100))
         assert data["obs"].shape == (100, 3) and data["half"].dtype == np.int16
-    back = ex.from_npz(path)
+    back = rv.from_npz(path)
     assert type(back) is rv.ReplayBuffer and back.capacity == 100 and back.seed == buf.seed
     assert back.spec == buf.spec and len(back) == 100
     _same(_stored(back), _stored(buf))
     if sampler is not None:
         assert back.sampler.config() == buf.sampler.config()
-        old = buf.priorities()[torch.from_numpy(buf._slots_of(fifo_key(np.arange(150, 250), 100)))]
-        new = back.priorities()[torch.from_numpy(back._slots_of(fifo_key(np.arange(100), 100)))]
-        assert torch.equal(old, new)  # bit for bit
+        # The saved buffer itself: the same keys in the same slots, priorities bit for bit.
+        assert torch.equal(back.priorities(), buf.priorities())
+        assert torch.equal(back.sample(64).indices, buf.sample(64).indices)
 
 
 def test_npz_extends_given_buffer_and_overrides(tmp_path):
     buf = _filled()
-    ex.to_npz(buf, tmp_path / "a.npz", compressed=True)
+    rv.to_npz(buf, tmp_path / "a.npz", compressed=True)
     other = rv.ReplayBuffer(1000, spec=buf.spec, seed=0)
-    ex.from_npz(tmp_path / "a.npz", other)
-    ex.from_npz(tmp_path / "a.npz", other)
+    rv.from_npz(tmp_path / "a.npz", other)
+    rv.from_npz(tmp_path / "a.npz", other)
     assert len(other) == 200
     assert torch.equal(other.columns["action"][:200], torch.arange(150, 250).repeat(2))
-    small = ex.from_npz(tmp_path / "a.npz", capacity=10, seed=5)
+    small = rv.from_npz(tmp_path / "a.npz", capacity=10, seed=5)
     assert small.capacity == 10 and small.seed == 5
     assert torch.equal(_stored(small)["action"], torch.arange(240, 250))
 
@@ -83,9 +83,9 @@ def test_npz_priorities_into_other_buffers(tmp_path):
     buf = _filled(rv.Prioritized(alpha=0.6, eps=1e-3))
     batch = buf.sample(40)
     buf.update_priorities(batch.indices, torch.rand(40) * 5)
-    ex.to_npz(buf, tmp_path / "p.npz")
+    rv.to_npz(buf, tmp_path / "p.npz")
     # Another alpha: the priorities come back through update_priorities (p = q^(1/alpha) - eps).
-    other = ex.from_npz(tmp_path / "p.npz", sampler=rv.Prioritized(alpha=0.5, eps=1e-3))
+    other = rv.from_npz(tmp_path / "p.npz", sampler=rv.Prioritized(alpha=0.5, eps=1e-3))
     p_old = buf.priorities()[torch.from_numpy(buf._slots_of(fifo_key(np.arange(150, 250), 100)))]
     p_new = other.priorities()[:100]
     want = (p_old ** (1 / 0.6) - 1e-3 + 1e-3) ** 0.5
@@ -94,91 +94,96 @@ def test_npz_priorities_into_other_buffers(tmp_path):
     full = rv.ReplayBuffer(300, spec=buf.spec, sampler=rv.Prioritized(alpha=0.6, eps=1e-3))
     full.extend(obs=np.zeros((10, 3), np.float32), action=np.arange(10),
                 half=torch.zeros(10, dtype=torch.bfloat16))
-    ex.from_npz(tmp_path / "p.npz", full)
+    rv.from_npz(tmp_path / "p.npz", full)
     assert torch.allclose(full.priorities()[10:110], p_old, rtol=1e-6)  # exact when scales agree
     # Into a uniform buffer: items only.
-    uni = ex.from_npz(tmp_path / "p.npz", sampler=rv.Uniform())
+    uni = rv.from_npz(tmp_path / "p.npz", sampler=rv.Uniform())
     assert torch.equal(_stored(uni)["action"], torch.arange(150, 250))
 
 
 def test_npz_round_trip_episode_buffer_after_wrap(tmp_path):
     buf = _episode_buffer()
     assert buf._core.written > buf.capacity
-    ex.to_npz(buf, tmp_path / "e.npz")
-    back = ex.from_npz(tmp_path / "e.npz")
+    rv.to_npz(buf, tmp_path / "e.npz")
+    back = rv.from_npz(tmp_path / "e.npz")
     assert type(back) is rv.EpisodeBuffer and back.num_envs == 3 and back.capacity == 120
     _same(_stored(back), _stored(buf))
-    # Episode boundaries come back (the oldest rows may continue an overwritten episode).
-    old_flags = buf._core.episode_state()[0][buf._slots_of(fifo_key(np.arange(180, 300), 120, 3))]
-    new_flags = back._core.episode_state()[0][back._slots_of(fifo_key(np.arange(120), 120, 3))]
+    # Episode boundaries come back (the oldest rows may continue an overwritten episode):
+    # the saved buffer itself, same keys, same flags, same episodes, same draws.
+    keys = fifo_key(np.arange(180, 300), 120, 3)
+    old_flags = buf._table.state_view("episodes.row_flags")[buf._slots_of(keys)]
+    new_flags = back._table.state_view("episodes.row_flags")[back._slots_of(keys)]
     assert np.array_equal(old_flags, new_flags)
-    # the same episodes, as insertion numbers 180 lower (keys: tests/keys.py)
-    moved = [(e, fifo_key(fifo_insertion(np.array(ks), 120, 3) - 180, 120, 3).tolist())
-             for e, ks in ex.stored_episodes(buf)]
-    assert moved == ex.stored_episodes(back)
+    assert minari_io.stored_episodes(buf) == minari_io.stored_episodes(back)
     b1, b2 = buf.sample(64, n_step=3), back.sample(64, n_step=3)
-    assert b1["return"].shape == b2["return"].shape
+    assert torch.equal(b1.indices, b2.indices) and torch.equal(b1["return"], b2["return"])
+    # Into a buffer of its own settings but renumbered (capacity given): flags come along
+    # under the new keys, 180 insertions lower.
+    again = rv.from_npz(tmp_path / "e.npz", capacity=120)
+    moved = [(e, fifo_key(fifo_insertion(np.array(ks), 120, 3) - 180, 120, 3).tolist())
+             for e, ks in minari_io.stored_episodes(buf)]
+    assert moved == minari_io.stored_episodes(again)
 
 
 def test_plain_user_npz(tmp_path):
     path = tmp_path / "user.npz"
     obs = np.random.default_rng(0).random((50, 4)).astype(np.float32)
     np.savez(path, obs=obs, action=np.arange(50), done=np.zeros(50, bool))
-    buf = ex.from_npz(path)
+    buf = rv.from_npz(path)
     assert buf.capacity == 50 and len(buf) == 50
     assert buf.spec["obs"] == rv.Field("float32", (4,)) and buf.spec["done"].dtype == "bool"
     assert torch.equal(buf.columns["obs"], torch.from_numpy(obs))
     # As episodes: rows in key order (step t of env e at t * num_envs + e).
     np.savez(path, obs=obs, action=np.arange(50), reward=np.ones(50, np.float32),
              terminated=np.arange(50) % 10 == 9, truncated=np.zeros(50, bool))
-    ep = ex.from_npz(path, num_envs=2, capacity=60)
+    ep = rv.from_npz(path, num_envs=2, capacity=60)
     assert ep.num_envs == 2 and len(ep) == 50
     assert torch.equal(ep.columns["action"][:25], torch.arange(0, 50, 2))
     # A ReplayBuffer's file read as episodes.
-    ex.to_npz(ex.from_npz(path), tmp_path / "rb.npz")
-    ep2 = ex.from_npz(tmp_path / "rb.npz", num_envs=2, capacity=60)
+    rv.to_npz(rv.from_npz(path), tmp_path / "rb.npz")
+    ep2 = rv.from_npz(tmp_path / "rb.npz", num_envs=2, capacity=60)
     assert type(ep2) is rv.EpisodeBuffer
     _same(_stored(ep2), _stored(ep))
 
 
 def test_bad_files(tmp_path):
     with pytest.raises(FileNotFoundError):
-        ex.from_npz(tmp_path / "missing.npz")
+        rv.from_npz(tmp_path / "missing.npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file at all")
     with pytest.raises(ValueError, match="not a readable .npz"):
-        ex.from_npz(junk)
+        rv.from_npz(junk)
     np.save(tmp_path / "one.npy", np.zeros(3))
     with pytest.raises(ValueError, match="not an .npz archive"):
-        ex.from_npz(tmp_path / "one.npy")
+        rv.from_npz(tmp_path / "one.npy")
     np.savez(tmp_path / "ragged.npz", a=np.zeros(3), b=np.zeros(4))
     with pytest.raises(ValueError, match="differ in length"):
-        ex.from_npz(tmp_path / "ragged.npz")
+        rv.from_npz(tmp_path / "ragged.npz")
     np.savez(tmp_path / "scalar.npz", a=np.float32(1))
     with pytest.raises(ValueError, match="scalar"):
-        ex.from_npz(tmp_path / "scalar.npz")
+        rv.from_npz(tmp_path / "scalar.npz")
     np.savez(tmp_path / "meta.npz", a=np.zeros(3), __reverie__=np.array("{not json"))
     with pytest.raises(ValueError, match="not valid JSON"):
-        ex.from_npz(tmp_path / "meta.npz")
+        rv.from_npz(tmp_path / "meta.npz")
     # Truncated archive.
     good = tmp_path / "good.npz"
-    ex.to_npz(_filled(), good)
+    rv.to_npz(_filled(), good)
     data = good.read_bytes()
     cut = tmp_path / "cut.npz"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError):
-        ex.from_npz(cut)
+        rv.from_npz(cut)
     # A spec that does not fit the given buffer: refused, the buffer unchanged.
     other = rv.ReplayBuffer(10, spec={"obs": ("float32", (5,))})
     with pytest.raises(ValueError, match="do not match"):
-        ex.from_npz(good, other)
+        rv.from_npz(good, other)
     assert len(other) == 0
     # EpisodeBuffer: rows must be whole steps.
     np.savez(tmp_path / "odd.npz", obs=np.zeros((5, 2), np.float32), action=np.zeros(5),
              reward=np.zeros(5, np.float32), terminated=np.zeros(5, bool),
              truncated=np.zeros(5, bool))
     with pytest.raises(ValueError, match="whole steps"):
-        ex.from_npz(tmp_path / "odd.npz", rv.EpisodeBuffer(10, num_envs=2))
+        rv.from_npz(tmp_path / "odd.npz", rv.EpisodeBuffer(10, num_envs=2))
 
 
 # ---- Minari --------------------------------------------------------------------------------
@@ -208,8 +213,8 @@ def _assert_same_episodes(a, b):
 
 def test_minari_round_trip(minari_path):
     buf = _episode_buffer(num_envs=3, capacity=300, steps=150)
-    expected = ex.stored_episodes(buf)
-    ds = ex.to_minari(buf, "reverie/test-v0")
+    expected = minari_io.stored_episodes(buf)
+    ds = rv.to_minari(buf, "reverie/test-v0")
     assert ds.total_episodes == len(expected) > 5
     assert (minari_path / "reverie").is_dir()
     episodes = _episodes_of(ds)
@@ -225,23 +230,23 @@ def test_minari_round_trip(minari_path):
         assert (term | trunc)[-1] and not (term | trunc)[:-1].any()
 
     # One stream: the same episodes in the same order.
-    one = ex.from_minari("reverie/test-v0", info_fields=["logp"], seed=1)
+    one = rv.from_minari("reverie/test-v0", info_fields=["logp"], seed=1)
     assert one.num_envs == 1
-    _assert_same_episodes(_episodes_of(ex.to_minari(one, "reverie/one-v0")), episodes)
+    _assert_same_episodes(_episodes_of(rv.to_minari(one, "reverie/one-v0")), episodes)
     # Three streams: the same episodes (dealt to streams, so in another order); the filling
     # of shorter streams is a running episode, not exported.
-    three = ex.from_minari(ds, num_envs=3, info_fields=["logp"], seed=1)
-    assert three.num_envs == 3 and len(ex.stored_episodes(three)) == len(episodes)
-    again = _episodes_of(ex.to_minari(three, "reverie/three-v0"))
+    three = rv.from_minari(ds, num_envs=3, info_fields=["logp"], seed=1)
+    assert three.num_envs == 3 and len(minari_io.stored_episodes(three)) == len(episodes)
+    again = _episodes_of(rv.to_minari(three, "reverie/three-v0"))
     key = lambda ep: ep[0].tobytes()  # noqa: E731
     _assert_same_episodes(sorted(again, key=key), sorted(episodes, key=key))
 
 
 def test_minari_n_step_samples_match_episodes(minari_path):
     buf = _episode_buffer(num_envs=2, capacity=400, steps=200, seed=7)
-    ds = ex.to_minari(buf, "reverie/nstep-v0")
+    ds = rv.to_minari(buf, "reverie/nstep-v0")
     episodes = _episodes_of(ds)
-    one = ex.from_minari(ds, seed=0)
+    one = rv.from_minari(ds, seed=0)
     where = {}  # key -> (episode, step)
     n_row = 0
     for i, ep in enumerate(episodes):
@@ -276,9 +281,9 @@ def test_minari_errors(minari_path):
                                        "reward": ("float32", ()), "terminated": ("bool", ()),
                                        "truncated": ("bool", ())})
     with pytest.raises(ValueError, match="no complete episode"):
-        ex.to_minari(empty, "reverie/empty-v0")
+        rv.to_minari(empty, "reverie/empty-v0")
     buf = _episode_buffer()
     with pytest.raises(ValueError, match="action field 'act'"):
-        ex.to_minari(buf, "reverie/x-v0", action="act")
+        rv.to_minari(buf, "reverie/x-v0", action="act")
     with pytest.raises(TypeError):
-        ex.stored_episodes(rv.ReplayBuffer(10))
+        minari_io.stored_episodes(rv.ReplayBuffer(10))

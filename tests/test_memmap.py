@@ -97,9 +97,14 @@ def test_one_buffer_per_file_and_settings_must_match(tmp_path):
         rv.ReplayBuffer(100, {"obs": ("float32", (4,))}, storage="memmap", path=path)
     with pytest.raises(ValueError, match="sampler"):
         rv.ReplayBuffer(100, sampler=rv.Prioritized(), storage="memmap", path=path)
-    os.remove(path + ".json")
-    with pytest.raises(ValueError, match="settings file"):
-        rv.ReplayBuffer(100, SPEC, seed=3, storage="memmap", path=path)
+    with pytest.raises(ValueError, match="writer"):
+        rv.ReplayBuffer(100, SPEC, seed=3, writer=rv.Reservoir(), storage="memmap", path=path)
+    # The file describes itself (its configuration is in its header): no settings file.
+    assert not os.path.exists(path + ".json")
+    other = tmp_path / "other.rvb"
+    other.write_bytes(b"not a table" * 100)
+    with pytest.raises(ValueError, match="is not a reverie table"):
+        rv.ReplayBuffer(100, SPEC, seed=3, storage="memmap", path=other)
     with pytest.raises(ValueError, match="needs path"):
         rv.ReplayBuffer(100, SPEC, storage="memmap")
     with pytest.raises(ValueError, match="needs spec"):

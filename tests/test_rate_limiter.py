@@ -35,8 +35,9 @@ def items(first: int, n: int) -> dict:
 
 def counts(buf: rv.ReplayBuffer) -> tuple:
     """Everything a refused call must leave as it was."""
-    c = buf.state_dict()["counters"]
-    return len(buf), buf.rate_limiter.stats(), c["written"], c["sample_calls"], c["sampled"]
+    c = buf.stats()
+    return (len(buf), buf.rate_limiter.stats(), c.get("table.written"), c.get("table.sample_calls"),
+            c.get("limiter.sampled"))
 
 
 # ---- construction ------------------------------------------------------------------------
@@ -531,15 +532,15 @@ def test_state_dict_keeps_the_limiter_and_the_sampled_count():
     for _ in range(3):
         a.sample(8)
     state = a.state_dict()
-    assert state["rate_limiter"] == {"min_size_to_sample": 5, "samples_per_insert": 2.0,
-                                     "tolerance": 7.0, "timeout": 0.0}
-    assert state["counters"]["sampled"] == 24
-    assert state["counters"]["written"] == 20
+    assert state["config"]["rate_limiter"] == {"min_size_to_sample": 5, "samples_per_insert": 2.0,
+                                               "tolerance": 7.0, "timeout": 0.0}
+    assert state["scalars"]["limiter.sampled"] == 24
+    assert state["scalars"]["table.written"] == 20
 
     b = make(rv.RateLimiter(5, samples_per_insert=2.0, tolerance=7.0, timeout=0), capacity=64)
     b.load_state_dict(state)
     assert b.rate_limiter.stats() == {"inserted": 20, "sampled": 24, "ratio": 1.2}
-    assert b.state_dict()["counters"]["sampled"] == 24
+    assert b.state_dict()["scalars"]["limiter.sampled"] == 24
     # The restored count drives the limiter as it drove the original: D = 40 - 24 = 16 and
     # samples are allowed while D >= D0 - tol = 3, so two more samples of 8, then none.
     for buf in (a, b):
@@ -552,8 +553,8 @@ def test_state_dict_keeps_the_limiter_and_the_sampled_count():
     c = rv.ReplayBuffer(64, spec=SPEC, seed=0)
     c.load_state_dict(state)
     assert c.rate_limiter is None
-    assert c.state_dict()["counters"]["sampled"] == 24
-    assert "rate_limiter" not in c.state_dict()
+    assert c.state_dict()["scalars"]["limiter.sampled"] == 24
+    assert c.state_dict()["config"]["rate_limiter"] is None
 
 
 def test_shared_buffer_limiter_is_seen_by_an_attached_copy():

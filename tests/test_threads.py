@@ -253,7 +253,7 @@ def test_threads_wrapping_buffer_no_torn_rows(kind):
     total = sum(result["written"].values())
     assert total > 256 and result["samples"] > 0
     assert len(buf) == 256
-    assert buf.state_dict()["counters"]["written"] == total
+    assert buf.stats()["table.written"] == total
     # every stored row is intact
     cols = buf.columns
     check_consistent({name: cols[name] for name in SPEC})
@@ -272,7 +272,7 @@ def test_threads_no_lost_or_duplicated_rows(kind):
     written = result["written"]
     total = sum(written.values())
     assert len(buf) == total
-    assert buf.state_dict()["counters"]["written"] == total
+    assert buf.stats()["table.written"] == total
     cols = buf.columns
     stored = {name: cols[name][:total] for name in SPEC}
     check_consistent(stored)

@@ -155,5 +155,5 @@ def test_columns_writes_survive_state_dict():
     buf = filled(n=4)
     buf.columns["i32"][2] = 12345
     state = buf.state_dict()
-    assert state["columns"]["i32"][2].item() == 12345
-    assert state["columns"]["i32"].data_ptr() != buf.columns["i32"].data_ptr()  # a copy
+    assert state["arrays"]["column:i32"][2].item() == 12345
+    assert state["arrays"]["column:i32"].data_ptr() != buf.columns["i32"].data_ptr()  # a copy

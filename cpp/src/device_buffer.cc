@@ -159,7 +159,7 @@ DeviceReplay::DeviceReplay(int64_t capacity, std::vector<int64_t> row_bytes, boo
       mins_ = static_cast<uint64_t*>(backend_->Allocate(SumTree::MinsBytes(capacity)));
       winner_ = static_cast<uint64_t*>(backend_->Allocate(static_cast<size_t>(capacity) * 8));
     }
-    // The status starts as PrioritizedSampler's state does: max q 1, its scale.
+    // The status starts as PrioritizedSelector's state does: max q 1, its scale.
     DeviceStatus initial;
     initial.scale_exp = PriorityScaleFor(1.0, std::ldexp(1.0, 62) / static_cast<double>(capacity) / 16.0);
     CallScope call(*backend_, 0);

@@ -137,4 +137,56 @@ uint16_t FloatToBFloat16(float value) {
   return static_cast<uint16_t>((bits + round) >> 16);
 }
 
+float HalfToFloat(uint16_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1fu;
+  uint32_t mantissa = bits & 0x3ffu;
+  uint32_t out;
+  if (exponent == 0x1f) {
+    out = sign | 0x7f800000u | (mantissa << 13);  // inf, NaN
+  } else if (exponent != 0) {
+    out = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    out = sign;  // +-0
+  } else {  // subnormal: normalise
+    int e = -1;
+    do {
+      ++e;
+      mantissa <<= 1;
+    } while ((mantissa & 0x400u) == 0);
+    out = sign | (static_cast<uint32_t>(112 - e) << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &out, 4);
+  return f;
+}
+
+float BFloat16ToFloat(uint16_t bits) {
+  const uint32_t out = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &out, 4);
+  return f;
+}
+
+double ElementAsDouble(const void* data, DType dtype, int64_t index) {
+  const auto* p = static_cast<const uint8_t*>(data) + static_cast<size_t>(index) * DTypeSize(dtype);
+  auto read = [p](auto v) {
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  };
+  switch (dtype) {
+    case DType::kBool: return read(uint8_t{}) != 0 ? 1.0 : 0.0;
+    case DType::kUInt8: return read(uint8_t{});
+    case DType::kInt8: return read(int8_t{});
+    case DType::kInt16: return read(int16_t{});
+    case DType::kInt32: return read(int32_t{});
+    case DType::kInt64: return static_cast<double>(read(int64_t{}));
+    case DType::kFloat16: return HalfToFloat(read(uint16_t{}));
+    case DType::kBFloat16: return BFloat16ToFloat(read(uint16_t{}));
+    case DType::kFloat32: return read(float{});
+    case DType::kFloat64: return read(double{});
+  }
+  return 0.0;
+}
+
 }  // namespace reverie

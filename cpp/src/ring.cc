@@ -6,7 +6,7 @@
 
 namespace reverie {
 
-bool Ring::Acquire(int64_t key, int64_t slot, uint32_t pid) {
+bool Ring::Acquire(int64_t key, int64_t slot, uint32_t pid, uint64_t* previous) {
   std::atomic<uint64_t>& stamp = stamps_[slot];
   const uint64_t mine = Stamp::Writing(pid);
   uint64_t seen = stamp.load(std::memory_order_acquire);
@@ -25,6 +25,8 @@ bool Ring::Acquire(int64_t key, int64_t slot, uint32_t pid) {
     }
     if (stamp.compare_exchange_weak(seen, mine, std::memory_order_acq_rel,
                                     std::memory_order_acquire)) {
+      // A dead writer's WRITING stamp replaced counts as empty: its row never was an item.
+      if (previous != nullptr) *previous = Stamp::IsWriting(seen) ? Stamp::kEmpty : seen;
       // Orders the WRITING stamp before every byte of the copy that follows (see ring.h).
       std::atomic_thread_fence(std::memory_order_release);
       return true;

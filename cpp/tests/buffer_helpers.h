@@ -23,7 +23,10 @@
 #include <utility>
 #include <vector>
 
-#include "reverie/replay_buffer.h"
+#include "reverie/config.h"
+#include "reverie/episodes.h"
+#include "reverie/prioritized_selector.h"
+#include "reverie/table.h"
 #include "reverie/sum_tree.h"
 
 namespace reverie_test {
@@ -43,15 +46,99 @@ inline double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-inline reverie::SamplerConfig UniformSampling(bool replacement = true) {
-  reverie::SamplerConfig c;
+}  // namespace conc
+
+// ---- Tables as the tests make them -----------------------------------------------------------
+
+// A sampler as the tests state it; turned into the table configuration's "selector".
+struct SamplerConfig {
+  enum class Kind { kUniform, kPrioritized };
+  Kind kind = Kind::kUniform;
+  bool replacement = true;
+  reverie::PrioritizedConfig prioritized;
+};
+
+// The configuration (config.h) of a table of `capacity` items of `spec`, drawn by `sampler`,
+// with an episode view when `episodes` is enabled, and any `extra` settings (writer, ...).
+inline reverie::ConfigValue TableConfig(int64_t capacity, const std::vector<reverie::FieldSpec>& spec,
+                                        const SamplerConfig& sampler, uint64_t seed,
+                                        const reverie::EpisodeConfig& episodes = {},
+                                        const reverie::ConfigValue& extra = reverie::ConfigValue()) {
+  using reverie::ConfigValue;
+  ConfigValue c = ConfigValue::MakeMap();
+  c.Set("capacity", ConfigValue::Int(capacity));
+  ConfigValue fields = ConfigValue::MakeList();
+  for (const reverie::FieldSpec& f : spec) {
+    ConfigValue shape = ConfigValue::MakeList();
+    for (int64_t d : f.shape) shape.Append(ConfigValue::Int(d));
+    fields.Append(ConfigValue::MakeList({ConfigValue::String(f.name),
+                                         ConfigValue::String(reverie::DTypeName(f.dtype)), shape}));
+  }
+  c.Set("spec", fields);
+  c.Set("seed", ConfigValue::UInt(seed));
+  ConfigValue sel = ConfigValue::MakeMap();
+  if (sampler.kind == SamplerConfig::Kind::kUniform) {
+    sel.Set("kind", ConfigValue::String("uniform"));
+    sel.Set("replacement", ConfigValue::Bool(sampler.replacement));
+  } else {
+    sel.Set("kind", ConfigValue::String("prioritized"));
+    sel.Set("alpha", ConfigValue::Double(sampler.prioritized.alpha));
+    sel.Set("beta", ConfigValue::Double(sampler.prioritized.beta));
+    sel.Set("eps", ConfigValue::Double(sampler.prioritized.eps));
+  }
+  c.Set("selector", sel);
+  if (episodes.enabled()) {
+    ConfigValue v = ConfigValue::MakeMap();
+    v.Set("kind", ConfigValue::String("episodes"));
+    v.Set("num_envs", ConfigValue::Int(episodes.num_envs));
+    v.Set("frame_stack", ConfigValue::Int(episodes.frame_stack));
+    auto name = [&](int i) { return ConfigValue::String(spec[static_cast<size_t>(i)].name); };
+    v.Set("reward", name(episodes.reward));
+    v.Set("terminated", name(episodes.terminated));
+    v.Set("truncated", name(episodes.truncated));
+    ConfigValue obs = ConfigValue::MakeList();
+    for (int o : episodes.obs) obs.Append(name(o));
+    v.Set("obs", obs);
+    c.Set("view", v);
+  }
+  if (extra.is_map()) {
+    for (const auto& [k, value] : extra.AsMap("extra")) c.Set(k, value);
+  }
+  return c;
+}
+
+// A table made from the tests' arguments, with the episode samplers at hand.
+class TestTable : public reverie::Table {
+ public:
+  TestTable(int64_t capacity, std::vector<reverie::FieldSpec> spec, const SamplerConfig& sampler,
+            uint64_t seed, const reverie::StorageConfig& storage = {},
+            const reverie::EpisodeConfig& episodes = {},
+            const reverie::ConfigValue& extra = reverie::ConfigValue())
+      : Table(TableConfig(capacity, spec, sampler, seed, episodes, extra), storage) {}
+
+  void SampleTransitions(int64_t batch, int n_step, double gamma, uint8_t* const* out,
+                         uint8_t* const* next_out, float* returns, float* discounts,
+                         int64_t* keys, float* weights) {
+    episodes()->SampleTransitions(*this, batch, n_step, gamma, out, next_out, returns, discounts,
+                                  keys, weights);
+  }
+  void SampleSequences(int64_t batch, int64_t burn_in, int64_t length, bool drop,
+                       uint8_t* const* out, uint8_t* mask, int64_t* keys, float* weights) {
+    episodes()->SampleSequences(*this, batch, burn_in, length, drop, out, mask, keys, weights);
+  }
+};
+
+namespace conc {
+
+inline SamplerConfig UniformSampling(bool replacement = true) {
+  SamplerConfig c;
   c.replacement = replacement;
   return c;
 }
 
-inline reverie::SamplerConfig PrioritizedSampling(double alpha, double beta, double eps) {
-  reverie::SamplerConfig c;
-  c.kind = reverie::SamplerConfig::Kind::kPrioritized;
+inline SamplerConfig PrioritizedSampling(double alpha, double beta, double eps) {
+  SamplerConfig c;
+  c.kind = SamplerConfig::Kind::kPrioritized;
   c.prioritized = reverie::PrioritizedConfig{alpha, beta, eps};
   return c;
 }
@@ -168,7 +255,7 @@ struct StressRows {
 
   // Copies the row stored in `slot` of `buf` (a stress-spec buffer) into row i. Only for a
   // buffer no thread writes any more.
-  void LoadStored(const reverie::ReplayBuffer& buf, int64_t slot, int64_t i) {
+  void LoadStored(const reverie::Table& buf, int64_t slot, int64_t i) {
     const auto r = static_cast<size_t>(i);
     const auto s = static_cast<size_t>(slot);
     const reverie::Storage& st = buf.storage();
@@ -193,7 +280,7 @@ struct StressDraw {
         keys(static_cast<size_t>(batch)),
         weights(static_cast<size_t>(batch)) {}
 
-  void From(reverie::ReplayBuffer& buf, int64_t batch) {
+  void From(reverie::Table& buf, int64_t batch) {
     std::fill(weights.begin(), weights.begin() + batch, -1.0f);
     auto out = rows.Outputs();
     buf.Sample(batch, out.data(), keys.data(), weights.data());

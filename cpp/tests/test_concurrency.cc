@@ -26,10 +26,11 @@
 
 #include "buffer_helpers.h"
 #include "harness.h"
-#include "reverie/prioritized_sampler.h"
-#include "reverie/replay_buffer.h"
+#include "reverie/prioritized_selector.h"
+#include "reverie/table.h"
 
 using namespace reverie;
+using reverie_test::TestTable;
 using namespace reverie_test::conc;
 
 namespace {
@@ -40,7 +41,7 @@ constexpr int kWriters = 3;
 // every byte copied is an atomic access, a quarter of that does the same).
 constexpr int64_t kNoWrapBlob = 8, kWrapBlob = kThreadSanitizer ? 64 : 256;
 
-int64_t BlobWidth(const ReplayBuffer& buf) { return buf.spec().back().shape[0]; }
+int64_t BlobWidth(const TestTable& buf) { return buf.spec().back().shape[0]; }
 
 // What a sampler saw: the key Sample reported with a row, and the row's tag.
 struct Seen {
@@ -65,7 +66,7 @@ void Report(Tally* tally, const char* who, const std::exception& e) {
 
 // Stores rows (w, 0 .. rows-1) in order: a third by Add, the rest by Extend batches of
 // 1 .. max_batch items.
-void WriteRows(ReplayBuffer* buf, int w, int64_t rows, int64_t max_batch, Tally* tally) {
+void WriteRows(TestTable* buf, int w, int64_t rows, int64_t max_batch, Tally* tally) {
   try {
     std::mt19937_64 rng(1000 + static_cast<uint64_t>(w));
     StressRows batch(max_batch, BlobWidth(*buf));
@@ -90,11 +91,11 @@ void WriteRows(ReplayBuffer* buf, int w, int64_t rows, int64_t max_batch, Tally*
 // Samples batches of 1..96 rows until `stop`, then a few more. Checks every row (and, when
 // prioritized, every weight) and records (key, tag). With `update`, also gives the sampled
 // keys new priorities (keys overwritten meanwhile are skipped and counted as stale).
-void SampleRows(ReplayBuffer* buf, int id, const std::atomic<bool>* stop, int64_t rows_per_writer,
+void SampleRows(TestTable* buf, int id, const std::atomic<bool>* stop, int64_t rows_per_writer,
                 bool update, Tally* tally, std::vector<Seen>* seen) {
   try {
     std::mt19937_64 rng(77 + static_cast<uint64_t>(id));
-    const bool weighted = buf->sampler().prioritized();
+    const bool weighted = buf->selector().prioritized();
     constexpr int64_t kMaxBatch = 96;
     StressDraw d(kMaxBatch, BlobWidth(*buf));
     std::vector<double> pr(kMaxBatch);
@@ -136,7 +137,7 @@ void SampleRows(ReplayBuffer* buf, int id, const std::atomic<bool>* stop, int64_
 // were written new priorities, and records in `last` the value each key was last given by a
 // call that did not skip it. Priorities are multiples of 1/8 in [0.5, 8.4]: exact in the
 // tree's fixed point, and below 16, so the tree is never rescaled.
-void UpdateOwnKeys(ReplayBuffer* buf, const std::atomic<bool>* stop, Tally* tally,
+void UpdateOwnKeys(TestTable* buf, const std::atomic<bool>* stop, Tally* tally,
                    std::unordered_map<int64_t, double>* last) {
   try {
     std::mt19937_64 rng(5);
@@ -175,7 +176,7 @@ void UpdateOwnKeys(ReplayBuffer* buf, const std::atomic<bool>* stop, Tally* tall
 
 // Until `stop` (then a few rounds more) gives random written keys new priorities; under
 // wrap-around many are stale by then and are skipped, but none may throw.
-void UpdateRandomKeys(ReplayBuffer* buf, const std::atomic<bool>* stop, Tally* tally) {
+void UpdateRandomKeys(TestTable* buf, const std::atomic<bool>* stop, Tally* tally) {
   try {
     std::mt19937_64 rng(6);
     constexpr int64_t kBatch = 16;
@@ -202,12 +203,12 @@ void UpdateRandomKeys(ReplayBuffer* buf, const std::atomic<bool>* stop, Tally* t
   }
 }
 
-bool IsPrioritized(const SamplerConfig& s) { return s.kind == SamplerConfig::Kind::kPrioritized; }
+bool IsPrioritized(const reverie_test::SamplerConfig& s) { return s.kind == reverie_test::SamplerConfig::Kind::kPrioritized; }
 
 // kWriters writer threads (batches of at most max_batch rows) and 2 sampler threads (the
 // first checking weights when `weighted_first`), plus `updater` on a thread of its own; the
 // samplers and the updater run until the writers are done (the flag they are given).
-void RunStress(ReplayBuffer& buf, int64_t rows, int64_t max_batch, bool weighted_first,
+void RunStress(TestTable& buf, int64_t rows, int64_t max_batch, bool weighted_first,
                Tally* tally, std::vector<std::vector<Seen>>* seen,
                const std::function<void(const std::atomic<bool>*)>& updater) {
   std::atomic<bool> writers_done{false};
@@ -233,13 +234,13 @@ void CheckTally(const Tally& t) {
 
 // ---- 1. Writers, samplers and an updater; capacity for every row ---------------------------
 
-void WritersSamplersUpdaters(const SamplerConfig& sampling, const char* label) {
+void WritersSamplersUpdaters(const reverie_test::SamplerConfig& sampling, const char* label) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t rows = 100000 / kWorkDivisor;  // per writer
   const int64_t total = kWriters * rows;
   const int64_t capacity = total + 5;
   const bool prioritized = IsPrioritized(sampling);
-  ReplayBuffer buf(capacity, StressSpec(kNoWrapBlob), sampling, 11);
+  TestTable buf(capacity, StressSpec(kNoWrapBlob), sampling, 11);
   Tally tally;
   std::vector<std::vector<Seen>> seen(2);
   std::unordered_map<int64_t, double> last;
@@ -289,7 +290,7 @@ void WritersSamplersUpdaters(const SamplerConfig& sampling, const char* label) {
     }
   }
   CHECK(wrong_keys == 0);
-  const PrioritizedSampler* per = dynamic_cast<const PrioritizedSampler*>(&buf.sampler());
+  const PrioritizedSelector* per = dynamic_cast<const PrioritizedSelector*>(&buf.selector());
   if (prioritized) {
     // Each updated key holds (p + eps)^alpha = p of the last update it got.
     int64_t wrong_priority = 0;
@@ -335,13 +336,13 @@ void WritersSamplersUpdaters(const SamplerConfig& sampling, const char* label) {
 
 // ---- 2. The same with a ring that wraps many times -------------------------------------------
 
-void WrapAround(const SamplerConfig& sampling, const char* label) {
+void WrapAround(const reverie_test::SamplerConfig& sampling, const char* label) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t capacity = 64;
   const int64_t rows = 100000 / kWorkDivisor;  // per writer
   const int64_t total = kWriters * rows;
   const bool prioritized = IsPrioritized(sampling);
-  ReplayBuffer buf(capacity, StressSpec(kWrapBlob), sampling, 12);
+  TestTable buf(capacity, StressSpec(kWrapBlob), sampling, 12);
   Tally tally;
   std::vector<std::vector<Seen>> seen(2);
   // Batches of at most 8: three writers then hold at most 24 of the 64 slots at once, so a
@@ -418,7 +419,7 @@ void WrapAround(const SamplerConfig& sampling, const char* label) {
   if (prioritized) {
     const std::vector<double> pr(128, 1.5);
     CHECK(buf.UpdatePriorities(d.keys.data(), pr.data(), 128) == 0);
-    const auto& per = dynamic_cast<const PrioritizedSampler&>(buf.sampler());
+    const auto& per = dynamic_cast<const PrioritizedSelector&>(buf.selector());
     int64_t zero = 0;
     for (int64_t slot = 0; slot < capacity; ++slot) zero += per.tree().leaf(slot) == 0;
     CHECK(zero == 0);
@@ -436,13 +437,13 @@ void WrapAround(const SamplerConfig& sampling, const char* label) {
 
 std::vector<FieldSpec> TagSpec() { return {FieldSpec{"tag", DType::kInt64, {}}}; }
 
-void AddTag(ReplayBuffer& buf, int64_t tag) {
+void AddTag(TestTable& buf, int64_t tag) {
   const FieldInput in = MakeInput("tag", &tag, DType::kInt64, {}, -1);
   buf.Add(&in, 1);
 }
 
 // Samples `batch` tags (and their keys) from a TagSpec buffer.
-void SampleTags(ReplayBuffer& buf, int64_t batch, std::vector<int64_t>* tags,
+void SampleTags(TestTable& buf, int64_t batch, std::vector<int64_t>* tags,
                 std::vector<int64_t>* keys, std::vector<float>* weights = nullptr) {
   tags->resize(static_cast<size_t>(batch));
   keys->resize(static_cast<size_t>(batch));
@@ -466,7 +467,7 @@ bool WaitFor(const std::atomic<bool>& flag, double seconds) {
 // One inserter and one sampler under samples_per_insert = 2 with waits that never time out.
 void RatioBetweenThreads() {
   const auto t0 = std::chrono::steady_clock::now();
-  ReplayBuffer buf(256, TagSpec(), UniformSampling(), 3);
+  TestTable buf(256, TagSpec(), UniformSampling(), 3);
   const int64_t min_size = 64, batch = 16;
   const double spi = 2.0, tolerance = 64.0;
   buf.rate_limiter().Configure(Limit(min_size, spi, tolerance, -1.0));
@@ -538,7 +539,7 @@ void RatioBetweenThreads() {
 
 void Timeouts() {
   // Under-filled (10 < min_size 64): timeout 0 refuses at once, 0.05 s after 0.05 s.
-  ReplayBuffer buf(64, TagSpec(), UniformSampling(), 4);
+  TestTable buf(64, TagSpec(), UniformSampling(), 4);
   for (int64_t i = 0; i < 10; ++i) AddTag(buf, i);
   std::vector<int64_t> tags, keys;
   buf.rate_limiter().Configure(Limit(64, 0.0, 0.0, 0.0));
@@ -558,7 +559,7 @@ void Timeouts() {
   CHECK(buf.rate_limiter().sampled() == 0);  // refused samples are not counted
   CHECK(buf.sample_calls() == 0);
   // Inserts: spi 1, tolerance 0, min_size 1 allow two inserts ahead of sampling.
-  ReplayBuffer ins(64, TagSpec(), UniformSampling(), 4);
+  TestTable ins(64, TagSpec(), UniformSampling(), 4);
   ins.rate_limiter().Configure(Limit(1, 1.0, 0.0, 0.0));
   AddTag(ins, 0);
   AddTag(ins, 1);
@@ -570,7 +571,7 @@ void ChangesWakeWaiters() {
   // A sampler blocked by the ratio is woken by a samples_per_insert change from another
   // thread (to 0: ratio control off, which admits it whatever the limiter does with the
   // history when the ratio changes).
-  ReplayBuffer buf(64, TagSpec(), UniformSampling(), 5);
+  TestTable buf(64, TagSpec(), UniformSampling(), 5);
   for (int64_t i = 0; i < 10; ++i) AddTag(buf, i);
   RateLimitConfig rl = Limit(1, 1.0, 0.0, -1.0);
   buf.rate_limiter().Configure(rl);
@@ -601,7 +602,7 @@ void ChangesWakeWaiters() {
   CHECK(buf.rate_limiter().sampled() == 14);
 
   // An insert blocked by the ratio is woken by a wider tolerance (D - D0 = 1 <= 10).
-  ReplayBuffer ins(64, TagSpec(), UniformSampling(), 5);
+  TestTable ins(64, TagSpec(), UniformSampling(), 5);
   rl = Limit(1, 1.0, 0.0, -1.0);
   ins.rate_limiter().Configure(rl);
   AddTag(ins, 0);
@@ -662,7 +663,7 @@ struct BigRows {
     return {MakeInput("tag", tag.data(), DType::kInt64, {}, lead),
             MakeInput("obs", obs.data(), DType::kFloat64, {kBigElements}, lead)};
   }
-  void Sample(ReplayBuffer& buf, int64_t batch, int64_t* keys, float* weights) {
+  void Sample(TestTable& buf, int64_t batch, int64_t* keys, float* weights) {
     uint8_t* out[2] = {reinterpret_cast<uint8_t*>(tag.data()),
                        reinterpret_cast<uint8_t*>(obs.data())};
     buf.Sample(batch, out, keys, weights);
@@ -687,16 +688,16 @@ void LockHolderDies() {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t capacity = int64_t{1} << 20;
   const std::string name = SegmentName("lock");
-  const SamplerConfig sampling = PrioritizedSampling(1.0, 0.4, 0.0);
+  const reverie_test::SamplerConfig sampling = PrioritizedSampling(1.0, 0.4, 0.0);
   const uint64_t seed = 21;
   const auto unlink_segment = [&] { shm_unlink(("/" + name).c_str()); };
   auto round_value = [](int64_t round) { return 1.0 + static_cast<double>(round % 40 + 1) * 0.25; };
   int attempts = 0;
   bool recovered = false;
   {
-    ReplayBuffer buf(capacity, TagSpec(), sampling, seed,
+    TestTable buf(capacity, TagSpec(), sampling, seed,
                      StorageConfig{StorageConfig::Kind::kCreateShared, name});
-    const auto& per = dynamic_cast<const PrioritizedSampler&>(buf.sampler());
+    const auto& per = dynamic_cast<const PrioritizedSelector&>(buf.selector());
     std::vector<int64_t> order(static_cast<size_t>(capacity));
     std::iota(order.begin(), order.end(), int64_t{0});
     {
@@ -712,7 +713,7 @@ void LockHolderDies() {
       const pid_t child = fork();
       if (child == 0) {
         try {
-          ReplayBuffer att(capacity, TagSpec(), sampling, seed,
+          TestTable att(capacity, TagSpec(), sampling, seed,
                            StorageConfig{StorageConfig::Kind::kAttachShared, name});
           std::atomic<int64_t> rounds{0}, first_ns{0};
           std::thread updater([&] {
@@ -796,7 +797,7 @@ void LockHolderDies() {
               attempts, recovered ? "yes" : "no");
 }
 
-void DeadWriter(const SamplerConfig& sampling, const char* label) {
+void DeadWriter(const reverie_test::SamplerConfig& sampling, const char* label) {
   // A process attached to a shared buffer extends it with batches of 4 big rows in a loop
   // and is SIGKILLed: almost surely in the middle of a copy, leaving slots stamped WRITING
   // by a dead process (and, for a prioritized buffer, maybe the writer lock held). Those
@@ -809,7 +810,7 @@ void DeadWriter(const SamplerConfig& sampling, const char* label) {
   bool mid_write = false;
   int attempts = 0;
   {
-    ReplayBuffer buf(capacity, BigSpec(), sampling, seed,
+    TestTable buf(capacity, BigSpec(), sampling, seed,
                      StorageConfig{StorageConfig::Kind::kCreateShared, name});
     BigRows one(1);
     for (int64_t i = 0; i < capacity; ++i) {
@@ -827,7 +828,7 @@ void DeadWriter(const SamplerConfig& sampling, const char* label) {
       if (child == 0) {
         close(fds[0]);
         try {
-          ReplayBuffer att(capacity, BigSpec(), sampling, seed,
+          TestTable att(capacity, BigSpec(), sampling, seed,
                            StorageConfig{StorageConfig::Kind::kAttachShared, name});
           BigRows mine(child_batch);
           for (int64_t j = 0; j < child_batch; ++j) mine.Set(j, child_tag + j);
@@ -905,7 +906,7 @@ void DeadWriter(const SamplerConfig& sampling, const char* label) {
       CHECK(in_flight == 0 || in_flight == child_batch);
       mid_write = in_flight == child_batch;
       if (IsPrioritized(sampling)) {
-        CHECK(TreeAgreesWithLeaves(dynamic_cast<const PrioritizedSampler&>(buf.sampler()).tree()));
+        CHECK(TreeAgreesWithLeaves(dynamic_cast<const PrioritizedSelector&>(buf.selector()).tree()));
       }
     }
   }

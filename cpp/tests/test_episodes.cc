@@ -9,10 +9,11 @@
 #include "buffer_helpers.h"
 #include "harness.h"
 #include "reverie/episodes.h"
-#include "reverie/replay_buffer.h"
+#include "reverie/table.h"
 #include "reverie/ring.h"
 
 using namespace reverie;
+using reverie_test::TestTable;
 using reverie_test::conc::MakeInput;
 
 namespace {
@@ -165,7 +166,7 @@ EpisodeConfig Episodes(int frame_stack = 1) {
 
 // One step of all envs: obs (env, t); env e's episodes end every 7 + e steps (terminated,
 // or truncated every other time).
-void WriteStep(ReplayBuffer& buf, int64_t t) {
+void WriteStep(TestTable& buf, int64_t t) {
   float obs[kEnvs][2];
   float reward[kEnvs];
   uint8_t term[kEnvs], trunc[kEnvs];
@@ -214,7 +215,7 @@ int CheckTransitions(const StepOf& of, const std::vector<float>& obs, const std:
 }  // namespace
 
 TEST(EpisodeBufferTransitionsAndSequences) {
-  ReplayBuffer buf(kEnvs * 20, EpisodeSpec(), reverie_test::conc::UniformSampling(), 7, {},
+  TestTable buf(kEnvs * 20, EpisodeSpec(), reverie_test::conc::UniformSampling(), 7, {},
                    Episodes());
   for (int64_t t = 0; t < 45; ++t) WriteStep(buf, t);  // wraps each stream twice
   const int64_t batch = 64;
@@ -259,7 +260,7 @@ TEST(EpisodeSamplingWhileAWriterRuns) {
   // sampled row must be whole and of the right env and step (the seqlock of ring.h).
   // Short streams (16 rows): the writer laps them constantly, so samples meet rows that are
   // being overwritten.
-  ReplayBuffer buf(kEnvs * 16, EpisodeSpec(), reverie_test::conc::UniformSampling(), 3, {},
+  TestTable buf(kEnvs * 16, EpisodeSpec(), reverie_test::conc::UniformSampling(), 3, {},
                    Episodes(2));
   for (int64_t t = 0; t < 20; ++t) WriteStep(buf, t);
   const StepOf of{kEnvs * 16};
@@ -318,7 +319,7 @@ TEST(EpisodeSamplingWhileAWriterRuns) {
 TEST(EpisodeWritersTakeTurns) {
   // Two writer threads on one episode buffer (they take the writer lock in turn) and a
   // sampler: no race on the streams' flags (TSan in CI), every step whole.
-  ReplayBuffer buf(kEnvs * 32, EpisodeSpec(), reverie_test::conc::UniformSampling(), 9, {},
+  TestTable buf(kEnvs * 32, EpisodeSpec(), reverie_test::conc::UniformSampling(), 9, {},
                    Episodes());
   for (int64_t t = 0; t < 8; ++t) WriteStep(buf, t);
   const StepOf of{kEnvs * 32};

@@ -1,6 +1,6 @@
 // C++ tests of the shared kernels (kernels.h) as the host backend runs them: the batched
 // tree update and insert against SumTree's serial ones, draws and weights against
-// PrioritizedSampler, the gather against memcpy, device-side input errors, and a device
+// PrioritizedSelector, the gather against memcpy, device-side input errors, and a device
 // buffer used by several threads at once (TSan in CI).
 #include <atomic>
 #include <cmath>
@@ -14,7 +14,7 @@
 #include "harness.h"
 #include "reverie/device_buffer.h"
 #include "reverie/kernels.h"
-#include "reverie/prioritized_sampler.h"
+#include "reverie/prioritized_selector.h"
 #include "reverie/sum_tree.h"
 #include "reverie/thread_team.h"
 
@@ -179,7 +179,7 @@ TEST(KernelRescaleMatchesPrioritizedSampler) {
   // sampler's tree, leaf for leaf.
   const int64_t capacity = 300;
   PrioritizedConfig config{1.0, 0.4, 0.0};
-  PrioritizedSampler cpu(capacity, config);
+  PrioritizedSelector cpu(capacity, config);
   DeviceReplay dev(capacity, {4}, true, config, 5, MakeHostBackend());
   std::vector<float> rows(capacity, 0.0f);
   const void* src[] = {rows.data()};
@@ -199,7 +199,7 @@ TEST(KernelRescaleMatchesPrioritizedSampler) {
 TEST(KernelDrawsAndWeightsMatchPrioritizedSampler) {
   const int64_t capacity = 5000;
   PrioritizedConfig config{0.6, 0.4, 1e-6};
-  PrioritizedSampler cpu(capacity, config);
+  PrioritizedSelector cpu(capacity, config);
   DeviceReplay dev(capacity, {8}, true, config, 42, MakeHostBackend());
   std::vector<int64_t> rows(capacity);
   for (int64_t i = 0; i < capacity; ++i) rows[static_cast<size_t>(i)] = i * 10;

@@ -15,16 +15,17 @@
 #include "harness.h"
 #include "reverie/dtype.h"
 #include "reverie/philox.h"
-#include "reverie/prioritized_sampler.h"
-#include "reverie/replay_buffer.h"
+#include "reverie/prioritized_selector.h"
+#include "reverie/table.h"
 #include "reverie/sum_tree.h"
 #include "reverie/thread_pool.h"
-#include "reverie/uniform_sampler.h"
+#include "reverie/uniform_selector.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
 
 using namespace reverie;
+using reverie_test::TestTable;
 using reverie_test::conc::TreeAgreesWithLeaves;
 using reverie_test::conc::UniformSampling;
 
@@ -49,11 +50,11 @@ uint64_t BruteMinPositive(const std::vector<uint64_t>& leaves) {
 }
 
 // A whole batch in one piece.
-void SampleAll(const Sampler& sampler, const SampleRequest& request, int64_t* slots, float* weights) {
+void SampleAll(const Selector& sampler, const SampleRequest& request, int64_t* slots, float* weights) {
   sampler.Sample(request, 0, request.batch, slots, weights);
 }
 
-SamplerConfig Per(PrioritizedConfig c) {
+reverie_test::SamplerConfig Per(PrioritizedConfig c) {
   return reverie_test::conc::PrioritizedSampling(c.alpha, c.beta, c.eps);
 }
 
@@ -80,7 +81,7 @@ FieldInput Vec3(const char* name, const float* v) {
   return in;
 }
 
-void AddItem(ReplayBuffer& buf, int64_t id) {
+void AddItem(TestTable& buf, int64_t id) {
   const float obs[3] = {static_cast<float>(id), static_cast<float>(id) + 0.5f, -static_cast<float>(id)};
   FieldInput in[2] = {Scalar("id", &id), Vec3("obs", obs)};
   buf.Add(in, 2);
@@ -91,7 +92,7 @@ struct Drawn {
   std::vector<float> obs, weights;
 };
 
-Drawn Draw(ReplayBuffer& buf, int64_t batch) {
+Drawn Draw(TestTable& buf, int64_t batch) {
   Drawn d;
   d.ids.resize(static_cast<size_t>(batch));
   d.obs.resize(static_cast<size_t>(batch) * 3);
@@ -207,7 +208,7 @@ TEST(PrioritizedDistributionMatchesPriorities) {
   // 5 standard deviations of its expectation, and the chi-square statistic below the
   // p=1e-6 critical value for 49 degrees of freedom (~103).
   const int64_t n = 50;
-  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 0.0, 0.0});
+  PrioritizedSelector sampler(n, PrioritizedConfig{1.0, 0.0, 0.0});
   sampler.OnInsert(0, n);
   std::vector<int64_t> slots(static_cast<size_t>(n));
   std::vector<double> pr(static_cast<size_t>(n));
@@ -237,7 +238,7 @@ TEST(PrioritizedDistributionMatchesPriorities) {
 
 TEST(ZeroNeverSampledTinyAlwaysCan) {
   const int64_t n = 1000;
-  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 1.0, 0.0});
+  PrioritizedSelector sampler(n, PrioritizedConfig{1.0, 1.0, 0.0});
   sampler.OnInsert(0, n);
   std::vector<int64_t> slots(n);
   std::vector<double> pr(n, 0.0);
@@ -267,7 +268,7 @@ TEST(ZeroNeverSampledTinyAlwaysCan) {
 
 TEST(RescaleKeepsRatios) {
   const int64_t n = 4;
-  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 0.0, 0.0});
+  PrioritizedSelector sampler(n, PrioritizedConfig{1.0, 0.0, 0.0});
   sampler.OnInsert(0, n);
   const int64_t slots[4] = {0, 1, 2, 3};
   const double pr[4] = {1.0, 2.0, 3.0, 4.0};
@@ -285,7 +286,7 @@ TEST(RescaleInterruptedByADeadWriterIsFinishedByRepair) {
   const int64_t n = 64;
   PriorityState state;
   std::vector<uint64_t> sums(SumTree::SumsBytes(n) / 8), mins(SumTree::MinsBytes(n) / 8 + 1);
-  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 0.0, 0.0}, &state, sums.data(), mins.data(), true);
+  PrioritizedSelector sampler(n, PrioritizedConfig{1.0, 0.0, 0.0}, &state, sums.data(), mins.data(), true);
   sampler.OnInsert(0, n);
   std::vector<int64_t> slots(n);
   std::vector<double> pr(n);
@@ -311,7 +312,7 @@ TEST(RescaleInterruptedByADeadWriterIsFinishedByRepair) {
 
 TEST(ImportanceWeights) {
   const int64_t n = 3;
-  PrioritizedSampler sampler(n, PrioritizedConfig{1.0, 0.5, 0.0});
+  PrioritizedSelector sampler(n, PrioritizedConfig{1.0, 0.5, 0.0});
   sampler.OnInsert(0, n);
   const int64_t slots[3] = {0, 1, 2};
   const double pr[3] = {1.0, 4.0, 16.0};
@@ -326,14 +327,14 @@ TEST(ImportanceWeights) {
 }
 
 TEST(EmptyAndBadRequests) {
-  PrioritizedSampler p(10, PrioritizedConfig{});
+  PrioritizedSelector p(10, PrioritizedConfig{});
   CHECK_THROWS(p.ValidateSample(SampleRequest{0, 0, 0, 4}), std::invalid_argument);
-  UniformSampler u(false);
+  UniformSelector u(false, false, 1 << 20);
   CHECK_THROWS(u.ValidateSample(SampleRequest{0, 0, 0, 4}), std::invalid_argument);
   CHECK_THROWS(u.ValidateSample(SampleRequest{0, 0, 3, 4}), std::invalid_argument);
-  CHECK_THROWS(PrioritizedSampler(0, PrioritizedConfig{}), std::invalid_argument);
-  CHECK_THROWS(PrioritizedSampler(5, (PrioritizedConfig{-1.0, 0.4, 0.0})), std::invalid_argument);
-  CHECK_THROWS(PrioritizedSampler(5, (PrioritizedConfig{0.6, NAN, 0.0})), std::invalid_argument);
+  CHECK_THROWS(PrioritizedSelector(0, PrioritizedConfig{}), std::invalid_argument);
+  CHECK_THROWS(PrioritizedSelector(5, (PrioritizedConfig{-1.0, 0.4, 0.0})), std::invalid_argument);
+  CHECK_THROWS(PrioritizedSelector(5, (PrioritizedConfig{0.6, NAN, 0.0})), std::invalid_argument);
   const double bad[2] = {1.0, NAN};
   CHECK_THROWS(p.ValidatePriorities(bad, 2), std::invalid_argument);
   const double neg = -1.0;
@@ -342,7 +343,7 @@ TEST(EmptyAndBadRequests) {
 
 TEST(PiecesEqualWholeBatch) {
   // Filling a batch in pieces (as the thread pool does) gives the same draws as one piece.
-  PrioritizedSampler p(1000, PrioritizedConfig{});
+  PrioritizedSelector p(1000, PrioritizedConfig{});
   p.OnInsert(0, 1000);
   std::vector<int64_t> slots(1000);
   std::vector<double> pr(1000);
@@ -351,8 +352,8 @@ TEST(PiecesEqualWholeBatch) {
     pr[i] = 0.1 + static_cast<double>(i % 17);
   }
   p.UpdatePriorities(slots.data(), pr.data(), 1000);
-  UniformSampler u(true);
-  for (const Sampler* s : {static_cast<const Sampler*>(&p), static_cast<const Sampler*>(&u)}) {
+  UniformSelector u(true, false, 1 << 20);
+  for (const Selector* s : {static_cast<const Selector*>(&p), static_cast<const Selector*>(&u)}) {
     const SampleRequest req{77, 5, 1000, 300};
     std::vector<int64_t> whole(300), pieces(300);
     std::vector<float> ww(300), wp(300);
@@ -366,7 +367,7 @@ TEST(PiecesEqualWholeBatch) {
 }
 
 TEST(UniformWithoutReplacementDistinct) {
-  UniformSampler u(false);
+  UniformSelector u(false, false, 1 << 20);
   std::vector<int64_t> out(50);
   for (uint64_t call = 0; call < 100; ++call) {
     SampleAll(u, SampleRequest{3, call, 50, 50}, out.data(), nullptr);
@@ -438,7 +439,7 @@ TEST(DeadWritersSlotIsTakenOver) {
 }
 
 TEST(BufferAddSampleEvict) {
-  ReplayBuffer buf(4, TwoFieldSpec(), UniformSampling(), 42);
+  TestTable buf(4, TwoFieldSpec(), UniformSampling(), 42);
   for (int64_t id = 0; id < 6; ++id) AddItem(buf, id);
   CHECK(buf.size() == 4 && buf.written() == 6);
   const Drawn d = Draw(buf, 64);
@@ -452,7 +453,7 @@ TEST(BufferAddSampleEvict) {
 
 TEST(BufferSeededDeterminism) {
   auto make = [](uint64_t seed) {
-    auto buf = std::make_unique<ReplayBuffer>(100, TwoFieldSpec(),
+    auto buf = std::make_unique<TestTable>(100, TwoFieldSpec(),
                                               Per(PrioritizedConfig{}), seed);
     for (int64_t id = 0; id < 150; ++id) AddItem(*buf, id);
     return buf;
@@ -469,7 +470,7 @@ TEST(BufferSeededDeterminism) {
 }
 
 TEST(BufferBadInputChangesNothing) {
-  ReplayBuffer buf(8, TwoFieldSpec(), Per(PrioritizedConfig{}), 1);
+  TestTable buf(8, TwoFieldSpec(), Per(PrioritizedConfig{}), 1);
   for (int64_t id = 0; id < 5; ++id) AddItem(buf, id);
   const int64_t id = 9;
   const float obs[3] = {1, 2, 3};
@@ -490,7 +491,7 @@ TEST(BufferBadInputChangesNothing) {
   const int64_t ok_keys[2] = {1, 2};
   CHECK_THROWS(buf.UpdatePriorities(ok_keys, nan_pr, 2), std::invalid_argument);
   CHECK(buf.size() == 5 && buf.written() == 5 && buf.stale_updates() == 0);
-  const auto* p = dynamic_cast<const PrioritizedSampler*>(&buf.sampler());
+  const auto* p = dynamic_cast<const PrioritizedSelector*>(&buf.selector());
   for (int64_t s = 0; s < 5; ++s) CHECK(p->StoredPriority(s) == 1.0);
   CHECK(buf.sample_calls() == 0);
   CHECK_THROWS(Draw(buf, 0), std::invalid_argument);
@@ -498,14 +499,14 @@ TEST(BufferBadInputChangesNothing) {
 }
 
 TEST(StaleUpdatesIgnoredAndCounted) {
-  ReplayBuffer buf(4, TwoFieldSpec(), Per(PrioritizedConfig{1.0, 0.4, 0.0}), 1);
+  TestTable buf(4, TwoFieldSpec(), Per(PrioritizedConfig{1.0, 0.4, 0.0}), 1);
   for (int64_t id = 0; id < 4; ++id) AddItem(buf, id);
   AddItem(buf, 4);  // overwrites key 0 in slot 0
   const int64_t keys[2] = {0, 1};
   const double pr[2] = {7.0, 3.0};
   CHECK(buf.UpdatePriorities(keys, pr, 2) == 1);
   CHECK(buf.stale_updates() == 1);
-  const auto* p = dynamic_cast<const PrioritizedSampler*>(&buf.sampler());
+  const auto* p = dynamic_cast<const PrioritizedSelector*>(&buf.selector());
   CHECK(p->StoredPriority(0) == 1.0);  // the new occupant keeps its priority
   CHECK(std::fabs(p->StoredPriority(1) - 3.0) < 1e-9);
 }
@@ -542,7 +543,7 @@ TEST(ConcurrentWritersSamplersUpdaters) {
   // Writers add rows whose fields all encode writer*1e6+seq; samplers check no row is torn;
   // an updater changes priorities of sampled keys. At the end nothing is lost.
   const int64_t capacity = 4096;
-  ReplayBuffer buf(capacity, TwoFieldSpec(),
+  TestTable buf(capacity, TwoFieldSpec(),
                    Per(PrioritizedConfig{}), 3);
   constexpr int kWriters = 3, kPerWriter = 3000;
   std::atomic<bool> done{false};

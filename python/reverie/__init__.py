@@ -5,12 +5,14 @@
 """
 
 from . import _core
-from ._buffer import Batch, ReplayBuffer
+from ._batch import Batch
+from ._buffer import ReplayBuffer
 from ._device import DeviceReplayBuffer, cuda_available
 from ._episodes import EpisodeBuffer, sequence_priority
-from ._export import from_minari, from_npz, to_minari, to_npz
 from ._limiter import RateLimiter
-from ._samplers import Prioritized, Uniform
+from ._minari import from_minari, to_minari
+from ._npz import from_npz, to_npz
+from ._parts import Fifo, KeepTopK, Prioritized, Reservoir, Threshold, Uniform
 from ._spec import Field
 
 __version__ = "0.1.0"
@@ -22,7 +24,8 @@ def cuda_built() -> bool:
 
 
 __all__ = [
-    "Batch", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Prioritized", "RateLimiter", "ReplayBuffer", "Uniform",
-    "cuda_available", "cuda_built", "from_minari", "from_npz", "sequence_priority", "to_minari", "to_npz",
+    "Batch", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK", "Prioritized",
+    "RateLimiter", "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
+    "cuda_built", "from_minari", "from_npz", "sequence_priority", "to_minari", "to_npz",
     "__version__",
 ]

@@ -1,27 +1,31 @@
-"""Crash-safe checkpoints: a buffer streamed to one self-describing file and restored exactly.
+"""Crash-safe checkpoints: a table streamed to one self-describing file and restored exactly.
 
-File layout (format version 1; every integer little-endian)::
+File layout (format version 2; every integer little-endian)::
 
     magic          16 bytes  b"REVERIE\\x00CKPT\\r\\n\\x1a\\n"
-    version        u32       the format version (1)
+    version        u32       the format version (2)
     header_len     u64       length of the JSON header
-    header         JSON      utf-8: class, capacity, seed, sampler, spec, episode options,
-                             counters (incl. the generator's position), rate limiter, priority
-                             scale, and the sections' names, dtypes, shapes, offsets and sizes
+    header         JSON      utf-8: the table's configuration (config.h: capacity, spec, seed,
+                             writer, sampler, admission, remover, metadata, view, rate
+                             limiter), its state scalars (counters incl. the generator's
+                             position, and every part's), and the sections' names, dtypes,
+                             shapes, offsets and sizes
     header_crc     u32       zlib.crc32 of the header bytes
     sections       raw       each starts at a multiple of 4096 bytes (zero padding between):
-                             "column:<name>" per field ([capacity, *shape], raw little-endian
-                             bytes, bfloat16 as its 16-bit pattern), "priorities" (the sum-tree
-                             leaves, u64 [capacity]), "row_flags" and "stream_flags" (u8, an
-                             EpisodeBuffer's episode state)
+                             every state array of the table (part.h) by name: "column:<name>"
+                             per field ([capacity, *shape], raw little-endian bytes, bfloat16 as
+                             its 16-bit pattern), "table.stamps", and each part's arrays
+                             ("priority.leaves", "episodes.row_flags", "reservoir.inserted",
+                             "keep_top_k.score", "meta.sampled", ...)
     footer         b"RVRCKEND", u32 section count, u32 crc32 per section, u32 crc32 of the
                    footer so far; written last, so a file without it is truncated
 
 The header states the whole file's size, so a truncated file is told apart from a corrupted
 one. ``save`` writes to a temporary file in the target's directory, fsyncs it, renames it over
 the target and fsyncs the directory: a crash at any point leaves the previous checkpoint whole.
-``load`` builds a new buffer and reads straight into its storage; it returns only once every
-checksum matched.
+``load`` builds a new table and reads straight into its memory; it hands it over only once
+every checksum matched and the core accepted the state. Nothing here knows buffer classes:
+the caller builds the table from the configuration and wraps it.
 """
 
 from __future__ import annotations
@@ -35,38 +39,22 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ._buffer import ReplayBuffer
-from ._episodes import EpisodeBuffer
-from ._limiter import RateLimiter
-from ._samplers import Prioritized, sampler_from_config
-from ._spec import normalize_spec
+from ._table import StateArray, Table
 
 MAGIC = b"REVERIE\x00CKPT\r\n\x1a\n"
 FOOTER_MAGIC = b"RVRCKEND"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ALIGN = 4096
 CHUNK = 64 << 20  # bytes per write/read call
 PROGRESS_THRESHOLD = 256 << 20  # progress=None shows a bar from this many bytes on
 _MAX_HEADER = 64 << 20
 _PREAMBLE = struct.Struct("<16sIQ")  # magic, version, header length
 _U32 = struct.Struct("<I")
-_CLASSES: Dict[str, Type[ReplayBuffer]] = {"ReplayBuffer": ReplayBuffer,
-                                           "EpisodeBuffer": EpisodeBuffer}
-
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def _kind(cls: type) -> str:
-    """The checkpoint class name of a buffer class (user subclasses map to their base)."""
-    if issubclass(cls, EpisodeBuffer):
-        return "EpisodeBuffer"
-    if issubclass(cls, ReplayBuffer):
-        return "ReplayBuffer"
-    raise TypeError(f"cls must be ReplayBuffer, EpisodeBuffer or a subclass, got {cls!r}")
 
 
 def _align(n: int) -> int:
@@ -119,45 +107,20 @@ class _Crcs:
 
 # ---- save ---------------------------------------------------------------------------------
 
-def _snapshot(buf: ReplayBuffer) -> Tuple[Dict[str, Any], List[Tuple[str, str, list, Any]]]:
-    """The header fields and the sections (name, dtype, shape, uint8 array) of ``buf``."""
-    core = buf._core
-    sampler = buf.sampler.config()
-    if isinstance(buf.sampler, Prioritized) and core is not None:
-        sampler["beta"] = float(core.beta)  # as the core has it (another process may set it)
-    limiter = buf.rate_limiter
+def _snapshot(table: Optional[Table], config: Dict[str, Any]) -> Tuple[Dict[str, Any], List[Tuple[str, str, list, Any]]]:
+    """The header fields and the sections (name, dtype, shape, array) of a table."""
     header: Dict[str, Any] = {
         "format": "reverie-checkpoint",
         "version": FORMAT_VERSION,
         "byte_order": "little",
-        "class": _kind(type(buf)),
-        "capacity": buf.capacity,
-        "seed": buf.seed,
-        "sampler": sampler,
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in buf._options().items()},
-        "rate_limiter": None if limiter is None else limiter.config(),
-        "spec": [[n, f.dtype, list(f.shape)] for n, f in buf.spec.items()],
-        "counters": None,
-        "priorities": None,
+        "config": config,
+        "scalars": None,
     }
-    sections: List[Tuple[str, str, list, Any]] = []
-    if core is None:
-        return header, sections
-    # Counters first: the columns then hold at least what they count.
-    written, calls, stale, sampled, offset = core.get_counters()
-    header["counters"] = {"written": written, "sample_calls": calls, "stale_updates": stale,
-                          "sampled": sampled, "limiter_offset": offset}
-    for i, (name, field) in enumerate(buf.spec.items()):
-        col = core.column(i)  # a zero-copy view of the storage
-        sections.append((f"column:{name}", field.dtype, list(col.shape), col))
-    if core.prioritized:
-        leaves, scale_exp, max_q = core.priority_state()
-        header["priorities"] = {"scale_exp": int(scale_exp), "max_q": float(max_q)}
-        sections.append(("priorities", "uint64", [buf.capacity], leaves))
-    if isinstance(buf, EpisodeBuffer):
-        flags, streams = core.episode_state()
-        sections.append(("row_flags", "uint8", [buf.capacity], flags))
-        sections.append(("stream_flags", "uint8", [len(streams)], streams))
+    if table is None:
+        return header, []
+    # Scalars first: the arrays then hold at least what they count.
+    header["scalars"] = table.scalars()
+    sections = [(a.name, a.dtype, list(a.shape), a.data) for a in table.state_arrays()]
     return header, sections
 
 
@@ -233,30 +196,30 @@ def _remove_stale_temps(directory: str, base: str) -> None:
             continue
 
 
-def save(buf: ReplayBuffer, path: PathLike, *, progress: Optional[bool] = None) -> None:
-    """Writes ``buf`` to ``path`` atomically (see the module docstring for the format).
+def save(table: Optional[Table], config: Dict[str, Any], path: PathLike, *,
+         progress: Optional[bool] = None) -> None:
+    """Writes `table` (None: a buffer not built yet, of configuration `config`) to ``path``
+    atomically (see the module docstring for the format).
 
-    The columns are streamed from the buffer's storage in chunks (no copy of them is made);
-    the file is written as a temporary file next to ``path``, fsynced, and renamed over it.
-    Save when no other thread or process is writing to the buffer: a checkpoint taken while
-    items are added may mix old and new rows.
+    The arrays are streamed from the table's memory in chunks; the file is written as a
+    temporary file next to ``path``, fsynced, and renamed over it. Save when no other thread
+    or process is writing to the table: a checkpoint taken while items are added may mix old
+    and new rows.
 
     Args:
-        buf: a ReplayBuffer or EpisodeBuffer (any storage).
+        table: the table, or None.
+        config: its configuration, live settings as they are now.
         path: the checkpoint file; an existing one is replaced only once the new one is whole.
         progress: show a tqdm bar: True, False, or None (when the checkpoint exceeds 256 MiB).
 
     Raises:
-        ValueError: the buffer is closed.
+        ValueError: writes have been in flight for 2 s (a writer died mid-write).
         OSError: the file could not be written (the previous checkpoint is then untouched).
     """
     _check_host()
-    if not isinstance(buf, ReplayBuffer):
-        raise TypeError(f"save() takes a ReplayBuffer or EpisodeBuffer, got {type(buf).__name__}")
-    buf._check_open()
     path = os.fspath(path)
-    core = buf._core
-    # The counters are taken when no write is in flight (writes in flight would be saved as
+    core = None if table is None else table.core
+    # The state is taken when no write is in flight (writes in flight would be saved as
     # whole rows); a write still unfinished after 2 s is a writer that died mid-write.
     give_up = time.monotonic() + 2.0
     while core is not None and core.claimed != core.written:
@@ -266,7 +229,7 @@ def save(buf: ReplayBuffer, path: PathLike, *, progress: Optional[bool] = None) 
                 "being written for 2 s (a writer process died mid-write, leaving them "
                 "half-written); a checkpoint would restore them as whole rows")
         time.sleep(0.0005)
-    header, sections = _snapshot(buf)
+    header, sections = _snapshot(table, config)
     encoded = _layout(header, sections)
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
@@ -386,22 +349,6 @@ def _read_footer(f: io.RawIOBase, path: str, header: Dict[str, Any]) -> Dict[str
     return dict(zip(names, values))
 
 
-def _target_class(kind: str, cls: Optional[type], path: str) -> Type[ReplayBuffer]:
-    stored = _CLASSES.get(kind)
-    if stored is None:
-        raise ValueError(f"{path}: checkpoint of an unknown buffer class {kind!r}")
-    if cls is None:
-        return stored
-    if not isinstance(cls, type):
-        raise TypeError(f"cls must be a buffer class, got {cls!r}")
-    if _kind(cls) == kind:
-        return cls  # the class itself, or a user subclass of it
-    if issubclass(stored, cls):
-        return stored  # e.g. ReplayBuffer.load of an EpisodeBuffer checkpoint
-    raise TypeError(f"{path} holds a {kind}, which is not a {cls.__name__}; load it with "
-                    f"{kind}.load")
-
-
 def _read_section(f: io.RawIOBase, path: str, entry: Dict[str, Any], dest: np.ndarray,
                   crcs: _Crcs, bar: Any) -> None:
     raw = dest.reshape(-1).view(np.uint8).data
@@ -432,43 +379,24 @@ def _section_dtype(entry: Dict[str, Any], want: str, path: str) -> None:
                          f"{entry['dtype']}, expected {want}")
 
 
-def _fill(buf: ReplayBuffer, f: io.RawIOBase, path: str, header: Dict[str, Any],
-          expected: Dict[str, int], progress: Optional[bool]) -> None:
-    """Reads the sections into ``buf``'s new core and sets its state once all checksums match."""
-    core = buf._core
+def _fill(table: Table, f: io.RawIOBase, path: str, header: Dict[str, Any],
+          expected: Dict[str, int], progress: Optional[bool],
+          before_restore: Callable[[Table], None]) -> None:
+    """Reads the sections into the new table and restores its state once all checksums
+    match."""
     entries = {e["name"]: e for e in header["sections"]}
-    want = [f"column:{n}" for n in buf.spec]
-    if core.prioritized:
-        want.append("priorities")
-    if isinstance(buf, EpisodeBuffer):
-        want += ["row_flags", "stream_flags"]
+    arrays: List[StateArray] = table.state_arrays()
+    want = [a.name for a in arrays]
     if list(entries) != want:
         raise ValueError(f"{path}: corrupted checkpoint: sections {list(entries)}, expected {want}")
-    counters = header["counters"]
-    written, calls, stale, sampled = (int(counters[k]) for k in
-                                      ("written", "sample_calls", "stale_updates", "sampled"))
-    offset = float(counters["limiter_offset"])
-    if min(written, calls, stale, sampled) < 0:
-        raise ValueError(f"{path}: corrupted checkpoint: negative counters {counters}")
-    if isinstance(buf, EpisodeBuffer) and written % buf.num_envs:
-        raise ValueError(f"{path}: corrupted checkpoint: {written} rows written, not whole steps "
-                         f"of num_envs={buf.num_envs} envs")
-
-    extra: Dict[str, np.ndarray] = {}
     dests: List[Tuple[Dict[str, Any], np.ndarray]] = []
-    for i, (name, field) in enumerate(buf.spec.items()):
-        entry = entries[f"column:{name}"]
-        _section_dtype(entry, field.dtype, path)
-        dests.append((entry, core.column(i)))  # read straight into the new storage
-    if core.prioritized:
-        extra["priorities"] = np.empty(buf.capacity, dtype=np.uint64)
-    if isinstance(buf, EpisodeBuffer):
-        extra["row_flags"] = np.empty(buf.capacity, dtype=np.uint8)
-        extra["stream_flags"] = np.empty(buf.num_envs, dtype=np.uint8)
-    for name, arr in extra.items():
-        _section_dtype(entries[name], arr.dtype.name, path)
-        dests.append((entries[name], arr))
-
+    for a in arrays:
+        entry = entries[a.name]
+        _section_dtype(entry, a.dtype, path)
+        if list(entry["shape"]) != list(a.shape):
+            raise ValueError(f"{path}: corrupted checkpoint: section '{a.name}' has shape "
+                             f"{entry['shape']}, expected {list(a.shape)}")
+        dests.append((entry, a.data))  # read straight into the new table's memory
     total = sum(int(e["nbytes"]) for e, _ in dests)
     bar = _progress_bar(progress, total, f"loading {os.path.basename(path)}")
     crcs = _Crcs()
@@ -485,42 +413,31 @@ def _fill(buf: ReplayBuffer, f: io.RawIOBase, path: str, header: Dict[str, Any],
         if got[name] != expected[name]:
             what = f"column '{name[7:]}'" if name.startswith("column:") else f"section '{name}'"
             raise ValueError(f"{path}: checksum mismatch in {what}: the file is corrupted")
-
-    # Every byte is verified: install the state (the counters first: the core then checks that
-    # only slots holding items have priorities).
-    if isinstance(buf, EpisodeBuffer):
-        core.set_episode_state(extra["row_flags"], extra["stream_flags"])
-    core.set_counters(written, calls, stale, sampled, offset)
-    if core.prioritized:
-        pr = header["priorities"]
-        try:
-            core.set_priority_state(extra["priorities"], int(pr["scale_exp"]), float(pr["max_q"]))
-        except ValueError as e:
-            raise ValueError(f"{path}: corrupted checkpoint: {e}") from None
+    # Every byte is verified: the core checks the state and rebuilds what derives from it.
+    before_restore(table)
+    try:
+        table.restore(header["scalars"])
+    except ValueError as e:
+        raise ValueError(f"{path}: corrupted checkpoint: {e}") from None
 
 
-def load(path: PathLike, *, progress: Optional[bool] = None,
-         cls: Optional[type] = None) -> ReplayBuffer:
-    """Restores a buffer written by ``save``: it samples exactly what the saved one would have.
+def load(path: PathLike, *, check: Callable[[Dict[str, Any]], None],
+         before_restore: Callable[[Table, Dict[str, Any]], None],
+         progress: Optional[bool] = None) -> Tuple[Dict[str, Any], Optional[Table]]:
+    """Restores a table written by ``save``: it samples and decides exactly as the saved one
+    would have.
 
-    The buffer is rebuilt with the saved class, capacity, spec, sampler (and its beta), seed,
-    episode options and rate limiter, in this process's memory (storage="memory", whatever
-    the saved buffer's storage was); then the file is read straight into its storage and every
-    section's checksum is verified before the counters, priorities and episode state are set.
-
-    Args:
-        path: a checkpoint file.
-        progress: show a tqdm bar: True, False, or None (when the checkpoint exceeds 256 MiB).
-        cls: the class expected (``ReplayBuffer.load`` passes its class): the checkpoint must
-            hold that class (a user subclass is built as itself) or a subclass of it.
-
-    Returns:
-        A new ReplayBuffer or EpisodeBuffer.
+    Returns the saved configuration and a new table of it (in this process's memory), or
+    None for a buffer saved before its first item. ``check(config)`` runs first (it may
+    refuse the file, e.g. for holding another buffer class); the file is then read straight
+    into the table's state arrays, every section's checksum verified,
+    ``before_restore(table, config)`` called (e.g. to configure a rate limiter), and the core
+    restores the state.
 
     Raises:
         ValueError: the file is not a reverie checkpoint, is of another format version, is
             truncated or corrupted (a checksum mismatch names the section).
-        TypeError: the checkpoint holds another class than ``cls``.
+        TypeError: from ``check``.
         OSError: the file cannot be read.
     """
     _check_host()
@@ -529,14 +446,16 @@ def load(path: PathLike, *, progress: Optional[bool] = None,
         size = os.fstat(f.fileno()).st_size
         header = _read_header(f, path, size)
         try:
-            return _load_from(f, path, size, header, progress, cls)
+            return _load_from(f, path, size, header, progress, check, before_restore)
         except (KeyError, IndexError, AttributeError) as e:
             raise ValueError(f"{path}: corrupted checkpoint: malformed header "
                              f"({type(e).__name__}: {e})") from None
 
 
 def _load_from(f: io.RawIOBase, path: str, size: int, header: Dict[str, Any],
-               progress: Optional[bool], cls: Optional[type]) -> ReplayBuffer:
+               progress: Optional[bool], check: Callable[[Dict[str, Any]], None],
+               before_restore: Callable[[Table, Dict[str, Any]], None]
+               ) -> Tuple[Dict[str, Any], Optional[Table]]:
     file_bytes = int(header["file_bytes"])
     if size < file_bytes:
         raise ValueError(f"{path}: truncated: expected {file_bytes} bytes, the file has {size} "
@@ -544,30 +463,19 @@ def _load_from(f: io.RawIOBase, path: str, size: int, header: Dict[str, Any],
     if size > file_bytes:
         raise ValueError(f"{path}: corrupted checkpoint: expected {file_bytes} bytes, the file "
                          f"has {size} (trailing data)")
-    target = _target_class(header["class"], cls, path)
     expected = _read_footer(f, path, header)
+    config = header["config"]
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: corrupted checkpoint: no configuration")
+    check(config)
+    if header["scalars"] is None:  # saved before its first item: nothing more to restore
+        if config.get("spec") or header["sections"]:
+            raise ValueError(f"{path}: corrupted checkpoint: an unbuilt buffer's checkpoint "
+                             "has a spec or data")
+        return config, None
     try:
-        sampler = sampler_from_config(dict(header["sampler"]))
-        spec = (normalize_spec({n: (dt, tuple(shape)) for n, dt, shape in header["spec"]})
-                if header["spec"] else {})
-        limiter = header["rate_limiter"]
-        limiter = None if limiter is None else RateLimiter(**limiter)
-        options = dict(header["options"])
-        if "obs_fields" in options:
-            options["obs_fields"] = tuple(options["obs_fields"])
-        if header["counters"] is None and (spec or header["sections"]):
-            raise ValueError("an unbuilt buffer's checkpoint has a spec or data")
-        buf = target(int(header["capacity"]), spec or None, sampler, int(header["seed"]),
-                     rate_limiter=limiter, storage="memory", **options)
-    except ValueError as e:
+        table = Table.create(config)
+    except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: corrupted checkpoint: {e}") from None
-    except TypeError as e:
-        raise ValueError(f"{path}: corrupted checkpoint: malformed header ({e})") from None
-    if header["counters"] is None:
-        return buf  # saved before its first item: nothing more to restore
-    try:
-        _fill(buf, f, path, header, expected, progress)
-    except BaseException:
-        buf.close()  # drop the partial buffer
-        raise
-    return buf
+    _fill(table, f, path, header, expected, progress, lambda t: before_restore(t, config))
+    return config, table

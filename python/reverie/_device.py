@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import secrets
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
 from . import _core
-from ._samplers import Prioritized, Uniform
+from ._batch import Batch
+from ._parts import Part, Prioritized, Uniform
 from ._spec import Field, SpecLike, infer_field, normalize_spec
+from ._values import as_int as _as_int
 
-if TYPE_CHECKING:
-    from ._buffer import Batch
+
+class _Live:
+    """A device buffer's live settings, as the parts set them (``_parts.Part._set_live``)."""
+
+    def __init__(self, core: Any) -> None:
+        self._device_core = core
+
+    def set_live(self, role: str, name: str, value: Any) -> None:
+        if (role, name) != ("selector", "beta"):
+            raise ValueError(f"'{name}' is not a setting a device buffer can change")
+        self._device_core.beta = value
+
+    def live(self, role: str) -> Dict[str, Any]:
+        return {"beta": float(self._device_core.beta)} if role == "selector" else {}
 
 
 def cuda_available() -> bool:
@@ -76,8 +89,6 @@ class DeviceReplayBuffer:
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
                  sampler: Union[Uniform, Prioritized, None] = None, seed: Optional[int] = None,
                  *, device: Union[str, torch.device] = "cuda", block_threads: int = 1) -> None:
-        from ._buffer import _as_int
-
         capacity = _as_int("capacity", capacity)
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0, got {capacity}")
@@ -118,9 +129,7 @@ class DeviceReplayBuffer:
         self._device = dev
         self._seed = seed
         self._block_threads = block_threads
-        self._sampler = copy.copy(sampler)
-        if isinstance(self._sampler, Prioritized):
-            self._sampler._core = None
+        self._sampler = sampler.from_config("selector", sampler.config())  # unbound, settings now
         self._core: Any = None
         self._spec: Dict[str, Field] = {}
         if spec is not None:
@@ -144,7 +153,7 @@ class DeviceReplayBuffer:
             0.0 if p is None else p.alpha, 0.0 if p is None else p.beta,
             0.0 if p is None else p.eps, self._seed, self._block_threads)
         if p is not None:
-            p._core = self._core  # beta changes reach the kernels
+            self._sampler = p._bound(_Live(self._core))  # beta changes reach the kernels
         self._spec = spec
         self._names = list(spec)
         self._fields = list(spec.values())
@@ -163,29 +172,28 @@ class DeviceReplayBuffer:
 
     # ---- writing ----------------------------------------------------------------------
 
-    def add(self, **fields: Any) -> None:
-        """Stores one item (tensors on any device, numpy arrays or Python numbers)."""
-        self._write(fields, batched=False)
+    def add(self, **fields: Any) -> int:
+        """Stores one item (tensors on any device, numpy arrays or Python numbers); returns 1
+        (a device buffer is a FIFO ring: it stores every item)."""
+        return self._write(fields, batched=False)
 
-    def extend(self, **fields: Any) -> None:
-        """Stores a batch of items along the leading axis of every field. Of more than
-        ``capacity`` items only the last ``capacity`` stay."""
-        self._write(fields, batched=True)
+    def extend(self, **fields: Any) -> int:
+        """Stores a batch of items along the leading axis of every field; returns how many
+        (all). Of more than ``capacity`` items only the last ``capacity`` stay."""
+        return self._write(fields, batched=True)
 
-    def _write(self, fields: Mapping[str, Any], batched: bool) -> None:
+    def _write(self, fields: Mapping[str, Any], batched: bool) -> int:
         if self._core is None:
             if not fields:
                 raise ValueError("add()/extend() need at least one field, e.g. add(obs=..., reward=...)")
             self._build({n: infer_field(n, v, batched) for n, v in fields.items()})
             try:
-                self._write(fields, batched)
+                return self._write(fields, batched)
             except BaseException:
                 self._core = None
                 self._spec = {}
-                if isinstance(self._sampler, Prioritized):
-                    self._sampler._core = None
+                self._sampler._core = None
                 raise
-            return
         if set(fields) != set(self._names):
             missing = [n for n in self._names if n not in fields]
             unknown = [n for n in fields if n not in self._spec]
@@ -203,6 +211,7 @@ class DeviceReplayBuffer:
         assert n is not None
         with self._on_device():
             self._core.add([t.data_ptr() for t in tensors], n, self._stream())
+        return n
 
     def _as_tensor(self, name: str, value: Any, f: Field, batched: bool) -> torch.Tensor:
         dt = f.torch_dtype
@@ -243,8 +252,6 @@ class DeviceReplayBuffer:
                 raises; checking first would wait for the GPU. Unlike the CPU buffer's
                 refusal, that call still advances the generator.)
         """
-        from ._buffer import Batch, _as_int
-
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             batch_size = _as_int("batch_size", batch_size)
         if batch_size <= 0:
@@ -375,7 +382,7 @@ class DeviceReplayBuffer:
         return dict(self._spec)
 
     @property
-    def sampler(self) -> Union[Uniform, Prioritized]:
+    def sampler(self) -> Part:
         return self._sampler
 
     @property
@@ -423,8 +430,7 @@ class DeviceReplayBuffer:
     def close(self) -> None:
         """Frees the device memory now (it waits for the buffer's queued work). Idempotent;
         the buffer is then empty and unbuilt."""
-        if isinstance(self._sampler, Prioritized):
-            self._sampler._core = None
+        self._sampler._core = None
         self._core = None
         self._spec = {}
 

@@ -1,25 +1,86 @@
-"""Episode buffers: per-env streams, n-step transitions, sequences and frame stacks, with every
-observation stored once (the logic is in the core: cpp/include/reverie/episodes.h)."""
+"""Episode buffers: a table of vectorized env steps composed with an episode view, for
+n-step transitions, sequences and frame stacks with every observation stored once (the logic
+is in the core: cpp/include/reverie/episodes.h and episode_view.h)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from ._buffer import Batch, ReplayBuffer, _as_int
+from ._batch import Batch
+from ._buffer import ReplayBuffer
+from ._config import register_buffer
 from ._limiter import RateLimiter
-from ._samplers import Prioritized, Uniform
+from ._parts import Part, Uniform
 from ._spec import Field, SpecLike
+from ._table import Table
+from ._values import as_int as _as_int
 
 _EPISODE_ENDS = ("pad", "drop")
 
 
+@dataclass(frozen=True)
+class EpisodeView:
+    """The episode view's settings (the table configuration's ``"view"``): which fields play
+    which part, how many envs step together, and the frame stack."""
+
+    num_envs: int = 1
+    obs_fields: Tuple[str, ...] = ("obs",)
+    frame_stack: int = 1
+    reward: str = "reward"
+    terminated: str = "terminated"
+    truncated: str = "truncated"
+
+    def config(self) -> Dict[str, Any]:
+        return {"kind": "episodes", "num_envs": self.num_envs, "obs": list(self.obs_fields),
+                "frame_stack": self.frame_stack, "reward": self.reward,
+                "terminated": self.terminated, "truncated": self.truncated}
+
+    @classmethod
+    def from_config(cls, view: Mapping[str, Any]) -> "EpisodeView":
+        return cls(int(view["num_envs"]), tuple(view["obs"]), int(view["frame_stack"]),
+                   view["reward"], view["terminated"], view["truncated"])
+
+    @property
+    def next_names(self) -> list:
+        return [f"next_{n}" for n in self.obs_fields]
+
+    def roles(self) -> Dict[str, str]:
+        return {"reward": self.reward, "terminated": self.terminated, "truncated": self.truncated}
+
+    def check_spec(self, spec: Mapping[str, Field]) -> None:
+        """Names the view's fields must not collide with (the sampled outputs); the core
+        checks the roles' fields themselves."""
+        names = list(spec)
+        for part, name in [*self.roles().items(), *(("obs_fields", n) for n in self.obs_fields)]:
+            if name not in spec:
+                raise ValueError(f"the {part} field '{name}' is not in the spec (fields: "
+                                 f"{', '.join(names)}); name it with {part}=... or add it")
+        outputs = self.next_names + ["return", "discount", "mask"]
+        taken = sorted(set(outputs) & set(names))
+        if taken:
+            raise ValueError(f"field names {taken} are taken by sampled outputs "
+                             f"({', '.join(outputs)}); rename those fields")
+
+    def leading_axes(self, fields: Mapping[str, Any]) -> int:
+        """Axes before the item's shape in an extend() whose spec is being inferred: the
+        reward is a scalar per row, so its axes are the leading ones, (num_envs,) for one step
+        or (T, num_envs) for T steps."""
+        reward = fields.get(self.reward)
+        shape = getattr(reward, "shape", None)
+        if shape is None and isinstance(reward, (list, tuple)):
+            shape = np.shape(reward)
+        return 2 if shape is not None and len(shape) == 2 else 1
+
+
+@register_buffer("episodes")
 class EpisodeBuffer(ReplayBuffer):
     """A replay buffer of env steps that knows episodes, for n-step returns, sequences and
-    stacked frames.
+    stacked frames: a FIFO table composed with an episode view.
 
     Each call of ``extend`` stores one step of a vectorized env (every value ``[num_envs,
     *shape]``) or ``T`` steps time-major (``[T, num_envs, *shape]``); env ``e`` keeps its own
@@ -37,7 +98,8 @@ class EpisodeBuffer(ReplayBuffer):
             one step. ``reward`` must be a float32/float64 scalar, ``terminated`` and
             ``truncated`` bool scalars.
         sampler, seed, rate_limiter, storage, path: as for ReplayBuffer (uniform sampling is
-            with replacement).
+            with replacement). The writer is FIFO; admission rules and max_times_sampled do
+            not apply to env streams.
         num_envs: envs stepped together.
         obs_fields: the observation fields: given again as ``next_<name>`` by ``sample`` and
             stacked when ``frame_stack > 1``.
@@ -45,19 +107,23 @@ class EpisodeBuffer(ReplayBuffer):
             the last k frames ``[..., k, *frame]``; positions before an episode's first row
             repeat its first frame.
         reward, terminated, truncated: the names of those fields.
+        metadata: as for ReplayBuffer (``get(keys).meta``).
 
     Writes take turns under the buffer's writer lock (safe from several threads or
     processes), but each env's stream must get the steps of one env: one actor per buffer,
     or one loop stepping all envs. Sampling runs from any number of threads.
     """
 
+    _View = EpisodeView
+    _view: EpisodeView
+
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None,
-                 sampler: Union[Uniform, Prioritized, None] = None,
-                 seed: Optional[int] = None, *, num_envs: int = 1,
-                 obs_fields: Sequence[str] = ("obs",), frame_stack: int = 1,
+                 sampler: Optional[Part] = None, seed: Optional[int] = None, *,
+                 num_envs: int = 1, obs_fields: Sequence[str] = ("obs",), frame_stack: int = 1,
                  reward: str = "reward", terminated: str = "terminated",
                  truncated: str = "truncated", rate_limiter: Optional[RateLimiter] = None,
-                 storage: str = "memory", path: Optional[Union[str, os.PathLike]] = None) -> None:
+                 storage: str = "memory", path: Optional[Union[str, os.PathLike]] = None,
+                 metadata: bool = False) -> None:
         num_envs = _as_int("num_envs", num_envs)
         frame_stack = _as_int("frame_stack", frame_stack)
         if num_envs < 1:
@@ -72,74 +138,9 @@ class EpisodeBuffer(ReplayBuffer):
                              f"num_envs steps): got capacity {capacity_int}, num_envs {num_envs}")
         if isinstance(sampler, Uniform) and not sampler.replacement:
             raise ValueError("an EpisodeBuffer samples with replacement: use Uniform() or Prioritized()")
-        self._set_options({"num_envs": num_envs, "obs_fields": tuple(obs_fields),
-                           "frame_stack": frame_stack, "reward": reward,
-                           "terminated": terminated, "truncated": truncated})
+        self._view = EpisodeView(num_envs, tuple(obs_fields), frame_stack, reward, terminated, truncated)
         super().__init__(capacity, spec, sampler, seed, rate_limiter=rate_limiter, storage=storage,
-                         path=path)
-
-    # ---- configuration (hooks of ReplayBuffer) ------------------------------------------
-
-    def _set_options(self, options: Mapping[str, Any]) -> None:
-        self._num_envs: int = options["num_envs"]
-        self._obs_fields: tuple = tuple(options["obs_fields"])
-        self._frame_stack: int = options["frame_stack"]
-        self._roles = {"reward": options["reward"], "terminated": options["terminated"],
-                       "truncated": options["truncated"]}
-
-    def _options(self) -> Dict[str, Any]:
-        return {"num_envs": self._num_envs, "obs_fields": self._obs_fields,
-                "frame_stack": self._frame_stack, **self._roles}
-
-    def _core_options(self, spec: Dict[str, Field]) -> Dict[str, Any]:
-        names = list(spec)
-
-        def index(name: str, part: str) -> int:
-            if name not in spec:
-                raise ValueError(f"the {part} field '{name}' is not in the spec (fields: "
-                                 f"{', '.join(names)}); name it with {part}=... or add it")
-            return names.index(name)
-
-        reward = index(self._roles["reward"], "reward")
-        terminated = index(self._roles["terminated"], "terminated")
-        truncated = index(self._roles["truncated"], "truncated")
-        obs = [index(name, "obs_fields") for name in self._obs_fields]
-        outputs = [f"next_{n}" for n in self._obs_fields] + ["return", "discount", "mask"]
-        taken = sorted(set(outputs) & set(names))
-        if taken:
-            raise ValueError(f"field names {taken} are taken by sampled outputs "
-                             f"({', '.join(outputs)}); rename those fields")
-        self._next_names = [f"next_{n}" for n in self._obs_fields]
-        return {"episodes": (self._num_envs, reward, terminated, truncated, obs, self._frame_stack)}
-
-    def _leading_axes(self, fields: Mapping[str, Any]) -> int:
-        # The reward is a scalar per row: its axes are the leading ones, (num_envs,) for one
-        # step or (T, num_envs) for T steps.
-        reward = fields.get(self._roles["reward"])
-        shape = getattr(reward, "shape", None)
-        if shape is None and isinstance(reward, (list, tuple)):
-            shape = np.shape(reward)
-        return 2 if shape is not None and len(shape) == 2 else 1
-
-    def _extra_state(self, core: Any) -> Dict[str, Any]:
-        flags, streams = core.episode_state()
-        return {"episodes": {"options": self._options(), "row_flags": torch.from_numpy(flags),
-                             "stream_flags": torch.from_numpy(streams)}}
-
-    def _load_extra_state(self, core: Any, state: Mapping[str, Any]) -> None:
-        episodes = state.get("episodes")
-        if not isinstance(episodes, Mapping):
-            raise ValueError("state has no episode state (it is not of an EpisodeBuffer)")
-        if dict(episodes["options"]) != self._options():
-            raise ValueError(f"state has episode options {dict(episodes['options'])}, this "
-                             f"buffer {self._options()}")
-        written = int(state["counters"]["written"])
-        if written % self._num_envs:
-            raise ValueError(f"state has {written} rows written, not whole steps of "
-                             f"num_envs={self._num_envs} envs")
-        flags = episodes["row_flags"].detach().cpu().contiguous().numpy().astype(np.uint8, copy=False)
-        streams = episodes["stream_flags"].detach().cpu().contiguous().numpy().astype(np.uint8, copy=False)
-        core.set_episode_state(flags, streams)
+                         path=path, metadata=metadata)
 
     # ---- sampling ---------------------------------------------------------------------
 
@@ -167,11 +168,11 @@ class EpisodeBuffer(ReplayBuffer):
         batch_size = _as_int("batch_size", batch_size)
         n_step = _as_int("n_step", n_step)
         gamma = float(gamma)
-        core = self._ready(batch_size)
-        arrays, next_arrays, returns, discounts, keys, weights = core.sample_transitions(
+        table = self._ready(batch_size)
+        arrays, next_arrays, returns, discounts, keys, weights = table.core.sample_transitions(
             batch_size, n_step, gamma)
-        fields = self._tensors(arrays, self._names)
-        fields.update(self._tensors(next_arrays, self._next_names))
+        fields = table.tensors(arrays, table.names)
+        fields.update(table.tensors(next_arrays, self._view.next_names))
         fields["return"] = torch.from_numpy(returns)
         fields["discount"] = torch.from_numpy(discounts)
         return Batch(fields, torch.from_numpy(keys),
@@ -203,36 +204,19 @@ class EpisodeBuffer(ReplayBuffer):
         burn_in = _as_int("burn_in", burn_in)
         if episode_end not in _EPISODE_ENDS:
             raise ValueError(f"episode_end must be 'pad' or 'drop', got {episode_end!r}")
-        core = self._ready(batch_size)
-        arrays, mask, keys, weights = core.sample_sequences(batch_size, burn_in, length,
-                                                            episode_end == "drop")
-        fields = self._tensors(arrays, self._names)
+        table = self._ready(batch_size)
+        arrays, mask, keys, weights = table.core.sample_sequences(batch_size, burn_in, length,
+                                                                  episode_end == "drop")
+        fields = table.tensors(arrays, table.names)
         fields["mask"] = torch.from_numpy(mask)
         return Batch(fields, torch.from_numpy(keys),
                      None if weights is None else torch.from_numpy(weights))
 
-    def _ready(self, batch_size: int) -> Any:
+    def _ready(self, batch_size: int) -> Table:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        core = self._core
-        return core if core is not None else self._await_first_item(batch_size)
-
-    def _tensors(self, arrays: Sequence[np.ndarray], names: Sequence[str]) -> Dict[str, torch.Tensor]:
-        out = dict(zip(names, map(torch.from_numpy, arrays)))
-        if self._bf16:  # numpy has no bfloat16: the core hands out the raw bits
-            for name in names:
-                if self._spec[name if name in self._spec else name[5:]].dtype == "bfloat16":
-                    out[name] = out[name].view(torch.bfloat16)
-        return out
-
-    # ---- inspection ---------------------------------------------------------------------
-
-    @property
-    def columns(self) -> Dict[str, torch.Tensor]:
-        """Zero-copy views of the storage: {name: tensor [capacity, *shape]}, stream-major:
-        env e's rows are ``[e * per, (e + 1) * per)`` with ``per = capacity // num_envs``,
-        step t at row ``e * per + t % per``."""
-        return super().columns
+        table = self._table
+        return table if table is not None else self._await_first_item(batch_size)
 
     def env_steps(self, keys: Any) -> "tuple[torch.Tensor, torch.Tensor]":
         """Which env and which of its steps each key names: ``(env, step)`` int64 tensors,
@@ -253,24 +237,30 @@ class EpisodeBuffer(ReplayBuffer):
         if (n < 0).any():
             bad = int(arr.reshape(-1)[np.flatnonzero(n < 0)[0]])
             raise IndexError(f"index {bad} is not a key of this buffer (use batch.indices)")
-        env, step = n % self._num_envs, n // self._num_envs
+        envs = self._view.num_envs
+        env, step = n % envs, n // envs
         return (torch.from_numpy(env.reshape(arr.shape)), torch.from_numpy(step.reshape(arr.shape)))
 
-    @property
-    def num_envs(self) -> int:
-        return self._num_envs
+    # ---- inspection ---------------------------------------------------------------------
 
     @property
-    def frame_stack(self) -> int:
-        return self._frame_stack
+    def columns(self) -> Dict[str, torch.Tensor]:
+        """Zero-copy views of the storage: {name: tensor [capacity, *shape]}, stream-major:
+        env e's rows are ``[e * per, (e + 1) * per)`` with ``per = capacity // num_envs``,
+        step t at row ``e * per + t % per``."""
+        return super().columns
+
+    num_envs = property(lambda self: self._view.num_envs)
+    frame_stack = property(lambda self: self._view.frame_stack)
+    obs_fields = property(lambda self: self._view.obs_fields)
 
     @property
-    def obs_fields(self) -> tuple:
-        return self._obs_fields
+    def _roles(self) -> Dict[str, str]:
+        return self._view.roles()
 
     def __repr__(self) -> str:
-        return (super().__repr__()[:-1] + f", num_envs={self._num_envs}, "
-                f"frame_stack={self._frame_stack}, obs_fields={list(self._obs_fields)})")
+        return (super().__repr__()[:-1] + f", num_envs={self.num_envs}, "
+                f"frame_stack={self.frame_stack}, obs_fields={list(self.obs_fields)})")
 
 
 def sequence_priority(td_abs: torch.Tensor, mask: torch.Tensor, eta: float = 0.9) -> torch.Tensor:

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "reverie/kernels.h"
-#include "reverie/prioritized_sampler.h"
+#include "reverie/prioritized_selector.h"
 
 namespace reverie {
 

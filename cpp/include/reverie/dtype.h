@@ -49,5 +49,12 @@ bool IntegersFitIn(const int64_t* values, size_t n, DType dst, int64_t* bad_valu
 // IEEE binary16 and bfloat16 from float, round to nearest even (NaN kept NaN). O(1).
 uint16_t FloatToHalf(float value);
 uint16_t FloatToBFloat16(float value);
+// And back, exactly. O(1).
+float HalfToFloat(uint16_t bits);
+float BFloat16ToFloat(uint16_t bits);
+
+// Element `index` of a buffer of n elements of `dtype` (any dtype; bool is 0 or 1), as a
+// double (int64 values beyond 2^53 round). O(1).
+double ElementAsDouble(const void* data, DType dtype, int64_t index);
 
 }  // namespace reverie

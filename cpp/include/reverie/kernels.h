@@ -424,7 +424,7 @@ REVERIE_HD double PriorityAt(const UpdateArgs& a, int64_t k) {
 //  1. validate every key (written, >= 0) and priority; on any bad one record the first and
 //     change nothing;
 //  2. settle the fixed-point scale for the largest new q (shifting every leaf right and
-//     rebuilding when it no longer fits, as PrioritizedSampler::Reserve);
+//     rebuilding when it no longer fits, as PrioritizedSelector::Reserve);
 //  3. mark, per slot, the last position k that names it (atomic max of k + 1);
 //  4. the marked positions set their leaf and add the difference to every ancestor sum;
 //     keys overwritten since they were sampled are counted as stale and skipped;

@@ -52,7 +52,9 @@ struct KeyCodec {
   // The key of generation `generation` of `slot`. Preconditions: slot < 2^slot_bits,
   // 0 <= generation <= generation_mask(). O(1).
   REVERIE_HD int64_t Key(int64_t generation, int64_t slot) const {
-    return (shard << kLocalKeyBits) | (generation << slot_bits) | slot;
+    return static_cast<int64_t>((static_cast<uint64_t>(shard) << kLocalKeyBits) |
+                                (static_cast<uint64_t>(generation) << slot_bits) |
+                                static_cast<uint64_t>(slot));
   }
   REVERIE_HD int64_t Slot(int64_t key) const { return key & slot_mask(); }
   REVERIE_HD int64_t Generation(int64_t key) const {

@@ -160,10 +160,17 @@ class Ring {
   // Step 2 for `key` in `slot` (= its slot; callers step both along a range with a Cursor).
   // Returns false when a newer item already holds the slot. Waits (spinning, then yielding)
   // only while a live writer one lap behind is still copying. O(1) usually.
-  bool Acquire(int64_t key, int64_t slot, uint32_t pid);
+  // *previous (when given) receives the stamp replaced (empty, committed or removed).
+  bool Acquire(int64_t key, int64_t slot, uint32_t pid, uint64_t* previous = nullptr);
   // Step 4 for one key (after the row is copied). O(1).
   void Publish(int64_t key, int64_t slot) {
     stamps_[slot].store(Stamp::Committed(key), std::memory_order_release);
+  }
+  // A remover: committed `key` in `slot` becomes removed (its bytes stay). False when the slot
+  // holds anything else now (written again, or removed already). O(1).
+  bool Remove(int64_t key, int64_t slot) {
+    uint64_t expected = Stamp::Committed(key);
+    return stamps_[slot].compare_exchange_strong(expected, Stamp::Removed(key), std::memory_order_acq_rel);
   }
   void CountCommitted(int64_t n) { counters_->committed.fetch_add(n, std::memory_order_acq_rel); }
 
@@ -175,7 +182,8 @@ class Ring {
     const int64_t last = written - 1;  // the newest insertion
     const int64_t newest_slot = last % capacity_;
     const int64_t generation = last / capacity_;  // of slots up to newest_slot; others one less
-    const int64_t newer = codec_.Key(generation, 0), older = codec_.Key(generation - 1, 0);
+    const int64_t newer = codec_.Key(generation, 0);
+    const int64_t older = generation > 0 ? codec_.Key(generation - 1, 0) : 0;  // unused at 0
     for (int64_t i = 0; i < n; ++i) keys[i] = slots[i] | (slots[i] <= newest_slot ? newer : older);
   }
 
@@ -188,6 +196,8 @@ class Ring {
   bool Holds(int64_t key, int64_t slot) const {
     return LoadStamp(slot) == Stamp::Committed(key);
   }
+  // The stamps themselves (capacity() words), for the table's state arrays.
+  std::atomic<uint64_t>* stamps() const { return stamps_; }
   // Stores a stamp as it is (restoring state). Not concurrent with anything.
   void SetStamp(int64_t slot, uint64_t stamp) {
     stamps_[slot].store(stamp, std::memory_order_relaxed);

@@ -14,7 +14,7 @@
 // 2-core EPYC, all on one thread): sample(256) + update(256) took 16.6 us in this format,
 // min-tree included, against 21-25 us for the same 8-wide interleaved descent and delta
 // update over float64 sums without any min-tree. Same node width, faster, and exact.
-// The scale from real priorities to units lives in PrioritizedSampler.
+// The scale from real priorities to units lives in PrioritizedSelector.
 //
 // Layout: level 0 is the root; level `depth` holds the leaves; node j of level d has the
 // children 8j .. 8j+7 on level d+1. Every level starts on a 64-byte boundary and is padded

@@ -1,4 +1,4 @@
-#include "reverie/prioritized_sampler.h"
+#include "reverie/prioritized_selector.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,6 +6,7 @@
 #include "reverie/common.h"
 #include "reverie/kernels.h"
 #include "reverie/philox.h"
+#include "reverie/ring.h"
 
 namespace reverie {
 namespace {
@@ -23,18 +24,19 @@ int64_t CheckedCapacity(int64_t capacity) {
 
 }  // namespace
 
-PrioritizedSampler::PrioritizedSampler(int64_t capacity, PrioritizedConfig config)
+PrioritizedSelector::PrioritizedSelector(int64_t capacity, PrioritizedConfig config)
     : config_(config),
+      capacity_(CheckedCapacity(capacity)),
       owned_state_(std::make_unique<PriorityState>()),
       state_(owned_state_.get()),
-      tree_(CheckedCapacity(capacity)) {
+      tree_(capacity) {
   Initialize(config, capacity);
 }
 
-PrioritizedSampler::PrioritizedSampler(int64_t capacity, PrioritizedConfig config,
-                                       PriorityState* state, uint64_t* sums, uint64_t* mins,
-                                       bool initialize)
-    : config_(config), state_(state), tree_(CheckedCapacity(capacity), sums, mins) {
+PrioritizedSelector::PrioritizedSelector(int64_t capacity, PrioritizedConfig config,
+                                         PriorityState* state, uint64_t* sums, uint64_t* mins,
+                                         bool initialize)
+    : config_(config), capacity_(CheckedCapacity(capacity)), state_(state), tree_(capacity, sums, mins) {
   if (initialize) {
     Initialize(config, capacity);
   } else {
@@ -42,7 +44,103 @@ PrioritizedSampler::PrioritizedSampler(int64_t capacity, PrioritizedConfig confi
   }
 }
 
-void PrioritizedSampler::Initialize(const PrioritizedConfig& config, int64_t capacity) {
+PrioritizedSelector::PrioritizedSelector(int64_t capacity, PrioritizedConfig config, InRegion)
+    : config_(config), capacity_(CheckedCapacity(capacity)), tree_(1, nullptr, nullptr) {
+  // The settings are checked now, before any region exists.
+  PriorityState probe;
+  state_ = &probe;
+  Initialize(config, capacity);
+  state_ = nullptr;
+}
+
+std::unique_ptr<Selector> MakePrioritizedSelector(const ConfigValue& settings, const TableContext& table) {
+  PrioritizedConfig c;
+  const auto number = [&](const char* name, double fallback) {
+    const ConfigValue& v = settings.Get(name);
+    return v.is_null() ? fallback : v.AsDouble(internal::Concat("prioritized sampler '", name, "'"));
+  };
+  c.alpha = number("alpha", c.alpha);
+  c.beta = number("beta", c.beta);
+  c.eps = number("eps", c.eps);
+  return std::make_unique<PrioritizedSelector>(table.capacity, c, PrioritizedSelector::InRegion{});
+}
+
+std::vector<size_t> PrioritizedSelector::Sections() const {
+  return {sizeof(PriorityState), SumTree::SumsBytes(capacity_), SumTree::MinsBytes(capacity_)};
+}
+
+void PrioritizedSelector::Bind(const std::vector<uint8_t*>& sections, bool fresh) {
+  state_ = reinterpret_cast<PriorityState*>(sections[0]);
+  if (fresh) new (state_) PriorityState();
+  tree_ = SumTree(capacity_, reinterpret_cast<uint64_t*>(sections[1]),
+                  reinterpret_cast<uint64_t*>(sections[2]));
+  if (fresh) {
+    Initialize(config_, capacity_);
+  } else {
+    unit_budget_ = std::ldexp(1.0, 62) / static_cast<double>(capacity_);
+  }
+}
+
+void PrioritizedSelector::StateArrays(std::vector<StateArray>* out) {
+  // The leaf level of the sums array: one contiguous run of `capacity` words.
+  auto* leaves = const_cast<uint64_t*>(tree_.sums()) + tree_.layout().offset[tree_.layout().depth];
+  out->push_back(StateArray{"priority.leaves", "uint64", {capacity_}, reinterpret_cast<uint8_t*>(leaves), true});
+}
+
+void PrioritizedSelector::SaveScalars(ConfigValue* out) const {
+  out->Set("priority.scale_exp", ConfigValue::Int(state_->scale_exp.load(std::memory_order_relaxed)));
+  out->Set("priority.max_q", ConfigValue::Double(state_->max_q.load(std::memory_order_relaxed)));
+  out->Set("priority.beta", ConfigValue::Double(state_->beta.load(std::memory_order_relaxed)));
+}
+
+void PrioritizedSelector::Restore(const ConfigValue& scalars, const Ring& slots) {
+  const double max_q = StateScalar(scalars, "priority.max_q");
+  const double beta = StateScalar(scalars, "priority.beta");
+  const int64_t scale_exp = StateInt(scalars, "priority.scale_exp");
+  REVERIE_CHECK(std::isfinite(max_q) && max_q > 0,
+                "priority state: max priority must be finite and > 0, got ", max_q);
+  REVERIE_CHECK(FiniteNonNegative(beta), "priority state: beta must be finite and >= 0, got ", beta);
+  REVERIE_CHECK(scale_exp > -1100 && scale_exp < 1100, "priority state: scale exponent ", scale_exp,
+                " is out of range");
+  unsigned __int128 total = 0;
+  int64_t held = 0;
+  for (int64_t slot = 0; slot < capacity_; ++slot) {
+    const uint64_t leaf = tree_.leaf(slot);
+    const bool holds = Stamp::IsCommitted(slots.LoadStamp(slot));
+    held += holds;
+    REVERIE_CHECK(holds || leaf == 0, "priority state is inconsistent with the stored items: slot ",
+                  slot, " holds no item but has a priority (", held, " of the first ", slot + 1,
+                  " slots hold items)");
+    total += leaf;
+  }
+  REVERIE_CHECK(total < (static_cast<unsigned __int128>(1) << 63),
+                "priority state: the leaves sum past the fixed-point budget");
+  state_->epoch.store(0, std::memory_order_relaxed);
+  state_->rescale_shift.store(0, std::memory_order_relaxed);
+  state_->scale_exp.store(static_cast<int32_t>(scale_exp), std::memory_order_relaxed);
+  state_->max_q.store(max_q, std::memory_order_relaxed);
+  state_->beta.store(beta, std::memory_order_relaxed);
+  tree_.Rebuild();
+}
+
+void PrioritizedSelector::SetLive(const std::string& name, const ConfigValue& value) {
+  if (name != "beta") Selector::SetLive(name, value);
+  set_beta(value.AsDouble("beta"));
+}
+
+ConfigValue PrioritizedSelector::Live() const {
+  ConfigValue out = ConfigValue::MakeMap();
+  out.Set("beta", ConfigValue::Double(state_->beta.load(std::memory_order_relaxed)));
+  return out;
+}
+
+void PrioritizedSelector::OnRemove(int64_t slot) {
+  const int64_t index = slot;
+  const uint64_t zero = 0;
+  tree_.SetLeaves(&index, &zero, 1);
+}
+
+void PrioritizedSelector::Initialize(const PrioritizedConfig& config, int64_t capacity) {
   REVERIE_CHECK(FiniteNonNegative(config.alpha), "alpha must be finite and >= 0, got ", config.alpha);
   REVERIE_CHECK(FiniteNonNegative(config.beta), "beta must be finite and >= 0, got ", config.beta);
   REVERIE_CHECK(FiniteNonNegative(config.eps), "eps must be finite and >= 0, got ", config.eps);
@@ -52,40 +150,40 @@ void PrioritizedSampler::Initialize(const PrioritizedConfig& config, int64_t cap
   state_->scale_exp.store(ScaleFor(1.0, unit_budget_ / kHeadroom), std::memory_order_relaxed);
 }
 
-PrioritizedConfig PrioritizedSampler::config() const {
+PrioritizedConfig PrioritizedSelector::config() const {
   PrioritizedConfig c = config_;
   c.beta = state_->beta.load(std::memory_order_relaxed);
   return c;
 }
 
-void PrioritizedSampler::set_beta(double beta) {
+void PrioritizedSelector::set_beta(double beta) {
   REVERIE_CHECK(FiniteNonNegative(beta), "beta must be finite and >= 0, got ", beta);
   state_->beta.store(beta, std::memory_order_relaxed);
 }
 
-double PrioritizedSampler::Transform(double priority) const {
+double PrioritizedSelector::Transform(double priority) const {
   return PriorityTransform(priority, config_.alpha, config_.eps);
 }
 
-uint64_t PrioritizedSampler::ToUnits(double q) const {
+uint64_t PrioritizedSelector::ToUnits(double q) const {
   return ToUnits(q, std::ldexp(1.0, state_->scale_exp.load(std::memory_order_relaxed)));
 }
 
-uint64_t PrioritizedSampler::ToUnits(double q, double scale) { return PriorityUnits(q, scale); }
+uint64_t PrioritizedSelector::ToUnits(double q, double scale) { return PriorityUnits(q, scale); }
 
-double PrioritizedSampler::StoredPriority(int64_t slot) const {
+double PrioritizedSelector::StoredPriority(int64_t slot) const {
   return std::ldexp(static_cast<double>(tree_.leaf(slot)),
                     -state_->scale_exp.load(std::memory_order_relaxed));
 }
 
 template <typename Fn>
-void PrioritizedSampler::WithEpoch(Fn&& fn) {
+void PrioritizedSelector::WithEpoch(Fn&& fn) {
   state_->epoch.fetch_add(1, std::memory_order_acq_rel);
   fn();
   state_->epoch.fetch_add(1, std::memory_order_acq_rel);
 }
 
-void PrioritizedSampler::Reserve(double q) {
+void PrioritizedSelector::Reserve(double q) {
   if (q <= state_->max_q.load(std::memory_order_relaxed)) return;
   state_->max_q.store(q, std::memory_order_relaxed);
   const int scale_exp = state_->scale_exp.load(std::memory_order_relaxed);
@@ -98,7 +196,7 @@ void PrioritizedSampler::Reserve(double q) {
   WithEpoch([&] { FinishRescale(); });
 }
 
-void PrioritizedSampler::FinishRescale() {
+void PrioritizedSelector::FinishRescale() {
   const int shift = state_->rescale_shift.load(std::memory_order_acquire);
   tree_.ShiftLeavesRight(shift, state_->rescale_next.load(std::memory_order_acquire),
                          &state_->rescale_next);
@@ -107,7 +205,7 @@ void PrioritizedSampler::FinishRescale() {
   state_->rescale_shift.store(0, std::memory_order_release);
 }
 
-void PrioritizedSampler::Repair() {
+void PrioritizedSelector::Repair() {
   // A writer that died in the middle of a whole-tree change left the epoch odd: even it out.
   if ((state_->epoch.load(std::memory_order_acquire) & 1) != 0) {
     state_->epoch.fetch_add(1, std::memory_order_acq_rel);
@@ -121,20 +219,20 @@ void PrioritizedSampler::Repair() {
   });
 }
 
-void PrioritizedSampler::ValidateSample(const SampleRequest& request) const {
+void PrioritizedSelector::ValidateSample(const SampleRequest& request) const {
   REVERIE_CHECK(request.batch > 0, "batch_size must be > 0, got ", request.batch);
   REVERIE_CHECK(request.size > 0, "cannot sample ", request.batch,
                 " items: the buffer is empty (add items first)");
   REVERIE_CHECK(tree_.total() > 0, "cannot sample: every stored item has priority 0");
 }
 
-int64_t PrioritizedSampler::Checked(int64_t slot) const {
+int64_t PrioritizedSelector::Checked(int64_t slot) const {
   // A descent racing an update can end on a leaf that is 0 (or beyond the stored range);
   // such a draw is rejected, so a zero priority is never sampled.
   return tree_.leaf(slot) != 0 ? slot : -1;
 }
 
-void PrioritizedSampler::Draw(const SampleRequest& request, int64_t begin, int64_t end,
+void PrioritizedSelector::Draw(const SampleRequest& request, int64_t begin, int64_t end,
                               int64_t* slots) const {
   const uint64_t batch = static_cast<uint64_t>(request.batch);
   const uint64_t total = tree_.total();
@@ -155,7 +253,7 @@ void PrioritizedSampler::Draw(const SampleRequest& request, int64_t begin, int64
   for (int64_t i = begin; i < end; ++i) slots[i] = Checked(slots[i]);
 }
 
-int64_t PrioritizedSampler::Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
+int64_t PrioritizedSelector::Redraw(const SampleRequest& request, int64_t i, uint32_t attempt,
                                    const int64_t*) const {
   const uint64_t total = tree_.total();
   if (total == 0) return -1;
@@ -163,7 +261,7 @@ int64_t PrioritizedSampler::Redraw(const SampleRequest& request, int64_t i, uint
   return Checked(Descend(tree_.sums(), tree_.layout(), MulHi64(r, total)));
 }
 
-void PrioritizedSampler::Weights(const int64_t* slots, int64_t begin, int64_t end,
+void PrioritizedSelector::Weights(const int64_t* slots, int64_t begin, int64_t end,
                                  float* weights) const {
   const double beta = state_->beta.load(std::memory_order_relaxed);
   if (beta == 0) {
@@ -178,7 +276,7 @@ void PrioritizedSampler::Weights(const int64_t* slots, int64_t begin, int64_t en
   }
 }
 
-void PrioritizedSampler::OnInsert(int64_t first, int64_t n) {
+void PrioritizedSelector::OnInsert(int64_t first, int64_t n) {
   const uint64_t units = ToUnits(state_->max_q.load(std::memory_order_relaxed));
   const int64_t capacity = tree_.leaves();
   const int64_t head = std::min(n, capacity - first);
@@ -186,7 +284,7 @@ void PrioritizedSampler::OnInsert(int64_t first, int64_t n) {
   tree_.FillRange(0, n - head, units);
 }
 
-void PrioritizedSampler::ValidatePriorities(const double* priorities, int64_t n) const {
+void PrioritizedSelector::ValidatePriorities(const double* priorities, int64_t n) const {
   for (int64_t k = 0; k < n; ++k) {
     REVERIE_CHECK(FiniteNonNegative(priorities[k]), "priorities must be finite and >= 0; got ",
                   priorities[k], " at position ", k);
@@ -196,7 +294,7 @@ void PrioritizedSampler::ValidatePriorities(const double* priorities, int64_t n)
   }
 }
 
-void PrioritizedSampler::UpdatePriorities(const int64_t* slots, const double* priorities,
+void PrioritizedSelector::UpdatePriorities(const int64_t* slots, const double* priorities,
                                           int64_t n) {
   if (n == 0) return;
   // (p + eps)^alpha grows with p, so the largest new q is that of the largest p: settle the
@@ -207,7 +305,7 @@ void PrioritizedSampler::UpdatePriorities(const int64_t* slots, const double* pr
   tree_.SetLeaves(slots, [&](int64_t k) { return ToUnits(Transform(priorities[k]), scale); }, n);
 }
 
-PrioritizedSampler::State PrioritizedSampler::GetState() const {
+PrioritizedSelector::State PrioritizedSelector::GetState() const {
   State state;
   state.leaves.resize(static_cast<size_t>(tree_.leaves()));
   for (int64_t i = 0; i < tree_.leaves(); ++i) state.leaves[static_cast<size_t>(i)] = tree_.leaf(i);
@@ -216,7 +314,7 @@ PrioritizedSampler::State PrioritizedSampler::GetState() const {
   return state;
 }
 
-void PrioritizedSampler::SetState(const State& state) {
+void PrioritizedSelector::SetState(const State& state) {
   REVERIE_CHECK(static_cast<int64_t>(state.leaves.size()) == tree_.leaves(),
                 "priority state has ", state.leaves.size(), " leaves, the buffer has capacity ",
                 tree_.leaves());

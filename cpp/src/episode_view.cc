@@ -1,5 +1,6 @@
-// The episode samplers of ReplayBuffer: n-step transitions and sequence windows (episodes.h),
-// drawn, gathered and validated against concurrent writers.
+// The episode view (episode_view.h): row flags written with each env step, and the episode
+// samplers, n-step transitions and sequence windows (episodes.h), drawn, gathered and
+// validated against concurrent writers.
 #include <sched.h>
 
 #include <algorithm>
@@ -11,9 +12,10 @@
 
 #include "reverie/atomics.h"
 #include "reverie/common.h"
+#include "reverie/episode_view.h"
 #include "reverie/episodes.h"
 #include "reverie/philox.h"
-#include "reverie/replay_buffer.h"
+#include "reverie/table.h"
 #include "reverie/thread_pool.h"
 
 namespace reverie {
@@ -162,36 +164,118 @@ class RowCopier {
 
 }  // namespace
 
-void ReplayBuffer::CheckTransitionArgs(int64_t batch, int n_step, double gamma) const {
-  REVERIE_CHECK(episodes_.enabled(), "n-step sampling needs an episode buffer (num_envs)");
+EpisodeView::EpisodeView(const ConfigValue& settings, const TableContext& table)
+    : capacity_(table.capacity) {
+  EpisodeConfig& e = config_;
+  const std::vector<FieldSpec>& spec = *table.spec;
+  e.num_envs = settings.At("num_envs", "episode view").AsInt("num_envs");
+  REVERIE_CHECK(e.num_envs >= 1, "num_envs must be >= 1, got ", e.num_envs);
+  REVERIE_CHECK(capacity_ % e.num_envs == 0, "capacity must be a multiple of num_envs (each env "
+                "stream holds capacity / num_envs steps): got capacity ", capacity_, " and num_envs ",
+                e.num_envs);
+  const ConfigValue& k = settings.Get("frame_stack");
+  e.frame_stack = k.is_null() ? 1 : static_cast<int>(k.AsInt("frame_stack"));
+  REVERIE_CHECK(e.frame_stack >= 1 && e.frame_stack <= 64, "frame_stack must be in [1, 64], got ",
+                e.frame_stack);
+  REVERIE_CHECK(e.frame_stack <= capacity_ / e.num_envs, "frame_stack ", e.frame_stack,
+                " is longer than an env stream holds (", capacity_ / e.num_envs, " steps)");
+  const auto field = [&](const char* role) {
+    const std::string& name = settings.At(role, "episode view").AsString(role);
+    return table.FieldIndex(name, internal::Concat("the ", role, " field"));
+  };
+  e.reward = field("reward");
+  e.terminated = field("terminated");
+  e.truncated = field("truncated");
+  for (const ConfigValue& obs : settings.At("obs", "episode view").AsList("obs")) {
+    e.obs.push_back(table.FieldIndex(obs.AsString("an observation field"), "the observation field"));
+  }
+  const FieldSpec& reward = spec[static_cast<size_t>(e.reward)];
+  REVERIE_CHECK_TYPE(reward.shape.empty() && (reward.dtype == DType::kFloat32 || reward.dtype == DType::kFloat64),
+                     "reward field '", reward.name, "' must be a float32 or float64 scalar, got ",
+                     DTypeName(reward.dtype), ShapeString(reward.shape.data(), static_cast<int>(reward.shape.size())));
+  for (const auto& [index, part] : {std::pair{e.terminated, "terminated"}, std::pair{e.truncated, "truncated"}}) {
+    const FieldSpec& flag = spec[static_cast<size_t>(index)];
+    REVERIE_CHECK_TYPE(flag.shape.empty() && flag.dtype == DType::kBool, part, " field '", flag.name,
+                       "' must be a bool scalar, got ", DTypeName(flag.dtype),
+                       ShapeString(flag.shape.data(), static_cast<int>(flag.shape.size())));
+  }
+  REVERIE_CHECK(e.terminated != e.truncated, "terminated and truncated must be different fields");
+}
+
+std::vector<size_t> EpisodeView::Sections() const {
+  return {static_cast<size_t>(capacity_), static_cast<size_t>(config_.num_envs)};
+}
+
+void EpisodeView::Bind(const std::vector<uint8_t*>& sections, bool fresh) {
+  flags_ = sections[0];
+  streams_ = sections[1];
+  if (fresh) std::fill(streams_, streams_ + config_.num_envs, kStreamStart);
+}
+
+void EpisodeView::StateArrays(std::vector<StateArray>* out) {
+  out->push_back(StateArray{"episodes.row_flags", "uint8", {capacity_}, flags_, true});
+  out->push_back(StateArray{"episodes.stream_flags", "uint8", {config_.num_envs}, streams_, false});
+}
+
+void EpisodeView::Restore(const ConfigValue&, const Ring& stamps) {
+  REVERIE_CHECK(stamps.committed() % config_.num_envs == 0, stamps.committed(),
+                " rows written are not whole steps of num_envs=", config_.num_envs, " envs");
+}
+
+void EpisodeView::OnWrite(const ArrayView* const* values, int64_t first, int64_t count, int64_t skip,
+                          const std::vector<int64_t>* lapped, const Ring& ring) {
+  // Input rows are whole env steps and every write claims whole steps, so `first` is a
+  // multiple of num_envs: row i belongs to env i % num_envs. Bool inputs are one byte per
+  // value whether typed or not (Validate).
+  const auto* terminated = static_cast<const uint8_t*>(values[config_.terminated]->data);
+  const auto* truncated = static_cast<const uint8_t*>(values[config_.truncated]->data);
+  const int64_t envs = config_.num_envs;
+  int64_t env = 0;
+  Ring::Cursor c(ring, first + skip);
+  for (int64_t i = 0; i < count; ++i) {
+    const uint8_t f = RowFlagsAfter(streams_[env], terminated[i] != 0, truncated[i] != 0);
+    streams_[env] = f;
+    if (i >= skip) {
+      const int64_t n = first + i;
+      if (lapped == nullptr || !std::binary_search(lapped->begin(), lapped->end(), n)) {
+        RacyCopy(flags_ + c.slot(), &f, 1);
+      }
+      c.Next();
+    }
+    env = env + 1 == envs ? 0 : env + 1;
+  }
+}
+
+void EpisodeView::CheckTransitionArgs(int64_t batch, int n_step, double gamma) const {
   REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
   REVERIE_CHECK(n_step >= 1, "n_step must be >= 1, got ", n_step);
   REVERIE_CHECK(gamma >= 0.0 && gamma <= 1.0, "gamma must be in [0, 1], got ", gamma);
 }
 
-void ReplayBuffer::CheckSequenceArgs(int64_t batch, int64_t burn_in, int64_t length) const {
-  REVERIE_CHECK(episodes_.enabled(), "sequence sampling needs an episode buffer (num_envs)");
+void EpisodeView::CheckSequenceArgs(int64_t batch, int64_t burn_in, int64_t length) const {
   REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
   REVERIE_CHECK(length >= 1, "length must be >= 1, got ", length);
   REVERIE_CHECK(burn_in >= 0, "burn_in must be >= 0, got ", burn_in);
-  REVERIE_CHECK(length <= stream_capacity() - burn_in, "a sequence of burn_in + length = ",
+  REVERIE_CHECK(length <= stream_rows() - burn_in, "a sequence of burn_in + length = ",
                 burn_in, " + ", length, " steps is longer than an env stream holds (capacity / ",
-                "num_envs = ", stream_capacity(), ")");
+                "num_envs = ", stream_rows(), ")");
 }
 
 template <typename Item>
-void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* weights) {
+void EpisodeView::SampleItems(Table& table, int64_t batch, Item& item, int64_t* keys, float* weights) {
+  const Ring& ring_ = table.ring_;
+  Selector* sampler_ = table.selector_.get();
   const int64_t stream_rows = ring_.stream_rows();
   auto rows_at = [stream_rows](int64_t key, int64_t slot) {
     return RowPos{key, slot, slot - slot % stream_rows};
   };
   int64_t claimed = 0;
-  const SampleRequest request = BeginSample(batch, &claimed);
+  const SampleRequest request = table.BeginSample(batch, &claimed);
   const std::unique_ptr<int64_t[]> slot_buffer(new int64_t[static_cast<size_t>(batch)]);
   int64_t* slots = slot_buffer.get();
   float* w = sampler_->prioritized() ? weights : nullptr;
   const int64_t range = request.draw_range();
-  const int64_t cap = capacity();
+  const int64_t cap = capacity_;
   // A prioritized draw is a slot (a leaf of the tree). A uniform draw d in [0, range) is the
   // key claimed - range + d: with several streams the claimed keys' slots are no prefix of
   // the ring (ring.h), so the draw is over keys and mapped to their slots.
@@ -293,21 +377,23 @@ void ReplayBuffer::SampleItems(int64_t batch, Item& item, int64_t* keys, float* 
     }
     pool.ParallelFor(batch, chunks, work);
     if (none.load(std::memory_order_relaxed)) {
-      limiter_.Unsample(batch);
-      UndoCall(request.call);  // nothing was sampled: the buffer is as before
+      table.limiter_.Unsample(batch);
+      table.UndoCall(request.call);  // nothing was sampled: the table is as before
       throw std::invalid_argument(item.NoneMessage());
     }
     if (sampler_->epoch() == epoch) break;
   }
 }
 
-void ReplayBuffer::SampleTransitions(int64_t batch, int n_step, double gamma, uint8_t* const* out,
-                                     uint8_t* const* next_out, float* returns, float* discounts,
-                                     int64_t* keys, float* weights) {
+void EpisodeView::SampleTransitions(Table& table, int64_t batch, int n_step, double gamma,
+                                    uint8_t* const* out, uint8_t* const* next_out, float* returns,
+                                    float* discounts, int64_t* keys, float* weights) {
   CheckTransitionArgs(batch, n_step, gamma);
-  const StoredRows rows(ring_, flags_, storage_.column(static_cast<size_t>(episodes_.reward)),
-                        storage_.spec()[static_cast<size_t>(episodes_.reward)].dtype);
-  const RowCopier copier(storage_, episodes_);
+  const Storage& storage = table.storage_;
+  const EpisodeConfig& episodes_ = config_;
+  const StoredRows rows(table.ring_, flags_, storage.column(static_cast<size_t>(episodes_.reward)),
+                        storage.spec()[static_cast<size_t>(episodes_.reward)].dtype);
+  const RowCopier copier(storage, episodes_);
 
   struct StartPlan {
     RowPos start, boot, lo;
@@ -377,18 +463,20 @@ void ReplayBuffer::SampleTransitions(int64_t batch, int n_step, double gamma, ui
     }
   } item{rows, copier, episodes_, plans.get(), out, next_out, returns, discounts,
          n_step, gamma};
-  SampleItems(batch, item, keys, weights);
+  SampleItems(table, batch, item, keys, weights);
 }
 
-void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t length, bool drop,
-                                   uint8_t* const* out, uint8_t* mask, int64_t* keys,
-                                   float* weights) {
+void EpisodeView::SampleSequences(Table& table, int64_t batch, int64_t burn_in, int64_t length,
+                                  bool drop, uint8_t* const* out, uint8_t* mask, int64_t* keys,
+                                  float* weights) {
   CheckSequenceArgs(batch, burn_in, length);
+  const EpisodeConfig& episodes_ = config_;
   const int k = episodes_.frame_stack;
   const int64_t total = burn_in + length;
-  const StoredRows rows(ring_, flags_, storage_.column(static_cast<size_t>(episodes_.reward)),
-                        storage_.spec()[static_cast<size_t>(episodes_.reward)].dtype);
-  const RowCopier copier(storage_, episodes_);
+  const Storage& storage = table.storage_;
+  const StoredRows rows(table.ring_, flags_, storage.column(static_cast<size_t>(episodes_.reward)),
+                        storage.spec()[static_cast<size_t>(episodes_.reward)].dtype);
+  const RowCopier copier(storage, episodes_);
   std::vector<int64_t> window(static_cast<size_t>(batch * total));
   std::vector<WindowResult> results(static_cast<size_t>(batch));
 
@@ -467,7 +555,7 @@ void ReplayBuffer::SampleSequences(int64_t batch, int64_t burn_in, int64_t lengt
     }
   } item{rows, copier, k, burn_in, length, total, drop, window.data(), results.data(),
          out, mask};
-  SampleItems(batch, item, keys, weights);
+  SampleItems(table, batch, item, keys, weights);
 }
 
 }  // namespace reverie

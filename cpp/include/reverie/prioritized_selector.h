@@ -8,7 +8,7 @@
 #include <memory>
 #include <vector>
 
-#include "reverie/sampler.h"
+#include "reverie/selector.h"
 #include "reverie/sum_tree.h"
 
 namespace reverie {
@@ -46,16 +46,38 @@ struct PriorityState {
   std::atomic<int64_t> rescale_next{0};
 };
 
-class PrioritizedSampler final : public Sampler {
+// Settings: {"kind": "prioritized", "alpha": >= 0, "beta": >= 0 (live), "eps": >= 0}.
+class PrioritizedSelector final : public Selector {
  public:
   // In memory of its own. Throws ValueError for capacity < 1 or alpha/beta/eps negative or
   // not finite.
-  PrioritizedSampler(int64_t capacity, PrioritizedConfig config);
-  // In caller-given memory (SumTree's sizes; the state and tree outlive the sampler). With
+  PrioritizedSelector(int64_t capacity, PrioritizedConfig config);
+  // In caller-given memory (SumTree's sizes; the state and tree outlive the selector). With
   // `initialize` the state is set up; otherwise it is taken as it is (a buffer attached in
   // another process).
-  PrioritizedSampler(int64_t capacity, PrioritizedConfig config, PriorityState* state,
-                     uint64_t* sums, uint64_t* mins, bool initialize);
+  PrioritizedSelector(int64_t capacity, PrioritizedConfig config, PriorityState* state,
+                      uint64_t* sums, uint64_t* mins, bool initialize);
+  // For a table: its memory comes from the table's region (Sections, then Bind). Checks the
+  // config (ValueError) at once.
+  struct InRegion {};
+  PrioritizedSelector(int64_t capacity, PrioritizedConfig config, InRegion);
+
+  // Part: the scalars (PriorityState), the sum-tree and the min-tree.
+  std::vector<size_t> Sections() const override;
+  void Bind(const std::vector<uint8_t*>& sections, bool fresh) override;
+  // "priority.leaves" (uint64 units per slot); scalars priority.scale_exp, .max_q, .beta.
+  void StateArrays(std::vector<StateArray>* out) override;
+  void SaveScalars(ConfigValue* out) const override;
+  // Checks that only slots holding items have priorities and that they fit the budget, then
+  // rebuilds the tree. O(capacity).
+  void Restore(const ConfigValue& scalars, const Ring& slots) override;
+  // Live: "beta".
+  void SetLive(const std::string& name, const ConfigValue& value) override;
+  ConfigValue Live() const override;
+  bool write_locked() const override { return true; }
+  // The leaf becomes 0 (never drawn). O(depth).
+  void OnRemove(int64_t slot) override;
+  double ScoreOf(int64_t slot) const override { return StoredPriority(slot); }
 
   // alpha and eps as constructed; beta as now.
   PrioritizedConfig config() const;
@@ -93,7 +115,7 @@ class PrioritizedSampler final : public Sampler {
   double StoredPriority(int64_t slot) const;
   const SumTree& tree() const { return tree_; }
 
-  // State for checkpoints: leaves in units, the scale and the running max q.
+  // State for the device buffer's tests: leaves in units, the scale and the running max q.
   struct State {
     std::vector<uint64_t> leaves;
     int scale_exp = 0;
@@ -119,10 +141,13 @@ class PrioritizedSampler final : public Sampler {
   void WithEpoch(Fn&& fn);
 
   PrioritizedConfig config_;
+  int64_t capacity_;
   std::unique_ptr<PriorityState> owned_state_;
-  PriorityState* state_;
+  PriorityState* state_ = nullptr;
   SumTree tree_;
-  double unit_budget_;  // largest units a leaf may hold: 2^62 / capacity
+  double unit_budget_ = 0;  // largest units a leaf may hold: 2^62 / capacity
 };
+
+std::unique_ptr<Selector> MakePrioritizedSelector(const ConfigValue& settings, const TableContext& table);
 
 }  // namespace reverie

@@ -1,0 +1,76 @@
+// The common part of the writers that decide under the table's writer lock (reservoir,
+// keep-top-k): each slot's insertion number (so keys map to insertion order, for metadata
+// and exports), the free slots (never written, or freed by a remover), and counters of the
+// items offered and dropped. All in the table's region; every method runs under the writer
+// lock (or with the table not in use: Bind, Restore).
+//
+// A derived writer decides one offered item at a time (Decide); this base walks the batch,
+// hands it the next free slot, and records what was placed.
+#pragma once
+
+#include <string>
+
+#include "reverie/writer.h"
+
+namespace reverie {
+
+class LockedWriter : public Writer {
+ public:
+  // Sections: the derived writer's own (DerivedSections) after the insertion numbers and the
+  // free list.
+  std::vector<size_t> Sections() const final;
+  void Bind(const std::vector<uint8_t*>& sections, bool fresh) final;
+  void StateArrays(std::vector<StateArray>* out) override;
+  void SaveScalars(ConfigValue* out) const override;
+  void Restore(const ConfigValue& scalars, const Ring& stamps) override;
+
+  int64_t Place(const WriteBatch& batch, const Ring& stamps, int64_t first_insertion,
+                int64_t* slots) final;
+  void OnRemove(int64_t slot) override;
+  void InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, const Ring& stamps) const override;
+  bool WasWritten(int64_t key, const Ring& stamps) const override;
+  // Sorted by insertion number. O(capacity log capacity).
+  std::vector<int64_t> StoredKeys(const Ring& stamps) const override;
+
+ protected:
+  LockedWriter(std::string name, int64_t capacity) : name_(std::move(name)), capacity_(capacity) {}
+  // Checks the whole batch before anything changes (ValueError); default: nothing.
+  virtual void Check(const WriteBatch& /*batch*/) const {}
+  // Offered item i (input row batch.Row(i)), the `offer`-th item ever offered to this writer:
+  // returns the slot it goes to, or -1 to drop it. `free_slot` is the slot a new item takes
+  // when the table has room (-1: full); returning it takes it. `insertion` is the number
+  // it gets if placed. Updates the derived writer's own state.
+  virtual int64_t Decide(const WriteBatch& batch, int64_t i, int64_t offer, int64_t free_slot,
+                         int64_t insertion) = 0;
+  // After a placed item's slot and insertion number are recorded.
+  virtual void Placed(int64_t /*slot*/) {}
+  virtual std::vector<size_t> DerivedSections() const { return {}; }
+  virtual void BindDerived(const std::vector<uint8_t*>& /*sections*/, bool /*fresh*/) {}
+  // Called by Restore after the base's own state is checked.
+  virtual void RestoreDerived(const ConfigValue& /*scalars*/, const Ring& /*stamps*/) {}
+
+  int64_t capacity() const { return capacity_; }
+  int64_t insertion(int64_t slot) const { return insertion_[slot]; }
+  const std::string& name() const { return name_; }
+
+ private:
+  // The next free slot (-1: none): never-written slots in order, then freed ones, the most
+  // recently freed first. O(1).
+  int64_t NextFree() const;
+  void TakeFree(int64_t slot);
+
+  // Counters, one cache line in the region (writer lock; read by anyone).
+  struct Counters {
+    int64_t offers;    // items ever offered (the reservoir's n)
+    int64_t rejected;  // items ever dropped by this writer
+    int64_t filled;    // slots [0, filled) have been written at least once
+    int64_t freed;     // entries on the free stack
+  };
+  std::string name_;
+  int64_t capacity_;
+  Counters* counters_ = nullptr;
+  int64_t* insertion_ = nullptr;  // [capacity] the occupant's insertion number
+  int64_t* free_ = nullptr;       // [capacity] freed slots, a stack of `freed` entries
+};
+
+}  // namespace reverie

@@ -1,0 +1,267 @@
+// A table: columnar storage of items plus the parts that decide what it holds and what a
+// batch takes (Reverb's Table(sampler, remover, extensions) and TorchRL's storage / writer /
+// sampler split are the models). All of it lives in one memory region (region.h): private
+// memory, a POSIX shared-memory segment that other processes attach to, or a file.
+//
+//   configuration (config.h)  one tree of settings, one canonical JSON form
+//   keys (key.h)              a slot and its generation; one decoder for every part
+//   slot stamps (ring.h)      commit protocol: no sample sees a torn or unwritten row
+//   writer (writer.h)         where an offered item goes: FIFO ring, reservoir, top-k
+//   admission (admission.h)   which offered items may enter at all: score threshold
+//   selector (selector.h)     which items a batch draws: uniform, prioritized
+//   item metadata             version, times sampled, last sample call (item_metadata.h)
+//   remover                   max_times_sampled: an item leaves after its N-th sample
+//   view (episode_view.h)     rows as episodes: n-step transitions, sequence windows
+//   rate limiter              samples per insert (rate_limiter.h)
+//
+// The table runs the protocols (table_write.cc, table_sample.cc); parts decide. Each part
+// keeps its state in sections of the region and names it as arrays and scalars (part.h),
+// which is all that checkpoints, state_dict and exports persist.
+//
+// Thread- and process-safety: every public method may be called from any number of threads
+// (and, for a shared table, processes) at once, except the state setters (Restore, the
+// writes into state arrays) which need the table to be idle.
+//  - Writes: the FIFO writer is lock-free (ring.h): writers claim insertion numbers with one
+//    atomic add and publish each slot with a commit stamp; they take the writer lock only
+//    for the moment they mark slots when the selector keeps shared state (priorities, a live
+//    set). Other writers decide and store under the writer lock. An episode table's writes
+//    take turns under the lock (each continues the env streams from the last one's rows).
+//  - Sample takes no lock: it validates every row it copies against the slot's stamp and
+//    redraws rows that were being written; a remover (max_times_sampled) takes the lock at
+//    the end of a call to remove the items it used up.
+//  - UpdatePriorities takes the writer lock. The lock is robust: a process that dies holding
+//    it costs a rebuild of the tree, not a deadlock.
+// Every method validates all of its input before it changes anything: after an exception the
+// table is exactly as before.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "reverie/admission.h"
+#include "reverie/config.h"
+#include "reverie/episode_view.h"
+#include "reverie/item_metadata.h"
+#include "reverie/rate_limiter.h"
+#include "reverie/region.h"
+#include "reverie/ring.h"
+#include "reverie/selector.h"
+#include "reverie/storage.h"
+#include "reverie/writer.h"
+
+namespace reverie {
+
+struct StorageConfig {
+  enum class Kind { kPrivate, kCreateShared, kAttachShared, kFile };
+  Kind kind = Kind::kPrivate;
+  // The shared-memory segment (/dev/shm/<name>), or for kFile the file's path: the whole
+  // table lives in it, created when missing and reopened (with everything it held) when it
+  // exists.
+  std::string name;
+};
+
+// Per-item metadata of a batch (any pointer may be null: not wanted). int64 [batch] each.
+struct BatchMeta {
+  int64_t* inserted = nullptr;       // insertion number (items stored before it, ever)
+  int64_t* version = nullptr;        // the table's version when it was written
+  int64_t* times_sampled = nullptr;  // samples before this one (a batch) / so far (Get)
+  int64_t* last_sampled = nullptr;   // the sample call before this one (-1: none) / the last
+};
+
+struct TableHeader;  // the region's first bytes: counters, locks, limiter
+
+class Table {
+ public:
+  // The table's configuration (config.h), a map:
+  //   "capacity": int >= 1 (<= 2^40), "spec": [[name, dtype, [dims...]], ...],
+  //   "seed": uint64, "shard": 0 .. 127 (default 0), "writer": {"kind": ...} (default fifo),
+  //   "selector": {"kind": ...} (default uniform), "admission": {"kind": ...} or null,
+  //   "max_times_sampled": int >= 1 or null, "metadata": bool (default false),
+  //   "view": {"kind": "episodes", ...} or null, "rate_limiter": {...} or null (live).
+  // Throws ValueError / TypeError for bad settings or a combination of parts that does not
+  // work (naming both), and for a shared segment or file that is not a table of this
+  // configuration (attach and reopen compare the fingerprint of the settings that fix its
+  // layout and meaning; live settings such as beta are the region's).
+  Table(const ConfigValue& config, const StorageConfig& storage);
+  ~Table();
+  Table(const Table&) = delete;
+  Table& operator=(const Table&) = delete;
+
+  // The canonical configuration stored in an existing shared segment or table file, for
+  // attaching to it or reopening it. Throws ValueError when there is none.
+  static std::string StoredConfig(const StorageConfig& storage);
+
+  // ---- Writing ----
+  // Stores one item / the items along the leading axis (an episode table: whole env steps,
+  // [num_envs, ...] or [T, num_envs, ...]). `admitted` (may be null): per input row, 0 to
+  // drop it before any admission rule or writer sees it (a caller's predicate). Returns how
+  // many items were stored (the others were dropped by admission or by the writer). May wait
+  // for the rate limiter. FIFO: of more items than the capacity only the last `capacity`
+  // are written (the others count as written and overwritten).
+  // `admitted_size` must equal the number of input rows when `admitted` is given.
+  int64_t Add(const FieldInput* inputs, size_t n, const uint8_t* admitted = nullptr,
+              int64_t admitted_size = 0);
+  int64_t Extend(const FieldInput* inputs, size_t n, const uint8_t* admitted = nullptr,
+                 int64_t admitted_size = 0);
+
+  // ---- Reading ----
+  // Draws `batch` items and writes, for each field f (spec order), the rows into out[f]
+  // (batch * row_bytes each), the keys into `keys`, for a prioritized selector the
+  // importance weights into `weights` (may be null), and the metadata wanted (`meta` may be
+  // null). May wait for the rate limiter. Throws ValueError when it cannot be served.
+  void Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights,
+              const BatchMeta* meta = nullptr);
+  // Copies the stored items of keys[0..n) into out[f] (and their metadata). Throws
+  // IndexError naming the first key that names no stored item (never written, not a key of
+  // this table, or written again since).
+  void Get(const int64_t* keys, int64_t n, uint8_t* const* out, const BatchMeta* meta = nullptr) const;
+  // Sets the priorities of the items named by keys. A key that names nothing this table
+  // ever stored throws IndexError; a key whose item left (overwritten, evicted, removed) is
+  // skipped and counted in stale_updates(). Returns how many were skipped.
+  int64_t UpdatePriorities(const int64_t* keys, const double* priorities, int64_t n);
+
+  // The episode view, or null.
+  EpisodeView* episodes() { return view_.get(); }
+  const EpisodeView* episodes() const { return view_.get(); }
+
+  // ---- Keys (key.h): the one decoder the layers above use ----
+  const KeyCodec& codec() const { return ring_.codec(); }
+  // slots[i] = the slot of keys[i], or -1 for a key that is not one of this table's. O(n).
+  void SlotsOf(const int64_t* keys, int64_t* slots, int64_t n) const;
+  // The keys of the stored items, oldest first. O(size) (locked writers O(capacity log)).
+  std::vector<int64_t> StoredKeys() const;
+  // out[i] = the insertion number of keys[i] (stored items counted from 0), -1 when the
+  // writer cannot tell (a key of an item a locked writer no longer holds) or it is no key.
+  void InsertionsOf(const int64_t* keys, int64_t* out, int64_t n) const;
+
+  // ---- Inspection ----
+  int64_t capacity() const { return storage_.capacity(); }
+  int64_t size() const;  // items stored now
+  int64_t written() const { return ring_.committed(); }  // items ever stored
+  int64_t claimed() const { return ring_.claimed(); }    // > written while writes are in flight
+  int64_t stale_updates() const;
+  uint64_t seed() const { return seed_; }
+  uint64_t sample_calls() const;
+  const std::vector<FieldSpec>& spec() const { return storage_.spec(); }
+  const Storage& storage() const { return storage_; }
+  uint8_t* column(size_t field) { return storage_.column(field); }  // bypasses the stamps
+  const Selector& selector() const { return *selector_; }
+  Selector& selector() { return *selector_; }
+  Writer& writer() { return *writer_; }
+  Admission* admission() { return admission_.get(); }
+  const ItemMetadata* metadata() const { return meta_.get(); }
+  RateLimiter& rate_limiter() { return limiter_; }
+  const RateLimiter& rate_limiter() const { return limiter_; }
+  // The canonical configuration (what the region's fingerprint is of, live settings as made).
+  const std::string& config_json() const { return config_json_; }
+  // The version stamped on items written from now on (metadata).
+  int64_t version() const;
+  void set_version(int64_t version);
+  // Called about every 50 ms while a call waits for the rate limiter; may throw to abort it.
+  void set_wait_poll(std::function<void()> poll) { poll_ = std::move(poll); }
+
+  bool shared() const { return region_.shared(); }
+  bool reopened() const { return reopened_; }  // a file table opened with its contents
+  void Flush() { region_.Flush(); }
+  const std::string& shared_name() const { return region_.name(); }
+  void Unlink() { region_.Unlink(); }  // removes the shared-memory name now (creator only)
+
+  // Live settings of the part playing `role` ("selector", "admission", "writer"), under
+  // the writer lock (part.h). ValueError for a table without that part or an unknown name.
+  void SetLive(const std::string& role, const std::string& name, const ConfigValue& value);
+  ConfigValue Live(const std::string& role) const;
+  // Copies of the named state arrays and every scalar, taken together under the writer lock
+  // (a consistent look at a table in use, e.g. its priorities). ValueError for unknown names.
+  ConfigValue Scalars(std::vector<std::string> names, std::vector<std::vector<uint8_t>>* copies);
+
+  // Runs fn(selector) under the writer lock (beta changes, reading priority state).
+  template <typename Fn>
+  auto WithSelector(Fn&& fn) {
+    WriterLock lock(*this);
+    return fn(*selector_);
+  }
+
+  // ---- State (part.h). Not while other threads use the table. ----
+  // Every persisted array: "column:<field>" per field, "table.stamps", then the parts'.
+  std::vector<StateArray> StateArrays();
+  // Every persisted scalar: the table's counters ("table.written", "table.sample_calls",
+  // "table.stale_updates", "table.version", "limiter.sampled", "limiter.offset") and the
+  // parts'.
+  ConfigValue Scalars() const;
+  // After every array of StateArrays() was overwritten with saved contents: checks them
+  // (ValueError naming what does not fit) and rebuilds the derived state. The table is
+  // unusable after a failed Restore (discard it).
+  void Restore(const ConfigValue& scalars);
+
+ private:
+  friend class EpisodeView;
+
+  // The robust writer lock; repairs the tree when its last holder died holding it.
+  class WriterLock {
+   public:
+    explicit WriterLock(Table& table);
+    ~WriterLock();
+    WriterLock(const WriterLock&) = delete;
+    WriterLock& operator=(const WriterLock&) = delete;
+
+   private:
+    Table& table_;
+  };
+
+  // Region layout and the parts, in the order their sections are placed.
+  std::vector<Part*> Parts();
+  void BuildParts(const ConfigValue& config);
+
+  // table_write.cc
+  int64_t Write(const FieldInput* inputs, size_t n, bool batched, const uint8_t* admitted,
+                int64_t admitted_size);
+  void Validate(const FieldInput* inputs, size_t n, bool batched, const ArrayView** values,
+                int64_t* leading) const;
+  void CopyRows(const ArrayView* const* values, int64_t row, int64_t slot, int64_t n);
+  int64_t WriteFifo(const WriteBatch& batch);
+  int64_t WriteLocked(const WriteBatch& batch);
+  // A new item in `slot` with key `key`, its stamp WRITING: metadata and selector hooks.
+  void OnNewItems(int64_t slot, int64_t n, int64_t first_key);
+
+  // table_sample.cc
+  void Resolve(const SampleRequest& request, int64_t i, uint32_t first_attempt, int64_t* slots,
+               int64_t* stamps) const;
+  uint64_t NextCall();
+  SampleRequest BeginSample(int64_t batch, int64_t* claimed);
+  void UndoCall(uint64_t call);
+  // Metadata and max_times_sampled after a batch's rows are final: counts every sample
+  // (redrawing positions whose item is used up, through `redraw`), fills `meta`, and removes
+  // the items the batch used up. Returns false when a position could not be filled.
+  template <typename Redraw>
+  bool CountSamples(const SampleRequest& request, int64_t* slots, int64_t* keys,
+                    const BatchMeta* meta, float* weights, Redraw&& redraw);
+  void RemoveUsedUp(const int64_t* slots, const int64_t* keys, int64_t n);
+  void FillMeta(const int64_t* slots, const int64_t* keys, int64_t n, const BatchMeta* meta,
+                const int64_t* times, const int64_t* last) const;
+  std::string BadKeyMessage(int64_t key, int64_t position) const;
+
+  Region region_;
+  TableHeader* header_ = nullptr;
+  Storage storage_;
+  Ring ring_;
+  RateLimiter limiter_;
+  uint64_t seed_ = 0;
+  std::string config_json_;
+  int64_t max_times_ = 0;
+  std::unique_ptr<Writer> writer_;
+  std::unique_ptr<Admission> admission_;
+  std::unique_ptr<Selector> selector_;
+  std::unique_ptr<ItemMetadata> meta_;
+  std::unique_ptr<EpisodeView> view_;
+  bool reopened_ = false;
+  std::function<void()> poll_;
+  std::atomic<int> skip_quiet_{0};  // sample calls left that skip the quiet path (a hint)
+  static constexpr int kAdviseCalls = 64;
+  std::atomic<int> advise_left_{kAdviseCalls};  // file-backed: calls left that advise reads
+};
+
+}  // namespace reverie

@@ -1,0 +1,69 @@
+// The writer interface: where an offered item goes, or whether it is dropped (admission by
+// the writer's own rule), and what it evicts when the table is full (its remover).
+//
+// Built-in writers:
+//  - FifoWriter ("fifo", fifo_writer.h): the lock-free ring; evicts the oldest item.
+//  - ReservoirWriter ("reservoir", reservoir_writer.h): Algorithm R over the whole stream.
+//  - KeepTopK ("keep_top_k", keep_top_k.h): keeps the k best by a score; evicts the lowest.
+// A new writer is a file implementing this interface plus one line in parts.cc.
+//
+// Two protocols. The FIFO writer claims insertion numbers lock-free and its slots follow
+// from them (ring.h). Every other writer decides under the table's writer lock, one offered
+// item after the other (Place), and the table then stores the placed items in that order
+// (each write of a slot raises its generation: key.h). Removals by other parts (max times
+// sampled) are reported with OnRemove, priority changes with OnScore, both under the lock.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "reverie/part.h"
+#include "reverie/storage.h"
+
+namespace reverie {
+
+class Ring;
+
+// The items one add/extend call offers a writer: rows of the validated input, after the
+// admission rules (only `count` of them, the input rows `Row(i)`, ascending).
+struct WriteBatch {
+  const ArrayView* const* values = nullptr;  // one per field, spec order
+  int64_t rows = 0;                          // rows of the input (leading axis)
+  const int64_t* offered = nullptr;          // the admitted rows; nullptr: every row
+  int64_t count = 0;                         // offered items
+
+  int64_t Row(int64_t i) const { return offered != nullptr ? offered[i] : i; }
+};
+
+class Writer : public Part {
+ public:
+  // The FIFO protocol (lock-free claims) rather than Place under the lock.
+  virtual bool fifo() const { return false; }
+  // Under the writer lock: decides for offered items i = 0 .. count-1, in order, the slot
+  // each goes to, slots[i] (-1: dropped; a slot may repeat, a later item replacing an earlier
+  // one), and updates the writer's own state as if each placed item were stored then.
+  // `first_insertion` numbers the first stored item (insertion numbers count stored items,
+  // ever). Returns how many were placed. Throws ValueError (changing nothing) for input the
+  // writer cannot rank (a NaN score). O(count) plus the writer's own cost per item.
+  virtual int64_t Place(const WriteBatch& batch, const Ring& stamps, int64_t first_insertion,
+                        int64_t* slots);
+  // Under the writer lock: `slot` no longer holds an item (a remover took it); it becomes
+  // free for the next offered item.
+  virtual void OnRemove(int64_t /*slot*/) {}
+  // Under the writer lock: the selector's score of `slot` changed (KeepTopK by priority).
+  virtual void OnScore(int64_t /*slot*/, double /*score*/) {}
+  // Whether OnScore is wanted (a score index by priority).
+  virtual bool scores_by_priority() const { return false; }
+
+  // The insertion number (stored items counted from 0) of the item each key names (out[i]),
+  // -1 for a key that names nothing this table ever stored. Writer lock held for the locked
+  // writers. O(n).
+  virtual void InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, const Ring& stamps) const = 0;
+  // Whether `key` names an item this table ever stored (stored now, or since replaced).
+  virtual bool WasWritten(int64_t key, const Ring& stamps) const = 0;
+  // The keys of the items stored now, oldest first. O(capacity).
+  virtual std::vector<int64_t> StoredKeys(const Ring& stamps) const = 0;
+};
+
+}  // namespace reverie

@@ -1,0 +1,140 @@
+#include "reverie/locked_writer.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "reverie/common.h"
+#include "reverie/ring.h"
+
+namespace reverie {
+
+int64_t Writer::Place(const WriteBatch&, const Ring&, int64_t, int64_t*) {
+  throw std::logic_error("this writer stores through the FIFO ring, not by placing items");
+}
+
+std::vector<size_t> LockedWriter::Sections() const {
+  const size_t array = static_cast<size_t>(capacity_) * sizeof(int64_t);
+  std::vector<size_t> out = {sizeof(Counters), array, array};
+  for (size_t bytes : DerivedSections()) out.push_back(bytes);
+  return out;
+}
+
+void LockedWriter::Bind(const std::vector<uint8_t*>& sections, bool fresh) {
+  counters_ = reinterpret_cast<Counters*>(sections[0]);
+  insertion_ = reinterpret_cast<int64_t*>(sections[1]);
+  free_ = reinterpret_cast<int64_t*>(sections[2]);
+  if (fresh) *counters_ = Counters{0, 0, 0, 0};
+  BindDerived(std::vector<uint8_t*>(sections.begin() + 3, sections.end()), fresh);
+}
+
+void LockedWriter::StateArrays(std::vector<StateArray>* out) {
+  out->push_back(StateArray{name_ + ".inserted", "int64", {capacity_}, reinterpret_cast<uint8_t*>(insertion_), true});
+  out->push_back(StateArray{name_ + ".free", "int64", {capacity_}, reinterpret_cast<uint8_t*>(free_), false});
+}
+
+void LockedWriter::SaveScalars(ConfigValue* out) const {
+  out->Set(name_ + ".offers", ConfigValue::Int(counters_->offers));
+  out->Set(name_ + ".rejected", ConfigValue::Int(counters_->rejected));
+  out->Set(name_ + ".filled", ConfigValue::Int(counters_->filled));
+  out->Set(name_ + ".freed", ConfigValue::Int(counters_->freed));
+}
+
+void LockedWriter::Restore(const ConfigValue& scalars, const Ring& stamps) {
+  Counters c{StateInt(scalars, name_ + ".offers"), StateInt(scalars, name_ + ".rejected"),
+             StateInt(scalars, name_ + ".filled"), StateInt(scalars, name_ + ".freed")};
+  REVERIE_CHECK(c.offers >= 0 && c.rejected >= 0 && c.rejected <= c.offers, name_,
+                " state: ", c.rejected, " of ", c.offers, " offers dropped");
+  REVERIE_CHECK(c.filled >= 0 && c.filled <= capacity_ && c.freed >= 0 && c.freed <= c.filled,
+                name_, " state: ", c.filled, " slots filled and ", c.freed, " freed, capacity ", capacity_);
+  int64_t empty = 0;
+  for (int64_t slot = 0; slot < capacity_; ++slot) {
+    const uint64_t stamp = stamps.LoadStamp(slot);
+    REVERIE_CHECK((slot < c.filled) == (stamp != Stamp::kEmpty), name_, " state: slot ", slot,
+                  slot < c.filled ? " should have been written" : " should never have been written");
+    empty += slot < c.filled && !Stamp::IsCommitted(stamp);
+    if (Stamp::IsCommitted(stamp)) {
+      REVERIE_CHECK(insertion_[slot] >= 0 && insertion_[slot] < stamps.committed(), name_,
+                    " state: slot ", slot, " has insertion number ", insertion_[slot], " of ",
+                    stamps.committed(), " items written");
+    }
+  }
+  REVERIE_CHECK(empty == c.freed, name_, " state: ", empty, " slots are free but ", c.freed,
+                " are listed free");
+  for (int64_t i = 0; i < c.freed; ++i) {
+    REVERIE_CHECK(free_[i] >= 0 && free_[i] < c.filled && Stamp::IsRemoved(stamps.LoadStamp(free_[i])),
+                  name_, " state: free entry ", i, " (slot ", free_[i], ") holds an item");
+  }
+  *counters_ = c;
+  RestoreDerived(scalars, stamps);
+}
+
+int64_t LockedWriter::NextFree() const {
+  if (counters_->filled < capacity_) return counters_->filled;
+  if (counters_->freed > 0) return free_[counters_->freed - 1];
+  return -1;
+}
+
+void LockedWriter::TakeFree(int64_t slot) {
+  if (slot == counters_->filled && counters_->filled < capacity_) {
+    ++counters_->filled;
+  } else {
+    --counters_->freed;  // the top of the stack (NextFree)
+  }
+}
+
+int64_t LockedWriter::Place(const WriteBatch& batch, const Ring&, int64_t first_insertion,
+                            int64_t* slots) {
+  Check(batch);
+  int64_t placed = 0;
+  for (int64_t i = 0; i < batch.count; ++i) {
+    const int64_t free_slot = NextFree();
+    const int64_t insertion = first_insertion + placed;
+    const int64_t slot = Decide(batch, i, counters_->offers, free_slot, insertion);
+    ++counters_->offers;
+    slots[i] = slot;
+    if (slot < 0) {
+      ++counters_->rejected;
+      continue;
+    }
+    if (slot == free_slot) TakeFree(slot);
+    insertion_[slot] = insertion;
+    Placed(slot);
+    ++placed;
+  }
+  return placed;
+}
+
+void LockedWriter::OnRemove(int64_t slot) { free_[counters_->freed++] = slot; }
+
+void LockedWriter::InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, const Ring& stamps) const {
+  const KeyCodec& codec = stamps.codec();
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = -1;
+    if (!codec.WellFormed(keys[i], capacity_)) continue;
+    const int64_t slot = codec.Slot(keys[i]);
+    const uint64_t stamp = stamps.LoadStamp(slot);
+    if (Stamp::IsCommitted(stamp) && Stamp::KeyOf(stamp) == keys[i]) out[i] = insertion_[slot];
+  }
+}
+
+bool LockedWriter::WasWritten(int64_t key, const Ring& stamps) const {
+  const KeyCodec& codec = stamps.codec();
+  if (!codec.WellFormed(key, capacity_)) return false;
+  const uint64_t stamp = stamps.LoadStamp(codec.Slot(key));
+  if (stamp == Stamp::kEmpty || Stamp::IsWriting(stamp)) return false;
+  return codec.Generation(key) <= codec.Generation(Stamp::KeyOf(stamp));
+}
+
+std::vector<int64_t> LockedWriter::StoredKeys(const Ring& stamps) const {
+  std::vector<int64_t> slots;
+  for (int64_t slot = 0; slot < capacity_; ++slot) {
+    if (Stamp::IsCommitted(stamps.LoadStamp(slot))) slots.push_back(slot);
+  }
+  std::sort(slots.begin(), slots.end(), [&](int64_t a, int64_t b) { return insertion_[a] < insertion_[b]; });
+  std::vector<int64_t> keys;
+  keys.reserve(slots.size());
+  for (int64_t slot : slots) keys.push_back(Stamp::KeyOf(stamps.LoadStamp(slot)));
+  return keys;
+}
+
+}  // namespace reverie

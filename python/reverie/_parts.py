@@ -1,0 +1,259 @@
+"""The parts a buffer is built from: samplers (selectors), writers and admission rules.
+
+Each class names its core part (``kind``, registered in ``cpp/src/parts.cc``) and carries its
+settings; ``config()`` is the part's entry of the table configuration, ``from_config`` builds
+it back. The core looks the kind up in its registry, so a new part is a core file, one
+registration line there, and a small class here (registered by subclassing); nothing else
+names the kinds.
+
+Settings that may change while the buffer is in use (a prioritized sampler's ``beta``, a
+threshold's ``value``) are *live*: once the part is bound to a buffer, setting them reaches
+the buffer's core (and every process sharing it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type
+
+
+def _non_negative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return float(value)
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+class Part:
+    """A part of a buffer: its ``role`` (``"selector"``, ``"writer"``, ``"admission"``), its
+    core ``kind`` and its settings. Subclasses with a ``kind`` register themselves."""
+
+    role: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    _classes: ClassVar[Dict[Tuple[str, str], Type["Part"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            Part._classes[(cls.role, cls.kind)] = cls
+
+    def __init__(self) -> None:
+        self._core: Optional[Any] = None  # the core table this part belongs to, once bound
+
+    def settings(self) -> Dict[str, Any]:
+        """The part's settings (without its kind)."""
+        return {}
+
+    def config(self) -> Dict[str, Any]:
+        """The part's entry of a table configuration: ``{"kind": ..., **settings}``."""
+        return {"kind": self.kind, **self.settings()}
+
+    @classmethod
+    def from_config(cls, role: str, config: Dict[str, Any]) -> "Part":
+        """The part a configuration entry describes (ValueError for an unknown kind)."""
+        if not isinstance(config, dict) or "kind" not in config:
+            raise ValueError(f"a {role} configuration must be a mapping with a 'kind', got {config!r}")
+        part = cls._classes.get((role, config["kind"]))
+        if part is None:
+            known = sorted(k for r, k in cls._classes if r == role)
+            raise ValueError(f"unknown {role} kind {config['kind']!r}; known: {', '.join(known)}")
+        settings = {k: v for k, v in config.items() if k != "kind"}
+        return part(**settings)
+
+    def _bound(self, core: Any) -> "Part":
+        """A copy of this part bound to a buffer's core (live settings go there)."""
+        part = self.__class__.__new__(self.__class__)
+        part.__dict__.update(self.__dict__)
+        part._core = core
+        return part
+
+    def _set_live(self, name: str, value: Any) -> None:
+        if self._core is not None:
+            self._core.set_live(self.role, name, value)
+
+    def _live(self, name: str, fallback: Any) -> Any:
+        if self._core is None:
+            return fallback
+        return self._core.live(self.role)[name]
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, Part) and self.role == other.role and self.config() == other.config()
+
+    def __hash__(self) -> int:
+        return hash((self.role, self.kind))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args})"
+
+
+# ---- samplers (the core's selectors) ----------------------------------------------------------
+
+
+class Uniform(Part):
+    """Uniform sampling over the stored items.
+
+    Args:
+        replacement: draw with replacement (default); without it a batch holds distinct
+            items and may not be larger than the buffer.
+    """
+
+    role = "selector"
+    kind = "uniform"
+
+    def __init__(self, replacement: bool = True) -> None:
+        super().__init__()
+        if not isinstance(replacement, bool):
+            raise TypeError(f"replacement must be a bool, got {type(replacement).__name__}")
+        self.replacement = replacement
+
+    def settings(self) -> Dict[str, Any]:
+        return {"replacement": self.replacement}
+
+
+class Prioritized(Part):
+    """Proportional prioritized replay (Schaul et al., "Prioritized Experience Replay", 2016).
+
+    An item with priority p_i (e.g. |TD error|) is drawn with probability
+    ``P(i) = (p_i + eps)^alpha / sum_k (p_k + eps)^alpha``; new items get the largest
+    ``(p + eps)^alpha`` seen so far. Batches are stratified: the total is cut into B equal
+    segments and one item is drawn from each. Importance weights are
+    ``w_i = (N * P(i))^-beta / max_j w_j`` with N the number of stored items.
+
+    Args:
+        alpha: how much prioritisation is used (0 = uniform).
+        beta: importance-sampling correction (0 = none, 1 = full); may be annealed while
+            training through ``buffer.sampler.beta = value`` (live).
+        eps: added to every priority so no item's probability is exactly 0.
+
+    >>> buf = ReplayBuffer(1000, sampler=Prioritized(alpha=0.6, beta=0.4))
+    """
+
+    role = "selector"
+    kind = "prioritized"
+
+    def __init__(self, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.alpha = _non_negative("alpha", alpha)
+        self._beta = _non_negative("beta", beta)
+        self.eps = _non_negative("eps", eps)
+
+    @property
+    def beta(self) -> float:
+        if self._core is not None:
+            self._beta = float(self._live("beta", self._beta))
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        value = _non_negative("beta", value)
+        self._set_live("beta", value)
+        self._beta = value
+
+    def settings(self) -> Dict[str, Any]:
+        return {"alpha": self.alpha, "beta": self.beta, "eps": self.eps}
+
+
+# ---- writers --------------------------------------------------------------------------------
+
+
+class Fifo(Part):
+    """First in, first out (the default): every item is stored; when the buffer is full the
+    oldest is overwritten. Lock-free for any number of writer threads and processes."""
+
+    role = "writer"
+    kind = "fifo"
+
+
+class Reservoir(Part):
+    """Reservoir sampling (Algorithm R; Vitter 1985) over every item ever offered: after n
+    offers, each offered item is held with probability exactly capacity / n, so the buffer
+    is a uniform sample of the whole stream (continual learning's reservoir rehearsal).
+
+    The n-th offered item is kept while the buffer has room; after that it replaces a
+    uniformly drawn slot j of [0, n) when j < capacity, else it is dropped (``extend``
+    returns how many items it stored). Decisions depend only on the buffer's seed and n, so
+    a batch of offers decides exactly as the same offers one by one. Not with
+    ``max_times_sampled``.
+    """
+
+    role = "writer"
+    kind = "reservoir"
+
+
+class KeepTopK(Part):
+    """Keeps the ``capacity`` best items by a score (Reverb's MinHeap remover, self-imitation's
+    best-trajectory buffers): once full, an item enters iff its score is at least the lowest
+    held score, evicting the lowest-scored item (the oldest among equal lowest scores); an
+    item below the minimum is dropped (``extend`` returns how many it stored).
+
+    Args:
+        score: the name of a numeric scalar field, or ``"priority"`` to rank by the items'
+            priorities under a ``Prioritized`` sampler (changing with ``update_priorities``;
+            new items enter with the running max priority).
+    """
+
+    role = "writer"
+    kind = "keep_top_k"
+
+    def __init__(self, score: str) -> None:
+        super().__init__()
+        if not isinstance(score, str) or not score:
+            raise TypeError(f"score must be a field name or 'priority', got {score!r}")
+        self.score = score
+
+    def settings(self) -> Dict[str, Any]:
+        return {"score": self.score}
+
+
+# ---- admission rules ------------------------------------------------------------------------
+
+
+class Threshold(Part):
+    """Admits only items whose score field is at least ``value`` (decided for a whole batch
+    at once); the others are dropped and counted, and ``extend`` returns how many were
+    stored. ``buf.admit.value = x`` changes the threshold while the buffer is in use (live).
+
+    Args:
+        field: a numeric scalar field.
+        value: the lowest score admitted (finite).
+    """
+
+    role = "admission"
+    kind = "threshold"
+
+    def __init__(self, field: str, value: float) -> None:
+        super().__init__()
+        if not isinstance(field, str) or not field:
+            raise TypeError(f"field must be a field name, got {field!r}")
+        self.field = field
+        self._value = _finite("value", value)
+
+    @property
+    def value(self) -> float:
+        if self._core is not None:
+            self._value = float(self._live("value", self._value))
+        return self._value
+
+    @value.setter
+    def value(self, value: float) -> None:
+        value = _finite("value", value)
+        self._set_live("value", value)
+        self._value = value
+
+    def settings(self) -> Dict[str, Any]:
+        return {"field": self.field, "value": self.value}
+
+
+def sampler_from_config(config: Dict[str, Any]) -> Part:
+    """The sampler a configuration entry (``sampler.config()``) describes."""
+    return Part.from_config("selector", dict(config))
