@@ -8,10 +8,10 @@
 namespace reverie {
 
 std::unique_ptr<Admission> MakeThreshold(const ConfigValue& settings, const TableContext& table) {
-  const int field = table.ScalarField(settings.At("field", "Threshold").AsString("Threshold field"),
-                                      "Threshold field");
-  const double value = settings.At("value", "Threshold").AsDouble("Threshold value");
-  REVERIE_CHECK(std::isfinite(value), "Threshold value must be finite, got ", value);
+  const int field = table.ScalarField(settings.At("field", "threshold admission").AsString("threshold field"),
+                                      "threshold field");
+  const double value = settings.At("value", "threshold admission").AsDouble("threshold value");
+  REVERIE_CHECK(std::isfinite(value), "the threshold value must be finite, got ", value);
   return std::make_unique<ThresholdAdmission>(field, value);
 }
 
@@ -24,13 +24,13 @@ void ThresholdAdmission::Bind(const std::vector<uint8_t*>& sections, bool fresh)
 }
 
 void ThresholdAdmission::SetValue(double value) {
-  REVERIE_CHECK(std::isfinite(value), "Threshold value must be finite, got ", value);
+  REVERIE_CHECK(std::isfinite(value), "the threshold value must be finite, got ", value);
   state_->value.store(value, std::memory_order_relaxed);
 }
 
 void ThresholdAdmission::SetLive(const std::string& name, const ConfigValue& value) {
   if (name != "value") Admission::SetLive(name, value);
-  SetValue(value.AsDouble("Threshold value"));
+  SetValue(value.AsDouble("threshold value"));
 }
 
 ConfigValue ThresholdAdmission::Live() const {

@@ -264,7 +264,7 @@ void DeviceReplay::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
 
 void DeviceReplay::UpdatePriorities(const int64_t* keys, const void* priorities, bool f64,
                                     int64_t n, StreamHandle stream) {
-  REVERIE_CHECK(prioritized_, "update_priorities needs a prioritized sampler; this buffer samples uniformly");
+  REVERIE_CHECK(prioritized_, "priority updates need a prioritized sampler; this buffer samples uniformly");
   REVERIE_CHECK(n >= 0, "negative update count ", n);
   if (n == 0) return;
   std::lock_guard<std::mutex> lock(mu_);

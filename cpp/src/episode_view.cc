@@ -548,10 +548,10 @@ void EpisodeView::SampleSequences(Table& table, int64_t batch, int64_t burn_in, 
     }
     std::string NoneMessage() const {
       return internal::Concat(
-          "no sequence can be sampled: ", drop ? "with episode_end='drop' a start needs "
+          "no sequence can be sampled: ", drop ? "with episode_end = drop a start needs "
           : "a start needs ", drop ? internal::Concat(length, " steps left in its episode")
                                    : std::string("a stored transition row"),
-          " (and a complete frame stack); add more steps", drop ? " or use episode_end='pad'" : "");
+          " (and a complete frame stack); add more steps", drop ? " or set episode_end to pad" : "");
     }
   } item{rows, copier, k, burn_in, length, total, drop, window.data(), results.data(),
          out, mask};

@@ -11,8 +11,8 @@ namespace reverie {
 std::unique_ptr<Writer> MakeKeepTopK(const ConfigValue& settings, const TableContext& table) {
   const std::string& score = settings.At("score", "KeepTopK").AsString("KeepTopK 'score'");
   if (score == "priority") {
-    REVERIE_CHECK(table.prioritized, "KeepTopK(score='priority') ranks items by their priority: "
-                  "it needs sampler=Prioritized(...)");
+    REVERIE_CHECK(table.prioritized, "a keep_top_k writer with score 'priority' ranks items by their priority: "
+                  "it needs the prioritized sampler");
     return std::make_unique<KeepTopK>(table.capacity, -1, DType::kFloat64);
   }
   const int field = table.ScalarField(score, "KeepTopK score");
@@ -54,7 +54,7 @@ void KeepTopK::Check(const WriteBatch& batch) const {
   if (field_ < 0) return;
   for (int64_t i = 0; i < batch.count; ++i) {
     const double s = ScoreOfRow(batch, i);
-    REVERIE_CHECK(!std::isnan(s), "KeepTopK score field: item ", batch.Row(i),
+    REVERIE_CHECK(!std::isnan(s), "keep_top_k score field: item ", batch.Row(i),
                   " has score NaN, which cannot be ranked (nothing was stored)");
   }
 }

@@ -128,7 +128,8 @@ void RateLimiter::Await(Ready&& ready, const char* what, int64_t n,
     const auto now = Clock::now();
     if (now >= deadline) {
       throw TimeoutError(internal::Concat(
-          what, "(", n, ") waited ", std::chrono::duration<double>(now - start).count(),
+          "a", what[0] == 'i' ? "n " : " ", what, " of ", n, n == 1 ? " item" : " items", " waited ",
+          std::chrono::duration<double>(now - start).count(),
           " s (the rate limiter's timeout) and is still not allowed: ", Explain(what[0] == 's', n)));
     }
     const auto slice = std::min<Clock::duration>(deadline - now, kPollEvery);

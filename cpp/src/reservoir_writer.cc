@@ -14,7 +14,7 @@ constexpr uint32_t kAdmissionLane = 0xFFFFFFFFu;
 
 std::unique_ptr<Writer> MakeReservoirWriter(const ConfigValue&, const TableContext& table) {
   REVERIE_CHECK(table.max_times_sampled == 0,
-                "writer=Reservoir() cannot be combined with max_times_sampled: items that leave "
+                "the reservoir writer cannot be combined with max_times_sampled: items that leave "
                 "early would break the reservoir's k/n inclusion probability");
   return std::make_unique<ReservoirWriter>(table.capacity, table.seed);
 }

@@ -94,7 +94,7 @@ void Table::BuildParts(const ConfigValue& config) {
   const ConfigValue& mts = config.Get("max_times_sampled");
   if (!mts.is_null()) {
     max_times_ = mts.AsInt("max_times_sampled");
-    REVERIE_CHECK(max_times_ >= 1, "max_times_sampled must be >= 1 (or None), got ", max_times_);
+    REVERIE_CHECK(max_times_ >= 1, "max_times_sampled must be >= 1, got ", max_times_);
   }
   ctx.max_times_sampled = max_times_;
   ctx.removals = max_times_ > 0;
@@ -108,11 +108,11 @@ void Table::BuildParts(const ConfigValue& config) {
   if (columns || max_times_ > 0) meta_ = std::make_unique<ItemMetadata>(capacity(), columns, max_times_);
   if (!view.is_null()) {
     REVERIE_CHECK(writer_->fifo(), "an episode view keeps env streams in FIFO order: it cannot be "
-                  "combined with writer=", KindOf(config.Get("writer"), "writer"));
+                  "combined with the ", KindOf(config.Get("writer"), "writer"), " writer");
     REVERIE_CHECK(max_times_ == 0, "an episode view cannot be combined with max_times_sampled "
                   "(rows of an episode are read by several transitions and sequences)");
     REVERIE_CHECK(selector_->prioritized() || selector_->splittable(),
-                  "episode buffers sample with replacement: Uniform(replacement=False) is not supported");
+                  "episode buffers sample with replacement: the uniform sampler without replacement is not supported");
     view_ = std::make_unique<EpisodeView>(view, ctx);
   }
 }
@@ -299,7 +299,7 @@ void Table::InsertionsOf(const int64_t* keys, int64_t* out, int64_t n) const {
 std::string Table::BadKeyMessage(int64_t key, int64_t position) const {
   const KeyCodec& codec = ring_.codec();
   const std::string at = internal::Concat("index ", key, " at position ", position);
-  const char* hint = " (use batch.indices from sample())";
+  const char* hint = " (keys are the indices a sample returned)";
   if (key < 0) return internal::Concat(at, " is negative: keys are >= 0", hint);
   if (codec.Shard(key) != codec.shard) {
     return internal::Concat(at, " belongs to shard ", codec.Shard(key), "; this buffer is shard ",

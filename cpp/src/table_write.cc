@@ -49,8 +49,8 @@ void Table::Validate(const FieldInput* inputs, size_t n, bool batched,
                          DTypeName(field.dtype), ", got ", DTypeName(v.dtype));
     } else {
       REVERIE_CHECK_TYPE(UntypedConvertible(v.dtype, field.dtype), "field '", field.name,
-                         "': cannot store a Python ",
-                         v.dtype == DType::kFloat64 ? "float" : "int", " value in a ",
+                         "': cannot store an untyped ",
+                         v.dtype == DType::kFloat64 ? "float" : "integer", " value in a ",
                          DTypeName(field.dtype), " field");
     }
     const int item_dims = static_cast<int>(field.shape.size());
@@ -181,8 +181,8 @@ int64_t Table::Write(const FieldInput* inputs, size_t n, bool batched, const uin
 }
 
 int64_t Table::Add(const FieldInput* inputs, size_t n, const uint8_t* admitted, int64_t admitted_size) {
-  REVERIE_CHECK(!view_ || view_->num_envs() <= 1, "add() stores one row, but this buffer steps num_envs=",
-                view_ ? view_->num_envs() : 1, " envs together: use extend() with values of shape (",
+  REVERIE_CHECK(!view_ || view_->num_envs() <= 1, "a single-item write stores one row, but this buffer steps num_envs=",
+                view_ ? view_->num_envs() : 1, " envs together: write a batch with values of shape (",
                 view_ ? view_->num_envs() : 1, ", ...), one row per env");
   return Write(inputs, n, /*batched=*/false, admitted, admitted_size);
 }

@@ -22,12 +22,12 @@ void Selector::Sample(const SampleRequest& request, int64_t begin, int64_t end, 
 
 void Selector::ValidatePriorities(const double*, int64_t) const {
   throw std::invalid_argument(
-      "update_priorities needs a prioritized sampler; this buffer samples uniformly");
+      "priority updates need a prioritized sampler; this buffer samples uniformly");
 }
 
 void Selector::UpdatePriorities(const int64_t*, const double*, int64_t) {
   throw std::invalid_argument(
-      "update_priorities needs a prioritized sampler; this buffer samples uniformly");
+      "priority updates need a prioritized sampler; this buffer samples uniformly");
 }
 
 std::unique_ptr<Selector> MakeUniformSelector(const ConfigValue& settings, const TableContext& table) {

@@ -1,4 +1,9 @@
-"""ReplayBuffer: the public façade over one table (``_table.Table``) built from parts."""
+"""ReplayBuffer: the public façade over one table (``_table.Table``) built from parts.
+
+Somewhat over 500 lines because most of it is the public docstrings (the API reference);
+the logic lives in ``_writing`` (unbound writes), ``_persistence`` (checkpoints, state
+dicts, shared handles, memmap reopen), ``_staging`` (device batches) and ``_table``.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,23 @@ import os
 import secrets
 import threading
 from multiprocessing import util as mp_util
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 import numpy as np
 import torch
 
-from . import _core, _state
+from . import _core, _persistence, _writing
 from ._batch import Batch
-from ._config import buffer_class, differences, make_config, register_buffer, spec_of
+from ._config import make_config, register_buffer
 from ._limiter import RateLimiter
-from ._parts import Fifo, Part, Prioritized, Uniform
-from ._spec import Field, SpecLike, infer_field, normalize_spec
+from ._parts import Admit, Part, Prioritized, policy
+from ._spec import Field, SpecLike, normalize_spec
+from ._staging import staged
 from ._table import Table
 from ._values import as_int as _as_int
 from ._values import to_numpy as _to_numpy
 
-Admit = Union[Part, Callable[[Dict[str, Any]], Any], None]
-
-
-def _part(value: Any, arg: str, role: str, default: Part, names: str) -> Part:
-    """The part given as argument `arg` (which must play `role`), or `default`."""
-    if value is None:
-        return default
-    if not isinstance(value, Part) or value.role != role:
-        raise TypeError(f"{arg} must be {names}, got {type(value).__name__}")
-    # A fresh, unbound part with the settings as they are now (a part taken from another
-    # buffer is bound to that one's core).
-    return Part.from_config(role, value.config())
+B = TypeVar("B", bound="ReplayBuffer")
 
 
 @register_buffer(None)
@@ -122,22 +117,8 @@ class ReplayBuffer:
         capacity = _as_int("capacity", capacity)
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0, got {capacity}")
-        sampler = _part(sampler, "sampler", "selector", Uniform(), "Uniform or Prioritized")
-        writer = _part(writer, "writer", "writer", Fifo(), "Fifo(), Reservoir() or KeepTopK(score=...)")
-        admit_fn: Optional[Callable[..., Any]] = None
-        if admit is not None and not isinstance(admit, Part):
-            if not callable(admit):
-                raise TypeError(f"admit must be None, a rule such as Threshold(...) or a callable, "
-                                f"got {type(admit).__name__}")
-            admit_fn, admit = admit, None
-        elif admit is not None:
-            admit = _part(admit, "admit", "admission", admit, "Threshold(...) or a callable")
-        if max_times_sampled is not None:
-            max_times_sampled = _as_int("max_times_sampled", max_times_sampled)
-            if max_times_sampled < 1:
-                raise ValueError(f"max_times_sampled must be >= 1 (or None), got {max_times_sampled}")
-        if not isinstance(metadata, bool):
-            raise TypeError(f"metadata must be a bool, got {type(metadata).__name__}")
+        sampler, writer, admit, admit_fn, max_times_sampled = policy(
+            sampler, writer, admit, max_times_sampled, metadata)
         if storage not in ("memory", "shared", "memmap"):
             raise ValueError(f"storage must be 'memory', 'shared' or 'memmap', got {storage!r}")
         if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
@@ -157,7 +138,7 @@ class ReplayBuffer:
                           metadata, copy.copy(rate_limiter), admit_fn)
         self._path = file
         if file is not None and os.path.exists(file) and os.path.getsize(file) > 0:
-            self._reopen(file, None if spec is None else normalize_spec(spec))
+            _persistence.reopen(self, file, None if spec is None else normalize_spec(spec))
             return
         if self._seed is None:
             self._seed = secrets.randbits(63)
@@ -217,22 +198,6 @@ class ReplayBuffer:
             self._view.check_spec(spec)
         table = Table.create(self._config(spec), *self._storage_args())
         return self._install(table)
-
-    def _reopen(self, file: str, spec: Optional[Dict[str, Field]]) -> None:
-        """Opens the table in an existing memmap file: its configuration must match this
-        call's (spec and seed may be left out)."""
-        stored = Table.stored_config("file", file)
-        given = self._config(spec_of(stored) if spec is None else spec)
-        if self._seed is None:
-            given["seed"] = stored["seed"]
-        diff = differences(stored, given)
-        if diff:
-            raise ValueError(f"'{file}' holds a buffer made with other settings than this call's: "
-                             + "; ".join(diff))
-        self._seed = int(stored["seed"])
-        table = self._install(Table.create(stored, "file", file))
-        if self._limiter is None:  # the file's rate limiter stays in force: show it
-            self._limiter = RateLimiter._from_core(table.core)
 
     def _install(self, table: Table, owner: bool = True, configure_limiter: bool = True) -> Table:
         if self._finalizer is not None:
@@ -312,54 +277,11 @@ class ReplayBuffer:
     def unbound_add(self, *args: Any, **fields: Any) -> int:
         """add() while no core is bound (before the spec is known, with a callable admit, or
         closed). Called by the write functions; not for direct use."""
-        return self._unbound_write(args, fields, batched=False)
+        return _writing.unbound_write(self, args, fields, batched=False)
 
     def unbound_extend(self, *args: Any, **fields: Any) -> int:
         """extend() while no core is bound (see unbound_add)."""
-        return self._unbound_write(args, fields, batched=True)
-
-    def _unbound_write(self, args: Tuple[Any, ...], fields: Dict[str, Any], batched: bool) -> int:
-        if args:
-            name = "extend" if batched else "add"
-            raise TypeError(f"{name}() takes fields as keyword arguments only, e.g. "
-                            f"{name}(obs=o, reward=r)")
-        self._check_open()
-        if self._table is None:
-            with self._first_write_lock:
-                if self._table is None:
-                    return self._first_write(fields, batched)
-        if self._admit_fn is not None:
-            return self._write_admitted(fields, batched)
-        # Another thread's first write built the core meanwhile: an ordinary write.
-        return (self.__dict__["extend"] if batched else self.__dict__["add"])(**fields)
-
-    def _write_admitted(self, fields: Dict[str, Any], batched: bool) -> int:
-        """A write through the caller's predicate: it sees the whole batch at once."""
-        if not batched:
-            fields = {k: _one(v) for k, v in fields.items()}
-        verdict = self._admit_fn(dict(fields))  # type: ignore[misc]
-        mask = np.asarray(_to_numpy(verdict), dtype=bool).reshape(-1)
-        if not batched and mask.size != 1:
-            raise ValueError(f"the admission predicate returned {mask.size} values for the one "
-                             "item of add(); expected one bool")
-        return int(self._core.extend_masked(mask, **fields))
-
-    def _first_write(self, fields: Mapping[str, Any], batched: bool) -> int:
-        """Infers the spec from the first add/extend; if that write fails, the buffer stays
-        unbuilt (the spec is not fixed by a rejected call)."""
-        if not fields:
-            raise ValueError("add()/extend() need at least one field, e.g. add(obs=..., reward=...)")
-        lead = (self._view.leading_axes(fields) if self._view is not None else 1) if batched else 0
-        self._build({name: infer_field(name, v, lead) for name, v in fields.items()})
-        try:
-            if self._admit_fn is not None:
-                return self._write_admitted(dict(fields), batched)
-            return self.extend(**fields) if batched else self.add(**fields)
-        except BaseException:
-            _core.bind_writes(self._writes, None)  # back to inferring on the next write
-            self._table = self._core = None
-            self._built.clear()
-            raise
+        return _writing.unbound_write(self, args, fields, batched=True)
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -395,12 +317,12 @@ class ReplayBuffer:
         if device is not None or prefetch:
             if out is not None:
                 raise ValueError("out= and device=/prefetch= exclude each other (staging uses its own pinned buffers)")
-            return self._staged(batch_size, torch.device("cpu" if device is None else device),
-                                bool(prefetch))
+            return staged(self, batch_size, torch.device("cpu" if device is None else device),
+                          bool(prefetch))
         table = self._table
         if table is None:
-            table = self._await_first_item(batch_size)
-        return table.sample(batch_size, None if out is None else self._check_out(out, batch_size))
+            table = _writing.await_first_item(self, batch_size)
+        return table.sample(batch_size, None if out is None else table.check_out(out, batch_size))
 
     def get(self, keys: Any) -> Batch:
         """The stored items named by ``keys`` (e.g. ``batch.indices`` of an earlier sample),
@@ -425,56 +347,6 @@ class ReplayBuffer:
                 raise IndexError(f"index {arr.reshape(-1)[0]} was never written: the buffer is empty")
             return Batch({}, torch.from_numpy(np.zeros(0, np.int64)), None)
         return table.get(arr.reshape(-1) if arr.ndim else arr.reshape(1))
-
-    def _staged(self, batch_size: int, device: torch.device, prefetch: bool) -> Batch:
-        from ._staging import Stager
-
-        stager = self._stager
-        if stager is None or not stager.serves(batch_size, device):
-            if stager is not None:
-                stager.close()
-            stager = self._stager = Stager(self, batch_size, device)
-        return stager.sample(prefetch)
-
-    def _await_first_item(self, batch_size: int) -> Table:
-        """sample() before the spec is known: an error, or with a rate limiter that may wait,
-        a wait for another thread's first add (the limiter then waits for the rest)."""
-        self._check_open()
-        limiter = self._limiter
-        if limiter is None or limiter.timeout == 0:
-            raise ValueError(f"cannot sample {batch_size} items: the buffer is empty (add items first)")
-        timeout = limiter.timeout
-        waited = 0.0
-        while not self._built.wait(0.05):  # in slices: Ctrl-C and close() are noticed
-            self._check_open()
-            waited += 0.05
-            if timeout is not None and waited >= timeout:
-                raise TimeoutError(
-                    f"sample({batch_size}) waited {timeout} s (the rate limiter's timeout) and "
-                    f"no item was added: sampling starts once {limiter.min_size_to_sample} items "
-                    "are inserted (min_size_to_sample), and 0 are so far")
-        assert self._table is not None
-        return self._table
-
-    def _check_out(self, out: Mapping[str, torch.Tensor], batch_size: int) -> list:
-        table = self._table
-        assert table is not None
-        if set(out) != set(table.names):
-            raise ValueError(f"out must have exactly the fields {table.names}, got {list(out)}")
-        tensors = []
-        for name, (shape, dt) in zip(table.names, table.out_shapes):
-            t = out[name]
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"out['{name}'] must be a tensor, got {type(t).__name__}")
-            want = (batch_size, *shape)
-            if t.dtype != dt:
-                raise TypeError(f"out['{name}']: expected dtype {dt}, got {t.dtype}")
-            if tuple(t.shape) != want:
-                raise ValueError(f"out['{name}']: expected shape {want}, got {tuple(t.shape)}")
-            if t.device.type != "cpu" or not t.is_contiguous():
-                raise ValueError(f"out['{name}'] must be a contiguous CPU tensor")
-            tensors.append(t)
-        return tensors
 
     def update_priorities(self, indices: Any, priorities: Any) -> int:
         """Sets the priorities of sampled items (e.g. ``|TD error|``).
@@ -623,16 +495,7 @@ class ReplayBuffer:
             raise ValueError("this buffer is closed")
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        self._check_open()
-        if self._storage == "memmap":
-            raise TypeError("a storage='memmap' buffer cannot be sent to another process (one "
-                            "process opens its file at a time): close it here and reopen "
-                            "its path there")
-        if self._storage != "shared" or self._core is None:
-            raise TypeError(
-                "a ReplayBuffer with storage='memory' cannot be sent to another process; "
-                "create it with storage='shared' (and a spec) to share it, or send state_dict()")
-        return (_attach, (self._core.shared_name, self._admit_fn))
+        return _persistence.reduce(self)
 
     def save(self, path: Union[str, os.PathLike], *, progress: Optional[bool] = None) -> None:
         """Writes a checkpoint of everything (configuration, storage, every part's state,
@@ -640,13 +503,10 @@ class ReplayBuffer:
         in the same directory, fsynced, then renamed over ``path``; a crash at any point
         leaves the previous file intact. A progress bar shows for large buffers
         (``progress=None``: above 256 MB). Call it while no other thread writes."""
-        from . import _checkpoint
-
-        self._check_open()
-        _checkpoint.save(self._table, self._config_now(), path, progress=progress)
+        _persistence.save(self, path, progress)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], *, progress: Optional[bool] = None) -> "ReplayBuffer":
+    def load(cls: Type[B], path: Union[str, os.PathLike], *, progress: Optional[bool] = None) -> B:
         """A buffer restored from ``save(path)``, in memory: it draws exactly the batches and
         makes exactly the admission and eviction decisions the saved buffer would have made
         next. The saved class is restored (an EpisodeBuffer file as EpisodeBuffer); a
@@ -657,44 +517,12 @@ class ReplayBuffer:
                 checksum mismatch (naming the section). Nothing is returned then.
             TypeError: ``EpisodeBuffer.load`` of a plain buffer's file.
         """
-        from . import _checkpoint
-
-        def check(config: Mapping[str, Any]) -> None:
-            # The file's class, or a class it derives from (ReplayBuffer.load of an
-            # EpisodeBuffer file), or a user subclass of it serving the same view.
-            stored = buffer_class(config)
-            if not (issubclass(stored, cls) or (issubclass(cls, stored) and cls._View is stored._View)):
-                raise TypeError(f"{os.fspath(path)} holds a {stored.__name__}, which is not a "
-                                f"{cls.__name__}; load it with {stored.__name__}.load")
-
-        def configure(table: Table, config: Mapping[str, Any]) -> None:
-            limiter = config.get("rate_limiter")
-            if limiter is not None:  # before the counters: configuring resets the offset
-                RateLimiter(**limiter)._bind(table.core)
-
-        config, table = _checkpoint.load(path, check=check, before_restore=configure,
-                                         progress=progress)
-        stored = buffer_class(config)
-        buf = (cls if issubclass(cls, stored) else stored)._from_config(config)
-        if table is not None:
-            buf._install(table, configure_limiter=False)
-        return buf
-
-    def _config_now(self) -> Dict[str, Any]:
-        """The configuration with the live settings as they are now (what a save keeps)."""
-        if self._table is None:
-            return self._config({})
-        config = dict(self._table.config)
-        config["selector"] = self._sampler.config()
-        if self._admit is not None:
-            config["admission"] = self._admit.config()
-        config["rate_limiter"] = None if self._limiter is None else self._limiter.config()
-        return config
+        return _persistence.load(cls, path, progress)
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue exactly: the configuration and every state array
         and scalar of the table (tensors are copies)."""
-        return _state.state_dict(self._table, self._config_now())
+        return _persistence.state_dict(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores a ``state_dict()``: afterwards the buffer samples and decides what the
@@ -710,67 +538,5 @@ class ReplayBuffer:
             ValueError: the state is malformed, inconsistent, or of another version or
                 configuration. Nothing is changed then.
         """
-        try:
-            self._load_state(state)
-        except (KeyError, TypeError, AttributeError, IndexError) as e:
-            raise ValueError(f"malformed reverie state_dict: {type(e).__name__}: {e}") from None
+        _persistence.load_state_dict(self, state)
 
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        if self._storage == "memmap":
-            raise ValueError("load_state_dict into a storage='memmap' buffer is not supported: "
-                             "load into a memory buffer, or reopen the memmap file")
-        _state.check_format(state)
-        theirs = dict(state["config"])
-        mine = self._config(spec_of(theirs) if self._table is None else self._table.spec)
-        # Adopted from the state: the seed, and the sampler's and admission rule's settings
-        # (when they are of the same kind); everything else must be this buffer's.
-        mine["seed"] = theirs.get("seed")
-        for role in ("selector", "admission"):
-            if mine.get(role) and theirs.get(role) and mine[role]["kind"] == theirs[role]["kind"]:
-                mine[role] = theirs[role]
-        diff = differences(theirs, mine)
-        if diff:
-            raise ValueError("state is of another buffer: " + "; ".join(diff))
-        seed = _as_int("seed", theirs["seed"])
-        sampler = Part.from_config("selector", theirs["selector"])
-        admit = None if theirs.get("admission") is None else Part.from_config("admission", theirs["admission"])
-        if "arrays" not in state:
-            if self._table is not None:
-                raise ValueError("state is of an empty (unbuilt) buffer; this buffer holds data")
-            self._seed, self._sampler = seed, sampler
-            return
-
-        def build(cfg: Mapping[str, Any]) -> Table:
-            cfg = dict(cfg)
-            cfg["rate_limiter"] = None if self._limiter is None else self._limiter.config()
-            return Table.create(cfg, *self._storage_args())
-
-        def configure(table: Table) -> None:
-            if self._limiter is not None:  # before the counters: configuring resets the offset
-                self._limiter._bind(table.core)
-
-        table = _state.load(state, build, configure)
-        self._seed, self._sampler = seed, sampler
-        if admit is not None:
-            self._admit = admit
-        self._install(table, configure_limiter=False)
-
-
-def _one(value: Any) -> Any:
-    """One item as a batch of one (for a callable-admitted add)."""
-    if isinstance(value, torch.Tensor):
-        return value.unsqueeze(0)
-    return np.asarray(value)[None]
-
-
-def _attach(name: str, admit_fn: Optional[Callable[..., Any]] = None) -> ReplayBuffer:
-    """Unpickles a shared buffer's handle: attaches to its segment (not as its owner). The
-    segment describes itself (its configuration), so the handle is just its name."""
-    config = Table.stored_config("attach_shared", name)
-    cls = buffer_class(config)
-    buf = cls._from_config(config, storage="shared")
-    buf._admit_fn = admit_fn
-    table = Table.create(config, "attach_shared", name)
-    buf._limiter = RateLimiter._from_core(table.core)
-    buf._install(table, owner=False)
-    return buf

@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from . import _writing
 from ._batch import Batch
 from ._buffer import ReplayBuffer
 from ._config import register_buffer
@@ -216,7 +217,7 @@ class EpisodeBuffer(ReplayBuffer):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         table = self._table
-        return table if table is not None else self._await_first_item(batch_size)
+        return table if table is not None else _writing.await_first_item(self, batch_size)
 
     def env_steps(self, keys: Any) -> "tuple[torch.Tensor, torch.Tensor]":
         """Which env and which of its steps each key names: ``(env, step)`` int64 tensors,

@@ -25,6 +25,7 @@ import numpy as np
 from ._config import buffer_class, spec_of
 from ._npz_format import FORMAT, FORMAT_VERSION, KEYS, META, STATE, read_npz
 from ._npz_import import import_items
+from ._persistence import config_now
 from ._table import Table
 
 # ---- writing -------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ def to_npz(buf: Any, path: "str | os.PathLike[str]", *, compressed: bool = False
         raise ValueError(f"field names {bad} are reserved by the npz format (they start with '__')")
     table: Optional[Table] = buf._table
     arrays: Dict[str, np.ndarray] = {}
-    meta: Dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "config": buf._config_now(),
+    meta: Dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "config": config_now(buf),
                             "scalars": None, "per_slot": [], "whole": []}
     if table is not None:
         keys = table.stored_keys()

@@ -14,7 +14,9 @@ the buffer's core (and every process sharing it).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Dict, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type, Union
+
+from ._values import as_int
 
 
 def _non_negative(name: str, value: Any) -> float:
@@ -257,3 +259,41 @@ class Threshold(Part):
 def sampler_from_config(config: Dict[str, Any]) -> Part:
     """The sampler a configuration entry (``sampler.config()``) describes."""
     return Part.from_config("selector", dict(config))
+
+
+Admit = Union[Part, Callable[[Dict[str, Any]], Any], None]
+
+
+def _given(value: Any, arg: str, role: str, default: Part, names: str) -> Part:
+    """The part given as argument `arg` (which must play `role`), or `default`: a fresh,
+    unbound copy with the settings as they are now (a part taken from another buffer is
+    bound to that one's core)."""
+    if value is None:
+        return default
+    if not isinstance(value, Part) or value.role != role:
+        raise TypeError(f"{arg} must be {names}, got {type(value).__name__}")
+    return Part.from_config(role, value.config())
+
+
+def policy(sampler: Optional[Part], writer: Optional[Part], admit: Admit,
+           max_times_sampled: Optional[int], metadata: bool
+           ) -> Tuple[Part, Part, Optional[Part], Optional[Callable[..., Any]], Optional[int]]:
+    """A buffer's policy arguments, checked: (sampler, writer, admission rule, admission
+    callable, max_times_sampled). Which combinations the table accepts is the core's to say."""
+    sampler = _given(sampler, "sampler", "selector", Uniform(), "Uniform or Prioritized")
+    writer = _given(writer, "writer", "writer", Fifo(), "Fifo(), Reservoir() or KeepTopK(score=...)")
+    admit_fn: Optional[Callable[..., Any]] = None
+    if admit is not None and not isinstance(admit, Part):
+        if not callable(admit):
+            raise TypeError(f"admit must be None, a rule such as Threshold(...) or a callable, "
+                            f"got {type(admit).__name__}")
+        admit_fn, admit = admit, None
+    elif admit is not None:
+        admit = _given(admit, "admit", "admission", admit, "Threshold(...) or a callable")
+    if max_times_sampled is not None:
+        max_times_sampled = as_int("max_times_sampled", max_times_sampled)
+        if max_times_sampled < 1:
+            raise ValueError(f"max_times_sampled must be >= 1 (or None), got {max_times_sampled}")
+    if not isinstance(metadata, bool):
+        raise TypeError(f"metadata must be a bool, got {type(metadata).__name__}")
+    return sampler, writer, admit, admit_fn, max_times_sampled

@@ -89,3 +89,14 @@ class Stager:
             if self._worker is not None:
                 self._worker.shutdown(wait=True)
                 self._worker = None
+
+
+def staged(buffer: "ReplayBuffer", batch_size: int, device: torch.device, prefetch: bool) -> "Batch":
+    """``buffer.sample(batch_size, device=..., prefetch=...)``: through the buffer's stager,
+    a new one when the batch size or device changed."""
+    stager = buffer._stager
+    if stager is None or not stager.serves(batch_size, device):
+        if stager is not None:
+            stager.close()
+        stager = buffer._stager = Stager(buffer, batch_size, device)
+    return stager.sample(prefetch)

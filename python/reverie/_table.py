@@ -85,6 +85,26 @@ class Table:
                      None if weights is None else torch.from_numpy(weights),
                      self.meta_tensors(meta))
 
+    def check_out(self, out: Mapping[str, torch.Tensor], batch_size: int) -> List[torch.Tensor]:
+        """The ``out=`` tensors of a sample, in field order, checked against the spec."""
+        table = self
+        if set(out) != set(table.names):
+            raise ValueError(f"out must have exactly the fields {table.names}, got {list(out)}")
+        tensors = []
+        for name, (shape, dt) in zip(table.names, table.out_shapes):
+            t = out[name]
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"out['{name}'] must be a tensor, got {type(t).__name__}")
+            want = (batch_size, *shape)
+            if t.dtype != dt:
+                raise TypeError(f"out['{name}']: expected dtype {dt}, got {t.dtype}")
+            if tuple(t.shape) != want:
+                raise ValueError(f"out['{name}']: expected shape {want}, got {tuple(t.shape)}")
+            if t.device.type != "cpu" or not t.is_contiguous():
+                raise ValueError(f"out['{name}'] must be a contiguous CPU tensor")
+            tensors.append(t)
+        return tensors
+
     def get(self, keys: np.ndarray) -> Batch:
         arrays, stored, meta = self.core.get(keys, self.meta)
         return Batch(self.tensors(arrays, self.names), torch.from_numpy(stored), None,
