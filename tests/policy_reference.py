@@ -13,6 +13,8 @@ Written from the documented rules (README "Replay policies"), independently of t
   counter = (0xFFFFFFFF, 1, n low, n high)) as (c0 << 32) | c1 (the reservoir's own stream);
 - keep-top-k: fresh slots first, then freed ones (most recently freed first); once full an
   item enters iff score >= the lowest held score, evicting the lowest by (score, insertion);
+  by priority, a new item ranks above every held one while its write lasts (so it enters)
+  and then by the priority it got, the running max (alpha = 1, eps = 0 here: q = p);
 - threshold: admitted iff score >= value;
 - max times sampled N: an item leaves after its N-th sample; its slot is free for the next
   item (keep-top-k) or written again in ring order (FIFO).
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 M32 = 0xFFFFFFFF
 
@@ -65,6 +67,7 @@ class Item:
     insertion: int
     score: float = 0.0
     version: int = 0
+    priority: float = 1.0
     times: int = 0
     last: int = -1
 
@@ -77,6 +80,8 @@ class PolicyModel:
     score: Optional[str] = None    # keep_top_k / threshold field
     threshold: Optional[float] = None
     max_times: Optional[int] = None
+    threshold_field: Optional[str] = None  # default: `score`
+    keep: Optional[Callable[[Dict[str, Any]], bool]] = None  # a caller's predicate
     slots: List[Optional[Item]] = field(default_factory=list)
     generations: List[int] = field(default_factory=list)  # writes of each slot so far
     removed: List[bool] = field(default_factory=list)
@@ -86,6 +91,8 @@ class PolicyModel:
     free: List[int] = field(default_factory=list)  # freed slots (stack)
     version: int = 0
     dropped: int = 0               # by admission
+    max_p: float = 1.0             # running max priority (new items get it)
+    stale: int = 0                 # priority updates of items that had left
 
     def __post_init__(self) -> None:
         self.slots = [None] * self.capacity
@@ -123,23 +130,50 @@ class PolicyModel:
     def _store(self, slot: int, row: Dict[str, Any]) -> None:
         gen = self.generations[slot]
         self.generations[slot] += 1
-        score = float(row[self.score]) if self.score and self.score != "priority" else 0.0
-        self.slots[slot] = Item(self.key_of(slot, gen), dict(row), self.written, score, self.version)
+        if self.score == "priority":
+            score = math.inf  # ranked above every held item until the write ends
+        else:
+            score = float(row[self.score]) if self.score else 0.0
+        self.slots[slot] = Item(self.key_of(slot, gen), dict(row), self.written, score,
+                                self.version, self.max_p)
         self.removed[slot] = False
         self.written += 1
 
     def offer(self, rows: Sequence[Dict[str, Any]]) -> int:
         """Offers items in order; returns how many were stored."""
         stored = 0
+        field = self.threshold_field or self.score
         for row in rows:
-            if self.threshold is not None and not (float(row[self.score]) >= self.threshold):
+            if self.keep is not None and not self.keep(row):
+                continue
+            if self.threshold is not None and not (float(row[field]) >= self.threshold):
                 self.dropped += 1
                 continue
             slot = self._place(row)
             if slot is not None:
                 self._store(slot, row)
                 stored += 1
+        if self.score == "priority":  # the write is over: new items rank by their priority
+            for it in self.stored():
+                if it.score == math.inf:
+                    it.score = it.priority
         return stored
+
+    def update(self, keys: Sequence[int], priorities: Sequence[float]) -> int:
+        """update_priorities with distinct keys (alpha = 1, eps = 0: q = p); returns how many
+        were stale (the item left since)."""
+        stale = 0
+        for key, p in zip(keys, priorities):
+            it = self.item(int(key))
+            if it is None:
+                stale += 1
+                continue
+            it.priority = float(p)
+            self.max_p = max(self.max_p, float(p))
+            if self.score == "priority":
+                it.score = float(p)
+        self.stale += stale
+        return stale
 
     def _next_free(self) -> Optional[int]:
         if self.filled < self.capacity:
@@ -168,7 +202,7 @@ class PolicyModel:
         if free is not None:
             self._take_free(free)
             return free
-        score = float(row[self.score])
+        score = math.inf if self.score == "priority" else float(row[self.score])
         low = min(self.stored(), key=lambda it: (it.score, it.insertion))
         if score < low.score:
             return None
@@ -179,6 +213,7 @@ class PolicyModel:
     def sampled(self, keys: Sequence[int], call: int) -> None:
         """The real buffer returned these keys in sample call `call`: count them, and remove
         the ones that reached max_times."""
+        used_up: List[int] = []  # in the order their last sample came in the batch
         for key in keys:
             it = self.item(int(key))
             assert it is not None, f"key {key} was sampled but is not stored"
@@ -186,15 +221,14 @@ class PolicyModel:
                 assert it.times < self.max_times, f"key {key} was sampled more than {self.max_times} times"
             it.times += 1
             it.last = call
-        if self.max_times is not None:
-            for key in dict.fromkeys(int(k) for k in keys):  # freed in batch order
-                it = self.item(key)
-                if it is not None and it.times >= self.max_times:
-                    slot = key & ((1 << slot_bits(self.capacity)) - 1)
-                    self.slots[slot] = None
-                    self.removed[slot] = True
-                    if self.writer != "fifo":
-                        self.free.append(slot)
+            if self.max_times is not None and it.times == self.max_times:
+                used_up.append(int(key))
+        for key in used_up:  # removed after the batch; freed slots stack up in this order
+            slot = key & ((1 << slot_bits(self.capacity)) - 1)
+            self.slots[slot] = None
+            self.removed[slot] = True
+            if self.writer != "fifo":
+                self.free.append(slot)
 
     def samples_left(self) -> float:
         if self.max_times is None:
