@@ -68,9 +68,10 @@ class ReplayBuffer:
             ``close()``, when the buffer is garbage collected, or when it exits.
             ``"memmap"``: the whole buffer (configuration, columns, counters, every part's
             state) lives in the file ``path``, so it may exceed RAM. Creating a buffer on an
-            existing path reopens it with everything it held (spec and seed may then be
-            left out; the file's live settings, e.g. beta, and its rate limiter are kept
-            unless a new rate limiter is given). One buffer in one process opens a path at
+            existing path reopens it with everything it held: spec, seed and policy
+            (sampler, writer, admit, max_times_sampled, metadata) may then be left out, and
+            those given must be the file's; the file's live settings, e.g. beta, and its rate
+            limiter are kept unless a new rate limiter is given. One buffer in one process opens a path at
             a time.
         path: the file of a ``storage="memmap"`` buffer.
         device: ``"cuda"`` / ``"cuda:N"`` makes a GPU-resident buffer (``DeviceReplayBuffer``);
@@ -117,6 +118,10 @@ class ReplayBuffer:
         capacity = _as_int("capacity", capacity)
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0, got {capacity}")
+        # Roles the call names: a reopened memmap file's own are kept for the others.
+        named = {"selector": sampler is not None, "writer": writer is not None,
+                 "admission": admit is not None, "max_times_sampled": max_times_sampled is not None,
+                 "metadata": bool(metadata)}
         sampler, writer, admit, admit_fn, max_times_sampled = policy(
             sampler, writer, admit, max_times_sampled, metadata)
         if storage not in ("memory", "shared", "memmap"):
@@ -138,7 +143,7 @@ class ReplayBuffer:
                           metadata, copy.copy(rate_limiter), admit_fn)
         self._path = file
         if file is not None and os.path.exists(file) and os.path.getsize(file) > 0:
-            _persistence.reopen(self, file, None if spec is None else normalize_spec(spec))
+            _persistence.reopen(self, file, None if spec is None else normalize_spec(spec), named)
             return
         if self._seed is None:
             self._seed = secrets.randbits(63)

@@ -61,18 +61,28 @@ def attach(name: str, admit_fn: Optional[Callable[..., Any]] = None) -> "ReplayB
     return buf
 
 
-def reopen(buf: "ReplayBuffer", file: str, spec: Optional[Dict[str, Field]]) -> None:
+def reopen(buf: "ReplayBuffer", file: str, spec: Optional[Dict[str, Field]],
+           named: Mapping[str, bool]) -> None:
     """Opens the table in an existing memmap file: its configuration (in the file's header)
-    must match the call's (spec and seed may be left out)."""
+    must match the call's; spec, seed and the policy roles the call does not name (`named`)
+    are the file's."""
     stored = Table.stored_config("file", file)
     given = buf._config(spec_of(stored) if spec is None else spec)
     if buf._seed is None:
         given["seed"] = stored["seed"]
+    for role, is_named in named.items():
+        if not is_named:
+            given[role] = stored.get(role)
     diff = differences(stored, given)
     if diff:
         raise ValueError(f"'{file}' holds a buffer made with other settings than this call's: "
                          + "; ".join(diff))
     buf._seed = int(stored["seed"])
+    buf._sampler = Part.from_config("selector", stored["selector"])
+    buf._writer = Part.from_config("writer", stored["writer"])
+    admission = stored.get("admission")
+    buf._admit = None if admission is None else Part.from_config("admission", admission)
+    buf._max_times, buf._metadata = stored.get("max_times_sampled"), bool(stored.get("metadata"))
     table = buf._install(Table.create(stored, "file", file))
     if buf._limiter is None:  # the file's rate limiter stays in force: show it
         buf._limiter = RateLimiter._from_core(table.core)
