@@ -557,3 +557,88 @@ def test_host_buffer_to_cuda_with_prefetch_matches_plain_samples():
         assert got.obs.is_cuda and got.weights.is_cuda and not got.indices.is_cuda
         assert_same_batch(got, want)
     b.close()
+
+
+# ---- the buffer protocol: get, state_dict, spec, len (issue 13) -----------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sampler", [None, rv.Prioritized(alpha=0.7)], ids=["uniform", "prioritized"])
+def test_get_returns_the_sampled_rows_and_refuses_stale_keys(device, sampler):
+    dev, ref = pair(device, 10, sampler)  # not a power of two: keys are not insertion numbers
+    for b in (dev, ref):
+        b.extend(**items(23))
+    batch = dev.sample(32)
+    got = dev.get(batch.indices)
+    assert got.weights is None and got.meta is None
+    assert torch.equal(got.indices.cpu(), batch.indices.cpu())
+    for name in SPEC:
+        assert torch.equal(got[name], batch[name]), name
+        assert got[name].device == batch[name].device
+    want = ref.get(batch.indices.cpu())  # the CPU buffer agrees, key for key
+    for name in SPEC:
+        assert torch.equal(got[name].cpu(), want[name]), name
+    old = batch.indices.cpu()[0].item()
+    dev.extend(**items(10, 100))  # every item overwritten
+    with pytest.raises(IndexError, match=f"index {old} at position 1 is no longer stored"):
+        dev.get([dev.sample(1).indices.cpu().item(), old])
+    with pytest.raises(IndexError, match="never written"):
+        dev.get([10**6])
+    with pytest.raises(TypeError, match="integers"):
+        dev.get(np.array([0.5]))
+    assert dev.get([]).indices.numel() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_host_keys_of_a_lapped_ring_update_priorities(device):
+    """Keys past the first lap of a capacity that is not a power of two are above `written`
+    (generation bits above the slot bits): they are keys all the same."""
+    dev, ref = pair(device, 6, rv.Prioritized(alpha=1.0, eps=0.0))
+    for b in (dev, ref):
+        b.extend(**items(7))
+    batch = ref.sample(16)
+    assert (batch.indices >= 7).any()
+    dev.sample(16)
+    prio = np.arange(16) + 1.0
+    dev.update_priorities(batch.indices.numpy(), prio)
+    ref.update_priorities(batch.indices.numpy(), prio)
+    dev.synchronize()
+    assert_same_tree(dev, ref, exact=device != "cuda")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sampler", [None, rv.Prioritized(alpha=0.6, beta=0.5)], ids=["uniform", "prioritized"])
+def test_state_dict_continues_on_the_cpu_exactly(device, sampler):
+    dev = device_buffer(12, SPEC, sampler=sampler, seed=3, device=device)
+    assert dev.state_dict()["config"]["spec"] == [["obs", "float32", [3]], ["action", "int64", []],
+                                                   ["frame", "uint8", [5]], ["done", "bool", []]]
+    assert dev.state_dict()["scalars"]["table.written"] == 0
+    unbuilt = rv.DeviceReplayBuffer(12, device="cpu", seed=3)  # spec not known yet
+    assert "arrays" not in unbuilt.state_dict() and unbuilt.state_dict()["config"]["spec"] == []
+    dev.extend(**items(30))
+    for i in range(5):
+        b = dev.sample(8)
+        if sampler is not None:
+            dev.update_priorities(b.indices, (b["action"] % 5).double() + 0.5)
+    state = dev.state_dict()
+    assert state["format"] == "reverie-state" and state["config"]["writer"] == {"kind": "fifo"}
+    cpu = rv.ReplayBuffer(12, SPEC, sampler=sampler, seed=99)
+    cpu.load_state_dict(state)  # adopts the device buffer's seed
+    assert len(cpu) == len(dev) == 12 and cpu.spec == dev.spec
+    for i in range(200):
+        want = dev.sample(8)
+        assert_same_batch(want, cpu.sample(8))
+        if sampler is not None:
+            prio = (want["action"].cpu() % 7).double() + 0.25
+            dev.update_priorities(want.indices, prio.to(want.indices.device))
+            cpu.update_priorities(want.indices.cpu(), prio)
+        if i % 50 == 49:
+            dev.extend(**items(3, 1000 + i))
+            cpu.extend(**items(3, 1000 + i))
+
+
+def test_device_buffers_say_what_they_do_not_do():
+    dev = device_buffer(8, SPEC, device="cpu")
+    for name in ("load_state_dict", "save", "load", "stats", "version"):
+        assert not hasattr(dev, name), name
+    assert "no ``load_state_dict``" in rv.DeviceReplayBuffer.state_dict.__doc__

@@ -50,6 +50,19 @@ void BindDevice(py::module_& m) {
              self.Sample(batch, dst.data(), reinterpret_cast<int64_t*>(keys),
                          reinterpret_cast<float*>(weights), stream);
            })
+      .def("get", [](DeviceReplay& self, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& host_keys,
+                     uintptr_t keys, const std::vector<uintptr_t>& out, uintptr_t stream) {
+             std::vector<uint8_t*> dst(out.size());
+             for (size_t f = 0; f < out.size(); ++f) dst[f] = reinterpret_cast<uint8_t*>(out[f]);
+             py::gil_scoped_release release;
+             self.Get(host_keys.data(), reinterpret_cast<const int64_t*>(keys), host_keys.size(), dst.data(), stream);
+           })
+      .def("check_keys", [](const DeviceReplay& self,
+                            const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& keys,
+                            bool stored) {
+             py::gil_scoped_release release;
+             self.CheckKeys(keys.data(), keys.size(), stored);
+           }, py::arg("keys"), py::arg("stored"))
       .def("update_priorities", [](DeviceReplay& self, uintptr_t keys, uintptr_t priorities,
                                    bool f64, int64_t n, uintptr_t stream) {
              py::gil_scoped_release release;

@@ -245,9 +245,15 @@ void DeviceReplay::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
   args.weights = weights;
   CallScope call(*backend_, stream);
   backend_->Sample(args, stream);
+  GatherRows(keys, batch, out, stream);
+  call.End();
+}
+
+void DeviceReplay::GatherRows(const int64_t* keys, int64_t n, uint8_t* const* out,
+                              StreamHandle stream) {
   GatherArgs gather;
   gather.keys = keys;
-  gather.batch = batch;
+  gather.batch = n;
   gather.capacity = capacity_;
   gather.codec = KeyCodec(capacity_, 0);
   for (size_t f = 0; f < columns_.size(); f += kMaxGatherFields) {
@@ -259,6 +265,37 @@ void DeviceReplay::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, flo
     }
     backend_->Gather(gather, stream);
   }
+}
+
+void DeviceReplay::CheckKeys(const int64_t* keys, int64_t n, bool stored) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckKeysLocked(keys, n, stored);
+}
+
+void DeviceReplay::CheckKeysLocked(const int64_t* keys, int64_t n, bool stored) const {
+  const KeyCodec codec(capacity_, 0);
+  const int64_t oldest = std::max<int64_t>(0, written_ - capacity_);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t key = keys[i];
+    const int64_t insertion = FifoInsertionOfKey(codec, key, capacity_);
+    REVERIE_CHECK_INDEX(insertion >= 0, "index ", key, " at position ", i, " is not a key of this buffer",
+                        " (keys are the indices a sample returned)");
+    REVERIE_CHECK_INDEX(insertion < written_, "index ", key, " at position ", i, " was never written: ",
+                        written_, " items have been written in all (keys are the indices a sample returned)");
+    REVERIE_CHECK_INDEX(!stored || insertion >= oldest, "index ", key, " at position ", i,
+                        " is no longer stored: slot ", codec.Slot(key),
+                        " has been written again since (keys name one item; a newer item has another key)");
+  }
+}
+
+void DeviceReplay::Get(const int64_t* host_keys, const int64_t* keys, int64_t n, uint8_t* const* out,
+                       StreamHandle stream) {
+  REVERIE_CHECK(n >= 0, "negative key count ", n);
+  if (n == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);  // no write between the check and the gather
+  CheckKeysLocked(host_keys, n, /*stored=*/true);
+  CallScope call(*backend_, stream);
+  GatherRows(keys, n, out, stream);
   call.End();
 }
 

@@ -10,10 +10,12 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 import torch
 
-from . import _core
+from . import _core, _state
 from ._batch import Batch
-from ._parts import Part, Prioritized, Uniform
+from ._config import CONFIG_VERSION, make_config
+from ._parts import Fifo, Part, Prioritized, Uniform
 from ._spec import Field, SpecLike, infer_field, normalize_spec
+from ._table import Table
 from ._values import as_int as _as_int
 
 
@@ -69,6 +71,13 @@ class DeviceReplayBuffer:
     is tested against; the ordinary ``ReplayBuffer`` is the fast CPU buffer), over CUDA's grids
     on the calling thread, or with ``block_threads=N`` the tree programs on a block of N
     threads with real barriers, as a GPU runs them.
+
+    The protocol it shares with ``ReplayBuffer``: ``add``/``extend`` (returning counts),
+    ``sample``, ``update_priorities``, ``get(keys)``, ``state_dict()`` (in the CPU buffer's
+    format), ``spec``, ``len``, ``columns``, ``priorities()``, ``stale_updates``. What it does
+    not do: it is a FIFO ring only (no ``writer``, ``admit``, ``max_times_sampled``,
+    ``metadata``, ``version`` or ``stats()``), samples with replacement, has no rate limiter,
+    no shared or memmap storage, and no ``load_state_dict``, ``save``/``load`` or pickling.
 
     Args:
         capacity: how many items the buffer holds.
@@ -269,6 +278,69 @@ class DeviceReplayBuffer:
                               0 if weights is None else weights.data_ptr(), self._stream())
         return Batch(zip(self._names, out), keys, weights)
 
+    def get(self, keys: Any) -> "Batch":
+        """The stored items named by ``keys`` (e.g. ``batch.indices``), in that order: a Batch
+        of tensors on the buffer's device (``indices`` are the keys; no weights, no meta).
+        The keys are checked on the host (keys on the device are copied there first, which
+        waits for the GPU).
+
+        Raises:
+            IndexError: naming the first key that names no stored item (never written, not
+                a key of this buffer, or overwritten since); nothing is gathered then.
+            TypeError: keys are not integers.
+        """
+        host = keys.detach().cpu() if isinstance(keys, torch.Tensor) else torch.as_tensor(np.asarray(keys))
+        if host.numel() == 0:
+            host = host.to(torch.int64)  # [] carries no dtype
+        if host.dtype.is_floating_point or host.dtype == torch.bool or host.is_complex():
+            raise TypeError(f"keys must be integers, got {host.dtype}")
+        host = host.reshape(-1).to(torch.int64).contiguous()
+        n = int(host.shape[0])
+        dev = self._device
+        if self._core is None:
+            if n:
+                raise IndexError(f"index {int(host[0])} was never written: the buffer is empty")
+            return Batch({}, torch.zeros(0, dtype=torch.int64, device=dev), None)
+        out = [torch.empty((n, *f.shape), dtype=f.torch_dtype, device=dev) for f in self._fields]
+        on_dev = host.to(dev)
+        if n:
+            with self._on_device():
+                self._core.get(host.numpy(), on_dev.data_ptr(), [t.data_ptr() for t in out],
+                               self._stream())
+        return Batch(zip(self._names, out), on_dev, None)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The buffer's state in the CPU ``ReplayBuffer``'s format (a FIFO table of the same
+        capacity, spec, seed and sampler; tensors on the CPU; it waits for the GPU), so
+        ``ReplayBuffer(...).load_state_dict(state)`` continues on the CPU with exactly the
+        draws this buffer would make next. Device buffers keep no rate limiter, so the
+        state's limiter counts are 0. There is no ``load_state_dict``, ``save``/``load`` or
+        pickling for device buffers (restoring the device tree is not implemented)."""
+        config = make_config(self._capacity, self._spec, self._seed, writer=Fifo(),
+                             selector=self._sampler)
+        if self._core is None:
+            return _state.state_dict(None, config)
+        with self._on_device():
+            st = self._core.read_status(self._stream(), False)
+        arrays: Dict[str, torch.Tensor] = {f"column:{n}": t for n, t in self.columns.items()}
+        # The ring's stamps follow from `written` for a FIFO table (the core rebuilds them).
+        arrays["table.stamps"] = torch.zeros(self._capacity, dtype=torch.int64)
+        scalars: Dict[str, Any] = {
+            "table.written": int(self._core.written), "table.sample_calls": int(self._core.sample_calls),
+            "table.stale_updates": int(st.stale), "table.version": 0,
+            "limiter.sampled": 0, "limiter.offset": 0.0}
+        if isinstance(self._sampler, Prioritized):
+            with self._on_device():
+                leaves = self._core.read_leaves(self._stream())
+            arrays["priority.leaves"] = torch.from_numpy(leaves.astype(np.uint64).view(np.int64))
+            scalars.update({"priority.beta": float(self._sampler.beta), "priority.max_q": float(st.max_q),
+                            "priority.scale_exp": int(st.scale_exp)})
+        raw = {"format": _state.FORMAT, "version": CONFIG_VERSION, "config": config,
+               "scalars": scalars, "arrays": arrays}
+        # Through a CPU table: the core checks the state and derives what follows from it.
+        table = _state.load(raw, lambda cfg: Table.create(cfg), lambda t: None)
+        return _state.state_dict(table, config)
+
     def update_priorities(self, indices: Any, priorities: Any) -> None:
         """Sets the priorities of sampled items (e.g. ``|TD error|``), on the device.
 
@@ -330,13 +402,8 @@ class DeviceReplayBuffer:
             k = int(np.argmin(ok))
             raise ValueError(f"priorities must be finite and >= 0 (and (p + eps)^alpha finite); "
                              f"got {p[k]} at position {k}")
-        k64 = keys.numpy().astype(np.int64, copy=False)
-        written = self._core.written
-        bad = (k64 < 0) | (k64 >= written)
-        if bad.any():
-            k = int(np.argmax(bad))
-            raise IndexError(f"index {k64[k]} at position {k} was never written: valid keys are "
-                             f"0 .. {written - 1} (use batch.indices from sample())")
+        # Keys through the core's decoder (key.h): an overwritten key is stale, not an error.
+        self._core.check_keys(keys.numpy().astype(np.int64, copy=False), False)
 
     def synchronize(self) -> None:
         """Waits for the buffer's queued work and raises the first error a kernel found

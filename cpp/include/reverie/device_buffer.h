@@ -85,6 +85,14 @@ class DeviceReplay {
   // or an empty buffer. O(batch * (depth + row bytes)).
   void Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights,
               StreamHandle stream);
+  // Checks keys given on the host: IndexError naming the first that is not a key of this
+  // buffer or was never written, and with `stored`, also one overwritten since. O(n).
+  void CheckKeys(const int64_t* keys, int64_t n, bool stored) const;
+  // The rows of the items named by `keys` (kernel-readable memory, like Sample's) into
+  // out[f], n rows each. `host_keys` is a host copy of the same keys, checked first
+  // (CheckKeys with `stored`). O(n * row bytes).
+  void Get(const int64_t* host_keys, const int64_t* keys, int64_t n, uint8_t* const* out,
+           StreamHandle stream);
   // keys[k] gets priorities[k] (float64 when f64, else float32), in kernel-readable memory.
   // A repeated key keeps the last value; a key overwritten since it was sampled is counted
   // as stale. Bad input is found on the device (see above). ValueError for a uniform buffer.
@@ -113,6 +121,9 @@ class DeviceReplay {
 
  private:
   TreeView Tree() const;
+  void CheckKeysLocked(const int64_t* keys, int64_t n, bool stored) const;  // caller holds mu_
+  // Gathers the rows of `keys` (n of them, kernel-readable) into out[f] (caller holds mu_).
+  void GatherRows(const int64_t* keys, int64_t n, uint8_t* const* out, StreamHandle stream);
   // Frees every allocation made so far (destructor, and a constructor that failed).
   void Release() noexcept;
 
