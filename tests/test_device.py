@@ -616,7 +616,7 @@ def test_state_dict_continues_on_the_cpu_exactly(device, sampler):
     unbuilt = rv.DeviceReplayBuffer(12, device="cpu", seed=3)  # spec not known yet
     assert "arrays" not in unbuilt.state_dict() and unbuilt.state_dict()["config"]["spec"] == []
     dev.extend(**items(30))
-    for i in range(5):
+    for _ in range(5):
         b = dev.sample(8)
         if sampler is not None:
             dev.update_priorities(b.indices, (b["action"] % 5).double() + 0.5)
