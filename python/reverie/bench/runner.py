@@ -18,6 +18,9 @@ Workloads (specs, data and the per-library adapters in ``workloads.py``):
 - episodes: reverie's EpisodeBuffer against a vectorized numpy episode buffer: n-step
   sample(256), sequences 32 x 80, and W3 frames stored once with frame_stack=4 (memory and
   sample throughput against full obs/next_obs stacks) (see ``episodes.py``).
+- policies: the parts of a table: reservoir admission against numpy's Algorithm R and
+  Avalanche's update, top-k retention against a heapq writer, and the cost of
+  max_times_sampled and of item metadata (see ``policies.py``).
 - gpu: where a CUDA GPU exists, the device buffer against torch-native prioritized replay
   and the host buffer + pinned copy, and the device gather against the device's copy
   bandwidth (``gpu.py``, also ``python -m reverie.bench.gpu``); skipped with a line otherwise.
@@ -312,7 +315,8 @@ def report(rows: Sequence[Cell], w3_rows: Sequence[Cell], copies: Dict[str, Any]
     return "\n".join(lines)
 
 
-WORKLOADS = ("W1", "W2", "W3", "memory", "concurrency", "episodes")
+WORKLOADS = ("W1", "W2", "W3", "memory", "concurrency", "episodes", "policies")
+SECTIONS = ("concurrency", "episodes", "policies")  # sections with their own report
 
 
 def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[float] = None,
@@ -338,6 +342,15 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
             episodic, skipped["episodes"] = False, reason
     elif "episodes" in workloads:
         skipped["episodes"] = f"reverie {why['reverie']}"
+    with_policies = "policies" in workloads and why["reverie"] is None
+    if with_policies:
+        from . import policies
+
+        reason = policies.unavailable()
+        if reason is not None:
+            with_policies, skipped["policies"] = False, reason
+    elif "policies" in workloads:
+        skipped["policies"] = f"reverie {why['reverie']}"
     total = (len(impls) * (3 * ("W1" in workloads) + len(s.w2_capacities) * ("W2" in workloads))
              + 2 * len(w3) + len(mem))
     if concurrent:
@@ -346,6 +359,8 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         total += concurrency.cells()
     if episodic:
         total += episodes.cells()
+    if with_policies:
+        total += policies.cells()
     print(f"reverie.bench: {'quick' if quick else 'full'} run; "
           f"implementations: {', '.join(impls)}", file=sys.stderr)
     for impl, reason in skipped.items():
@@ -360,9 +375,10 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         rows += w3_rows
         conc = concurrency.run(s, prog)[1] if concurrent else None
         epi = episodes.run(s, prog)[1] if episodic else None
+        pol = policies.run(s, prog)[1] if with_policies else None
     finally:
         prog.close()
-    base = any(w not in ("concurrency", "episodes") for w in workloads)
+    base = any(w not in SECTIONS for w in workloads)
     text = report(rows, w3_rows, copies, memory, skipped, s, "cpprb" in impls) if base else ""
     if conc is not None:
         text += ("\n\n" if text else "") + conc["report"]
@@ -372,6 +388,10 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         text += ("\n\n" if text else "") + epi["report"]
     elif "episodes" in skipped and not base:
         text += f"\nepisodes: skipped, {skipped['episodes']}"
+    if pol is not None:
+        text += ("\n\n" if text else "") + pol["report"]
+    elif "policies" in skipped and not base:
+        text += f"\npolicies: skipped, {skipped['policies']}"
     elapsed = time.perf_counter() - t0
     text += f"\ntotal time {elapsed:.0f} s"
     print(text)
@@ -398,6 +418,8 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         result["concurrency"] = conc
     if epi is not None:
         result["episodes"] = epi
+    if pol is not None:
+        result["policies"] = pol
     json_path = os.path.join(out_dir, "results.json")
     png_path = os.path.join(out_dir, "speedup.png")
     with open(json_path, "w") as f:
