@@ -1,6 +1,7 @@
 // Helpers for the concurrency tests (test_concurrency.cc): rows whose every field encodes
 // (writer, sequence number) so a torn row is detectable, sampling buffers, a watchdog that
-// turns a deadlock into a failure, shared-memory names and a sum-tree consistency check.
+// turns a deadlock into a failure, shared-memory names and a sum-tree consistency check;
+// and a table's saved state as a checkpoint holds it (test_parts.cc).
 #pragma once
 
 #include <dirent.h>
@@ -17,6 +18,7 @@
 #include <exception>
 #include <functional>
 #include <future>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -127,6 +129,44 @@ class TestTable : public reverie::Table {
     episodes()->SampleSequences(*this, batch, burn_in, length, drop, out, mask, keys, weights);
   }
 };
+
+// ---- Saved state, as a checkpoint holds it ---------------------------------------------------
+
+// Copies of every state array of a table (by name) and its scalars (table.h, "State").
+struct SavedState {
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> arrays;
+  reverie::ConfigValue scalars;
+};
+
+// The state of an idle table. O(size of its arrays).
+inline SavedState SaveState(reverie::Table& table) {
+  SavedState saved;
+  for (const reverie::StateArray& a : table.StateArrays()) {
+    saved.arrays.emplace_back(a.name, std::vector<uint8_t>(a.data, a.data + a.bytes()));
+  }
+  saved.scalars = table.Scalars();
+  return saved;
+}
+
+// Writes `saved` into an idle table of the same configuration and restores it, as a
+// checkpoint load does. Throws std::invalid_argument when an array is missing or its size
+// differs (or Restore refuses the state).
+inline void LoadState(reverie::Table& table, const SavedState& saved) {
+  std::vector<reverie::StateArray> arrays = table.StateArrays();
+  if (arrays.size() != saved.arrays.size()) {
+    throw std::invalid_argument("saved state has " + std::to_string(saved.arrays.size()) +
+                                " arrays, the table " + std::to_string(arrays.size()));
+  }
+  for (const reverie::StateArray& a : arrays) {
+    const auto it = std::find_if(saved.arrays.begin(), saved.arrays.end(),
+                                 [&](const auto& s) { return s.first == a.name; });
+    if (it == saved.arrays.end() || it->second.size() != a.bytes()) {
+      throw std::invalid_argument("saved state does not fit array '" + a.name + "'");
+    }
+    std::memcpy(a.data, it->second.data(), a.bytes());
+  }
+  table.Restore(saved.scalars);
+}
 
 namespace conc {
 
