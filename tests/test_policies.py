@@ -348,7 +348,6 @@ def test_metadata_of_batches_and_get():
     assert [g.meta["times_sampled"][j].item() for j in range(64)] == [seen[i] for i in b["id"].tolist()]
     assert (g.meta["last_sampled"] == 0).all()
     assert buf.sample(4).meta is not None
-    assert rv.ReplayBuffer(8, seed=0).sample if True else None
     plain = rv.ReplayBuffer(8, seed=0)
     plain.extend(**rows(0, 3))
     assert plain.sample(4).meta is None and plain.get([0]).meta is None
@@ -426,3 +425,13 @@ def test_parts_round_trip_through_their_configuration():
         assert back == part and type(back) is type(part)
     with pytest.raises(ValueError, match="unknown writer kind 'lifo'"):
         rv.Fifo.from_config("writer", {"kind": "lifo"})
+
+
+def test_a_refused_write_leaves_the_admission_counts_unchanged():
+    """Threshold drops some rows, then keep-top-k refuses a NaN score: nothing is counted."""
+    buf = rv.ReplayBuffer(4, writer=rv.KeepTopK(score="score"), admit=rv.Threshold("id", 2), seed=0)
+    buf.extend(**rows(0, 4, [1, 2, 3, 4]))
+    before = buf.stats()
+    with pytest.raises(ValueError, match="NaN"):
+        buf.extend(**rows(10, 3, [9, float("nan"), 9]) | {"id": np.array([0, 11, 12])})
+    assert buf.stats() == before

@@ -39,7 +39,7 @@ ConfigValue ThresholdAdmission::Live() const {
   return out;
 }
 
-void ThresholdAdmission::Admit(const WriteBatch& batch, uint8_t* admitted) {
+int64_t ThresholdAdmission::Admit(const WriteBatch& batch, uint8_t* admitted) const {
   const double threshold = value();
   const ArrayView& v = *batch.values[field_];
   int64_t dropped = 0;
@@ -51,6 +51,10 @@ void ThresholdAdmission::Admit(const WriteBatch& batch, uint8_t* admitted) {
       ++dropped;
     }
   }
+  return dropped;
+}
+
+void ThresholdAdmission::Count(int64_t dropped) {
   if (dropped > 0) state_->dropped.fetch_add(dropped, std::memory_order_relaxed);
 }
 

@@ -247,7 +247,7 @@ const std::string& KindOf(const ConfigValue& part, const std::string& what) {
 }
 
 uint64_t Fnv1a(const std::string& text) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 14695981039346656037ull;  // the FNV-1a 64-bit offset basis
   for (const char c : text) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
   return h;
 }

@@ -9,13 +9,13 @@
 namespace reverie {
 
 std::unique_ptr<Writer> MakeKeepTopK(const ConfigValue& settings, const TableContext& table) {
-  const std::string& score = settings.At("score", "KeepTopK").AsString("KeepTopK 'score'");
+  const std::string& score = settings.At("score", "the keep_top_k writer").AsString("keep_top_k 'score'");
   if (score == "priority") {
     REVERIE_CHECK(table.prioritized, "a keep_top_k writer with score 'priority' ranks items by their priority: "
                   "it needs the prioritized sampler");
     return std::make_unique<KeepTopK>(table.capacity, -1, DType::kFloat64);
   }
-  const int field = table.ScalarField(score, "KeepTopK score");
+  const int field = table.ScalarField(score, "keep_top_k score");
   return std::make_unique<KeepTopK>(table.capacity, field, (*table.spec)[static_cast<size_t>(field)].dtype);
 }
 

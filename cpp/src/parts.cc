@@ -18,12 +18,13 @@ namespace internal {
 void EnsureBuiltinParts() {
   static std::once_flag once;
   std::call_once(once, [] {
+    // kind, factory, every setting it reads, the live ones among them
     Writers().Add("fifo", MakeFifoWriter);
     Writers().Add("reservoir", MakeReservoirWriter);
-    Writers().Add("keep_top_k", MakeKeepTopK);
-    Admissions().Add("threshold", MakeThreshold, {"value"});
-    Selectors().Add("uniform", MakeUniformSelector);
-    Selectors().Add("prioritized", MakePrioritizedSelector, {"beta"});
+    Writers().Add("keep_top_k", MakeKeepTopK, {"score"});
+    Admissions().Add("threshold", MakeThreshold, {"field", "value"}, {"value"});
+    Selectors().Add("uniform", MakeUniformSelector, {"replacement"});
+    Selectors().Add("prioritized", MakePrioritizedSelector, {"alpha", "beta", "eps"}, {"beta"});
   });
 }
 

@@ -49,10 +49,15 @@ SampleRequest Table::BeginSample(int64_t batch, int64_t* claimed) {
   try {
     selector_->ValidateSample(request);
     if (max_times_ > 0) {
-      const int64_t left = header_->remaining.load(std::memory_order_acquire);
-      REVERIE_CHECK(left >= batch, "cannot sample ", batch, " items: the ", request.size,
-                    " stored items have ", left, " samples left in all (max_times_sampled = ",
-                    max_times_, "; an item is removed after its last sample)");
+      // Reserves `batch` of the samples left, so that consumers racing for the last ones
+      // cannot together take more than there are: the losers are refused here.
+      int64_t left = header_->remaining.load(std::memory_order_acquire);
+      do {
+        REVERIE_CHECK(left >= batch, "cannot sample ", batch, " items: the ", request.size,
+                      " stored items have ", left, " samples left in all (max_times_sampled = ",
+                      max_times_, "; an item is removed after its last sample)");
+      } while (!header_->remaining.compare_exchange_weak(left, left - batch, std::memory_order_acq_rel,
+                                                         std::memory_order_acquire));
     }
   } catch (...) {
     limiter_.Unsample(batch);
@@ -65,6 +70,12 @@ SampleRequest Table::BeginSample(int64_t batch, int64_t* claimed) {
 void Table::UndoCall(uint64_t call) {
   uint64_t expected = call + 1;
   header_->calls.compare_exchange_strong(expected, call, std::memory_order_relaxed);
+}
+
+void Table::AbandonSample(const SampleRequest& request) {
+  UndoCall(request.call);
+  limiter_.Unsample(request.batch);
+  if (max_times_ > 0) header_->remaining.fetch_add(request.batch, std::memory_order_acq_rel);
 }
 
 void Table::Resolve(const SampleRequest& request, int64_t i, uint32_t first_attempt,
@@ -100,7 +111,17 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   REVERIE_CHECK(!view_, "an episode buffer samples transitions or sequences "
                 "(SampleTransitions, SampleSequences)");
   REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
+  REVERIE_CHECK(meta == nullptr || (meta_ && meta_->columns()),
+                "item metadata was asked for, but this table keeps none (metadata is off)");
   const SampleRequest request = BeginSample(batch, nullptr);
+  struct Abandon {  // a call that throws takes back what BeginSample took
+    Table& table;
+    const SampleRequest& request;
+    bool done = false;
+    ~Abandon() {
+      if (!done) table.AbandonSample(request);
+    }
+  } abandon{*this, request};
   // Keys hold the rows' stamps until the end.
   const std::unique_ptr<int64_t[]> slot_buffer(new int64_t[static_cast<size_t>(batch)]);
   int64_t* slots = slot_buffer.get();
@@ -221,6 +242,7 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
     if (!hole.load(std::memory_order_relaxed) && ring_.RecheckClaimed() == claimed0 &&
         selector_->epoch() == epoch) {
       ring_.KeysOfSlots(slots, keys, batch, claimed0);
+      abandon.done = true;
       return;
     }
     skip_quiet_.store(kQuietBackoff, std::memory_order_relaxed);
@@ -234,6 +256,7 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   }
   if (!meta_) {
     for (int64_t i = 0; i < batch; ++i) keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
+    abandon.done = true;
     return;
   }
   // Counting (metadata, max_times_sampled), one position after the other: a position whose
@@ -247,12 +270,11 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   };
   for (int64_t i = 0; i < batch; ++i) keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
   if (!CountSamples(request, slots, keys, meta, w, redraw)) {
-    UndoCall(request.call);
-    limiter_.Unsample(batch);
     throw std::invalid_argument(internal::Concat(
         "cannot sample ", batch, " items: every stored item has been sampled max_times_sampled = ",
         max_times_, " times (items are removed after their last sample; add more)"));
   }
+  abandon.done = true;
 }
 
 template <typename Redraw>
@@ -293,7 +315,6 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
     undo();
     throw;
   }
-  if (max_times_ > 0) header_->remaining.fetch_sub(batch, std::memory_order_acq_rel);
   FillMeta(slots, keys, batch, meta, times.data(), last.data());
   if (!used_up.empty()) {
     std::vector<int64_t> s, k;
@@ -336,6 +357,8 @@ void Table::FillMeta(const int64_t* slots, const int64_t* keys, int64_t n, const
 
 
 void Table::Get(const int64_t* keys, int64_t n, uint8_t* const* out, const BatchMeta* meta) const {
+  REVERIE_CHECK(meta == nullptr || (meta_ && meta_->columns()),
+                "item metadata was asked for, but this table keeps none (metadata is off)");
   const KeyCodec& codec = ring_.codec();
   for (int64_t i = 0; i < n; ++i) {
     if (!writer_->WasWritten(keys[i], ring_)) throw std::out_of_range(BadKeyMessage(keys[i], i));

@@ -160,22 +160,27 @@ int64_t Table::Write(const FieldInput* inputs, size_t n, bool batched, const uin
   // Admission: the caller's mask, then the table's rule, over the whole batch at once.
   std::vector<uint8_t> mask;
   std::vector<int64_t> offered;
+  int64_t dropped = 0;  // by the admission rule: counted once the write went through
   if (admitted != nullptr || admission_) {
     REVERIE_CHECK(!view_, "an episode buffer stores every env step: admission rules do not apply");
     mask.assign(static_cast<size_t>(count), 1);
     if (admitted != nullptr) std::copy(admitted, admitted + count, mask.begin());
-    if (admission_) admission_->Admit(batch, mask.data());
+    if (admission_) dropped = admission_->Admit(batch, mask.data());
     for (int64_t r = 0; r < count; ++r) {
       if (mask[static_cast<size_t>(r)] != 0) offered.push_back(r);
     }
     if (static_cast<int64_t>(offered.size()) < count) {
       batch.offered = offered.data();
       batch.count = static_cast<int64_t>(offered.size());
-      if (batch.count == 0) return 0;
+      if (batch.count == 0) {
+        if (admission_) admission_->Count(dropped);
+        return 0;
+      }
     }
   }
   limiter_.AwaitInsert(batch.count, poll_);
   const int64_t stored = writer_->fifo() ? WriteFifo(batch) : WriteLocked(batch);
+  if (admission_) admission_->Count(dropped);
   if (limiter_.enabled()) limiter_.Notify();
   return stored;
 }

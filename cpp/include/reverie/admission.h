@@ -22,9 +22,12 @@ namespace reverie {
 class Admission : public Part {
  public:
   // admitted[r] &= whether input row r may enter, for rows r < batch.rows (batch.offered is
-  // null here). Counts the rows it turned away. Throws ValueError (changing nothing) for
-  // input it cannot judge. O(rows).
-  virtual void Admit(const WriteBatch& batch, uint8_t* admitted) = 0;
+  // null here); returns how many rows it turned away. Changes nothing: the table calls
+  // Count once the write went through (a write that fails leaves the counts as they were).
+  // Throws ValueError for input it cannot judge. O(rows).
+  virtual int64_t Admit(const WriteBatch& batch, uint8_t* admitted) const = 0;
+  // Records `dropped` rows turned away by a write that completed. O(1).
+  virtual void Count(int64_t dropped) = 0;
 };
 
 // Settings: {"kind": "threshold", "field": "<numeric scalar field>", "value": number (live)}.
@@ -34,7 +37,8 @@ class ThresholdAdmission final : public Admission {
  public:
   ThresholdAdmission(int field, double value) : field_(field), initial_(value) {}
 
-  void Admit(const WriteBatch& batch, uint8_t* admitted) override;
+  int64_t Admit(const WriteBatch& batch, uint8_t* admitted) const override;
+  void Count(int64_t dropped) override;
   double value() const { return state_->value.load(std::memory_order_relaxed); }
   // Throws ValueError unless finite.
   void SetValue(double value);

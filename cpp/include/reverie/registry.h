@@ -36,6 +36,9 @@ class Registry {
     // beta): left out of the table's fingerprint, and kept by the table's region rather
     // than by its configuration once it exists.
     std::vector<std::string> live;
+    // Every setting the part reads besides "kind" (live ones included): any other name is
+    // refused, so a misspelt setting is an error rather than a default.
+    std::vector<std::string> settings;
   };
 
   // `what` names the role in errors ("selector", "writer", "admission").
@@ -44,8 +47,9 @@ class Registry {
     return *registry;
   }
 
-  void Add(const std::string& kind, Factory make, std::vector<std::string> live = {}) {
-    entries_[kind] = Entry{make, std::move(live)};
+  void Add(const std::string& kind, Factory make, std::vector<std::string> settings = {},
+           std::vector<std::string> live = {}) {
+    entries_[kind] = Entry{make, std::move(live), std::move(settings)};
   }
 
   const Entry& Find(const std::string& kind) const {
@@ -62,7 +66,20 @@ class Registry {
   // Builds the part `settings` ({"kind": ..., ...}) names. Throws ValueError for an unknown
   // kind or bad settings.
   std::unique_ptr<Interface> Make(const ConfigValue& settings, const TableContext& table) const {
-    return Find(KindOf(settings, what_)).make(settings, table);
+    const std::string& kind = KindOf(settings, what_);
+    const Entry& entry = Find(kind);
+    for (const auto& [name, value] : settings.AsMap(what_)) {
+      if (name == "kind") continue;
+      bool known = false;
+      std::string names;
+      for (const std::string& s : entry.settings) {
+        known = known || s == name;
+        names += (names.empty() ? "" : ", ") + s;
+      }
+      REVERIE_CHECK(known, "the ", kind, " ", what_, " has no setting '", name, "'; its settings: ",
+                    names.empty() ? "none" : names);
+    }
+    return entry.make(settings, table);
   }
 
   std::vector<std::string> Kinds() const {

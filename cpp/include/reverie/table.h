@@ -233,6 +233,9 @@ class Table {
   uint64_t NextCall();
   SampleRequest BeginSample(int64_t batch, int64_t* claimed);
   void UndoCall(uint64_t call);
+  // Takes back what BeginSample took for a call that failed: its call number (if no later
+  // call started), the limiter's count, and the samples it reserved (max_times_sampled).
+  void AbandonSample(const SampleRequest& request);
   // Metadata and max_times_sampled after a batch's rows are final: counts every sample
   // (redrawing positions whose item is used up, through `redraw`), fills `meta`, and removes
   // the items the batch used up. Returns false when a position could not be filled.
