@@ -42,10 +42,17 @@ void ItemMetadata::Bind(const std::vector<uint8_t*>& sections, bool) {
 }
 
 int64_t ItemMetadata::OnStore(int64_t slot, int64_t generation, int64_t version, int64_t previous) {
-  // One exchange: the old occupant's final count, exact even while samplers still count it.
-  const uint64_t old = __atomic_exchange_n(sampled_ + slot, CountTag(generation), __ATOMIC_ACQ_REL);
-  const int64_t old_count = previous >= 0 && (old & ~kCountMask) == CountTag(previous)
-                                ? static_cast<int64_t>(old & kCountMask) : 0;
+  int64_t old_count = 0;
+  if (max_times_ > 0) {
+    // One exchange: the old occupant's final count, exact even while samplers still count it
+    // (the table's count of samples left needs it).
+    const uint64_t old = __atomic_exchange_n(sampled_ + slot, CountTag(generation), __ATOMIC_ACQ_REL);
+    if (previous >= 0 && (old & ~kCountMask) == CountTag(previous)) old_count = static_cast<int64_t>(old & kCountMask);
+  } else {
+    // Nobody needs the old count: a store (a sampler's CAS on the old word then fails and it
+    // sees the new generation, as after the exchange), without the exchange's full barrier.
+    Store(sampled_ + slot, CountTag(generation));
+  }
   if (columns_) {
     __atomic_store_n(version_ + slot, version, __ATOMIC_RELAXED);
     Store(last_ + slot, CallTag(generation));

@@ -212,10 +212,12 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   // stamps are not read at all. Otherwise the same call is drawn again on the checked path.
   // After a miss the next calls go straight to the checked path, so steady concurrent
   // writing does not pay for the attempt every time.
-  // Only for a FIFO ring whose every slot below the range holds an item (no live set, no
-  // holes) and whose batches need no counting (no metadata): there the keys follow from
-  // `claimed` alone.
-  const bool quiet_ok = writer_->fifo() && selector_->dense() && !meta_;
+  // Only for a FIFO ring, where the keys follow from `claimed` alone, and where every slot
+  // drawn holds an item: a dense selector on a ring without removals, or, with removals
+  // (max_times_sampled), a selector that draws only live items, whose counting below then
+  // also catches an item another sampler removed meanwhile (it is used up: drawn again).
+  const bool quiet_ok = writer_->fifo() && (selector_->dense() || max_times_ > 0);
+  bool keyed = false;  // keys[] hold keys (the quiet path), not stamps
   const int64_t committed0 = ring_.committed();
   const int64_t claimed0 = ring_.claimed();
   int skip = skip_quiet_.load(std::memory_order_relaxed);
@@ -242,20 +244,22 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
     if (!hole.load(std::memory_order_relaxed) && ring_.RecheckClaimed() == claimed0 &&
         selector_->epoch() == epoch) {
       ring_.KeysOfSlots(slots, keys, batch, claimed0);
-      abandon.done = true;
-      return;
+      keyed = true;
+    } else {
+      skip_quiet_.store(kQuietBackoff, std::memory_order_relaxed);
     }
-    skip_quiet_.store(kQuietBackoff, std::memory_order_relaxed);
   }
 
-  for (;;) {
-    const uint64_t epoch = stable_epoch();
-    if (!split) selector_->Draw(request, 0, batch, slots);
-    pool.ParallelFor(batch, chunks, work);
-    if (selector_->epoch() == epoch) break;
+  if (!keyed) {
+    for (;;) {
+      const uint64_t epoch = stable_epoch();
+      if (!split) selector_->Draw(request, 0, batch, slots);
+      pool.ParallelFor(batch, chunks, work);
+      if (selector_->epoch() == epoch) break;
+    }
+    for (int64_t i = 0; i < batch; ++i) keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
   }
   if (!meta_) {
-    for (int64_t i = 0; i < batch; ++i) keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
     abandon.done = true;
     return;
   }
@@ -268,7 +272,6 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
     std::atomic_thread_fence(std::memory_order_acquire);
     return static_cast<int64_t>(ring_.RecheckStamp(slots[i])) == keys[i];
   };
-  for (int64_t i = 0; i < batch; ++i) keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
   if (!CountSamples(request, slots, keys, meta, w, redraw)) {
     throw std::invalid_argument(internal::Concat(
         "cannot sample ", batch, " items: every stored item has been sampled max_times_sampled = ",
@@ -288,6 +291,8 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
   auto undo = [&] {
     for (int64_t j = 0; j < counted; ++j) meta_->Unsample(slots[j], codec.Generation(keys[j]));
   };
+  // The counts are random cache misses, taken one after the other below: start them all.
+  for (int64_t i = 0; i < batch; ++i) meta_->Prefetch(slots[i]);
   try {
     for (int64_t i = 0; i < batch; ++i) {
       uint32_t attempt = kRecheckAttempts * 2;
@@ -328,15 +333,16 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
 }
 
 void Table::RemoveUsedUp(const int64_t* slots, const int64_t* keys, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) ring_.PrefetchStampForWrite(slots[i]);  // CAS targets: load them together
   WriterLock lock(*this);
-  int64_t removed = 0;
+  std::vector<int64_t> gone;
+  gone.reserve(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    if (!ring_.Remove(keys[i], slots[i])) continue;  // written again meanwhile
-    selector_->OnRemove(slots[i]);
-    writer_->OnRemove(slots[i]);
-    ++removed;
+    if (ring_.Remove(keys[i], slots[i])) gone.push_back(slots[i]);  // else written again meanwhile
   }
-  header_->holes.fetch_add(removed, std::memory_order_acq_rel);
+  selector_->OnRemove(gone.data(), static_cast<int64_t>(gone.size()));
+  for (const int64_t slot : gone) writer_->OnRemove(slot);
+  header_->holes.fetch_add(static_cast<int64_t>(gone.size()), std::memory_order_acq_rel);
 }
 
 void Table::FillMeta(const int64_t* slots, const int64_t* keys, int64_t n, const BatchMeta* meta,

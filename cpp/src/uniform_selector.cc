@@ -80,9 +80,25 @@ void UniformSelector::ValidateSample(const SampleRequest& request) const {
 void UniformSelector::Draw(const SampleRequest& request, int64_t begin, int64_t end,
                            int64_t* slots) const {
   if (replacement_) {
-    for (int64_t i = begin; i < end; ++i) {
-      slots[i] = Pick(RandomBits(request.seed, request.call, static_cast<uint32_t>(i)), request);
+    if (!live_set_) {
+      for (int64_t i = begin; i < end; ++i) {
+        slots[i] = Pick(RandomBits(request.seed, request.call, static_cast<uint32_t>(i)), request);
+      }
+      return;
     }
+    // The live set: every lookup is a random cache miss. Draw the indices first and start
+    // all their loads, then read them (Pick's result, the misses overlapped).
+    const int64_t n = Population(request);
+    if (n <= 0) {
+      std::fill(slots + begin, slots + end, -1);
+      return;
+    }
+    for (int64_t i = begin; i < end; ++i) {
+      slots[i] = static_cast<int64_t>(MulHi64(RandomBits(request.seed, request.call, static_cast<uint32_t>(i)),
+                                              static_cast<uint64_t>(n)));
+      __builtin_prefetch(live_ + slots[i]);
+    }
+    for (int64_t i = begin; i < end; ++i) slots[i] = static_cast<int64_t>(LoadRelaxed(live_ + slots[i]));
     return;
   }
   // Floyd: for j = n-B .. n-1 draw t in [0, j]; take t unless taken, else j.
@@ -134,6 +150,12 @@ void UniformSelector::OnInsert(int64_t first, int64_t n) {
     ++count;
   }
   count_->store(count, std::memory_order_release);
+}
+
+void UniformSelector::OnRemove(const int64_t* slots, int64_t n) {
+  if (!live_set_) return;
+  for (int64_t i = 0; i < n; ++i) __builtin_prefetch(position_ + slots[i]);
+  for (int64_t i = 0; i < n; ++i) OnRemove(slots[i]);
 }
 
 void UniformSelector::OnRemove(int64_t slot) {

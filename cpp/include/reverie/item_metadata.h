@@ -30,13 +30,19 @@ class ItemMetadata final : public Part {
 
   // The writer of `slot`, holding it (its stamp WRITING): a new item of `generation`,
   // written while the table's version was `version`. Returns how often the item it replaces
-  // (of generation `previous`, or -1: none) was sampled (0 when none). O(1).
+  // (of generation `previous`, or -1: none) was sampled (0 when none; always 0 without
+  // max_times_sampled, which alone needs it). O(1).
   int64_t OnStore(int64_t slot, int64_t generation, int64_t version, int64_t previous);
   // Counts one sample by call `call` of the item of `generation` in `slot`. Returns how often
   // it had been sampled before (>= 0) and sets *previous_last to its last sample call before
   // (-1: none; columns only), or returns -1, counting nothing, when the slot holds another
   // generation now or the item was sampled max_times already. O(1), lock-free.
   int64_t OnSample(int64_t slot, int64_t generation, uint64_t call, int64_t* previous_last);
+  // Starts loading the words OnSample of `slot` will touch (a hint; changes nothing).
+  void Prefetch(int64_t slot) const {
+    __builtin_prefetch(sampled_ + slot, 1);
+    if (columns_) __builtin_prefetch(last_ + slot, 1);
+  }
   // Takes back one count of OnSample (a call that failed after counting). O(1).
   void Unsample(int64_t slot, int64_t generation);
   // Of the item of `generation` in `slot` (0 / -1 when the slot holds another generation).

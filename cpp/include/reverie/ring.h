@@ -191,6 +191,7 @@ class Ring {
   uint64_t LoadStamp(int64_t slot) const { return stamps_[slot].load(std::memory_order_acquire); }
   uint64_t RecheckStamp(int64_t slot) const { return stamps_[slot].load(std::memory_order_relaxed); }
   void PrefetchStamp(int64_t slot) const { __builtin_prefetch(&stamps_[slot]); }
+  void PrefetchStampForWrite(int64_t slot) const { __builtin_prefetch(&stamps_[slot], 1); }
   // Whether `key` (well formed) is still the committed occupant of its slot. O(1).
   bool Holds(int64_t key) const { return Holds(key, codec_.Slot(key)); }
   bool Holds(int64_t key, int64_t slot) const {

@@ -75,6 +75,10 @@ class Selector : public Part {
   // `slot` no longer holds an item (a remover took it; its stamp says removed). Writer lock
   // held. Default: nothing (the stamp alone keeps it from being drawn).
   virtual void OnRemove(int64_t /*slot*/) {}
+  // The same for n slots at once (a batch's used-up items); default: one by one.
+  virtual void OnRemove(const int64_t* slots, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) OnRemove(slots[i]);
+  }
   // Changes that invalidate draws in flight (a rescale or rebuild of the tree) bump this;
   // it is odd while one runs. A sample seeing it change starts over.
   virtual uint64_t epoch() const { return 0; }
