@@ -1,5 +1,6 @@
 #include "reverie/keep_top_k.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -24,12 +25,12 @@ KeepTopK::KeepTopK(int64_t capacity, int score_field, DType dtype)
 
 std::vector<size_t> KeepTopK::DerivedSections() const {
   const size_t array = static_cast<size_t>(capacity()) * 8;
-  return {sizeof(int64_t), array, array, array};
+  return {sizeof(int64_t), static_cast<size_t>(capacity()) * sizeof(Node), array, array};
 }
 
 void KeepTopK::BindDerived(const std::vector<uint8_t*>& sections, bool fresh) {
   size_ = reinterpret_cast<int64_t*>(sections[0]);
-  heap_ = reinterpret_cast<int64_t*>(sections[1]);
+  heap_ = reinterpret_cast<Node*>(sections[1]);
   position_ = reinterpret_cast<int64_t*>(sections[2]);
   score_ = reinterpret_cast<double*>(sections[3]);
   if (fresh) *size_ = 0;
@@ -41,7 +42,7 @@ void KeepTopK::StateArrays(std::vector<StateArray>* out) {
 }
 
 double KeepTopK::min_score() const {
-  return *size_ > 0 ? score_[heap_[0]] : std::numeric_limits<double>::quiet_NaN();
+  return *size_ > 0 ? heap_[0].score : std::numeric_limits<double>::quiet_NaN();
 }
 
 double KeepTopK::ScoreOfRow(const WriteBatch& batch, int64_t i) const {
@@ -59,57 +60,68 @@ void KeepTopK::Check(const WriteBatch& batch) const {
   }
 }
 
-bool KeepTopK::Below(int64_t a, int64_t b) const {
-  if (score_[a] != score_[b]) return score_[a] < score_[b];
-  return insertion(a) < insertion(b);
-}
-
-void KeepTopK::Swap(int64_t i, int64_t j) {
-  std::swap(heap_[i], heap_[j]);
-  position_[heap_[i]] = i + 1;
-  position_[heap_[j]] = j + 1;
-}
-
-void KeepTopK::SiftUp(int64_t index) {
+void KeepTopK::MoveUp(int64_t index, const Node& node) {
   while (index > 0) {
-    const int64_t parent = (index - 1) / 2;
-    if (!Below(heap_[index], heap_[parent])) return;
-    Swap(index, parent);
+    const int64_t parent = (index - 1) / kArity;
+    if (!Less(node, heap_[parent])) break;
+    heap_[index] = heap_[parent];
+    position_[heap_[index].slot] = index + 1;
     index = parent;
   }
+  heap_[index] = node;
+  position_[node.slot] = index + 1;
 }
 
-void KeepTopK::SiftDown(int64_t index) {
+void KeepTopK::MoveDown(int64_t index, const Node& node) {
   const int64_t n = *size_;
   for (;;) {
-    int64_t low = index;
-    for (int64_t child = 2 * index + 1; child <= 2 * index + 2 && child < n; ++child) {
-      if (Below(heap_[child], heap_[low])) low = child;
+    const int64_t first = kArity * index + 1;
+    if (first >= n) break;
+    const int64_t end = std::min(first + kArity, n);
+    int64_t low = first;
+    for (int64_t child = first + 1; child < end; ++child) {
+      if (Less(heap_[child], heap_[low])) low = child;
     }
-    if (low == index) return;
-    Swap(index, low);
+    if (!Less(heap_[low], node)) break;
+    heap_[index] = heap_[low];
+    position_[heap_[index].slot] = index + 1;
     index = low;
   }
+  heap_[index] = node;
+  position_[node.slot] = index + 1;
 }
 
-void KeepTopK::Push(int64_t slot) {
-  const int64_t index = (*size_)++;
-  heap_[index] = slot;
-  position_[slot] = index + 1;
-  SiftUp(index);
-}
+void KeepTopK::Push(int64_t slot) { MoveUp((*size_)++, NodeOf(slot)); }
 
 void KeepTopK::Erase(int64_t slot) {
   const int64_t index = position_[slot] - 1;
   if (index < 0) return;
+  position_[slot] = 0;
   const int64_t last = --(*size_);
-  if (index != last) {
-    Swap(index, last);
-    position_[slot] = 0;
-    SiftDown(index);
-    SiftUp(index);
+  if (index == last) return;
+  const Node node = heap_[last];
+  if (index > 0 && Less(node, heap_[(index - 1) / kArity])) {
+    MoveUp(index, node);
   } else {
-    position_[slot] = 0;
+    MoveDown(index, node);
+  }
+}
+
+void KeepTopK::Rekey(int64_t slot) {
+  const int64_t index = position_[slot] - 1;
+  const Node node = NodeOf(slot);
+  if (index > 0 && Less(node, heap_[(index - 1) / kArity])) {
+    MoveUp(index, node);
+  } else {
+    MoveDown(index, node);
+  }
+}
+
+void KeepTopK::Placed(int64_t slot) {
+  if (position_[slot] != 0) {
+    Rekey(slot);
+  } else {
+    Push(slot);
   }
 }
 
@@ -122,19 +134,17 @@ int64_t KeepTopK::Decide(const WriteBatch& batch, int64_t i, int64_t, int64_t fr
     score_[free_slot] = score;  // enters the heap in Placed, once its insertion is recorded
     return free_slot;
   }
-  const int64_t low = heap_[0];
-  if (score < score_[low]) return -1;  // below the minimum: not stored
-  // Replaces the lowest-ranked item (the oldest of the lowest score).
-  Erase(low);
+  const int64_t low = heap_[0].slot;
+  if (score < heap_[0].score) return -1;  // below the minimum: not stored
+  // Replaces the lowest-ranked item (the oldest of the lowest score): the new one takes its
+  // place at the top of the heap, and Placed sifts it down (its key only grew).
   score_[low] = score;
   return low;
 }
 
 void KeepTopK::OnScore(int64_t slot, double score) {
-  if (position_[slot] == 0) return;
   score_[slot] = score;
-  SiftDown(position_[slot] - 1);
-  SiftUp(position_[slot] - 1);
+  if (position_[slot] != 0) Rekey(slot);
 }
 
 void KeepTopK::OnRemove(int64_t slot) {

@@ -307,6 +307,18 @@ int64_t Table::WriteLocked(const WriteBatch& batch) {
   // Stored one after the other, in offer order (a slot placed twice is written twice; each
   // write raises its generation). Runs of consecutive input rows into consecutive fresh
   // slots (the fill) are copied in one go.
+  std::vector<int64_t> keys(static_cast<size_t>(placed));  // one run's keys at a time
+  // The placed slots are anywhere in the table: start loading their stamps and rows' first
+  // lines for writing, so the misses overlap instead of coming one after the other.
+  const auto& spec = storage_.spec();
+  for (int64_t k = 0; k < batch.count; ++k) {
+    const int64_t slot = slots[static_cast<size_t>(k)];
+    if (slot < 0) continue;
+    ring_.PrefetchStampForWrite(slot);
+    for (size_t f = 0; f < spec.size(); ++f) {
+      __builtin_prefetch(storage_.column(f) + static_cast<size_t>(slot) * spec[f].row_bytes(), 1);
+    }
+  }
   int64_t i = 0;
   while (i < batch.count) {
     if (slots[static_cast<size_t>(i)] < 0) {
@@ -319,7 +331,6 @@ int64_t Table::WriteLocked(const WriteBatch& batch) {
            batch.Row(i + len) == row0 + len && ring_.LoadStamp(slot0 + len) == Stamp::kEmpty) {
       ++len;
     }
-    std::vector<int64_t> keys(static_cast<size_t>(len));
     for (int64_t j = 0; j < len; ++j) {
       const int64_t slot = slot0 + j;
       const uint64_t previous = ring_.LoadStamp(slot);  // stable: every writer holds the lock

@@ -17,9 +17,9 @@
 // holds the top k of all items offered so far by (score, insertion number), newest winning
 // ties.
 //
-// Cost: O(log k) per offered item under the writer lock (an indexed binary min-heap of
-// slots in the table's region: heap order, each slot's position, score and insertion
-// number). A removed item (max_times_sampled) leaves the heap, and its slot is free for the
+// Cost: O(1) for an item below the minimum, O(log k) for one that enters, under the writer
+// lock (an indexed 4-ary min-heap in the table's region, its entries holding their keys, and
+// each slot's position and score). A removed item (max_times_sampled) leaves the heap, and its slot is free for the
 // next item.
 #pragma once
 
@@ -47,26 +47,38 @@ class KeepTopK final : public LockedWriter {
   void Check(const WriteBatch& batch) const override;
   int64_t Decide(const WriteBatch& batch, int64_t i, int64_t offer, int64_t free_slot,
                  int64_t insertion) override;
-  void Placed(int64_t slot) override { Push(slot); }
+  // A slot still in the heap is the replaced minimum (its key grew): moved down; else pushed.
+  void Placed(int64_t slot) override;
   std::vector<size_t> DerivedSections() const override;
   void BindDerived(const std::vector<uint8_t*>& sections, bool fresh) override;
   void RestoreDerived(const ConfigValue& scalars, const Ring& stamps) override;
 
  private:
-  bool Below(int64_t a, int64_t b) const;  // slot a ranks below slot b
+  // A heap entry carries its key, so that a level of the heap is one read.
+  struct Node {
+    double score;
+    int64_t insertion;
+    int64_t slot;
+  };
+  static constexpr int64_t kArity = 4;  // children per node: a level's keys in two lines
+  static bool Less(const Node& a, const Node& b) {  // a ranks below b
+    return a.score < b.score || (a.score == b.score && a.insertion < b.insertion);
+  }
+  Node NodeOf(int64_t slot) const { return Node{score_[slot], insertion(slot), slot}; }
   void Push(int64_t slot);
   void Erase(int64_t slot);
-  void SiftUp(int64_t index);
-  void SiftDown(int64_t index);
-  void Swap(int64_t i, int64_t j);
+  // Puts `node` at `index` (a hole) and moves it up or down to its place.
+  void MoveUp(int64_t index, const Node& node);
+  void MoveDown(int64_t index, const Node& node);
+  void Rekey(int64_t slot);  // the slot's score or insertion number changed
   double ScoreOfRow(const WriteBatch& batch, int64_t i) const;
 
   int field_;
   DType dtype_;
   int64_t* size_ = nullptr;      // heap entries
-  int64_t* heap_ = nullptr;      // [capacity] slots, a binary min-heap by Below
+  Node* heap_ = nullptr;         // [capacity] a 4-ary min-heap by (score, insertion)
   int64_t* position_ = nullptr;  // [capacity] index in heap + 1, 0: not held
-  double* score_ = nullptr;      // [capacity]
+  double* score_ = nullptr;      // [capacity] by slot (the state)
 };
 
 std::unique_ptr<Writer> MakeKeepTopK(const ConfigValue& settings, const TableContext& table);
