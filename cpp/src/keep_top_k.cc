@@ -14,14 +14,15 @@ std::unique_ptr<Writer> MakeKeepTopK(const ConfigValue& settings, const TableCon
   if (score == "priority") {
     REVERIE_CHECK(table.prioritized, "a keep_top_k writer with score 'priority' ranks items by their priority: "
                   "it needs the prioritized sampler");
-    return std::make_unique<KeepTopK>(table.capacity, -1, DType::kFloat64);
+    return std::make_unique<KeepTopK>(table.capacity, -1, DType::kFloat64, /*track=*/true);
   }
   const int field = table.ScalarField(score, "keep_top_k score");
-  return std::make_unique<KeepTopK>(table.capacity, field, (*table.spec)[static_cast<size_t>(field)].dtype);
+  return std::make_unique<KeepTopK>(table.capacity, field, (*table.spec)[static_cast<size_t>(field)].dtype,
+                                    /*track=*/table.removals);
 }
 
-KeepTopK::KeepTopK(int64_t capacity, int score_field, DType dtype)
-    : LockedWriter("keep_top_k", capacity), field_(score_field), dtype_(dtype) {}
+KeepTopK::KeepTopK(int64_t capacity, int score_field, DType dtype, bool track)
+    : LockedWriter("keep_top_k", capacity), field_(score_field), dtype_(dtype), track_(track) {}
 
 std::vector<size_t> KeepTopK::DerivedSections() const {
   const size_t array = static_cast<size_t>(capacity()) * 8;
@@ -65,11 +66,11 @@ void KeepTopK::MoveUp(int64_t index, const Node& node) {
     const int64_t parent = (index - 1) / kArity;
     if (!Less(node, heap_[parent])) break;
     heap_[index] = heap_[parent];
-    position_[heap_[index].slot] = index + 1;
+    if (track_) position_[heap_[index].slot] = index + 1;
     index = parent;
   }
   heap_[index] = node;
-  position_[node.slot] = index + 1;
+  if (track_) position_[node.slot] = index + 1;
 }
 
 void KeepTopK::MoveDown(int64_t index, const Node& node) {
@@ -84,11 +85,11 @@ void KeepTopK::MoveDown(int64_t index, const Node& node) {
     }
     if (!Less(heap_[low], node)) break;
     heap_[index] = heap_[low];
-    position_[heap_[index].slot] = index + 1;
+    if (track_) position_[heap_[index].slot] = index + 1;
     index = low;
   }
   heap_[index] = node;
-  position_[node.slot] = index + 1;
+  if (track_) position_[node.slot] = index + 1;
 }
 
 void KeepTopK::Push(int64_t slot) { MoveUp((*size_)++, NodeOf(slot)); }
@@ -118,8 +119,8 @@ void KeepTopK::Rekey(int64_t slot) {
 }
 
 void KeepTopK::Placed(int64_t slot) {
-  if (position_[slot] != 0) {
-    Rekey(slot);
+  if (replacing_) {
+    MoveDown(0, NodeOf(slot));  // it took the minimum's place at the top: its key only grew
   } else {
     Push(slot);
   }
@@ -130,6 +131,7 @@ int64_t KeepTopK::Decide(const WriteBatch& batch, int64_t i, int64_t, int64_t fr
   // A new item's score: its field, or (by priority) the running max it will get, which no
   // held item exceeds; the table then reports the real value (OnScore).
   const double score = field_ >= 0 ? ScoreOfRow(batch, i) : std::numeric_limits<double>::infinity();
+  replacing_ = false;
   if (free_slot >= 0) {
     score_[free_slot] = score;  // enters the heap in Placed, once its insertion is recorded
     return free_slot;
@@ -139,6 +141,7 @@ int64_t KeepTopK::Decide(const WriteBatch& batch, int64_t i, int64_t, int64_t fr
   // Replaces the lowest-ranked item (the oldest of the lowest score): the new one takes its
   // place at the top of the heap, and Placed sifts it down (its key only grew).
   score_[low] = score;
+  replacing_ = true;
   return low;
 }
 

@@ -1,4 +1,8 @@
-"""Device-resident replay: columns, priority tree and sampling in GPU memory."""
+"""Device-resident replay: columns, priority tree and sampling in GPU memory.
+
+(A little over 500 lines, most of them the docstrings of its public API; the logic is in the
+shared kernels, cpp/include/reverie/kernels.h.)
+"""
 
 from __future__ import annotations
 

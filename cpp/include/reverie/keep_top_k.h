@@ -30,7 +30,9 @@ namespace reverie {
 class KeepTopK final : public LockedWriter {
  public:
   // `score_field` >= 0: that field is the score (`dtype` its type); -1: the priority.
-  KeepTopK(int64_t capacity, int score_field, DType dtype);
+  // `track`: keep each slot's heap position, which removals (OnRemove) and score changes
+  // (OnScore, by priority) need; without them the heap is only ever read at its top.
+  KeepTopK(int64_t capacity, int score_field, DType dtype, bool track);
 
   bool scores_by_priority() const override { return field_ < 0; }
   void OnScore(int64_t slot, double score) override;
@@ -75,9 +77,11 @@ class KeepTopK final : public LockedWriter {
 
   int field_;
   DType dtype_;
+  bool track_;
+  bool replacing_ = false;       // Decide -> Placed: the item took the minimum's slot
   int64_t* size_ = nullptr;      // heap entries
   Node* heap_ = nullptr;         // [capacity] a 4-ary min-heap by (score, insertion)
-  int64_t* position_ = nullptr;  // [capacity] index in heap + 1, 0: not held
+  int64_t* position_ = nullptr;  // [capacity] index in heap + 1, 0: not held (with track_)
   double* score_ = nullptr;      // [capacity] by slot (the state)
 };
 

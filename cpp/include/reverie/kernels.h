@@ -1,5 +1,6 @@
 // The shared kernels of the device buffer: priority math, draws, the tree's batched update
-// and insert, and the row gather, written once as REVERIE_HD code.
+// and insert, and the row gather, written once as REVERIE_HD code. (One header of ~530
+// lines: nvcc and the host compiler must both see every kernel inline.)
 //
 // Every function here is run twice over:
 //  - the CPU build runs it through the host backend (device_buffer.cc), over the same grids

@@ -9,7 +9,11 @@ The library never imports this package. Its modules:
 - ``baselines``, ``policy_baselines``, ``episode_baseline``, ``torch_baselines``: the
   buffers reverie is compared against.
 - Sections: ``runner`` (W1-W3, memory; the main job), ``concurrency`` (with ``ingest``),
-  ``episodes``, ``gpu``, ``checkpoint``, ``memmap``.
+  ``episodes``, ``policies`` (reservoir, top-k, max_times_sampled, metadata), ``gpu``,
+  ``checkpoint``, ``memmap``.
+
+``bench/ab_previous.py`` (outside the package) compares the current build with an earlier
+one, workload by workload, in alternating fresh processes.
 """
 
 __all__ = ["baselines", "harness", "runner", "workloads"]

@@ -1,5 +1,9 @@
 """GPU section: reverie's device buffer against torch-native replay on the same GPU.
 
+(About 700 lines: a standalone script as well as a section, it carries its own command line,
+the device checks run before timing, and the three comparisons' adapters; the torch
+baselines themselves are in ``torch_baselines.py``.)
+
     python -m reverie.bench.gpu [--quick] [--device cuda] [--json PATH]
 
 Everything is measured side by side in this one process on one device:
