@@ -340,7 +340,7 @@ void Table::RemoveUsedUp(const int64_t* slots, const int64_t* keys, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     if (ring_.Remove(keys[i], slots[i])) gone.push_back(slots[i]);  // else written again meanwhile
   }
-  selector_->OnRemove(gone.data(), static_cast<int64_t>(gone.size()));
+  selector_->OnRemoveMany(gone.data(), static_cast<int64_t>(gone.size()));
   for (const int64_t slot : gone) writer_->OnRemove(slot);
   header_->holes.fetch_add(static_cast<int64_t>(gone.size()), std::memory_order_acq_rel);
 }

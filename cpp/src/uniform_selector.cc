@@ -152,7 +152,7 @@ void UniformSelector::OnInsert(int64_t first, int64_t n) {
   count_->store(count, std::memory_order_release);
 }
 
-void UniformSelector::OnRemove(const int64_t* slots, int64_t n) {
+void UniformSelector::OnRemoveMany(const int64_t* slots, int64_t n) {
   if (!live_set_) return;
   for (int64_t i = 0; i < n; ++i) __builtin_prefetch(position_ + slots[i]);
   for (int64_t i = 0; i < n; ++i) OnRemove(slots[i]);

@@ -76,7 +76,7 @@ class Selector : public Part {
   // held. Default: nothing (the stamp alone keeps it from being drawn).
   virtual void OnRemove(int64_t /*slot*/) {}
   // The same for n slots at once (a batch's used-up items); default: one by one.
-  virtual void OnRemove(const int64_t* slots, int64_t n) {
+  virtual void OnRemoveMany(const int64_t* slots, int64_t n) {
     for (int64_t i = 0; i < n; ++i) OnRemove(slots[i]);
   }
   // Changes that invalidate draws in flight (a rescale or rebuild of the tree) bump this;

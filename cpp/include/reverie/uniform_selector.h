@@ -46,7 +46,7 @@ class UniformSelector final : public Selector {
   // O(1): the last live entry takes the removed one's place.
   void OnRemove(int64_t slot) override;
   // O(n), the slots' live-set positions loaded together.
-  void OnRemove(const int64_t* slots, int64_t n) override;
+  void OnRemoveMany(const int64_t* slots, int64_t n) override;
   // Slots in the live set (the dense form: -1).
   int64_t live_count() const;
 
