@@ -175,6 +175,20 @@ class PolicyModel:
         self.stale += stale
         return stale
 
+    def update_fields(self, keys: Sequence[int], **values: Sequence[Any]) -> int:
+        """update_fields: each held item's fields get the values at its position (a repeated
+        key keeps the last); returns how many keys were stale."""
+        stale = 0
+        for j, key in enumerate(keys):
+            it = self.item(int(key))
+            if it is None:
+                stale += 1
+                continue
+            for name, v in values.items():
+                it.row[name] = v[j]
+        self.stale += stale
+        return stale
+
     def _next_free(self) -> Optional[int]:
         if self.filled < self.capacity:
             return self.filled

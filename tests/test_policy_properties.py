@@ -113,6 +113,7 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("update"), st.lists(st.sampled_from(PRIORITIES), min_size=1, max_size=CAPACITY)),
     st.tuples(st.just("get"), st.integers(0, 3)),
     st.tuples(st.just("version"), st.integers(0, 5)),
+    st.tuples(st.just("fields"), st.integers(1, 2 * CAPACITY)),
 ), min_size=1, max_size=25)
 
 
@@ -180,6 +181,7 @@ def test_interleavings_match_the_model(writer, admission, remover, sampler, ops,
                 g = buf.get(keys)
                 items = [model.item(k) for k in keys]
                 assert g["id"].tolist() == [int(it.row["id"]) for it in items]
+                assert torch.equal(g["obs"], torch.tensor(np.stack([it.row["obs"] for it in items])))
                 if metadata:
                     check_meta(g.meta, items, None)
             else:  # a key no longer (or never) stored
@@ -190,6 +192,17 @@ def test_interleavings_match_the_model(writer, admission, remover, sampler, ops,
         elif op == "version":
             buf.version = arg
             model.version = arg
+        elif op == "fields":
+            # In-place updates of the last sampled keys (some may have left since), with a
+            # repeated key; the scored field only where no writer ranks by it.
+            keys = (sampled_keys + sampled_keys[:1])[:arg]
+            if not keys:
+                continue
+            obs = np.stack([np.arange(len(keys)) + 100.0 * arg, -np.ones(len(keys))], 1).astype(np.float32)
+            values: Dict[str, Any] = {"obs": obs}
+            if writer != "keep_top_k":
+                values["score"] = np.full(len(keys), 0.25 * arg, np.float32)
+            assert buf.update_fields(keys, **values) == model.update_fields(keys, **values)
         check_same(buf, model)
 
 

@@ -243,6 +243,14 @@ void BindTable(py::module_& m) {
         py::gil_scoped_release release;
         return table.UpdatePriorities(k.data(), p.data(), k.shape(0));
       })
+      .def("update_fields", [](Table& table, const py::array& keys, py::kwargs fields) {
+        const auto k = KeyArray(keys);
+        Inputs in(fields.size());
+        size_t i = 0;
+        for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
+        py::gil_scoped_release release;
+        return table.UpdateFields(k.data(), k.size(), in.fields(), in.count);
+      }, py::arg("keys"), "Overwrites the given fields of the items of `keys`; returns how many were stale.")
       // Keys (key.h): the decoder of the layers above.
       .def("slots_of", [](const Table& table, const py::array& keys) {
         const auto k = KeyArray(keys);

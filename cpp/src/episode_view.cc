@@ -370,20 +370,16 @@ void EpisodeView::SampleItems(Table& table, int64_t batch, Item& item, int64_t* 
   ThreadPool& pool = ThreadPool::Shared();
   const int64_t chunks = batch >= kMinParallelItems ? pool.workers() + 1 : 1;
   for (;;) {
-    // A tree rescale while drawing (rare): the call is drawn again (as in Sample).
-    uint64_t epoch = sampler_->epoch();
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
-    while ((epoch & 1) != 0 && std::chrono::steady_clock::now() < give_up) {
-      sched_yield();
-      epoch = sampler_->epoch();
-    }
+    // A tree rescale or a field update while drawing (rare): the call is drawn again (as in
+    // Sample).
+    const uint64_t epoch = table.StableEpoch();
     pool.ParallelFor(batch, chunks, work);
     if (none.load(std::memory_order_relaxed)) {
       table.limiter_.Unsample(batch);
       table.UndoCall(request.call);  // nothing was sampled: the table is as before
       throw std::invalid_argument(item.NoneMessage());
     }
-    if (sampler_->epoch() == epoch) break;
+    if (table.Epoch() == epoch) break;
   }
 }
 
@@ -558,6 +554,12 @@ void EpisodeView::SampleSequences(Table& table, int64_t batch, int64_t burn_in, 
   } item{rows, copier, k, burn_in, length, total, drop, window.data(), results.data(),
          out, mask};
   SampleItems(table, batch, item, keys, weights);
+}
+
+void EpisodeView::CheckFieldUpdate(int field, const std::string& name) const {
+  REVERIE_CHECK(field != config_.terminated && field != config_.truncated, "field '", name,
+                "' marks episode boundaries, which the buffer indexed when the step was written: "
+                "it cannot be updated in place");
 }
 
 }  // namespace reverie

@@ -150,6 +150,11 @@ void KeepTopK::OnScore(int64_t slot, double score) {
   if (position_[slot] != 0) Rekey(slot);
 }
 
+void KeepTopK::CheckFieldUpdate(int field, const std::string& name) const {
+  REVERIE_CHECK(field != field_, "field '", name, "' is the score a keep_top_k writer ranks its items "
+                "by, fixed when they were written: it cannot be updated in place");
+}
+
 void KeepTopK::OnRemove(int64_t slot) {
   Erase(slot);
   LockedWriter::OnRemove(slot);

@@ -74,6 +74,11 @@ Table::WriterLock::WriterLock(Table& table) : table_(table) {
     // The previous holder died inside: its tree change may be half applied. The leaves are
     // each whole (single stores), so rebuilding the sums and mins from them repairs it.
     table_.selector_->Repair();
+    // A field update it left half done: its rows are torn (their stamps still say WRITING,
+    // so no sample takes them until they are written again); the epoch is evened out.
+    if ((table_.header_->fields_epoch.load(std::memory_order_acquire) & 1) != 0) {
+      table_.header_->fields_epoch.fetch_add(1, std::memory_order_acq_rel);
+    }
   }
 }
 

@@ -28,6 +28,9 @@ struct TableHeader {
   std::atomic<int64_t> holes{0};      // removed items whose slot is not written again yet
   std::atomic<int64_t> version_stamp{0};
   std::atomic<int64_t> remaining{0};  // max_times_sampled: samples the stored items have left
+  // In-place field updates (UpdateFields) bump it before and after: odd while one runs. In
+  // the padding before the lock, so the layout of older regions is unchanged (zero: even).
+  std::atomic<uint64_t> fields_epoch{0};
   alignas(64) ProcessMutex writer_mu;
   alignas(64) RateLimitState limiter;
 };

@@ -194,18 +194,9 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   } else if (batch >= kMinParallelRows) {
     chunks = threads;
   }
-  // A tree rescale or rebuild (rare, milliseconds) while drawing: the call is drawn again.
-  // The wait for one in progress is bounded: a process killed in the middle of one leaves
-  // the epoch odd until the next writer repairs the tree, and must not hang us.
-  auto stable_epoch = [&] {
-    uint64_t epoch = selector_->epoch();
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
-    while ((epoch & 1) != 0 && std::chrono::steady_clock::now() < give_up) {
-      sched_yield();
-      epoch = selector_->epoch();
-    }
-    return epoch;
-  };
+  // A tree rescale or rebuild (rare, milliseconds) or an in-place field update while drawing
+  // and copying: the call is drawn again (Epoch, table_update.cc).
+  auto stable_epoch = [&] { return StableEpoch(); };
 
   // The quiet path (ring.h, "A quiet buffer"): no write in flight now, and none claimed by
   // the end of the copy, so every drawn slot is committed and no row changed under us; the
@@ -242,7 +233,7 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
     pool.ParallelFor(batch, chunks, quiet_work);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (!hole.load(std::memory_order_relaxed) && ring_.RecheckClaimed() == claimed0 &&
-        selector_->epoch() == epoch) {
+        Epoch() == epoch) {
       ring_.KeysOfSlots(slots, keys, batch, claimed0);
       keyed = true;
     } else {
@@ -255,7 +246,7 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
       const uint64_t epoch = stable_epoch();
       if (!split) selector_->Draw(request, 0, batch, slots);
       pool.ParallelFor(batch, chunks, work);
-      if (selector_->epoch() == epoch) break;
+      if (Epoch() == epoch) break;
     }
     for (int64_t i = 0; i < batch; ++i) keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
   }
@@ -266,11 +257,12 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   // Counting (metadata, max_times_sampled), one position after the other: a position whose
   // item is used up (or was written again since) is drawn again, the stamped way.
   auto redraw = [&](int64_t i, uint32_t attempt) {
+    const uint64_t epoch = StableEpoch();
     slots[i] = selector_->Redraw(request, i, attempt, slots);
     Resolve(request, i, attempt, slots, keys);
     gather(i, i + 1);
     std::atomic_thread_fence(std::memory_order_acquire);
-    return static_cast<int64_t>(ring_.RecheckStamp(slots[i])) == keys[i];
+    return static_cast<int64_t>(ring_.RecheckStamp(slots[i])) == keys[i] && Epoch() == epoch;
   };
   if (!CountSamples(request, slots, keys, meta, w, redraw)) {
     throw std::invalid_argument(internal::Concat(
@@ -378,18 +370,38 @@ void Table::Get(const int64_t* keys, int64_t n, uint8_t* const* out, const Batch
   // The seqlock read of ring.h: each row must be committed with its key before the copy and
   // still after it.
   const std::unique_ptr<int64_t[]> slots(new int64_t[static_cast<size_t>(n)]);
+  // A row being written is waited for (bounded): an in-place update (UpdateFields) puts its
+  // key back; an overwrite does not, and the key is then gone.
+  auto settled = [&](int64_t slot) {
+    uint64_t stamp = ring_.LoadStamp(slot);
+    if (!Stamp::IsWriting(stamp)) return stamp;
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while (Stamp::IsWriting(stamp) && std::chrono::steady_clock::now() < give_up) {
+      sched_yield();
+      stamp = ring_.LoadStamp(slot);
+    }
+    return stamp;
+  };
   for (int64_t i = 0; i < n; ++i) {
     slots[i] = codec.Slot(keys[i]);
-    if (ring_.LoadStamp(slots[i]) != Stamp::Committed(keys[i])) throw gone(i);
+    if (settled(slots[i]) != Stamp::Committed(keys[i])) throw gone(i);
   }
   const auto& spec = storage_.spec();
-  for (size_t f = 0; f < spec.size(); ++f) {
-    GatherRows(out[f], storage_.column(f), spec[f].row_bytes(), slots.get(), 0, n);
-  }
-  FillMeta(slots.get(), keys, n, meta, nullptr, nullptr);
-  std::atomic_thread_fence(std::memory_order_acquire);
-  for (int64_t i = 0; i < n; ++i) {
-    if (ring_.RecheckStamp(slots[i]) != Stamp::Committed(keys[i])) throw gone(i);
+  for (;;) {  // copied again when an in-place field update ran meanwhile
+    const uint64_t epoch = StableEpoch();
+    for (size_t f = 0; f < spec.size(); ++f) {
+      GatherRows(out[f], storage_.column(f), spec[f].row_bytes(), slots.get(), 0, n);
+    }
+    FillMeta(slots.get(), keys, n, meta, nullptr, nullptr);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    bool again = Epoch() != epoch;
+    for (int64_t i = 0; i < n && !again; ++i) {
+      const uint64_t stamp = ring_.RecheckStamp(slots[i]);
+      if (stamp == Stamp::Committed(keys[i])) continue;
+      if (!Stamp::IsWriting(stamp) || settled(slots[i]) != Stamp::Committed(keys[i])) throw gone(i);
+      again = true;  // an update ran over it: copied again
+    }
+    if (!again) break;
   }
 }
 

@@ -384,6 +384,42 @@ class ReplayBuffer:
             return 0
         return core.update_priorities(keys, values)
 
+    def update_fields(self, keys: Any, **fields: Any) -> int:
+        """Overwrites fields of stored items in place, e.g. advantages recalibrated after
+        the fact (SPEAR), logits rewritten (DER), labels that arrive later.
+
+        Args:
+            keys: the items' keys, as in ``batch.indices`` (1-D ints).
+            **fields: some of the buffer's fields, each ``[len(keys), *shape]`` with the
+                field's dtype (tensors or arrays; Python numbers as for ``add``), or one
+                item's shape to give every key the same value. A repeated key keeps the
+                last value.
+
+        Returns:
+            How many keys were skipped because their item has left since (overwritten,
+            evicted or removed; also counted in ``stale_updates``).
+
+        Raises:
+            IndexError: a key names nothing this buffer ever held.
+            ValueError / TypeError: an unknown field, a field given twice, a wrong shape or
+                dtype. Nothing changes on any error.
+
+        A sample running at the same time returns each item either wholly before or
+        wholly after the update.
+
+        >>> batch = buf.sample(256)
+        >>> buf.update_fields(batch.indices, advantage=new_adv)
+        """
+        arr = _to_numpy(keys)
+        arr = arr.reshape(-1) if arr.ndim else arr.reshape(1)
+        core = self._core
+        if core is None:
+            self._check_open()
+            if arr.size:
+                raise IndexError(f"index {arr[0]} was never written: the buffer is empty")
+            return 0
+        return core.update_fields(arr, **fields)
+
     # ---- inspection ---------------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -27,6 +27,9 @@ class EpisodeView final : public Part {
   EpisodeView(const ConfigValue& settings, const TableContext& table);
 
   const EpisodeConfig& config() const { return config_; }
+  // The episode boundaries (terminated, truncated) are kept as row flags when a step is
+  // written: those fields cannot be updated in place.
+  void CheckFieldUpdate(int field, const std::string& name) const override;
   int64_t num_envs() const { return config_.num_envs; }
   int64_t stream_rows() const { return capacity_ / config_.num_envs; }
 

@@ -37,6 +37,7 @@ class KeepTopK final : public LockedWriter {
   bool scores_by_priority() const override { return field_ < 0; }
   void OnScore(int64_t slot, double score) override;
   void OnRemove(int64_t slot) override;
+  void CheckFieldUpdate(int field, const std::string& name) const override;
   // Items in the heap, and the lowest score held (NaN when empty). O(1).
   int64_t held() const { return *size_; }
   double min_score() const;

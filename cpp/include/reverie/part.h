@@ -73,6 +73,12 @@ class Part {
   // The live settings now: a map (empty for a part without any).
   virtual ConfigValue Live() const { return ConfigValue::MakeMap(); }
 
+  // Whether stored values of field `field` (spec index; `name`) may be overwritten in place
+  // (Table::UpdateFields). A part that indexes its items by a field it read when they were
+  // written (a score heap, class counts, episode boundaries) throws ValueError saying why
+  // not. Default: any field may change.
+  virtual void CheckFieldUpdate(int /*field*/, const std::string& /*name*/) const {}
+
   // The part's persisted arrays (views of its region memory). O(1).
   virtual void StateArrays(std::vector<StateArray>* /*out*/) {}
   // Its persisted scalars, as "<part>.<name>": number entries added to the map `out`.

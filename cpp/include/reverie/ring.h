@@ -166,6 +166,12 @@ class Ring {
   void Publish(int64_t key, int64_t slot) {
     stamps_[slot].store(Stamp::Committed(key), std::memory_order_release);
   }
+  // An in-place update (Table::UpdateFields): committed `key` in `slot` becomes WRITING(pid)
+  // until Publish(key, slot) puts it back. False when the slot holds anything else now.
+  bool Lock(int64_t key, int64_t slot, uint32_t pid) {
+    uint64_t expected = Stamp::Committed(key);
+    return stamps_[slot].compare_exchange_strong(expected, Stamp::Writing(pid), std::memory_order_acq_rel);
+  }
   // A remover: committed `key` in `slot` becomes removed (its bytes stay). False when the slot
   // holds anything else now (written again, or removed already). O(1).
   bool Remove(int64_t key, int64_t slot) {

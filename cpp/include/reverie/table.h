@@ -124,6 +124,22 @@ class Table {
   // skipped and counted in stale_updates(). Returns how many were skipped.
   int64_t UpdatePriorities(const int64_t* keys, const double* priorities, int64_t n);
 
+  // Overwrites fields of stored items in place (advantages recalibrated, logits rewritten,
+  // labels that arrive later). `inputs` name some of the spec's fields (each once), each
+  // [n, *shape] with the field's dtype (untyped numbers as for writes), or one item's shape
+  // to give every key the same value. Keys as UpdatePriorities: IndexError for a key that
+  // never named an item of this table, an item that left is skipped and counted in
+  // stale_updates(); returns how many were skipped (a key given twice: the last value wins).
+  // A sample or Get running meanwhile never returns an item half updated: it copies again.
+  // Takes the writer lock.
+  int64_t UpdateFields(const int64_t* keys, int64_t n, const FieldInput* inputs, size_t count);
+
+  // Changes that make a sample in flight start over (a selector's rebuild, an in-place field
+  // update): StableEpoch waits (bounded) while one runs, then returns a value that Epoch
+  // equals until the next one starts.
+  uint64_t Epoch() const;
+  uint64_t StableEpoch() const;
+
   // The episode view, or null.
   EpisodeView* episodes() { return view_.get(); }
   const EpisodeView* episodes() const { return view_.get(); }
