@@ -22,7 +22,7 @@ import torch
 
 import reverie as rv
 
-SPEC = {"id": ("int64", ()), "score": ("float32", ()), "obs": ("float32", (3,))}
+SPEC = {"id": ("int64", ()), "score": ("float32", ()), "obs": ("float32", (3,)), "cls": ("int16", ())}
 CAPACITY = 64
 
 
@@ -34,18 +34,23 @@ def policy_kwargs(name: str) -> Dict[str, Any]:
         "top_k_priority": dict(writer=rv.KeepTopK(score="priority"), sampler=rv.Prioritized(alpha=0.6)),
         "fifo_consume_distinct": dict(max_times_sampled=1, sampler=rv.Uniform(replacement=False)),
         "fifo_meta_prioritized": dict(metadata=True, sampler=rv.Prioritized(), admit=rv.Threshold("score", 0.2)),
+        "class_balanced_meta": dict(writer=rv.ClassBalanced(label="cls", max_classes=16), metadata=True),
+        "class_balanced_prioritized": dict(writer=rv.ClassBalanced(label="cls"), sampler=rv.Prioritized(),
+                                           admit=rv.Threshold("score", 0.1)),
     }[name]
 
 
 POLICIES = ["reservoir", "reservoir_threshold", "top_k_mts_meta", "top_k_priority",
-            "fifo_consume_distinct", "fifo_meta_prioritized"]
+            "fifo_consume_distinct", "fifo_meta_prioritized", "class_balanced_meta",
+            "class_balanced_prioritized"]
 
 
 def rows(first: int, n: int) -> Dict[str, np.ndarray]:
     i = np.arange(first, first + n)
     score = ((i * 2654435761) % 1000 / 1000.0).astype(np.float32)  # distinct-ish, spread
+    cls = np.where(i % 10 < 6, 0, i % 5)  # imbalanced: class 0 most of the stream
     return {"id": i.astype(np.int64), "score": score,
-            "obs": np.stack([i, -i, 2 * i], 1).astype(np.float32)}
+            "obs": np.stack([i, -i, 2 * i], 1).astype(np.float32), "cls": cls.astype(np.int16)}
 
 
 def step(buf: rv.ReplayBuffer, i: int) -> Dict[str, Any]:
@@ -225,4 +230,14 @@ def test_shared_policy_with_a_writer_and_a_sampler_process(policy):
         assert torch.equal(held.meta["version"], torch.where(written_by_child, 9, 0))
     if policy == "top_k_priority":
         assert len(buf) == CAPACITY
+    if policy.startswith("class_balanced"):
+        # Water-filling of what was offered (the sequence of offers is one writer's), within 1.
+        admitted = offered["score"] >= 0.1 if "prioritized" in policy else np.ones(1050, bool)
+        n = np.bincount(offered["cls"][admitted], minlength=5)
+        held_counts = np.bincount(held["cls"].numpy(), minlength=5)
+        assert buf.writer.counts() == {c: int(held_counts[c]) for c in range(5) if n[c]}
+        assert buf.writer.offered() == {c: int(n[c]) for c in range(5) if n[c]}
+        tau = max(t for t in range(CAPACITY + 1) if np.minimum(n, t).sum() <= CAPACITY)
+        assert len(buf) == CAPACITY
+        assert (np.abs(held_counts - np.minimum(n, tau)) <= 1).all(), (held_counts, n, tau)
     buf.close()

@@ -3,6 +3,7 @@
 #include <mutex>
 
 #include "reverie/admission.h"
+#include "reverie/class_balanced.h"
 #include "reverie/common.h"
 #include "reverie/fifo_writer.h"
 #include "reverie/keep_top_k.h"
@@ -22,6 +23,7 @@ void EnsureBuiltinParts() {
     Writers().Add("fifo", MakeFifoWriter);
     Writers().Add("reservoir", MakeReservoirWriter);
     Writers().Add("keep_top_k", MakeKeepTopK, {"score"});
+    Writers().Add("class_balanced", MakeClassBalanced, {"label", "max_classes"});
     Admissions().Add("threshold", MakeThreshold, {"field", "value"}, {"value"});
     Selectors().Add("uniform", MakeUniformSelector, {"replacement"});
     Selectors().Add("prioritized", MakePrioritizedSelector, {"alpha", "beta", "eps"}, {"beta"});

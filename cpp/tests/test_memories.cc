@@ -2,6 +2,7 @@
 // racing an updater), the class-balanced reservoir, ... References are stated here, apart
 // from the core: plain counting and a model of each rule.
 #include <algorithm>
+#include <cstdlib>
 #include <array>
 #include <atomic>
 #include <cstdio>
@@ -12,6 +13,7 @@
 
 #include "buffer_helpers.h"
 #include "harness.h"
+#include "reverie/class_balanced.h"
 #include "reverie/table.h"
 
 using namespace reverie;
@@ -19,6 +21,8 @@ using reverie_test::SamplerConfig;
 using reverie_test::TableConfig;
 using reverie_test::conc::FinishWithin;
 using reverie_test::conc::MakeInput;
+using reverie_test::LoadState;
+using reverie_test::SaveState;
 
 namespace {
 
@@ -147,4 +151,121 @@ TEST(UpdateFieldsIsNeverSeenHalfDone) {
   CHECK(torn.load() == 0);
   CHECK(updates.load() > 0);
   CHECK(t.stale_updates() == 0);
+}
+
+// ======== Class-balanced reservoir (class_balanced.h) =======================================
+
+namespace {
+
+std::vector<FieldSpec> LabelSpec() {
+  return {FieldSpec{"id", DType::kInt64, {}}, FieldSpec{"y", DType::kInt32, {}}};
+}
+
+ConfigValue BalancedConfig(int64_t capacity, uint64_t seed, int64_t max_classes) {
+  ConfigValue writer = ConfigValue::MakeMap();
+  writer.Set("kind", ConfigValue::String("class_balanced"));
+  writer.Set("label", ConfigValue::String("y"));
+  writer.Set("max_classes", ConfigValue::Int(max_classes));
+  ConfigValue extra = ConfigValue::MakeMap();
+  extra.Set("writer", writer);
+  return TableConfig(capacity, LabelSpec(), SamplerConfig{}, seed, {}, extra);
+}
+
+int64_t OfferLabels(Table& t, int64_t first_id, const std::vector<int32_t>& labels) {
+  const auto n = static_cast<int64_t>(labels.size());
+  std::vector<int64_t> ids(labels.size());
+  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = first_id + i;
+  const std::array<FieldInput, 2> in = {MakeInput("id", ids.data(), DType::kInt64, {}, n),
+                                        MakeInput("y", labels.data(), DType::kInt32, {}, n)};
+  return t.Extend(in.data(), in.size());
+}
+
+// Held count per label, read from the stored rows.
+std::vector<int64_t> HeldPerLabel(Table& t, int64_t classes) {
+  const std::vector<int64_t> keys = t.StoredKeys();
+  std::vector<int64_t> id(keys.size());
+  std::vector<int32_t> y(keys.size());
+  std::array<uint8_t*, 2> out = {reinterpret_cast<uint8_t*>(id.data()), reinterpret_cast<uint8_t*>(y.data())};
+  t.Get(keys.data(), static_cast<int64_t>(keys.size()), out.data());
+  std::vector<int64_t> held(static_cast<size_t>(classes), 0);
+  for (int32_t label : y) ++held[static_cast<size_t>(label)];
+  return held;
+}
+
+// min(n_c, tau) with the largest tau that fits the capacity.
+std::vector<int64_t> WaterFilling(const std::vector<int64_t>& n, int64_t capacity) {
+  int64_t tau = 0;
+  for (int64_t t = 0; t <= capacity; ++t) {
+    int64_t sum = 0;
+    for (int64_t v : n) sum += std::min(v, t);
+    if (sum > capacity) break;
+    tau = t;
+  }
+  std::vector<int64_t> out;
+  for (int64_t v : n) out.push_back(std::min(v, tau));
+  return out;
+}
+
+}  // namespace
+
+TEST(ClassBalancedHoldsTheWaterFillingForFewAndManyClasses) {
+  for (const int64_t classes : {int64_t{10}, int64_t{10000}}) {
+    const int64_t capacity = 5120;
+    Table t(BalancedConfig(capacity, 42, classes), {});
+    std::vector<int64_t> n(static_cast<size_t>(classes), 0);
+    uint64_t x = 88172645463325252ull;  // xorshift: an imbalanced stream (label = low bits of a square)
+    int64_t id = 0;
+    for (int round = 0; round < 400; ++round) {
+      std::vector<int32_t> labels(256);
+      for (int32_t& label : labels) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        const uint64_t u = (x >> 11) % static_cast<uint64_t>(classes);
+        label = static_cast<int32_t>(u * u / static_cast<uint64_t>(classes));  // skewed to low labels
+        ++n[static_cast<size_t>(label)];
+      }
+      OfferLabels(t, id, labels);
+      id += 256;
+    }
+    const std::vector<int64_t> held = HeldPerLabel(t, classes);
+    const std::vector<int64_t> want = WaterFilling(n, capacity);
+    int64_t off = 0;
+    for (size_t c = 0; c < held.size(); ++c) off += std::abs(held[c] - want[c]) > 1;
+    CHECK(off == 0);
+    CHECK(t.size() == capacity);
+    const auto& w = dynamic_cast<const ClassBalanced&>(t.writer());
+    int64_t seen = 0;
+    for (int64_t v : n) seen += v > 0;
+    CHECK(w.classes() == seen);
+    for (int64_t c = 0; c < w.classes(); ++c) {
+      CHECK(w.held(c) == held[static_cast<size_t>(w.label(c))]);
+      CHECK(w.offered(c) == n[static_cast<size_t>(w.label(c))]);
+    }
+  }
+}
+
+TEST(ClassBalancedRestoreDecidesAsTheSavedTable) {
+  const ConfigValue config = BalancedConfig(64, 7, 32);
+  Table a(config, {}), b(config, {});
+  std::vector<int32_t> labels(700);
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int32_t>((i * i) % 29 % 9);
+  OfferLabels(a, 0, labels);
+  LoadState(b, SaveState(a));
+  for (int round = 0; round < 50; ++round) {
+    std::vector<int32_t> more(13);
+    for (size_t i = 0; i < more.size(); ++i) more[i] = static_cast<int32_t>((round * 7 + i * 3) % 31);
+    CHECK(OfferLabels(a, 1000 + round * 13, more) == OfferLabels(b, 1000 + round * 13, more));
+  }
+  CHECK(a.StoredKeys() == b.StoredKeys());
+  CHECK(HeldPerLabel(a, 32) == HeldPerLabel(b, 32));
+}
+
+TEST(ClassBalancedRefusesAClassBeyondMaxClassesChangingNothing) {
+  Table t(BalancedConfig(8, 1, 2), {});
+  CHECK(OfferLabels(t, 0, {0, 1, 0}) == 3);
+  const std::vector<int64_t> keys = t.StoredKeys();
+  CHECK_THROWS(OfferLabels(t, 3, {1, 5}), std::invalid_argument);
+  CHECK(t.StoredKeys() == keys);
+  CHECK(t.written() == 3);
 }

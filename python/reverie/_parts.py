@@ -217,6 +217,64 @@ class KeepTopK(Part):
         return {"score": self.score}
 
 
+class ClassBalanced(Part):
+    """A class-balanced reservoir (CBRS; Chrysakis & Moens, "Online Continual Learning from
+    Imbalanced Data", ICML 2020): a memory that keeps every class of an imbalanced stream.
+
+    While the buffer has room every item is kept. Once full, an item of a class that is not
+    *full* replaces an item drawn uniformly from the largest class (uniformly among classes
+    tied for largest); a class is full once it is, or has been since the buffer filled, a
+    largest class. An item of a full class c replaces a uniformly drawn item of its own class
+    with probability m_c / n_c (m_c held, n_c offered so far), else it is dropped. Held
+    counts approach the water-filling min(n_c, tau); within a class the held items are a
+    uniform sample of those offered. O(1) expected per offered item for any number of
+    classes. Not with ``max_times_sampled``.
+
+    Args:
+        label: an integer scalar field holding the class.
+        max_classes: how many classes the buffer can tell apart (1 .. 2^20; memory grows
+            with it: 8 words per class); an item of one more class is refused (ValueError,
+            nothing stored).
+
+    ``buf.writer.counts()`` gives ``{label: held}`` and ``buf.writer.offered()`` the items
+    offered per class.
+    """
+
+    role = "writer"
+    kind = "class_balanced"
+
+    def __init__(self, label: str, max_classes: int = 65536) -> None:
+        super().__init__()
+        if not isinstance(label, str) or not label:
+            raise TypeError(f"label must be a field name, got {label!r}")
+        self.label = label
+        self.max_classes = as_int("max_classes", max_classes)
+        if not 1 <= self.max_classes <= 1 << 20:
+            raise ValueError(f"max_classes must be in [1, 1048576], got {self.max_classes}")
+
+    def settings(self) -> Dict[str, Any]:
+        return {"label": self.label, "max_classes": self.max_classes}
+
+    def _per_class(self, what: str) -> Dict[int, int]:
+        if self._core is None:
+            return {}
+        import numpy as np  # the part classes stay importable without numpy at hand
+
+        arrays, scalars = self._core.snapshot(["class_balanced.labels", f"class_balanced.{what}"])
+        n = int(scalars["class_balanced.classes"])
+        labels = np.frombuffer(arrays[0], np.int64)[:n]
+        values = np.frombuffer(arrays[1], np.int64)[:n]
+        return dict(zip(labels.tolist(), values.tolist()))
+
+    def counts(self) -> Dict[int, int]:
+        """Items held per class label, for every class seen (a consistent snapshot)."""
+        return self._per_class("held")
+
+    def offered(self) -> Dict[int, int]:
+        """Items offered per class label so far (n_c)."""
+        return self._per_class("offered")
+
+
 # ---- admission rules ------------------------------------------------------------------------
 
 
@@ -281,7 +339,8 @@ def policy(sampler: Optional[Part], writer: Optional[Part], admit: Admit,
     """A buffer's policy arguments, checked: (sampler, writer, admission rule, admission
     callable, max_times_sampled). Which combinations the table accepts is the core's to say."""
     sampler = _given(sampler, "sampler", "selector", Uniform(), "Uniform or Prioritized")
-    writer = _given(writer, "writer", "writer", Fifo(), "Fifo(), Reservoir() or KeepTopK(score=...)")
+    writer = _given(writer, "writer", "writer", Fifo(),
+                    "Fifo(), Reservoir(), KeepTopK(score=...) or ClassBalanced(label=...)")
     admit_fn: Optional[Callable[..., Any]] = None
     if admit is not None and not isinstance(admit, Part):
         if not callable(admit):

@@ -1,0 +1,119 @@
+"""Plain-Python models of the continual-learning parts (issue 14), for checking the real
+buffer against, written from the documented rules (README "Continual learning"), apart
+from the library.
+
+Class-balanced reservoir (CBRS), decision for the n-th offer (0-based) of class c:
+- room: the next free slot (slots in order); c's list gets it appended;
+- full, c not full: among the classes tied for the largest held count, the one at position
+  floor(r1 * tied / 2^64) of the class order; from its list, position floor(r2 * m / 2^64):
+  that slot goes to c (the removed position is filled by the list's last entry, the new slot
+  appended to c's list); the giving class is marked full;
+- full, c full (marked, or holding the largest count now): kept iff
+  floor(r1 * n_c / 2^64) < m_c, replacing position floor(r2 * m_c / 2^64) of c's list;
+- r1, r2 = Philox4x32-10 (seed; counter (0xFFFFFFFE, lane 1 / 2, n low, n high)).
+The class order is an array sorted by held count, descending: a new class is appended; when
+a class's count grows it swaps with the first class of its count's block, when it shrinks
+with the last (so the tie order is a fact of the history, stated here as the core keeps it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from policy_reference import random_bits
+
+LANE = 0xFFFFFFFE
+
+
+def _below(bits: int, n: int) -> int:
+    return (bits * n) >> 64
+
+
+@dataclass
+class CBRSModel:
+    capacity: int
+    seed: int
+    slots: List[Optional[int]] = field(default_factory=list)  # the id each slot holds
+    labels: List[int] = field(default_factory=list)           # class index -> label
+    index: Dict[int, int] = field(default_factory=dict)       # label -> class index
+    members: List[List[int]] = field(default_factory=list)    # class -> its slots, in list order
+    offered: List[int] = field(default_factory=list)
+    full: List[bool] = field(default_factory=list)
+    order: List[int] = field(default_factory=list)            # classes by held count, descending
+    offers: int = 0
+    filled: int = 0
+
+    def __post_init__(self) -> None:
+        self.slots = [None] * self.capacity
+
+    def held(self, c: int) -> int:
+        return len(self.members[c])
+
+    def largest(self) -> int:
+        return self.held(self.order[0]) if self.order else 0
+
+    def _block(self, k: int) -> range:
+        pos = [p for p, c in enumerate(self.order) if self.held(c) == k]
+        return range(pos[0], pos[-1] + 1)
+
+    def _grow(self, c: int) -> None:
+        q = self._block(self.held(c)).start
+        p = self.order.index(c)
+        self.order[p], self.order[q] = self.order[q], self.order[p]
+
+    def _shrink(self, c: int) -> None:
+        q = self._block(self.held(c)).stop - 1
+        p = self.order.index(c)
+        self.order[p], self.order[q] = self.order[q], self.order[p]
+
+    def _append(self, c: int, slot: int) -> None:
+        self._grow(c)  # swaps by the count before the change
+        self.members[c].append(slot)
+
+    def _remove_at(self, c: int, p: int) -> int:
+        self._shrink(c)
+        lst = self.members[c]
+        slot = lst[p]
+        lst[p] = lst[-1]
+        lst.pop()
+        return slot
+
+    def counts(self) -> Dict[int, int]:
+        return {self.labels[c]: self.held(c) for c in range(len(self.labels))}
+
+    def offer(self, item_id: int, label: int) -> bool:
+        n = self.offers
+        self.offers += 1
+        if label not in self.index:
+            self.index[label] = len(self.labels)
+            self.labels.append(label)
+            self.members.append([])
+            self.offered.append(0)
+            self.full.append(False)
+            self.order.append(self.index[label])
+        c = self.index[label]
+        self.offered[c] += 1
+        if self.filled < self.capacity:
+            slot = self.filled
+            self.filled += 1
+            self._append(c, slot)
+            self.slots[slot] = item_id
+            return True
+        r1, r2 = random_bits(self.seed, n, LANE, 1), random_bits(self.seed, n, LANE, 2)
+        if not self.full[c] and self.held(c) == self.largest():
+            self.full[c] = True
+        if not self.full[c]:
+            top = self.largest()
+            tied = sum(1 for k in self.order if self.held(k) == top)
+            giver = self.order[_below(r1, tied)]
+            self.full[giver] = True
+            slot = self._remove_at(giver, _below(r2, self.held(giver)))
+            self._append(c, slot)
+            self.slots[slot] = item_id
+            return True
+        if _below(r1, self.offered[c]) >= self.held(c):
+            return False
+        slot = self.members[c][_below(r2, self.held(c))]
+        self.slots[slot] = item_id
+        return True
