@@ -117,3 +117,41 @@ class CBRSModel:
         slot = self.members[c][_below(r2, self.held(c))]
         self.slots[slot] = item_id
         return True
+
+
+@dataclass
+class ArchiveModel:
+    """Keyed archive: entries rank by (score, tiebreak (negated for "min"), insertion); an
+    item of a held key replaces it in its slot iff (score, tiebreak) >= the entry's; a new
+    key takes the next never-used slot, else (full) the lowest-ranked entry's slot iff it
+    ranks above it."""
+
+    capacity: int
+    tiebreak_min: bool = True
+    entries: Dict[int, tuple] = field(default_factory=dict)  # key -> (score, tb, insertion, id, slot)
+    written: int = 0
+    filled: int = 0
+
+    def offer(self, key: int, score: float, tb: float, item_id: int) -> bool:
+        tb = -tb if self.tiebreak_min else tb
+        held = self.entries.get(key)
+        if held is not None:
+            if (score, tb) < held[:2]:
+                return False
+            slot = held[4]
+        elif self.filled < self.capacity:
+            slot = self.filled
+            self.filled += 1
+        else:
+            worst_key = min(self.entries, key=lambda k: self.entries[k][:3])
+            worst = self.entries[worst_key]
+            if (score, tb) < worst[:2]:
+                return False
+            slot = worst[4]
+            del self.entries[worst_key]
+        self.entries[key] = (score, tb, self.written, item_id, slot)
+        self.written += 1
+        return True
+
+    def slots(self) -> Dict[int, int]:
+        return {e[4]: e[3] for e in self.entries.values()}

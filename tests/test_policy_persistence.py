@@ -19,10 +19,11 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 import pytest
 import torch
+from memory_reference import ArchiveModel
 
 import reverie as rv
 
-SPEC = {"id": ("int64", ()), "score": ("float32", ()), "obs": ("float32", (3,)), "cls": ("int16", ())}
+SPEC = {"id": ("int64", ()), "score": ("float32", ()), "obs": ("float32", (3,)), "cls": ("int16", ()), "cell": ("int32", ())}
 CAPACITY = 64
 
 
@@ -37,12 +38,15 @@ def policy_kwargs(name: str) -> Dict[str, Any]:
         "class_balanced_meta": dict(writer=rv.ClassBalanced(label="cls", max_classes=16), metadata=True),
         "class_balanced_prioritized": dict(writer=rv.ClassBalanced(label="cls"), sampler=rv.Prioritized(),
                                            admit=rv.Threshold("score", 0.1)),
+        "archive_meta": dict(writer=rv.KeyedArchive(key="cell", score="score", tiebreak="id"), metadata=True),
+        "archive_prioritized": dict(writer=rv.KeyedArchive(key="cell", score="score", tiebreak_order="max"),
+                                    sampler=rv.Prioritized()),
     }[name]
 
 
 POLICIES = ["reservoir", "reservoir_threshold", "top_k_mts_meta", "top_k_priority",
             "fifo_consume_distinct", "fifo_meta_prioritized", "class_balanced_meta",
-            "class_balanced_prioritized"]
+            "class_balanced_prioritized", "archive_meta", "archive_prioritized"]
 
 
 def rows(first: int, n: int) -> Dict[str, np.ndarray]:
@@ -50,7 +54,8 @@ def rows(first: int, n: int) -> Dict[str, np.ndarray]:
     score = ((i * 2654435761) % 1000 / 1000.0).astype(np.float32)  # distinct-ish, spread
     cls = np.where(i % 10 < 6, 0, i % 5)  # imbalanced: class 0 most of the stream
     return {"id": i.astype(np.int64), "score": score,
-            "obs": np.stack([i, -i, 2 * i], 1).astype(np.float32), "cls": cls.astype(np.int16)}
+            "obs": np.stack([i, -i, 2 * i], 1).astype(np.float32), "cls": cls.astype(np.int16),
+            "cell": (i * 7919 % 97).astype(np.int32)}
 
 
 def step(buf: rv.ReplayBuffer, i: int) -> Dict[str, Any]:
@@ -230,6 +235,13 @@ def test_shared_policy_with_a_writer_and_a_sampler_process(policy):
         assert torch.equal(held.meta["version"], torch.where(written_by_child, 9, 0))
     if policy == "top_k_priority":
         assert len(buf) == CAPACITY
+    if policy.startswith("archive"):
+        # What the archive's rule leaves after one writer's sequence of offers (the model).
+        model = ArchiveModel(CAPACITY, tiebreak_min=policy == "archive_meta")
+        for j in range(1050):
+            tb = float(offered["id"][j]) if policy == "archive_meta" else 0.0
+            model.offer(int(offered["cell"][j]), float(offered["score"][j]), tb, j)
+        assert sorted(ids.tolist()) == sorted(e[3] for e in model.entries.values())
     if policy.startswith("class_balanced"):
         # Water-filling of what was offered (the sequence of offers is one writer's), within 1.
         admitted = offered["score"] >= 0.1 if "prioritized" in policy else np.ones(1050, bool)

@@ -335,6 +335,23 @@ py::object ConfigToPython(const ConfigValue& value) {
 }
 
 // 1-D integer keys as a C-contiguous int64 array (TypeError / ValueError otherwise).
+reverie::StorageConfig MakeStorage(const std::string& storage, const std::string& name) {
+  reverie::StorageConfig st;
+  st.name = name;
+  if (storage == "memory") {
+    st.kind = reverie::StorageConfig::Kind::kPrivate;
+  } else if (storage == "create_shared") {
+    st.kind = reverie::StorageConfig::Kind::kCreateShared;
+  } else if (storage == "attach_shared") {
+    st.kind = reverie::StorageConfig::Kind::kAttachShared;
+  } else if (storage == "file") {
+    st.kind = reverie::StorageConfig::Kind::kFile;
+  } else {
+    throw std::invalid_argument("unknown storage '" + storage + "'");
+  }
+  return st;
+}
+
 Int64Array KeyArray(const py::array& keys) {
   const char kind = keys.dtype().kind();
   if (kind != 'i' && kind != 'u') ThrowType("keys must be integers, got dtype " + std::string(py::str(keys.dtype())));

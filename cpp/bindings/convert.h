@@ -13,6 +13,7 @@
 #include "reverie/config.h"
 #include "reverie/dtype.h"
 #include "reverie/storage.h"
+#include "reverie/table.h"
 
 namespace reverie_py {
 
@@ -63,6 +64,10 @@ py::object ConfigToPython(const reverie::ConfigValue& value);
 
 using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// The core's storage for a binding's (storage, name): "memory", "create_shared",
+// "attach_shared" or "file" (ValueError otherwise).
+reverie::StorageConfig MakeStorage(const std::string& storage, const std::string& name);
 
 // 1-D integer keys as a C-contiguous int64 array (TypeError / ValueError otherwise).
 Int64Array KeyArray(const py::array& keys);

@@ -17,6 +17,7 @@
 namespace reverie_py {
 void BindWriteFunctions(py::module_& m);
 void BindTable(py::module_& m);
+void BindPartitionedTable(py::module_& m);
 void BindDevice(py::module_& m);
 }  // namespace reverie_py
 
@@ -45,5 +46,6 @@ PYBIND11_MODULE(_core, m) {
   m.attr("KEY_LOCAL_BITS") = kLocalKeyBits;
   reverie_py::BindWriteFunctions(m);
   reverie_py::BindTable(m);
+  reverie_py::BindPartitionedTable(m);
   reverie_py::BindDevice(m);
 }

@@ -20,23 +20,6 @@ using namespace reverie;
 
 namespace {
 
-StorageConfig MakeStorage(const std::string& storage, const std::string& name) {
-  StorageConfig st;
-  st.name = name;
-  if (storage == "memory") {
-    st.kind = StorageConfig::Kind::kPrivate;
-  } else if (storage == "create_shared") {
-    st.kind = StorageConfig::Kind::kCreateShared;
-  } else if (storage == "attach_shared") {
-    st.kind = StorageConfig::Kind::kAttachShared;
-  } else if (storage == "file") {
-    st.kind = StorageConfig::Kind::kFile;
-  } else {
-    throw std::invalid_argument("unknown storage '" + storage + "'");
-  }
-  return st;
-}
-
 // A fresh array for field f with leading dims `lead`, then (episode views: obs fields with
 // frame_stack > 1) the stack axis, then the field's shape.
 py::array NewFieldArray(const Table& table, size_t f, std::vector<py::ssize_t> shape) {
@@ -103,7 +86,8 @@ py::array StateView(py::object owner, const StateArray& a) {
 }  // namespace
 
 void BindTable(py::module_& m) {
-  py::class_<Table>(m, "Table")
+  py::class_<WriteSink>(m, "WriteSink");  // what the fast write path writes into
+  py::class_<Table, WriteSink>(m, "Table")
       .def(py::init([](py::dict config, const std::string& storage, const std::string& name) {
              const ConfigValue c = ConfigFromPython(config, "config");
              const StorageConfig st = MakeStorage(storage, name);
@@ -251,6 +235,16 @@ void BindTable(py::module_& m) {
         py::gil_scoped_release release;
         return table.UpdateFields(k.data(), k.size(), in.fields(), in.count);
       }, py::arg("keys"), "Overwrites the given fields of the items of `keys`; returns how many were stale.")
+      .def("lookup", [](Table& table, const py::array& user_keys) {
+        const auto k = KeyArray(user_keys);
+        py::array_t<int64_t> out(k.size());
+        int64_t* o = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          table.Lookup(k.data(), k.size(), o);
+        }
+        return out;
+      }, py::arg("user_keys"), "The keys of the items held for these user keys (-1: none).")
       // Keys (key.h): the decoder of the layers above.
       .def("slots_of", [](const Table& table, const py::array& keys) {
         const auto k = KeyArray(keys);

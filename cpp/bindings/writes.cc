@@ -23,7 +23,7 @@ namespace {
 struct WriteTarget {
   PyObject* owner = nullptr;  // weak reference to the Python buffer
   PyObject* core = nullptr;   // the bound _core.Table (a strong reference), or null
-  Table* table = nullptr;
+  WriteSink* table = nullptr;
 };
 
 constexpr const char* kWriteTargetName = "reverie._core.write_target";
@@ -63,7 +63,7 @@ PyObject* FastWrite(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, 
   }
   // The core stays alive for this call even if another thread unbinds it meanwhile.
   py::object core = py::reinterpret_borrow<py::object>(target->core);
-  Table* table = target->table;
+  WriteSink* table = target->table;
   int64_t stored = 0;
   try {
     if (nargs != 0) {
@@ -122,7 +122,7 @@ py::tuple MakeWriteTarget(py::object owner) {
 void BindWrites(py::capsule capsule, py::object core) {
   WriteTarget* target = TargetOf(capsule.ptr());
   if (target == nullptr) throw py::error_already_set();
-  Table* table = core.is_none() ? nullptr : core.cast<Table*>();
+  WriteSink* table = core.is_none() ? nullptr : core.cast<WriteSink*>();
   PyObject* old = target->core;
   target->core = core.is_none() ? nullptr : core.inc_ref().ptr();
   target->table = table;

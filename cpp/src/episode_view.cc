@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -369,9 +370,11 @@ void EpisodeView::SampleItems(Table& table, int64_t batch, Item& item, int64_t* 
   };
   ThreadPool& pool = ThreadPool::Shared();
   const int64_t chunks = batch >= kMinParallelItems ? pool.workers() + 1 : 1;
-  for (;;) {
-    // A tree rescale or a field update while drawing (rare): the call is drawn again (as in
-    // Sample).
+  for (int attempt = 0;; ++attempt) {
+    // A tree rescale or a field update while drawing (rare): the call is drawn again, at
+    // last under the writer lock (as in Sample).
+    std::optional<Table::WriterLock> lock;
+    if (attempt >= Table::kAttemptsBeforeLock) lock.emplace(table);
     const uint64_t epoch = table.StableEpoch();
     pool.ParallelFor(batch, chunks, work);
     if (none.load(std::memory_order_relaxed)) {

@@ -1,6 +1,7 @@
 #include "reverie/locked_writer.h"
 
 #include <algorithm>
+#include <new>
 #include <numeric>
 
 #include "reverie/common.h"
@@ -8,13 +9,18 @@
 
 namespace reverie {
 
+void Writer::Lookup(const int64_t*, int64_t, int64_t*) const {
+  throw std::invalid_argument("this buffer's writer keeps no user keys to look items up by (a "
+                              "keyed_archive writer does)");
+}
+
 int64_t Writer::Place(const WriteBatch&, const Ring&, int64_t, int64_t*) {
   throw std::logic_error("this writer stores through the FIFO ring, not by placing items");
 }
 
 std::vector<size_t> LockedWriter::Sections() const {
   const size_t array = static_cast<size_t>(capacity_) * sizeof(int64_t);
-  std::vector<size_t> out = {sizeof(Counters), array, array};
+  std::vector<size_t> out = {sizeof(Counters), array, array, sizeof(Sizes)};
   for (size_t bytes : DerivedSections()) out.push_back(bytes);
   return out;
 }
@@ -23,8 +29,12 @@ void LockedWriter::Bind(const std::vector<uint8_t*>& sections, bool fresh) {
   counters_ = reinterpret_cast<Counters*>(sections[0]);
   insertion_ = reinterpret_cast<int64_t*>(sections[1]);
   free_ = reinterpret_cast<int64_t*>(sections[2]);
-  if (fresh) *counters_ = Counters{0, 0, 0, 0};
-  BindDerived(std::vector<uint8_t*>(sections.begin() + 3, sections.end()), fresh);
+  sizes_ = reinterpret_cast<Sizes*>(sections[3]);
+  if (fresh) {
+    *counters_ = Counters{0, 0, 0, 0};
+    new (sizes_) Sizes{{0}, {0}};
+  }
+  BindDerived(std::vector<uint8_t*>(sections.begin() + 4, sections.end()), fresh);
 }
 
 void LockedWriter::StateArrays(std::vector<StateArray>* out) {
@@ -65,6 +75,8 @@ void LockedWriter::Restore(const ConfigValue& scalars, const Ring& stamps) {
                   name_, " state: free entry ", i, " (slot ", free_[i], ") holds an item");
   }
   *counters_ = c;
+  sizes_->held.store(c.filled - c.freed, std::memory_order_release);
+  sizes_->filled.store(c.filled, std::memory_order_release);
   RestoreDerived(scalars, stamps);
 }
 
@@ -77,9 +89,11 @@ int64_t LockedWriter::NextFree() const {
 void LockedWriter::TakeFree(int64_t slot) {
   if (slot == counters_->filled && counters_->filled < capacity_) {
     ++counters_->filled;
+    sizes_->filled.store(counters_->filled, std::memory_order_release);
   } else {
     --counters_->freed;  // the top of the stack (NextFree)
   }
+  sizes_->held.fetch_add(1, std::memory_order_acq_rel);
 }
 
 int64_t LockedWriter::Place(const WriteBatch& batch, const Ring&, int64_t first_insertion,
@@ -104,7 +118,10 @@ int64_t LockedWriter::Place(const WriteBatch& batch, const Ring&, int64_t first_
   return placed;
 }
 
-void LockedWriter::OnRemove(int64_t slot) { free_[counters_->freed++] = slot; }
+void LockedWriter::OnRemove(int64_t slot) {
+  free_[counters_->freed++] = slot;
+  sizes_->held.fetch_sub(1, std::memory_order_acq_rel);
+}
 
 void LockedWriter::InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, const Ring& stamps) const {
   const KeyCodec& codec = stamps.codec();

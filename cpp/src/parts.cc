@@ -7,6 +7,7 @@
 #include "reverie/common.h"
 #include "reverie/fifo_writer.h"
 #include "reverie/keep_top_k.h"
+#include "reverie/keyed_archive.h"
 #include "reverie/part.h"
 #include "reverie/prioritized_selector.h"
 #include "reverie/registry.h"
@@ -24,6 +25,7 @@ void EnsureBuiltinParts() {
     Writers().Add("reservoir", MakeReservoirWriter);
     Writers().Add("keep_top_k", MakeKeepTopK, {"score"});
     Writers().Add("class_balanced", MakeClassBalanced, {"label", "max_classes"});
+    Writers().Add("keyed_archive", MakeKeyedArchive, {"key", "score", "tiebreak", "tiebreak_order"});
     Admissions().Add("threshold", MakeThreshold, {"field", "value"}, {"value"});
     Selectors().Add("uniform", MakeUniformSelector, {"replacement"});
     Selectors().Add("prioritized", MakePrioritizedSelector, {"alpha", "beta", "eps"}, {"beta"});

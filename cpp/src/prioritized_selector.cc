@@ -171,6 +171,10 @@ uint64_t PrioritizedSelector::ToUnits(double q) const {
 
 uint64_t PrioritizedSelector::ToUnits(double q, double scale) { return PriorityUnits(q, scale); }
 
+double PrioritizedSelector::MinPriority() const {
+  return std::ldexp(static_cast<double>(tree_.min_positive()), -state_->scale_exp.load(std::memory_order_relaxed));
+}
+
 double PrioritizedSelector::StoredPriority(int64_t slot) const {
   return std::ldexp(static_cast<double>(tree_.leaf(slot)),
                     -state_->scale_exp.load(std::memory_order_relaxed));

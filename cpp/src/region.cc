@@ -238,6 +238,10 @@ Region& Region::operator=(Region&& other) noexcept {
   return *this;
 }
 
+bool Region::owns() const { return owner_pid_ != 0 && owner_pid_ == static_cast<int>(getpid()); }
+
+void Region::UnlinkShared(const std::string& name) { shm_unlink(SegmentPath(name).c_str()); }
+
 void Region::Unlink() {
   // Only the creating process unlinks: a fork()ed child has a copy of this object too.
   if (owner_pid_ != 0 && owner_pid_ == static_cast<int>(getpid())) {

@@ -37,6 +37,8 @@ std::vector<FieldSpec> ParseSpec(const ConfigValue& spec) {
   return fields;
 }
 
+}  // namespace
+
 // The configuration without its live settings: what fixes a region's layout and meaning.
 ConfigValue FixedPart(const ConfigValue& config) {
   ConfigValue fixed = ConfigValue::MakeMap();
@@ -58,6 +60,8 @@ ConfigValue FixedPart(const ConfigValue& config) {
   strip("admission", Admissions());
   return fixed;
 }
+
+namespace {
 
 ConfigValue PartOr(const ConfigValue& config, const char* role, const char* fallback) {
   const ConfigValue& part = config.Get(role);
@@ -135,7 +139,7 @@ Table::Table(const ConfigValue& config, const StorageConfig& storage) {
   const ConfigValue::Map& settings = config.AsMap("the table configuration");
   static const char* const kKnown[] = {"capacity", "spec", "seed", "shard", "writer", "selector",
                                        "admission", "max_times_sampled", "metadata", "view",
-                                       "rate_limiter"};
+                                       "rate_limiter", "partition"};
   for (const auto& [key, value] : settings) {
     REVERIE_CHECK(std::find_if(std::begin(kKnown), std::end(kKnown),
                                [&](const char* k) { return key == k; }) != std::end(kKnown),
@@ -156,7 +160,21 @@ Table::Table(const ConfigValue& config, const StorageConfig& storage) {
   const int64_t streams = config.Get("view").is_null() ? 1 : config.Get("view").At("num_envs", "episode view").AsInt("num_envs");
   REVERIE_CHECK(streams >= 1 && capacity % streams == 0, "capacity must be a multiple of num_envs (each env "
                 "stream holds capacity / num_envs steps): got capacity ", capacity, " and num_envs ", streams);
-  ring_ = Ring(capacity, nullptr, nullptr, KeyCodec(capacity, shard), streams);
+  // A partition of a partitioned buffer (partitioned_table.h): its keys carry its index, in
+  // widths shared by every partition.
+  KeyCodec codec(capacity, shard);
+  const ConfigValue& partition = config.Get("partition");
+  if (!partition.is_null()) {
+    const int64_t slot_bits = partition.At("slot_bits", "partition").AsInt("partition slot_bits");
+    const int64_t partition_bits = partition.At("partition_bits", "partition").AsInt("partition partition_bits");
+    const int64_t index = partition.At("index", "partition").AsInt("partition index");
+    REVERIE_CHECK(slot_bits >= SlotBits(capacity) && partition_bits >= 0 && slot_bits + partition_bits <= 45 &&
+                      index >= 0 && index < (int64_t{1} << partition_bits),
+                  "bad partition key widths: slot_bits ", slot_bits, ", partition_bits ", partition_bits,
+                  ", index ", index, " for capacity ", capacity);
+    codec = KeyCodec(static_cast<int>(slot_bits), static_cast<int>(partition_bits), index, shard);
+  }
+  ring_ = Ring(capacity, nullptr, nullptr, codec, streams);
   BuildParts(config);
 
   // The layout: header, configuration, stamps, columns, then every part's sections.
@@ -228,7 +246,7 @@ Table::Table(const ConfigValue& config, const StorageConfig& storage) {
   for (size_t offset : columns_at) columns.push_back(base + offset);
   storage_.Bind(std::move(columns));
   ring_ = Ring(capacity, reinterpret_cast<std::atomic<uint64_t>*>(base + stamps_at), &header_->ring,
-               KeyCodec(capacity, shard), streams);
+               codec, streams);
   limiter_ = RateLimiter(&header_->limiter, &ring_);
   std::vector<Part*> parts = Parts();
   for (size_t p = 0; p < parts.size(); ++p) {
@@ -278,6 +296,8 @@ std::string Table::StoredConfig(const StorageConfig& storage) {
 }
 
 int64_t Table::size() const {
+  const int64_t held = writer_->held();
+  if (held >= 0) return held;
   return std::max<int64_t>(0, ring_.size() - header_->holes.load(std::memory_order_acquire));
 }
 
@@ -299,6 +319,10 @@ std::vector<int64_t> Table::StoredKeys() const { return writer_->StoredKeys(ring
 
 void Table::InsertionsOf(const int64_t* keys, int64_t* out, int64_t n) const {
   writer_->InsertionsOf(keys, out, n, ring_);
+}
+
+void Table::CheckKey(int64_t key, int64_t position) const {
+  if (!writer_->WasWritten(key, ring_)) throw std::out_of_range(BadKeyMessage(key, position));
 }
 
 std::string Table::BadKeyMessage(int64_t key, int64_t position) const {

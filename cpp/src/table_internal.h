@@ -10,6 +10,11 @@
 
 namespace reverie {
 
+class ConfigValue;
+// A table configuration without its live settings (the rate limiter, a selector's beta, a
+// threshold's value): what a region's fingerprint is of (table.cc).
+ConfigValue FixedPart(const ConfigValue& config);
+
 // The first bytes of a table's region, then its canonical configuration (config_bytes),
 // then the stamps, the columns and the parts' sections. Everything here is address-free
 // (region.h).

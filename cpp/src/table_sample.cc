@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "reverie/atomics.h"
@@ -44,7 +45,8 @@ SampleRequest Table::BeginSample(int64_t batch, int64_t* claimed) {
   request.batch = batch;
   request.size = size();
   const int64_t claimed_now = ring_.claimed();
-  request.range = std::min(claimed_now, capacity());
+  const int64_t filled = writer_->filled();
+  request.range = filled >= 0 ? filled : std::min(claimed_now, capacity());
   if (claimed != nullptr) *claimed = claimed_now;
   try {
     selector_->ValidateSample(request);
@@ -242,7 +244,11 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   }
 
   if (!keyed) {
-    for (;;) {
+    // A call that keeps meeting changes (an updater rewriting fields without pause) is done
+    // under the writer lock at last, where neither can happen: it cannot starve.
+    for (int attempt = 0;; ++attempt) {
+      std::optional<WriterLock> lock;
+      if (attempt >= kAttemptsBeforeLock) lock.emplace(*this);
       const uint64_t epoch = stable_epoch();
       if (!split) selector_->Draw(request, 0, batch, slots);
       pool.ParallelFor(batch, chunks, work);
@@ -256,13 +262,18 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   }
   // Counting (metadata, max_times_sampled), one position after the other: a position whose
   // item is used up (or was written again since) is drawn again, the stamped way.
+  int changed = 0;  // redraws that met a change (then taken under the writer lock)
   auto redraw = [&](int64_t i, uint32_t attempt) {
+    std::optional<WriterLock> lock;
+    if (changed >= kAttemptsBeforeLock) lock.emplace(*this);
     const uint64_t epoch = StableEpoch();
     slots[i] = selector_->Redraw(request, i, attempt, slots);
     Resolve(request, i, attempt, slots, keys);
     gather(i, i + 1);
     std::atomic_thread_fence(std::memory_order_acquire);
-    return static_cast<int64_t>(ring_.RecheckStamp(slots[i])) == keys[i] && Epoch() == epoch;
+    const bool same = Epoch() == epoch;
+    changed += !same;
+    return static_cast<int64_t>(ring_.RecheckStamp(slots[i])) == keys[i] && same;
   };
   if (!CountSamples(request, slots, keys, meta, w, redraw)) {
     throw std::invalid_argument(internal::Concat(
@@ -387,7 +398,9 @@ void Table::Get(const int64_t* keys, int64_t n, uint8_t* const* out, const Batch
     if (settled(slots[i]) != Stamp::Committed(keys[i])) throw gone(i);
   }
   const auto& spec = storage_.spec();
-  for (;;) {  // copied again when an in-place field update ran meanwhile
+  for (int attempt = 0;; ++attempt) {  // copied again when an in-place field update ran meanwhile
+    std::optional<WriterLock> lock;  // at last under the lock, which updates hold
+    if (attempt >= kAttemptsBeforeLock) lock.emplace(const_cast<Table&>(*this));
     const uint64_t epoch = StableEpoch();
     for (size_t f = 0; f < spec.size(); ++f) {
       GatherRows(out[f], storage_.column(f), spec[f].row_bytes(), slots.get(), 0, n);

@@ -28,11 +28,20 @@ uint64_t Table::StableEpoch() const {
   }
 }
 
-int64_t Table::UpdateFields(const int64_t* keys, int64_t n, const FieldInput* inputs, size_t count) {
+void Table::Lookup(const int64_t* user_keys, int64_t n, int64_t* keys) {
+  WriterLock lock(*this);  // locked writers change their index only under it
+  writer_->Lookup(user_keys, n, keys);
+  for (int64_t i = 0; i < n; ++i) {
+    if (keys[i] < 0) continue;
+    const uint64_t stamp = ring_.LoadStamp(keys[i]);
+    keys[i] = Stamp::IsCommitted(stamp) ? Stamp::KeyOf(stamp) : -1;
+  }
+}
+
+void Table::CheckFieldUpdate(int64_t n, const FieldInput* inputs, size_t count) const {
   const auto& spec = storage_.spec();
   // Validation of everything before anything changes.
   std::vector<int> fields(count);
-  std::vector<bool> broadcast(count);
   for (size_t i = 0; i < count; ++i) {
     int f = 0;
     while (f < static_cast<int>(spec.size()) && spec[static_cast<size_t>(f)].name != inputs[i].name) ++f;
@@ -46,7 +55,7 @@ int64_t Table::UpdateFields(const int64_t* keys, int64_t n, const FieldInput* in
       REVERIE_CHECK(fields[j] != f, "field '", inputs[i].name, "' given twice");
     }
     fields[i] = f;
-    for (Part* part : Parts()) part->CheckFieldUpdate(f, spec[static_cast<size_t>(f)].name);
+    for (Part* part : const_cast<Table*>(this)->Parts()) part->CheckFieldUpdate(f, spec[static_cast<size_t>(f)].name);
     const FieldSpec& field = spec[static_cast<size_t>(f)];
     const ArrayView& v = inputs[i].value;
     if (v.typed) {
@@ -78,13 +87,25 @@ int64_t Table::UpdateFields(const int64_t* keys, int64_t n, const FieldInput* in
           ") for ", n, " keys (or one item's shape ", ShapeString(field.shape.data(), dims),
           " for all of them), got ", ShapeString(v.shape, v.ndim)));
     }
-    broadcast[i] = !per_key;
     if (!v.typed && v.dtype == DType::kInt64) {
       int64_t bad = 0;
       REVERIE_CHECK(IntegersFitIn(static_cast<const int64_t*>(v.data), static_cast<size_t>(v.elements()),
                                   field.dtype, &bad),
                     "field '", field.name, "': value ", bad, " does not fit dtype ", DTypeName(field.dtype));
     }
+  }
+}
+
+int64_t Table::UpdateFields(const int64_t* keys, int64_t n, const FieldInput* inputs, size_t count) {
+  CheckFieldUpdate(n, inputs, count);
+  const auto& spec = storage_.spec();
+  std::vector<int> fields(count);
+  std::vector<bool> broadcast(count);
+  for (size_t i = 0; i < count; ++i) {
+    int f = 0;
+    while (spec[static_cast<size_t>(f)].name != inputs[i].name) ++f;
+    fields[i] = f;
+    broadcast[i] = inputs[i].value.ndim == static_cast<int>(spec[static_cast<size_t>(f)].shape.size());
   }
   // Untyped values converted once, to the field's dtype (per key or one item).
   std::vector<std::vector<uint8_t>> converted(count);

@@ -23,7 +23,11 @@ std::string FieldNames(const std::vector<FieldSpec>& spec) {
 
 void Table::Validate(const FieldInput* inputs, size_t n, bool batched,
                             const ArrayView** values, int64_t* leading) const {
-  const auto& spec = storage_.spec();
+  ValidateRows(storage_.spec(), view_ ? view_->num_envs() : 0, inputs, n, batched, values, leading);
+}
+
+void Table::ValidateRows(const std::vector<FieldSpec>& spec, int64_t envs, const FieldInput* inputs,
+                         size_t n, bool batched, const ArrayView** values, int64_t* leading) {
   std::fill(values, values + spec.size(), nullptr);
   for (size_t i = 0; i < n; ++i) {
     size_t f = 0;
@@ -54,7 +58,6 @@ void Table::Validate(const FieldInput* inputs, size_t n, bool batched,
                          DTypeName(field.dtype), " field");
     }
     const int item_dims = static_cast<int>(field.shape.size());
-    const int64_t envs = view_ ? view_->num_envs() : 0;
     // Leading axes: one for a batch; for episodes also (T, num_envs) time-major steps.
     int skip = batched ? 1 : 0;
     if (batched && envs > 0 && v.ndim == item_dims + 2) skip = 2;
@@ -183,6 +186,29 @@ int64_t Table::Write(const FieldInput* inputs, size_t n, bool batched, const uin
   if (admission_) admission_->Count(dropped);
   if (limiter_.enabled()) limiter_.Notify();
   return stored;
+}
+
+void Table::Precheck(const FieldInput* inputs, size_t n, bool batched, const uint8_t* admitted,
+                     int64_t admitted_size) const {
+  std::vector<const ArrayView*> values(storage_.num_fields());
+  int64_t count = 1;
+  Validate(inputs, n, batched, values.data(), &count);
+  REVERIE_CHECK(admitted == nullptr || admitted_size == count, "the admission mask has ", admitted_size,
+                " values for ", count, " items; expected one per item");
+  WriteBatch batch;
+  batch.values = values.data();
+  batch.rows = count;
+  batch.count = count;
+  std::vector<uint8_t> mask(static_cast<size_t>(count), 1);
+  if (admitted != nullptr) std::copy(admitted, admitted + count, mask.begin());
+  if (admission_) admission_->Admit(batch, mask.data());
+  std::vector<int64_t> offered;
+  for (int64_t r = 0; r < count; ++r) {
+    if (mask[static_cast<size_t>(r)] != 0) offered.push_back(r);
+  }
+  batch.offered = offered.data();
+  batch.count = static_cast<int64_t>(offered.size());
+  writer_->CheckBatch(batch);
 }
 
 int64_t Table::Add(const FieldInput* inputs, size_t n, const uint8_t* admitted, int64_t admitted_size) {

@@ -12,7 +12,17 @@ from ._episodes import EpisodeBuffer, sequence_priority
 from ._limiter import RateLimiter
 from ._minari import from_minari, to_minari
 from ._npz import from_npz, to_npz
-from ._parts import ClassBalanced, Fifo, KeepTopK, Prioritized, Reservoir, Threshold, Uniform
+from ._partitioned import Partition, PartitionedBuffer
+from ._parts import (
+    ClassBalanced,
+    Fifo,
+    KeepTopK,
+    KeyedArchive,
+    Prioritized,
+    Reservoir,
+    Threshold,
+    Uniform,
+)
 from ._spec import Field
 
 __version__ = "0.1.0"
@@ -24,8 +34,8 @@ def cuda_built() -> bool:
 
 
 __all__ = [
-    "Batch", "ClassBalanced", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK", "Prioritized",
-    "RateLimiter", "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
+    "Batch", "ClassBalanced", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
+    "KeyedArchive", "Partition", "PartitionedBuffer", "Prioritized", "RateLimiter", "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
     "cuda_built", "from_minari", "from_npz", "sequence_priority", "to_minari", "to_npz",
     "__version__",
 ]

@@ -19,16 +19,20 @@ class Batch(dict):
             when it was written), ``times_sampled`` and ``last_sampled`` (how often it had
             been sampled, and the sample call that last drew it, -1 for none: as this draw
             found it; ``get`` reports them as they are now). Else None.
+        partition: for a PartitionedBuffer, an int64 tensor [B] of each item's partition (its
+            partition key value). Else None.
     """
 
-    __slots__ = ("indices", "weights", "meta")
+    __slots__ = ("indices", "weights", "meta", "partition")
 
     def __init__(self, fields: Any, indices: torch.Tensor, weights: Optional[torch.Tensor],
-                 meta: Optional[Dict[str, torch.Tensor]] = None) -> None:
+                 meta: Optional[Dict[str, torch.Tensor]] = None,
+                 partition: Optional[torch.Tensor] = None) -> None:
         super().__init__(fields)
         self.indices = indices
         self.weights = weights
         self.meta = meta
+        self.partition = partition
 
     def __getattr__(self, name: str) -> torch.Tensor:
         try:
@@ -43,7 +47,7 @@ class Batch(dict):
         metadata stay where they are."""
         moved = {k: v.to(*args, **kwargs) for k, v in self.items()}
         weights = None if self.weights is None else self.weights.to(*args, **kwargs)
-        return Batch(moved, self.indices, weights, self.meta)
+        return Batch(moved, self.indices, weights, self.meta, self.partition)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in self.items())

@@ -33,6 +33,10 @@ def register_buffer(view: Optional[str]) -> Callable[[Type[Any]], Type[Any]]:
 
 
 def view_kind(config: Mapping[str, Any]) -> Optional[str]:
+    """The façade kind of a configuration: its view's kind, "partitions" for a partitioned
+    table, None for a plain one."""
+    if config.get("partitions") is not None:
+        return "partitions"
     view = config.get("view")
     return None if view is None else view["kind"]
 
@@ -100,6 +104,8 @@ _LIVE = {"selector": ("beta",), "admission": ("value",)}
 def fixed(config: Mapping[str, Any]) -> Dict[str, Any]:
     """The configuration without its live settings."""
     out = {k: v for k, v in config.items() if k != "rate_limiter"}
+    if isinstance(out.get("partitions"), dict):  # partitions made on first use: a fact of use
+        out["partitions"] = {k: v for k, v in out["partitions"].items() if k != "created"}
     for role, names in _LIVE.items():
         part = out.get(role)
         if isinstance(part, dict):

@@ -275,6 +275,63 @@ class ClassBalanced(Part):
         return self._per_class("offered")
 
 
+class KeyedArchive(Part):
+    """An archive of at most one item per user key, replaced only by a better one
+    (Go-Explore's cell archive, a solution cache per problem), the worst keys evicted once
+    the buffer is full.
+
+    Entries rank by (score, tiebreak, recency): a higher ``score`` is better; at equal
+    scores the better ``tiebreak`` (smaller with ``tiebreak_order="min"``, the default, e.g.
+    a trajectory length; larger with ``"max"``); at equal both the newer item. An item
+    whose key is held replaces that entry iff it ranks above it (a worse one is a no-op);
+    an item of a new key takes a free slot, or once full replaces the lowest-ranked entry
+    iff it ranks above it (that entry's key leaves the archive). ``extend`` returns how
+    many items were stored. O(1) expected per offered item for the key lookup, plus
+    O(log capacity) for an item that enters. NaN scores are refused. Not with
+    ``max_times_sampled``.
+
+    Args:
+        key: an integer scalar field (a cell id, a problem id).
+        score: a numeric scalar field.
+        tiebreak: a numeric scalar field ranking equal scores, or None.
+        tiebreak_order: ``"min"`` or ``"max"``: which tiebreak value wins.
+
+    ``buf.writer.lookup(user_keys)`` gives the buffer keys held for those user keys (-1:
+    none), for ``buf.get``; ``len(buf)`` is the number of keys held.
+    """
+
+    role = "writer"
+    kind = "keyed_archive"
+
+    def __init__(self, key: str, score: str, tiebreak: Optional[str] = None,
+                 tiebreak_order: str = "min") -> None:
+        super().__init__()
+        for name, value in (("key", key), ("score", score)):
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"{name} must be a field name, got {value!r}")
+        if tiebreak is not None and (not isinstance(tiebreak, str) or not tiebreak):
+            raise TypeError(f"tiebreak must be a field name or None, got {tiebreak!r}")
+        if tiebreak_order not in ("min", "max"):
+            raise ValueError(f"tiebreak_order must be 'min' (the smaller wins) or 'max', got {tiebreak_order!r}")
+        self.key, self.score, self.tiebreak, self.tiebreak_order = key, score, tiebreak, tiebreak_order
+
+    def settings(self) -> Dict[str, Any]:
+        return {"key": self.key, "score": self.score, "tiebreak": self.tiebreak,
+                "tiebreak_order": self.tiebreak_order}
+
+    def lookup(self, user_keys: Any) -> Any:
+        """The buffer keys of the entries held for ``user_keys`` (an int64 tensor, -1 where a
+        user key holds nothing), e.g. ``buf.get(keys[keys >= 0])``."""
+        import numpy as np
+        import torch
+
+        arr = np.asarray(user_keys.numpy() if hasattr(user_keys, "numpy") else user_keys)
+        arr = arr.reshape(-1)
+        if self._core is None:
+            return torch.full((arr.size,), -1, dtype=torch.int64)
+        return torch.from_numpy(self._core.lookup(arr))
+
+
 # ---- admission rules ------------------------------------------------------------------------
 
 
@@ -340,7 +397,7 @@ def policy(sampler: Optional[Part], writer: Optional[Part], admit: Admit,
     callable, max_times_sampled). Which combinations the table accepts is the core's to say."""
     sampler = _given(sampler, "sampler", "selector", Uniform(), "Uniform or Prioritized")
     writer = _given(writer, "writer", "writer", Fifo(),
-                    "Fifo(), Reservoir(), KeepTopK(score=...) or ClassBalanced(label=...)")
+                    "Fifo(), Reservoir(), KeepTopK(score=...), ClassBalanced(label=...) or KeyedArchive(...)")
     admit_fn: Optional[Callable[..., Any]] = None
     if admit is not None and not isinstance(admit, Part):
         if not callable(admit):

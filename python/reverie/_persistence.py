@@ -22,7 +22,7 @@ from typing import (
 )
 
 from . import _checkpoint, _state
-from ._config import buffer_class, differences, spec_of
+from ._config import buffer_class, differences, parse, spec_of
 from ._limiter import RateLimiter
 from ._parts import Part
 from ._spec import Field
@@ -92,7 +92,7 @@ def config_now(buf: "ReplayBuffer") -> Dict[str, Any]:
     """The configuration with the live settings as they are now (what a save keeps)."""
     if buf._table is None:
         return buf._config({})
-    config = dict(buf._table.config)
+    config = parse(buf._core.config_json, "table")  # as now (a partitioned table's grows)
     config["selector"] = buf._sampler.config()
     if buf._admit is not None:
         config["admission"] = buf._admit.config()

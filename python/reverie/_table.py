@@ -42,17 +42,22 @@ class Table:
         self.bf16 = [i for i, f in enumerate(self.spec.values()) if f.dtype == "bfloat16"]
         self.meta = bool(self.config.get("metadata"))
         self.capacity = int(self.config["capacity"])
+        self.partitioned = self.config.get("partitions") is not None
         self._columns: Optional[Dict[str, torch.Tensor]] = None
 
     @classmethod
     def create(cls, config: Mapping[str, Any], storage: str = "memory", name: str = "") -> "Table":
         """A new table (or, for ``storage="file"``, the table in that file when it exists)."""
+        if config.get("partitions") is not None:
+            return cls(_core.PartitionedTable(dict(config), storage, name))
         return cls(_core.Table(dict(config), storage, name))
 
     @staticmethod
     def stored_config(storage: str, name: str) -> Dict[str, Any]:
         """The configuration of an existing shared segment (``"attach_shared"``) or table file
         (``"file"``)."""
+        if _core.PartitionedTable.holds(storage, name):
+            return parse(_core.PartitionedTable.stored_config(storage, name), name)
         return parse(_core.Table.stored_config(storage, name), name)
 
     # ---- reading ------------------------------------------------------------------------
@@ -73,17 +78,19 @@ class Table:
             return None
         return {name: torch.from_numpy(meta[name]) for name in META_FIELDS}
 
-    def sample(self, batch_size: int, out: Optional[List[torch.Tensor]] = None) -> Batch:
+    def sample(self, batch_size: int, out: Optional[List[torch.Tensor]] = None,
+               mixture: Optional[List[float]] = None) -> Batch:
         core = self.core
-        if out is None:
-            arrays, keys, weights, meta = core.sample(batch_size, None, self.meta)
-            fields: Any = self.tensors(arrays, self.names)
+        addresses = None if out is None else [t.data_ptr() for t in out]
+        partition = None
+        if self.partitioned:
+            arrays, keys, weights, meta, partition = core.sample(batch_size, addresses, self.meta, mixture)
         else:
-            _, keys, weights, meta = core.sample(batch_size, [t.data_ptr() for t in out], self.meta)
-            fields = zip(self.names, out)
+            arrays, keys, weights, meta = core.sample(batch_size, addresses, self.meta)
+        fields: Any = self.tensors(arrays, self.names) if out is None else zip(self.names, out)
         return Batch(fields, torch.from_numpy(keys),
                      None if weights is None else torch.from_numpy(weights),
-                     self.meta_tensors(meta))
+                     self.meta_tensors(meta), None if partition is None else torch.from_numpy(partition))
 
     def check_out(self, out: Mapping[str, torch.Tensor], batch_size: int) -> List[torch.Tensor]:
         """The ``out=`` tensors of a sample, in field order, checked against the spec."""
@@ -106,12 +113,17 @@ class Table:
         return tensors
 
     def get(self, keys: np.ndarray) -> Batch:
-        arrays, stored, meta = self.core.get(keys, self.meta)
+        got = self.core.get(keys, self.meta)
+        arrays, stored, meta = got[:3]
+        partition = torch.from_numpy(got[3]) if self.partitioned else None
         return Batch(self.tensors(arrays, self.names), torch.from_numpy(stored), None,
-                     self.meta_tensors(meta))
+                     self.meta_tensors(meta), partition)
 
     def columns(self) -> Dict[str, torch.Tensor]:
         """Zero-copy views {name: tensor [capacity, *shape]} of the storage."""
+        if self.partitioned:
+            raise ValueError("a partitioned buffer has no single storage to view: each partition "
+                             "is a table of its own (read items with get(keys))")
         if self._columns is None:
             cols = {}
             for i, (name, field) in enumerate(self.spec.items()):

@@ -8,6 +8,7 @@
 // hands it the next free slot, and records what was placed.
 #pragma once
 
+#include <atomic>
 #include <string>
 
 #include "reverie/writer.h"
@@ -26,7 +27,10 @@ class LockedWriter : public Writer {
 
   int64_t Place(const WriteBatch& batch, const Ring& stamps, int64_t first_insertion,
                 int64_t* slots) final;
+  void CheckBatch(const WriteBatch& batch) const final { Check(batch); }
   void OnRemove(int64_t slot) override;
+  int64_t held() const override { return sizes_->held.load(std::memory_order_acquire); }
+  int64_t filled() const override { return sizes_->filled.load(std::memory_order_acquire); }
   void InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, const Ring& stamps) const override;
   bool WasWritten(int64_t key, const Ring& stamps) const override;
   // Sorted by insertion number. O(capacity log capacity).
@@ -66,9 +70,16 @@ class LockedWriter : public Writer {
     int64_t filled;    // slots [0, filled) have been written at least once
     int64_t freed;     // entries on the free stack
   };
+  // Copies of the occupancy for samplers, which read them without the lock (an item that
+  // replaces another in its slot, as an archive's better entry does, changes neither).
+  struct Sizes {
+    std::atomic<int64_t> held;
+    std::atomic<int64_t> filled;
+  };
   std::string name_;
   int64_t capacity_;
   Counters* counters_ = nullptr;
+  Sizes* sizes_ = nullptr;
   int64_t* insertion_ = nullptr;  // [capacity] the occupant's insertion number
   int64_t* free_ = nullptr;       // [capacity] freed slots, a stack of `freed` entries
 };

@@ -78,6 +78,8 @@ class PrioritizedSelector final : public Selector {
   // The leaf becomes 0 (never drawn). O(depth).
   void OnRemove(int64_t slot) override;
   double ScoreOf(int64_t slot) const override { return StoredPriority(slot); }
+  double MinPriority() const override;
+  double beta() const override { return state_->beta.load(std::memory_order_relaxed); }
 
   // alpha and eps as constructed; beta as now.
   PrioritizedConfig config() const;

@@ -48,6 +48,12 @@ class Region {
   const std::string& name() const { return name_; }
   // Removes the segment's name (mappings stay valid). Creator only; idempotent.
   void Unlink();
+  // This object no longer unlinks the segment (another object owns its name's lifetime).
+  void Disown() { owner_pid_ = 0; }
+  // Whether this object (in this process) would unlink the segment.
+  bool owns() const;
+  // Removes the name of segment /dev/shm/<name>, whoever made it (no error when missing).
+  static void UnlinkShared(const std::string& name);
   // Writes a file-backed region's dirty pages to its file and waits for it (msync); no-op
   // for other regions.
   void Flush();

@@ -94,6 +94,10 @@ class Selector : public Part {
   virtual void UpdatePriorities(const int64_t* slots, const double* priorities, int64_t n);
   // The value a score index ordering by priority sees for `slot` (its q), or 0.
   virtual double ScoreOf(int64_t /*slot*/) const { return 0.0; }
+  // The smallest positive priority q held (0: none, or not prioritized), and the importance
+  // exponent beta: for weights computed across several tables (partitioned_table.h).
+  virtual double MinPriority() const { return 0.0; }
+  virtual double beta() const { return 0.0; }
 };
 
 }  // namespace reverie

@@ -74,7 +74,18 @@ struct BatchMeta {
 
 struct TableHeader;  // the region's first bytes: counters, locks, limiter
 
-class Table {
+// What add / extend write into: a table, or a partitioned table (partitioned_table.h). The
+// bindings' fast write path holds one of these.
+class WriteSink {
+ public:
+  virtual ~WriteSink() = default;
+  virtual int64_t Add(const FieldInput* inputs, size_t n, const uint8_t* admitted = nullptr,
+                      int64_t admitted_size = 0) = 0;
+  virtual int64_t Extend(const FieldInput* inputs, size_t n, const uint8_t* admitted = nullptr,
+                         int64_t admitted_size = 0) = 0;
+};
+
+class Table : public WriteSink {
  public:
   // The table's configuration (config.h), a map:
   //   "capacity": int >= 1 (<= 2^40), "spec": [[name, dtype, [dims...]], ...],
@@ -87,7 +98,7 @@ class Table {
   // configuration (attach and reopen compare the fingerprint of the settings that fix its
   // layout and meaning; live settings such as beta are the region's).
   Table(const ConfigValue& config, const StorageConfig& storage);
-  ~Table();
+  ~Table() override;
   Table(const Table&) = delete;
   Table& operator=(const Table&) = delete;
 
@@ -104,9 +115,24 @@ class Table {
   // are written (the others count as written and overwritten).
   // `admitted_size` must equal the number of input rows when `admitted` is given.
   int64_t Add(const FieldInput* inputs, size_t n, const uint8_t* admitted = nullptr,
-              int64_t admitted_size = 0);
+              int64_t admitted_size = 0) override;
   int64_t Extend(const FieldInput* inputs, size_t n, const uint8_t* admitted = nullptr,
-                 int64_t admitted_size = 0);
+                 int64_t admitted_size = 0) override;
+
+  // Checks a write's fields against `spec` (envs: an episode table's num_envs, else 0) as
+  // Add / Extend do, without writing: values[f] (spec order) gets each field's value,
+  // *leading the batch's rows. Throws ValueError / TypeError as they do.
+  static void ValidateRows(const std::vector<FieldSpec>& spec, int64_t envs, const FieldInput* inputs,
+                           size_t n, bool batched, const ArrayView** values, int64_t* leading);
+  // Everything Add / Extend check before storing (fields, the mask, the admission rule, the
+  // writer's own check of the items it would be offered), without storing. Throws as they do.
+  void Precheck(const FieldInput* inputs, size_t n, bool batched, const uint8_t* admitted,
+                int64_t admitted_size) const;
+  // The validation of UpdateFields for n keys, without changing anything.
+  void CheckFieldUpdate(int64_t n, const FieldInput* inputs, size_t count) const;
+  // Throws IndexError (naming position `position`) unless `key` names an item this table
+  // ever stored (stored now, or since replaced). O(1).
+  void CheckKey(int64_t key, int64_t position) const;
 
   // ---- Reading ----
   // Draws `batch` items and writes, for each field f (spec order), the rows into out[f]
@@ -143,6 +169,10 @@ class Table {
   // The episode view, or null.
   EpisodeView* episodes() { return view_.get(); }
   const EpisodeView* episodes() const { return view_.get(); }
+
+  // keys[i] = the key of the item held for user key user_keys[i] by a keyed writer (its key
+  // field; keyed_archive), -1 when none. ValueError for a writer without user keys. O(n).
+  void Lookup(const int64_t* user_keys, int64_t n, int64_t* keys);
 
   // ---- Keys (key.h): the one decoder the layers above use ----
   const KeyCodec& codec() const { return ring_.codec(); }
@@ -185,6 +215,7 @@ class Table {
   void Flush() { region_.Flush(); }
   const std::string& shared_name() const { return region_.name(); }
   void Unlink() { region_.Unlink(); }  // removes the shared-memory name now (creator only)
+  void Disown() { region_.Disown(); }  // the name outlives this process (a partition's)
 
   // Live settings of the part playing `role` ("selector", "admission", "writer"), under
   // the writer lock (part.h). ValueError for a table without that part or an unknown name.
@@ -280,6 +311,9 @@ class Table {
   std::function<void()> poll_;
   std::atomic<int> skip_quiet_{0};  // sample calls left that skip the quiet path (a hint)
   static constexpr int kAdviseCalls = 64;
+  // Copies a sample or get starts over (a change met while copying) before it takes the
+  // writer lock for the next try.
+  static constexpr int kAttemptsBeforeLock = 8;
   std::atomic<int> advise_left_{kAdviseCalls};  // file-backed: calls left that advise reads
 };
 

@@ -48,13 +48,24 @@ class Writer : public Part {
   // writer cannot rank (a NaN score). O(count) plus the writer's own cost per item.
   virtual int64_t Place(const WriteBatch& batch, const Ring& stamps, int64_t first_insertion,
                         int64_t* slots);
+  // Checks offered items as Place would before deciding (ValueError for what the writer
+  // cannot rank, e.g. a NaN score), changing nothing. Default: nothing to check.
+  virtual void CheckBatch(const WriteBatch& /*batch*/) const {}
   // Under the writer lock: `slot` no longer holds an item (a remover took it); it becomes
   // free for the next offered item.
   virtual void OnRemove(int64_t /*slot*/) {}
   // Under the writer lock: the selector's score of `slot` changed (KeepTopK by priority).
   virtual void OnScore(int64_t /*slot*/, double /*score*/) {}
+  // Items held now, and how many slots (from 0) have ever been written: what samplers draw
+  // from. Read without the writer lock. -1: the ring's counts apply (the FIFO writer).
+  virtual int64_t held() const { return -1; }
+  virtual int64_t filled() const { return -1; }
   // Whether OnScore is wanted (a score index by priority).
   virtual bool scores_by_priority() const { return false; }
+
+  // slots[i] = the slot holding the item of user key user_keys[i] (a keyed writer's own
+  // key field), -1 when none. Writer lock held. Default: ValueError (no user keys).
+  virtual void Lookup(const int64_t* user_keys, int64_t n, int64_t* slots) const;
 
   // The insertion number (stored items counted from 0) of the item each key names (out[i]),
   // -1 for a key that names nothing this table ever stored. Writer lock held for the locked

@@ -1,0 +1,264 @@
+// pybind11 glue for reverie._core.PartitionedTable: converts arguments while holding the GIL,
+// releases it around every call into the core, and allocates the arrays a call fills. The
+// same method names as _core.Table where the meaning is the same. No engine logic.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "convert.h"
+#include "reverie/partitioned_table.h"
+
+namespace reverie_py {
+
+using namespace reverie;
+
+namespace {
+
+py::list NewArrays(const PartitionedTable& table, int64_t n, std::vector<uint8_t*>* dst) {
+  py::list arrays;
+  for (const FieldSpec& f : table.spec()) {
+    std::vector<py::ssize_t> shape{n};
+    shape.insert(shape.end(), f.shape.begin(), f.shape.end());
+    py::array a(NumpyDType(f.dtype), shape);
+    dst->push_back(static_cast<uint8_t*>(a.mutable_data()));
+    arrays.append(std::move(a));
+  }
+  return arrays;
+}
+
+py::object Meta(int64_t n, bool wanted, BatchMeta* meta) {
+  if (!wanted) return py::none();
+  py::dict out;
+  const std::pair<const char*, int64_t**> fields[] = {{"inserted", &meta->inserted}, {"version", &meta->version},
+                                                     {"times_sampled", &meta->times_sampled},
+                                                     {"last_sampled", &meta->last_sampled}};
+  for (const auto& [name, ptr] : fields) {
+    py::array_t<int64_t> a(n);
+    *ptr = a.mutable_data();
+    out[name] = std::move(a);
+  }
+  return std::move(out);
+}
+
+bool AnyPrioritized(PartitionedTable& table) {
+  for (int64_t p = 0; p < table.count(); ++p) {
+    if (table.partition(p).selector().prioritized()) return true;
+  }
+  return false;
+}
+
+py::array StateView(py::object owner, const StateArray& a) {
+  const std::string dtype = a.dtype == "bfloat16" ? "int16" : a.dtype;
+  std::vector<py::ssize_t> shape(a.shape.begin(), a.shape.end());
+  return py::array(py::dtype(dtype), shape, a.data, owner);
+}
+
+}  // namespace
+
+void BindPartitionedTable(py::module_& m) {
+  py::class_<PartitionedTable, WriteSink>(m, "PartitionedTable")
+      .def(py::init([](py::dict config, const std::string& storage, const std::string& name) {
+             const ConfigValue c = ConfigFromPython(config, "config");
+             const StorageConfig st = MakeStorage(storage, name);
+             std::unique_ptr<PartitionedTable> table;
+             {
+               py::gil_scoped_release release;
+               table = std::make_unique<PartitionedTable>(c, st);
+             }
+             table->set_wait_poll([] {
+               py::gil_scoped_acquire gil;
+               if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+             });
+             return table;
+           }),
+           py::arg("config"), py::arg("storage") = "memory", py::arg("name") = "")
+      .def_static("stored_config", [](const std::string& storage, const std::string& name) {
+        return PartitionedTable::StoredConfig(MakeStorage(storage, name));
+      }, py::arg("storage"), py::arg("name"))
+      .def_static("holds", [](const std::string& storage, const std::string& name) {
+        return PartitionedTable::Holds(MakeStorage(storage, name));
+      }, py::arg("storage"), py::arg("name"), "Whether the segment or file holds a partitioned table.")
+      .def("sample", [](PartitionedTable& table, int64_t batch, const std::optional<std::vector<uintptr_t>>& out,
+                        bool meta, const std::optional<std::vector<double>>& mixture) {
+        if (batch <= 0) throw std::invalid_argument("batch_size must be > 0, got " + std::to_string(batch));
+        std::vector<uint8_t*> dst;
+        py::list arrays;
+        if (out) {
+          if (out->size() != table.spec().size()) throw std::invalid_argument("one output per field expected");
+          for (uintptr_t p : *out) dst.push_back(reinterpret_cast<uint8_t*>(p));
+        } else {
+          arrays = NewArrays(table, batch, &dst);
+        }
+        py::array_t<int64_t> keys(batch), partition(batch);
+        py::object weights = py::none();
+        float* w = nullptr;
+        if (AnyPrioritized(table)) {
+          py::array_t<float> a(batch);
+          w = a.mutable_data();
+          weights = std::move(a);
+        }
+        BatchMeta bm;
+        py::object meta_out = Meta(batch, meta, &bm);
+        int64_t* k = keys.mutable_data();
+        int64_t* part = partition.mutable_data();
+        {
+          py::gil_scoped_release release;
+          table.Sample(batch, dst.data(), k, w, part, meta ? &bm : nullptr, mixture ? mixture->data() : nullptr,
+                       mixture ? static_cast<int64_t>(mixture->size()) : 0);
+        }
+        return py::make_tuple(std::move(arrays), std::move(keys), std::move(weights), std::move(meta_out),
+                              std::move(partition));
+      }, py::arg("batch"), py::arg("out") = py::none(), py::arg("meta") = false, py::arg("mixture") = py::none())
+      .def("get", [](PartitionedTable& table, const py::array& keys, bool meta) {
+        const auto k = KeyArray(keys);
+        const int64_t n = k.size();
+        std::vector<uint8_t*> dst;
+        py::list arrays = NewArrays(table, n, &dst);
+        py::array_t<int64_t> partition(n);
+        BatchMeta bm;
+        py::object meta_out = Meta(n, meta, &bm);
+        int64_t* part = partition.mutable_data();
+        {
+          py::gil_scoped_release release;
+          table.Get(k.data(), n, dst.data(), part, meta ? &bm : nullptr);
+        }
+        return py::make_tuple(std::move(arrays), py::array_t<int64_t>(n, k.data()), std::move(meta_out),
+                              std::move(partition));
+      }, py::arg("keys"), py::arg("meta") = false)
+      .def("extend_masked", [](PartitionedTable& table, const py::array& mask, py::kwargs fields) {
+        if (mask.dtype().kind() != 'b' || mask.ndim() != 1) ThrowType("the admission mask must be a 1-D bool array");
+        const auto mk = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(mask);
+        Inputs in(fields.size());
+        size_t i = 0;
+        for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
+        py::gil_scoped_release release;
+        return table.Extend(in.fields(), in.count, mk.data(), mk.size());
+      }, py::arg("mask"))
+      .def("update_priorities", [](PartitionedTable& table, const py::array& keys, const py::array& priorities) {
+        const char kk = keys.dtype().kind(), pk = priorities.dtype().kind();
+        if (kk != 'i' && kk != 'u') ThrowType("indices must be integers, got dtype " + std::string(py::str(keys.dtype())));
+        if (pk != 'f' && pk != 'i' && pk != 'u') ThrowType("priorities must be numbers, got dtype " + std::string(py::str(priorities.dtype())));
+        if (keys.ndim() != 1 || priorities.ndim() != 1 || keys.shape(0) != priorities.shape(0)) {
+          throw std::invalid_argument("indices and priorities must be 1-D and of one length");
+        }
+        const auto k = Int64Array::ensure(keys);
+        const auto p = DoubleArray::ensure(priorities);
+        py::gil_scoped_release release;
+        return table.UpdatePriorities(k.data(), p.data(), k.shape(0));
+      })
+      .def("update_fields", [](PartitionedTable& table, const py::array& keys, py::kwargs fields) {
+        const auto k = KeyArray(keys);
+        Inputs in(fields.size());
+        size_t i = 0;
+        for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
+        py::gil_scoped_release release;
+        return table.UpdateFields(k.data(), k.size(), in.fields(), in.count);
+      }, py::arg("keys"))
+      .def("lookup", [](PartitionedTable& table, const py::array& user_keys) {
+        const auto k = KeyArray(user_keys);
+        py::array_t<int64_t> out(k.size());
+        int64_t* o = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          table.Lookup(k.data(), k.size(), o);
+        }
+        return out;
+      }, py::arg("user_keys"))
+      .def("set_mixture", [](PartitionedTable& table, const std::map<int64_t, double>& weights) {
+        table.SetMixture(weights);
+      }, py::arg("weights"))
+      .def("clear_mixture", &PartitionedTable::ClearMixture)
+      .def_property_readonly("mixture", &PartitionedTable::Mixture)
+      .def_property_readonly("mode", &PartitionedTable::mode)
+      .def_property_readonly("values", [](PartitionedTable& table) {
+        std::vector<int64_t> out;
+        for (int64_t p = 0; p < table.count(); ++p) out.push_back(table.value(p));
+        return out;
+      }, "The partition key value of each partition, in partition order.")
+      .def("partition_sizes", [](PartitionedTable& table) {
+        std::vector<int64_t> out;
+        for (int64_t p = 0; p < table.count(); ++p) out.push_back(table.partition(p).size());
+        return out;
+      })
+      .def("stored_keys", [](PartitionedTable& table) {
+        std::vector<int64_t> keys;
+        {
+          py::gil_scoped_release release;
+          keys = table.StoredKeys();
+        }
+        return py::array_t<int64_t>(static_cast<py::ssize_t>(keys.size()), keys.data());
+      })
+      .def("slots_of", [](PartitionedTable& table, const py::array& keys) {
+        const auto k = KeyArray(keys);
+        py::array_t<int64_t> slots(k.size());
+        table.SlotsOf(k.data(), slots.mutable_data(), k.size());
+        return slots;
+      })
+      .def_property_readonly("capacity", &PartitionedTable::capacity)
+      .def_property_readonly("written", &PartitionedTable::written)
+      .def_property_readonly("claimed", &PartitionedTable::written)
+      .def_property_readonly("size", &PartitionedTable::size)
+      .def_property_readonly("stale_updates", &PartitionedTable::stale_updates)
+      .def_property_readonly("sample_calls", &PartitionedTable::sample_calls)
+      .def_property_readonly("seed", &PartitionedTable::seed)
+      .def_property_readonly("config_json", &PartitionedTable::config_json)
+      .def_property("version", &PartitionedTable::version, &PartitionedTable::set_version)
+      .def_property_readonly("prioritized", [](PartitionedTable& table) { return AnyPrioritized(table); })
+      .def_property_readonly("shared_name", [](const PartitionedTable& table) -> py::object {
+        if (!table.shared()) return py::none();
+        return py::str(table.shared_name());
+      })
+      .def_property_readonly("reopened", &PartitionedTable::reopened)
+      .def("unlink", &PartitionedTable::Unlink)
+      .def("flush", &PartitionedTable::Flush, py::call_guard<py::gil_scoped_release>())
+      .def("set_live", [](PartitionedTable& table, const std::string& role, const std::string& name, py::handle value) {
+        const ConfigValue v = ConfigFromPython(value, name);
+        py::gil_scoped_release release;
+        table.SetLive(role, name, v);
+      }, py::arg("role"), py::arg("name"), py::arg("value"))
+      .def("live", [](PartitionedTable& table, const std::string& role) { return ConfigToPython(table.Live(role)); })
+      .def("configure_rate_limiter", [](PartitionedTable& table, bool enabled, int64_t min_size, double spi,
+                                        double tolerance, double timeout) {
+        table.rate_limiter().Configure(RateLimitConfig{enabled, min_size, spi, tolerance, timeout});
+      })
+      .def("rate_limiter_config", [](PartitionedTable& table) {
+        const RateLimitConfig c = table.rate_limiter().config();
+        return py::make_tuple(c.enabled, c.min_size, c.samples_per_insert, c.tolerance, c.timeout);
+      })
+      .def_property_readonly("sampled", [](PartitionedTable& table) { return table.rate_limiter().sampled(); })
+      .def("can_sample", [](PartitionedTable& table) { return table.rate_limiter().CanSample(); })
+      .def("can_insert", [](PartitionedTable& table) { return table.rate_limiter().CanInsert(); })
+      .def("state_arrays", [](py::object self) {
+        auto& table = self.cast<PartitionedTable&>();
+        py::list out;
+        for (const StateArray& a : table.StateArrays()) {
+          out.append(py::make_tuple(a.name, a.dtype, py::tuple(py::cast(a.shape)), a.per_slot, StateView(self, a)));
+        }
+        return out;
+      })
+      .def("scalars", [](PartitionedTable& table) { return ConfigToPython(table.Scalars()); })
+      .def("snapshot", [](PartitionedTable& table, const std::vector<std::string>& names) {
+        std::vector<std::vector<uint8_t>> copies;
+        ConfigValue scalars;
+        {
+          py::gil_scoped_release release;
+          scalars = table.Scalars(names, &copies);
+        }
+        py::list arrays;
+        for (const auto& c : copies) arrays.append(py::bytes(reinterpret_cast<const char*>(c.data()), c.size()));
+        return py::make_tuple(std::move(arrays), ConfigToPython(scalars));
+      }, py::arg("names"))
+      .def("restore", [](PartitionedTable& table, py::dict scalars) {
+        const ConfigValue s = ConfigFromPython(scalars, "state");
+        py::gil_scoped_release release;
+        table.Restore(s);
+      });
+}
+
+}  // namespace reverie_py
