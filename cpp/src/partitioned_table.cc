@@ -848,37 +848,36 @@ void PartitionedTable::SlotsOf(const int64_t* keys, int64_t* slots, int64_t n) {
 
 void PartitionedTable::SetLive(const std::string& role, const std::string& name, const ConfigValue& value) {
   Sync();
-  bool any = false;
-  std::string last_error;
-  // Checked on every partition that has the part before any changes.
+  // Every partition whose part in that role has the setting (a beta reaches the prioritized
+  // partitions, not the uniform ones); an error when none has it.
+  std::vector<Table*> with;
   for (int64_t p = 0; p < local_.load(); ++p) {
+    Table& t = *parts_[static_cast<size_t>(p)];
     try {
-      (void)parts_[static_cast<size_t>(p)]->Live(role);
-      any = true;
-    } catch (const std::invalid_argument& e) {
-      last_error = e.what();
-    }
-  }
-  REVERIE_CHECK(any, last_error.empty() ? "no partition to set '" + name + "' in" : last_error);
-  for (int64_t p = 0; p < local_.load(); ++p) {
-    try {
-      (void)parts_[static_cast<size_t>(p)]->Live(role);
+      if (t.Live(role).Has(name)) with.push_back(&t);
     } catch (const std::invalid_argument&) {
-      continue;
     }
-    parts_[static_cast<size_t>(p)]->SetLive(role, name, value);
   }
+  REVERIE_CHECK(!with.empty(), "no partition's ", role, " has a live setting '", name, "'");
+  for (Table* t : with) t->SetLive(role, name, value);
 }
 
 ConfigValue PartitionedTable::Live(const std::string& role) {
+  // The first partition's whose part in that role has live settings (else the first's).
   Sync();
+  ConfigValue first;
+  bool any = false;
   for (int64_t p = 0; p < local_.load(); ++p) {
     try {
-      return parts_[static_cast<size_t>(p)]->Live(role);
+      ConfigValue live = parts_[static_cast<size_t>(p)]->Live(role);
+      if (!live.AsMap("live settings").empty()) return live;
+      if (!any) first = live;
+      any = true;
     } catch (const std::invalid_argument&) {
     }
   }
-  throw std::invalid_argument(internal::Concat("no partition of this buffer has a ", role));
+  REVERIE_CHECK(any, "no partition of this buffer has a ", role);
+  return first;
 }
 
 // ---- State ----------------------------------------------------------------------------------

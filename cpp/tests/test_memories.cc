@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "buffer_helpers.h"
 #include "harness.h"
 #include "reverie/class_balanced.h"
+#include "reverie/partitioned_table.h"
 #include "reverie/table.h"
 
 using namespace reverie;
@@ -268,4 +270,144 @@ TEST(ClassBalancedRefusesAClassBeyondMaxClassesChangingNothing) {
   CHECK_THROWS(OfferLabels(t, 3, {1, 5}), std::invalid_argument);
   CHECK(t.StoredKeys() == keys);
   CHECK(t.written() == 3);
+}
+
+// ======== Partitioned table (partitioned_table.h) ===========================================
+
+namespace {
+
+ConfigValue PartitionedConfig(const char* mode, int64_t max, const char* selector = "uniform") {
+  ConfigValue c = TableConfig(64, LabelSpec(), SamplerConfig{}, 5, {}, ConfigValue());
+  ConfigValue sel = ConfigValue::MakeMap();
+  sel.Set("kind", ConfigValue::String(selector));
+  if (std::string(selector) == "prioritized") {
+    sel.Set("alpha", ConfigValue::Double(1.0));
+    sel.Set("beta", ConfigValue::Double(0.5));
+    sel.Set("eps", ConfigValue::Double(0.0));
+  }
+  c.Set("selector", sel);
+  ConfigValue parts = ConfigValue::MakeMap();
+  parts.Set("key", ConfigValue::String("y"));
+  parts.Set("max", ConfigValue::Int(max));
+  parts.Set("mode", ConfigValue::String(mode));
+  c.Set("partitions", parts);
+  return c;
+}
+
+int64_t OfferTo(WriteSink& t, int64_t first_id, const std::vector<int32_t>& labels) {
+  const auto n = static_cast<int64_t>(labels.size());
+  std::vector<int64_t> ids(labels.size());
+  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = first_id + i;
+  const std::array<FieldInput, 2> in = {MakeInput("id", ids.data(), DType::kInt64, {}, n),
+                                        MakeInput("y", labels.data(), DType::kInt32, {}, n)};
+  return t.Extend(in.data(), in.size());
+}
+
+}  // namespace
+
+TEST(PartitionedExactCountsAndKeysThatCarryThePartition) {
+  PartitionedTable t(PartitionedConfig("exact", 8), {});
+  std::vector<int32_t> labels;
+  for (int i = 0; i < 90; ++i) labels.push_back(i % 3 + 4);  // values 4, 5, 6
+  CHECK(OfferTo(t, 0, labels) == 90);
+  CHECK(t.count() == 3 && t.value(0) == 4 && t.size() == 90);
+  t.SetMixture({{4, 1.0}, {5, 2.0}, {6, 1.0}});
+  std::vector<int64_t> id(10), keys(10), part(10);
+  std::vector<int32_t> y(10);
+  std::array<uint8_t*, 2> out = {reinterpret_cast<uint8_t*>(id.data()), reinterpret_cast<uint8_t*>(y.data())};
+  t.Sample(10, out.data(), keys.data(), nullptr, part.data(), nullptr, nullptr, 0);
+  // 10 * (1/4, 2/4, 1/4) = 2.5, 5, 2.5: the remainders tie, the earlier partition wins.
+  CHECK((std::vector<int64_t>(part.begin(), part.end()) == std::vector<int64_t>{4, 4, 4, 5, 5, 5, 5, 5, 6, 6}));
+  for (size_t i = 0; i < 10; ++i) CHECK(y[i] == part[i]);
+  std::vector<int64_t> id2(10), part2(10);
+  std::vector<int32_t> y2(10);
+  std::array<uint8_t*, 2> out2 = {reinterpret_cast<uint8_t*>(id2.data()), reinterpret_cast<uint8_t*>(y2.data())};
+  t.Get(keys.data(), 10, out2.data(), part2.data(), nullptr);
+  CHECK(id2 == id && part2 == part);
+  const std::vector<int64_t> bad = {keys[0], int64_t{7} << 40};
+  CHECK_THROWS(t.Get(bad.data(), 2, out2.data(), nullptr, nullptr), std::out_of_range);
+}
+
+TEST(PartitionedRestoreContinuesExactly) {
+  const ConfigValue config = PartitionedConfig("stochastic", 6, "prioritized");
+  PartitionedTable a(config, {});
+  std::vector<int32_t> labels;
+  for (int i = 0; i < 200; ++i) labels.push_back((i * 7) % 5);
+  OfferTo(a, 0, labels);
+  a.SetMixture({{0, 1.0}, {1, 1.0}, {2, 3.0}, {3, 0.5}, {4, 1.0}});
+  // A table built from the configuration with a's partitions listed, given a's state.
+  ConfigValue listed = config;
+  ConfigValue parts = config.Get("partitions");
+  ConfigValue created = ConfigValue::MakeList();
+  for (int64_t p = 0; p < a.count(); ++p) created.Append(ConfigValue::Int(a.value(p)));
+  parts.Set("created", created);
+  listed.Set("partitions", parts);
+  PartitionedTable b(listed, {});
+  for (const StateArray& from : a.StateArrays()) {
+    for (const StateArray& to : b.StateArrays()) {
+      if (to.name == from.name) std::memcpy(to.data, from.data, from.bytes());
+    }
+  }
+  b.Restore(a.Scalars());
+  for (int round = 0; round < 40; ++round) {
+    std::vector<int64_t> ka(16), kb(16), ia(16), ib(16), pa(16), pb(16);
+    std::vector<int32_t> ya(16), yb(16);
+    std::vector<float> wa(16), wb(16);
+    std::array<uint8_t*, 2> oa = {reinterpret_cast<uint8_t*>(ia.data()), reinterpret_cast<uint8_t*>(ya.data())};
+    std::array<uint8_t*, 2> ob = {reinterpret_cast<uint8_t*>(ib.data()), reinterpret_cast<uint8_t*>(yb.data())};
+    a.Sample(16, oa.data(), ka.data(), wa.data(), pa.data(), nullptr, nullptr, 0);
+    b.Sample(16, ob.data(), kb.data(), wb.data(), pb.data(), nullptr, nullptr, 0);
+    CHECK(ka == kb && pa == pb && wa == wb);
+    std::vector<double> p(16);
+    for (size_t i = 0; i < 16; ++i) p[i] = 0.5 + static_cast<double>((ia[i] + round) % 4);
+    CHECK(a.UpdatePriorities(ka.data(), p.data(), 16) == b.UpdatePriorities(kb.data(), p.data(), 16));
+    const std::vector<int32_t> more = {static_cast<int32_t>(round % 5), 2, 3};
+    CHECK(OfferTo(a, 1000 + round * 3, more) == OfferTo(b, 1000 + round * 3, more));
+  }
+}
+
+// Writers making partitions, samplers and a mixture setter at once: every batch is whole
+// (its items' labels are their partitions) and nothing is lost.
+TEST(PartitionedConcurrentWritersSamplersAndMixture) {
+  PartitionedTable t(PartitionedConfig("exact", 16), {});
+  OfferTo(t, 0, {0, 1});
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> bad{0}, samples{0};
+  FinishWithin("partitioned concurrency", 120, [&] {
+    std::vector<std::thread> threads;
+    for (int w = 0; w < 2; ++w) {
+      threads.emplace_back([&, w] {
+        for (int i = 0; i < 300; ++i) {
+          std::vector<int32_t> labels(8);
+          for (int j = 0; j < 8; ++j) labels[static_cast<size_t>(j)] = (w * 7 + i + j) % 12;
+          OfferTo(t, 100000 * (w + 1) + i * 8, labels);
+        }
+      });
+    }
+    threads.emplace_back([&] {
+      for (int i = 0; !stop.load(); ++i) {
+        std::map<int64_t, double> mix = {{0, 1.0}, {1, 1.0 + i % 3}};
+        t.SetMixture(mix);
+        std::this_thread::yield();
+      }
+    });
+    threads.emplace_back([&] {
+      std::vector<int64_t> id(32), keys(32), part(32);
+      std::vector<int32_t> y(32);
+      std::array<uint8_t*, 2> out = {reinterpret_cast<uint8_t*>(id.data()), reinterpret_cast<uint8_t*>(y.data())};
+      for (int i = 0; i < 400; ++i) {
+        t.Sample(32, out.data(), keys.data(), nullptr, part.data(), nullptr, nullptr, 0);
+        for (size_t j = 0; j < 32; ++j) bad.fetch_add(y[j] != part[j] || (part[j] != 0 && part[j] != 1));
+        samples.fetch_add(32);
+      }
+    });
+    threads[0].join();
+    threads[1].join();
+    threads[3].join();
+    stop.store(true);
+    threads[2].join();
+  });
+  CHECK(bad.load() == 0);
+  CHECK(t.count() == 12);
+  CHECK(t.written() == 2 + 2 * 300 * 8);
 }

@@ -202,6 +202,16 @@ class PartitionedBuffer(ReplayBuffer):
 
     _pending_mixture: Optional[Dict[int, float]] = None
 
+    def set_beta(self, beta: float) -> None:
+        """Sets the importance exponent of every prioritized partition (live, in every
+        process), e.g. to anneal it while training. ``buf.sampler.beta`` does the same when
+        the buffer's own sampler is Prioritized."""
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        if self._core is None:
+            raise ValueError("the buffer has no partitions yet (it is built at the first write)")
+        self._core.set_live("selector", "beta", float(beta))
+
     def _install(self, table: Any, owner: bool = True, configure_limiter: bool = True) -> Any:
         out = super()._install(table, owner, configure_limiter)
         if owner and self._pending_mixture:
