@@ -24,20 +24,38 @@ bool Cas(uint64_t* p, uint64_t* expected, uint64_t desired) {
 
 }  // namespace
 
-ItemMetadata::ItemMetadata(int64_t capacity, bool columns, int64_t max_times)
-    : capacity_(capacity), columns_(columns), max_times_(max_times) {}
+ItemMetadata::ItemMetadata(int64_t capacity, bool columns, int64_t max_times, bool gate)
+    : capacity_(capacity), columns_(columns), max_times_(max_times), gate_on_(gate) {}
 
 std::vector<size_t> ItemMetadata::Sections() const {
   const size_t array = static_cast<size_t>(capacity_) * 8;
-  if (!columns_) return {array};
-  return {array, array, array};
+  std::vector<size_t> out = {array};
+  if (columns_) out.insert(out.end(), {array, array});
+  if (gate_on_) out.push_back(array);
+  return out;
 }
 
 void ItemMetadata::Bind(const std::vector<uint8_t*>& sections, bool) {
   sampled_ = reinterpret_cast<uint64_t*>(sections[0]);
+  size_t next = 1;
   if (columns_) {
-    version_ = reinterpret_cast<int64_t*>(sections[1]);
-    last_ = reinterpret_cast<uint64_t*>(sections[2]);
+    version_ = reinterpret_cast<int64_t*>(sections[next++]);
+    last_ = reinterpret_cast<uint64_t*>(sections[next++]);
+  }
+  if (gate_on_) gate_ = reinterpret_cast<uint64_t*>(sections[next]);
+}
+
+bool ItemMetadata::Gate(int64_t slot, int64_t generation, uint64_t clock, uint64_t interval) {
+  const uint64_t tag = CallTag(generation);
+  const uint64_t mine = tag | ((clock + 1) & kCallMask);
+  uint64_t w = Load(gate_ + slot);
+  for (;;) {
+    if ((w & ~kCallMask) == tag && (w & kCallMask) != 0) {  // this item was drawn at `last`
+      const uint64_t last = (w & kCallMask) - 1;
+      const uint64_t gap = clock >= last ? clock - last : last - clock;
+      if (gap < interval) return false;
+    }
+    if (Cas(gate_ + slot, &w, mine)) return true;
   }
 }
 
@@ -57,6 +75,7 @@ int64_t ItemMetadata::OnStore(int64_t slot, int64_t generation, int64_t version,
     __atomic_store_n(version_ + slot, version, __ATOMIC_RELAXED);
     Store(last_ + slot, CallTag(generation));
   }
+  if (gate_on_) Store(gate_ + slot, CallTag(generation));  // never drawn
   return old_count;
 }
 
@@ -113,6 +132,7 @@ void ItemMetadata::StateArrays(std::vector<StateArray>* out) {
     out->push_back(StateArray{"meta.version", "int64", {capacity_}, reinterpret_cast<uint8_t*>(version_), true});
     out->push_back(StateArray{"meta.last_sampled", "uint64", {capacity_}, reinterpret_cast<uint8_t*>(last_), true});
   }
+  if (gate_on_) out->push_back(StateArray{"meta.gate", "uint64", {capacity_}, reinterpret_cast<uint8_t*>(gate_), true});
 }
 
 void ItemMetadata::Restore(const ConfigValue&, const Ring& stamps) {

@@ -72,7 +72,7 @@ const ConfigValue& PartitionsOf(const ConfigValue& config) {
 PartitionedTable::PartitionedTable(const ConfigValue& config, const StorageConfig& storage)
     : config_(config), storage_(storage) {
   static const char* const kKnown[] = {"capacity", "spec", "seed", "shard", "metadata", "partitions", "rate_limiter",
-                                       "writer", "selector", "admission", "max_times_sampled", "view"};
+                                       "writer", "selector", "admission", "max_times_sampled", "view", "reuse"};
   for (const auto& [key, value] : config.AsMap("the partitioned table configuration")) {
     REVERIE_CHECK(std::find_if(std::begin(kKnown), std::end(kKnown), [&](const char* k) { return key == k; }) !=
                       std::end(kKnown),
@@ -102,7 +102,7 @@ PartitionedTable::PartitionedTable(const ConfigValue& config, const StorageConfi
   // A partition's settings: the table's (capacity, writer, selector, admission,
   // max_times_sampled), each overridden by its declaration's.
   ConfigValue base_settings = ConfigValue::MakeMap();
-  for (const char* k : {"capacity", "writer", "selector", "admission", "max_times_sampled"}) {
+  for (const char* k : {"capacity", "writer", "selector", "admission", "max_times_sampled", "reuse"}) {
     if (!config.Get(k).is_null()) base_settings.Set(k, config.Get(k));
   }
   std::string on_new = "make";
@@ -256,12 +256,13 @@ PartitionedTable::~PartitionedTable() {
 
 ConfigValue PartitionedTable::TableConfigOf(int64_t index, const ConfigValue& settings) const {
   ConfigValue c = ConfigValue::MakeMap();
-  static const char* const kPartitionSettings[] = {"capacity", "writer", "selector", "admission", "max_times_sampled"};
+  static const char* const kPartitionSettings[] = {"capacity", "writer", "selector", "admission", "max_times_sampled",
+                                                   "reuse"};
   for (const auto& [key, value] : settings.AsMap("partition settings")) {
     REVERIE_CHECK(std::find_if(std::begin(kPartitionSettings), std::end(kPartitionSettings),
                                [&](const char* k) { return key == k; }) != std::end(kPartitionSettings),
                   "a partition has no setting '", key, "'; its settings: capacity, writer, selector, admission, "
-                  "max_times_sampled");
+                  "max_times_sampled, reuse");
     c.Set(key, value);
   }
   c.Set("spec", config_.At("spec", "the partitioned table"));

@@ -10,6 +10,7 @@
 #include "reverie/keyed_archive.h"
 #include "reverie/part.h"
 #include "reverie/prioritized_selector.h"
+#include "reverie/recency_selector.h"
 #include "reverie/registry.h"
 #include "reverie/reservoir_writer.h"
 #include "reverie/uniform_selector.h"
@@ -29,6 +30,7 @@ void EnsureBuiltinParts() {
     Admissions().Add("threshold", MakeThreshold, {"field", "value"}, {"value"});
     Selectors().Add("uniform", MakeUniformSelector, {"replacement"});
     Selectors().Add("prioritized", MakePrioritizedSelector, {"alpha", "beta", "eps"}, {"beta"});
+    Selectors().Add("recency", MakeRecencySelector, {"exponent"}, {"exponent"});
   });
 }
 

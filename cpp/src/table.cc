@@ -110,11 +110,40 @@ void Table::BuildParts(const ConfigValue& config) {
   selector_ = Selectors().Make(PartOr(config, "selector", "uniform"), ctx);
   ctx.prioritized = selector_->prioritized();
   writer_ = Writers().Make(PartOr(config, "writer", "fifo"), ctx);
+  REVERIE_CHECK(!selector_->needs_fifo() || writer_->fifo(), "the ", KindOf(config.Get("selector"), "selector"),
+                " sampler ranks items by insertion order: it needs the FIFO writer, not the ",
+                KindOf(PartOr(config, "writer", "fifo"), "writer"), " writer");
   const ConfigValue& admission = config.Get("admission");
   if (!admission.is_null()) admission_ = Admissions().Make(admission, ctx);
+  const ConfigValue& reuse = config.Get("reuse");
+  if (!reuse.is_null()) {
+    for (const auto& [key, value] : reuse.AsMap("reuse")) {
+      REVERIE_CHECK(key == "min_interval" || key == "unit" || key == "max_staleness", "reuse has no setting '",
+                    key, "'; its settings: min_interval, unit, max_staleness");
+    }
+    if (!reuse.Get("min_interval").is_null()) {
+      min_interval_ = reuse.Get("min_interval").AsInt("reuse min_interval");
+      REVERIE_CHECK(min_interval_ >= 1, "min_interval must be >= 1, got ", min_interval_);
+    }
+    if (!reuse.Get("unit").is_null()) {
+      const std::string& unit = reuse.Get("unit").AsString("reuse unit");
+      REVERIE_CHECK(unit == "calls" || unit == "items", "the interval's unit must be 'calls' (sample calls) or "
+                    "'items' (items written), got '", unit, "'");
+      interval_in_items_ = unit == "items";
+    }
+    if (!reuse.Get("max_staleness").is_null()) {
+      max_staleness_ = reuse.Get("max_staleness").AsInt("reuse max_staleness");
+      REVERIE_CHECK(max_staleness_ >= 0, "max_staleness must be >= 0, got ", max_staleness_);
+    }
+    REVERIE_CHECK(view.is_null() || (min_interval_ == 0 && max_staleness_ < 0),
+                  "an episode buffer samples windows of rows: reuse rules (min_interval, max_staleness) do not apply");
+  }
   const ConfigValue& metadata = config.Get("metadata");
-  const bool columns = !metadata.is_null() && metadata.AsBool("metadata");
-  if (columns || max_times_ > 0) meta_ = std::make_unique<ItemMetadata>(capacity(), columns, max_times_);
+  // Versions are kept for max_staleness too (the batch metadata only with metadata=True).
+  const bool columns = (!metadata.is_null() && metadata.AsBool("metadata")) || max_staleness_ >= 0;
+  if (columns || max_times_ > 0 || min_interval_ > 0) {
+    meta_ = std::make_unique<ItemMetadata>(capacity(), columns, max_times_, min_interval_ > 0);
+  }
   if (!view.is_null()) {
     REVERIE_CHECK(writer_->fifo(), "an episode view keeps env streams in FIFO order: it cannot be "
                   "combined with the ", KindOf(config.Get("writer"), "writer"), " writer");
@@ -139,7 +168,7 @@ Table::Table(const ConfigValue& config, const StorageConfig& storage) {
   const ConfigValue::Map& settings = config.AsMap("the table configuration");
   static const char* const kKnown[] = {"capacity", "spec", "seed", "shard", "writer", "selector",
                                        "admission", "max_times_sampled", "metadata", "view",
-                                       "rate_limiter", "partition"};
+                                       "rate_limiter", "partition", "reuse"};
   for (const auto& [key, value] : settings) {
     REVERIE_CHECK(std::find_if(std::begin(kKnown), std::end(kKnown),
                                [&](const char* k) { return key == k; }) != std::end(kKnown),

@@ -47,6 +47,7 @@ SampleRequest Table::BeginSample(int64_t batch, int64_t* claimed) {
   const int64_t claimed_now = ring_.claimed();
   const int64_t filled = writer_->filled();
   request.range = filled >= 0 ? filled : std::min(claimed_now, capacity());
+  request.claimed = claimed_now;
   if (claimed != nullptr) *claimed = claimed_now;
   try {
     selector_->ValidateSample(request);
@@ -218,6 +219,7 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   if (quiet_ok && claimed0 == committed0 && skip == 0) {
     SampleRequest quiet = request;
     quiet.range = std::min(claimed0, capacity());
+    quiet.claimed = claimed0;
     std::atomic<bool> hole{false};
     auto quiet_work = [&](int64_t begin, int64_t end) {
       if (split) selector_->Draw(quiet, begin, end, slots);
@@ -277,8 +279,19 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   };
   if (!CountSamples(request, slots, keys, meta, w, redraw)) {
     throw std::invalid_argument(internal::Concat(
-        "cannot sample ", batch, " items: every stored item has been sampled max_times_sampled = ",
-        max_times_, " times (items are removed after their last sample; add more)"));
+        "cannot sample ", batch, " items: ",
+        max_times_ > 0 ? internal::Concat("every stored item has been sampled max_times_sampled = ", max_times_,
+                                          " times (items are removed after their last sample; add more)")
+                       : std::string(),
+        min_interval_ > 0 || max_staleness_ >= 0
+            ? internal::Concat(max_times_ > 0 ? "; or " : "", "thousands of draws found no item the reuse rules allow (",
+                               min_interval_ > 0 ? internal::Concat("min_interval ", min_interval_, " ",
+                                                                     interval_in_items_ ? "items" : "calls") : "",
+                               min_interval_ > 0 && max_staleness_ >= 0 ? ", " : "",
+                               max_staleness_ >= 0 ? internal::Concat("max_staleness ", max_staleness_, " versions")
+                                                   : "",
+                               "): add items, or sample fewer")
+            : std::string()));
   }
   abandon.done = true;
 }
@@ -294,13 +307,24 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
   auto undo = [&] {
     for (int64_t j = 0; j < counted; ++j) meta_->Unsample(slots[j], codec.Generation(keys[j]));
   };
+  // The reuse rules (table.h): an item too stale, or resting after its last draw, is not
+  // taken (-1: drawn again); the interval's claim is the gate's compare-and-swap.
+  const uint64_t clock = interval_in_items_ ? static_cast<uint64_t>(request.claimed) : request.call;
+  const int64_t oldest_version = max_staleness_ >= 0
+                                     ? header_->version_stamp.load(std::memory_order_relaxed) - max_staleness_
+                                     : 0;
+  auto take = [&](int64_t i) -> int64_t {
+    const int64_t generation = codec.Generation(keys[i]);
+    if (max_staleness_ >= 0 && meta_->Version(slots[i]) < oldest_version) return -1;
+    if (min_interval_ > 0 && !meta_->Gate(slots[i], generation, clock, static_cast<uint64_t>(min_interval_))) return -1;
+    return meta_->OnSample(slots[i], generation, request.call, &last[static_cast<size_t>(i)]);
+  };
   // The counts are random cache misses, taken one after the other below: start them all.
   for (int64_t i = 0; i < batch; ++i) meta_->Prefetch(slots[i]);
   try {
     for (int64_t i = 0; i < batch; ++i) {
       uint32_t attempt = kRecheckAttempts * 2;
-      int64_t before = meta_->OnSample(slots[i], codec.Generation(keys[i]), request.call,
-                                       &last[static_cast<size_t>(i)]);
+      int64_t before = take(i);
       int tries = 0;
       while (before < 0) {
         if (++tries > 4096) {  // nothing left to count after thousands of redraws
@@ -312,8 +336,7 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
         while (!redraw(i, attempt)) attempt += kMaxRedraws + 2;
         keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
         if (weights != nullptr) selector_->Weights(slots, i, i + 1, weights);
-        before = meta_->OnSample(slots[i], codec.Generation(keys[i]), request.call,
-                                 &last[static_cast<size_t>(i)]);
+        before = take(i);
       }
       counted = i + 1;
       times[static_cast<size_t>(i)] = before;

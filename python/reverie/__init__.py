@@ -19,6 +19,7 @@ from ._parts import (
     KeepTopK,
     KeyedArchive,
     Prioritized,
+    Recency,
     Reservoir,
     Threshold,
     Uniform,
@@ -35,7 +36,8 @@ def cuda_built() -> bool:
 
 __all__ = [
     "Batch", "ClassBalanced", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
-    "KeyedArchive", "Partition", "PartitionedBuffer", "Prioritized", "RateLimiter", "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
+    "KeyedArchive", "Partition", "PartitionedBuffer", "Prioritized", "RateLimiter", "Recency",
+    "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
     "cuda_built", "from_minari", "from_npz", "sequence_priority", "to_minari", "to_npz",
     "__version__",
 ]

@@ -21,7 +21,7 @@ from . import _core, _persistence, _writing
 from ._batch import Batch
 from ._config import make_config, register_buffer
 from ._limiter import RateLimiter
-from ._parts import Admit, Part, Prioritized, policy
+from ._parts import Admit, Part, Prioritized, policy, reuse_rules
 from ._spec import Field, SpecLike, normalize_spec
 from ._staging import staged
 from ._table import Table
@@ -112,7 +112,9 @@ class ReplayBuffer:
                  writer: Optional[Part] = None, admit: Admit = None,
                  max_times_sampled: Optional[int] = None, metadata: bool = False,
                  rate_limiter: Optional[RateLimiter] = None, storage: str = "memory",
-                 path: Optional[Union[str, os.PathLike]] = None, device: Any = None) -> None:
+                 path: Optional[Union[str, os.PathLike]] = None, device: Any = None,
+                 min_interval: Optional[int] = None, interval_unit: str = "calls",
+                 max_staleness: Optional[int] = None) -> None:
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
         capacity = _as_int("capacity", capacity)
@@ -139,8 +141,9 @@ class ReplayBuffer:
             seed = _as_int("seed", seed)
             if not 0 <= seed < 2**64:
                 raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        reuse = reuse_rules(min_interval, interval_unit, max_staleness)
         self._init_fields(capacity, seed, storage, sampler, writer, admit, max_times_sampled,
-                          metadata, copy.copy(rate_limiter), admit_fn)
+                          metadata, copy.copy(rate_limiter), admit_fn, reuse)
         self._path = file
         if file is not None and os.path.exists(file) and os.path.getsize(file) > 0:
             _persistence.reopen(self, file, None if spec is None else normalize_spec(spec), named)
@@ -158,9 +161,11 @@ class ReplayBuffer:
     def _init_fields(self, capacity: int, seed: Optional[int], storage: str, sampler: Part,
                      writer: Part, admit: Optional[Part], max_times: Optional[int],
                      metadata: bool, limiter: Optional[RateLimiter],
-                     admit_fn: Optional[Callable[..., Any]] = None) -> None:
+                     admit_fn: Optional[Callable[..., Any]] = None,
+                     reuse: Optional[Dict[str, Any]] = None) -> None:
         """The state of a buffer with no table yet (__init__, and _from_config)."""
         self._capacity = capacity
+        self._reuse = reuse
         self._seed = seed
         self._storage = storage
         self._path = None
@@ -188,7 +193,8 @@ class ReplayBuffer:
                            selector=self._sampler, admission=self._admit,
                            max_times_sampled=self._max_times, metadata=self._metadata,
                            view=None if self._view is None else self._view.config(),
-                           rate_limiter=None if self._limiter is None else self._limiter.config())
+                           rate_limiter=None if self._limiter is None else self._limiter.config(),
+                           reuse=self._reuse)
 
     def _storage_args(self) -> Tuple[str, str]:
         if self._storage == "shared":
@@ -247,7 +253,7 @@ class ReplayBuffer:
             Part.from_config("selector", config["selector"]), Part.from_config("writer", config["writer"]),
             None if config.get("admission") is None else Part.from_config("admission", config["admission"]),
             config.get("max_times_sampled"), bool(config.get("metadata")),
-            None if limiter is None else RateLimiter(**limiter))
+            None if limiter is None else RateLimiter(**limiter), None, config.get("reuse"))
         return buf
 
     # ---- writing ----------------------------------------------------------------------

@@ -63,9 +63,10 @@ def spec_of(config: Mapping[str, Any]) -> Dict[str, Field]:
 def make_config(capacity: int, spec: Mapping[str, Field], seed: int, *, writer: Any,
                 selector: Any, admission: Any = None, max_times_sampled: Optional[int] = None,
                 metadata: bool = False, view: Optional[Dict[str, Any]] = None,
-                rate_limiter: Optional[Dict[str, Any]] = None, shard: int = 0) -> Dict[str, Any]:
+                rate_limiter: Optional[Dict[str, Any]] = None, shard: int = 0,
+                reuse: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The configuration of a table (parts as ``_parts.Part`` objects or None)."""
-    return {
+    config = {
         "capacity": int(capacity),
         "spec": spec_entry(spec),
         "seed": int(seed),
@@ -78,6 +79,9 @@ def make_config(capacity: int, spec: Mapping[str, Field], seed: int, *, writer: 
         "view": view,
         "rate_limiter": rate_limiter,
     }
+    if reuse is not None:  # absent otherwise: configurations of older files stay equal
+        config["reuse"] = reuse
+    return config
 
 
 def canonical(config: Mapping[str, Any]) -> str:
@@ -98,7 +102,7 @@ def parse(text: str, where: str) -> Dict[str, Any]:
 
 # Settings that may change while a buffer is in use, left out when two configurations are
 # compared for "the same buffer" (the core's fingerprint leaves them out too).
-_LIVE = {"selector": ("beta",), "admission": ("value",)}
+_LIVE = {"selector": ("beta", "exponent"), "admission": ("value",)}
 
 
 def fixed(config: Mapping[str, Any]) -> Dict[str, Any]:

@@ -165,6 +165,45 @@ class Prioritized(Part):
         return {"alpha": self.alpha, "beta": self.beta, "eps": self.eps}
 
 
+class Recency(Part):
+    """Recency-weighted sampling: P(i) proportional to (age_i + 1)^(-exponent), age_i the
+    number of items written after item i (0 for the newest). Power-law replay
+    ("Catastrophic Interference is Mitigated in Naturalistic Power-Law Learning
+    Environments"); 0 is uniform. Draws are exact (a closed-form proposal with rejection),
+    about 1-2 random numbers per item. ``buf.sampler.exponent = x`` changes it while the
+    buffer is in use (live). Needs the FIFO writer.
+
+    Args:
+        exponent: a >= 0 (at most 64).
+    """
+
+    role = "selector"
+    kind = "recency"
+
+    def __init__(self, exponent: float = 1.0) -> None:
+        super().__init__()
+        self._exponent = _non_negative("exponent", exponent)
+        if self._exponent > 64:
+            raise ValueError(f"exponent must be at most 64, got {exponent}")
+
+    @property
+    def exponent(self) -> float:
+        if self._core is not None:
+            self._exponent = float(self._live("exponent", self._exponent))
+        return self._exponent
+
+    @exponent.setter
+    def exponent(self, value: float) -> None:
+        value = _non_negative("exponent", value)
+        if value > 64:
+            raise ValueError(f"exponent must be at most 64, got {value}")
+        self._set_live("exponent", value)
+        self._exponent = value
+
+    def settings(self) -> Dict[str, Any]:
+        return {"exponent": self.exponent}
+
+
 # ---- writers --------------------------------------------------------------------------------
 
 
@@ -395,7 +434,7 @@ def policy(sampler: Optional[Part], writer: Optional[Part], admit: Admit,
            ) -> Tuple[Part, Part, Optional[Part], Optional[Callable[..., Any]], Optional[int]]:
     """A buffer's policy arguments, checked: (sampler, writer, admission rule, admission
     callable, max_times_sampled). Which combinations the table accepts is the core's to say."""
-    sampler = _given(sampler, "sampler", "selector", Uniform(), "Uniform or Prioritized")
+    sampler = _given(sampler, "sampler", "selector", Uniform(), "Uniform(), Prioritized(...) or Recency(...)")
     writer = _given(writer, "writer", "writer", Fifo(),
                     "Fifo(), Reservoir(), KeepTopK(score=...), ClassBalanced(label=...) or KeyedArchive(...)")
     admit_fn: Optional[Callable[..., Any]] = None
@@ -413,3 +452,25 @@ def policy(sampler: Optional[Part], writer: Optional[Part], admit: Admit,
     if not isinstance(metadata, bool):
         raise TypeError(f"metadata must be a bool, got {type(metadata).__name__}")
     return sampler, writer, admit, admit_fn, max_times_sampled
+
+
+def reuse_rules(min_interval: Optional[int], unit: str, max_staleness: Optional[int]) -> Optional[Dict[str, Any]]:
+    """The table's "reuse" entry from the buffer's arguments (None: no rules), checked."""
+    if min_interval is None and max_staleness is None:
+        if unit != "calls":
+            raise ValueError("interval_unit is for min_interval, which is not given")
+        return None
+    out: Dict[str, Any] = {}
+    if min_interval is not None:
+        n = as_int("min_interval", min_interval)
+        if n < 1:
+            raise ValueError(f"min_interval must be >= 1 (or None), got {n}")
+        if unit not in ("calls", "items"):
+            raise ValueError(f"interval_unit must be 'calls' (sample calls) or 'items' (items written), got {unit!r}")
+        out["min_interval"], out["unit"] = n, unit
+    if max_staleness is not None:
+        s = as_int("max_staleness", max_staleness)
+        if s < 0:
+            raise ValueError(f"max_staleness must be >= 0 (or None), got {s}")
+        out["max_staleness"] = s
+    return out

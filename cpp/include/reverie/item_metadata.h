@@ -22,8 +22,9 @@ namespace reverie {
 class ItemMetadata final : public Part {
  public:
   // `columns`: keep version and last-sample columns (metadata=True); the counts are kept
-  // always (max_times_sampled needs them). `max_times` 0: unlimited.
-  ItemMetadata(int64_t capacity, bool columns, int64_t max_times);
+  // always (max_times_sampled needs them). `max_times` 0: unlimited. `gate`: keep the reuse
+  // gate (a minimum interval between draws of an item, table.h).
+  ItemMetadata(int64_t capacity, bool columns, int64_t max_times, bool gate = false);
 
   bool columns() const { return columns_; }
   int64_t max_times() const { return max_times_; }
@@ -42,7 +43,13 @@ class ItemMetadata final : public Part {
   void Prefetch(int64_t slot) const {
     __builtin_prefetch(sampled_ + slot, 1);
     if (columns_) __builtin_prefetch(last_ + slot, 1);
+    if (gate_on_) __builtin_prefetch(gate_ + slot, 1);
   }
+  // The reuse gate: claims the item of `generation` in `slot` for a draw at `clock` (a call
+  // number or a count of items written) unless its last claimed draw was less than
+  // `interval` away (either way: two racing draws cannot both pass). Returns whether it was
+  // claimed. O(1), lock-free (a compare-and-swap on one word).
+  bool Gate(int64_t slot, int64_t generation, uint64_t clock, uint64_t interval);
   // Takes back one count of OnSample (a call that failed after counting). O(1).
   void Unsample(int64_t slot, int64_t generation);
   // Of the item of `generation` in `slot` (0 / -1 when the slot holds another generation).
@@ -64,6 +71,8 @@ class ItemMetadata final : public Part {
   uint64_t* sampled_ = nullptr;  // [capacity] generation (low 32) << 32 | count
   int64_t* version_ = nullptr;   // [capacity]
   uint64_t* last_ = nullptr;     // [capacity] generation (low 16) << 48 | (call + 1)
+  bool gate_on_ = false;
+  uint64_t* gate_ = nullptr;     // [capacity] generation (low 16) << 48 | (clock + 1)
 };
 
 }  // namespace reverie

@@ -22,6 +22,7 @@ struct SampleRequest {
   int64_t size = 0;   // items stored and committed (for validation)
   int64_t batch = 0;  // items wanted
   int64_t range = 0;  // dense draws come from slots [0, range) (claimed slots, >= size); 0: size
+  int64_t claimed = 0;  // items claimed by writers when the call began (newest: claimed - 1)
 
   int64_t draw_range() const { return range > 0 ? range : size; }
 };
@@ -85,6 +86,8 @@ class Selector : public Part {
   // Restores internal consistency after a writer died holding the writer lock.
   virtual void Repair() {}
 
+  // Whether draws follow the FIFO writer's insertion order (recency): other writers refused.
+  virtual bool needs_fifo() const { return false; }
   // Whether the selector keeps priorities (and returns importance weights).
   virtual bool prioritized() const { return false; }
   // Throws ValueError unless every priority is finite and >= 0 (names the first bad one).

@@ -92,7 +92,17 @@ class Table : public WriteSink {
   //   "seed": uint64, "shard": 0 .. 127 (default 0), "writer": {"kind": ...} (default fifo),
   //   "selector": {"kind": ...} (default uniform), "admission": {"kind": ...} or null,
   //   "max_times_sampled": int >= 1 or null, "metadata": bool (default false),
-  //   "view": {"kind": "episodes", ...} or null, "rate_limiter": {...} or null (live).
+  //   "view": {"kind": "episodes", ...} or null, "rate_limiter": {...} or null (live),
+  //   "reuse": {"min_interval": K >= 1, "unit": "calls" | "items", "max_staleness": S >= 0}
+  //     or null: rules on which held items a draw may take (below).
+  // Reuse rules. An item drawn at clock c (its sample call, or with unit "items" the count
+  // of items written when that call began) may be drawn again only at a clock >= c + K (so
+  // never twice in one batch); with max_staleness S only items whose version is >= the
+  // table's version - S are drawn. A draw that lands on another item is drawn again from the
+  // selector (rejection: exactly the selector's distribution over the items the rules
+  // allow, at a cost of about 1 / (the share allowed) draws per item; a call fails when
+  // thousands of draws find nothing allowed). Concurrent samplers claim an item by a
+  // compare-and-swap, so the interval holds across threads and processes.
   // Throws ValueError / TypeError for bad settings or a combination of parts that does not
   // work (naming both), and for a shared segment or file that is not a table of this
   // configuration (attach and reopen compare the fingerprint of the settings that fix its
@@ -302,6 +312,9 @@ class Table : public WriteSink {
   uint64_t seed_ = 0;
   std::string config_json_;
   int64_t max_times_ = 0;
+  int64_t min_interval_ = 0;        // reuse: 0 none
+  bool interval_in_items_ = false;  // reuse: the interval's clock is items written
+  int64_t max_staleness_ = -1;      // reuse: -1 none
   std::unique_ptr<Writer> writer_;
   std::unique_ptr<Admission> admission_;
   std::unique_ptr<Selector> selector_;
