@@ -556,7 +556,10 @@ void PartitionedTable::Sample(int64_t batch, uint8_t* const* out, int64_t* keys,
       auto shift = [&](int64_t* ptr) { return ptr == nullptr ? nullptr : ptr + at; };
       m = BatchMeta{shift(meta->inserted), shift(meta->version), shift(meta->times_sampled), shift(meta->last_sampled)};
     }
-    t.Sample(c, part_out.data(), keys + at, nullptr, meta != nullptr ? &m : nullptr);
+    // A prioritized partition's weights come as (its own q_min / q_i)^beta; they are put on
+    // the call's common scale below, one factor per partition.
+    const bool own_weights = weights != nullptr && t.selector().prioritized();
+    t.Sample(c, part_out.data(), keys + at, own_weights ? weights + at : nullptr, meta != nullptr ? &m : nullptr);
     if (partition_out != nullptr) std::fill(partition_out + at, partition_out + at + c, values_[p]);
     if (t.selector().prioritized()) {
       const double q = t.selector().MinPriority();
@@ -565,16 +568,20 @@ void PartitionedTable::Sample(int64_t batch, uint8_t* const* out, int64_t* keys,
     at += c;
   }
   if (weights != nullptr) {
+    // (q_min / q_i)^beta = (own q_min / q_i)^beta * (q_min / own q_min)^beta.
     at = 0;
     for (int64_t p = 0; p < n; ++p) {
       const int64_t c = counts[static_cast<size_t>(p)];
       if (c == 0) continue;
       const Selector& sel = parts_[static_cast<size_t>(p)]->selector();
-      const KeyCodec& codec = parts_[static_cast<size_t>(p)]->codec();
-      const double beta = sel.beta();
-      for (int64_t i = at; i < at + c; ++i) {
-        const double q = sel.prioritized() ? sel.ScoreOf(codec.Slot(keys[i])) : 0.0;
-        weights[i] = q > 0 && q_min > 0 && q_min <= q && beta > 0 ? static_cast<float>(std::pow(q_min / q, beta)) : 1.0f;
+      if (!sel.prioritized()) {
+        std::fill(weights + at, weights + at + c, 1.0f);
+      } else {
+        const double own = sel.MinPriority(), beta = sel.beta();
+        if (own > 0 && q_min > 0 && q_min < own && beta > 0) {
+          const auto factor = static_cast<float>(std::pow(q_min / own, beta));
+          for (int64_t i = at; i < at + c; ++i) weights[i] *= factor;
+        }
       }
       at += c;
     }

@@ -371,6 +371,7 @@ TEST(PartitionedRestoreContinuesExactly) {
 TEST(PartitionedConcurrentWritersSamplersAndMixture) {
   PartitionedTable t(PartitionedConfig("exact", 16), {});
   OfferTo(t, 0, {0, 1});
+  t.SetMixture({{0, 1.0}, {1, 1.0}});  // before the threads: partitions made later weigh 0
   std::atomic<bool> stop{false};
   std::atomic<int64_t> bad{0}, samples{0};
   FinishWithin("partitioned concurrency", 120, [&] {

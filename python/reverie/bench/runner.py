@@ -21,6 +21,9 @@ Workloads (specs, data and the per-library adapters in ``workloads.py``):
 - policies: the parts of a table: reservoir admission against numpy's Algorithm R and
   Avalanche's update, top-k retention against a heapq writer, and the cost of
   max_times_sampled and of item metadata (see ``policies.py``).
+- memories: continual-learning parts: the class-balanced reservoir against a Python CBRS
+  loop and Avalanche's ClassBalancedBuffer update, the keyed archive against a dict, the
+  mixture and reuse rules' overheads (see ``memories.py``).
 - gpu: where a CUDA GPU exists, the device buffer against torch-native prioritized replay
   and the host buffer + pinned copy, and the device gather against the device's copy
   bandwidth (``gpu.py``, also ``python -m reverie.bench.gpu``); skipped with a line otherwise.
@@ -315,8 +318,8 @@ def report(rows: Sequence[Cell], w3_rows: Sequence[Cell], copies: Dict[str, Any]
     return "\n".join(lines)
 
 
-WORKLOADS = ("W1", "W2", "W3", "memory", "concurrency", "episodes", "policies")
-SECTIONS = ("concurrency", "episodes", "policies")  # sections with their own report
+WORKLOADS = ("W1", "W2", "W3", "memory", "concurrency", "episodes", "policies", "memories")
+SECTIONS = ("concurrency", "episodes", "policies", "memories")  # sections with their own report
 
 
 def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[float] = None,
@@ -351,6 +354,15 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
             with_policies, skipped["policies"] = False, reason
     elif "policies" in workloads:
         skipped["policies"] = f"reverie {why['reverie']}"
+    with_memories = "memories" in workloads and why["reverie"] is None
+    if with_memories:
+        from . import memories
+
+        reason = memories.unavailable()
+        if reason is not None:
+            with_memories, skipped["memories"] = False, reason
+    elif "memories" in workloads:
+        skipped["memories"] = f"reverie {why['reverie']}"
     total = (len(impls) * (3 * ("W1" in workloads) + len(s.w2_capacities) * ("W2" in workloads))
              + 2 * len(w3) + len(mem))
     if concurrent:
@@ -361,6 +373,8 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         total += episodes.cells()
     if with_policies:
         total += policies.cells()
+    if with_memories:
+        total += memories.cells()
     print(f"reverie.bench: {'quick' if quick else 'full'} run; "
           f"implementations: {', '.join(impls)}", file=sys.stderr)
     for impl, reason in skipped.items():
@@ -376,6 +390,7 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         conc = concurrency.run(s, prog)[1] if concurrent else None
         epi = episodes.run(s, prog)[1] if episodic else None
         pol = policies.run(s, prog)[1] if with_policies else None
+        mems = memories.run(s, prog, out_dir)[1] if with_memories else None
     finally:
         prog.close()
     base = any(w not in SECTIONS for w in workloads)
@@ -392,6 +407,10 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         text += ("\n\n" if text else "") + pol["report"]
     elif "policies" in skipped and not base:
         text += f"\npolicies: skipped, {skipped['policies']}"
+    if mems is not None:
+        text += ("\n\n" if text else "") + mems["report"]
+    elif "memories" in skipped and not base:
+        text += f"\nmemories: skipped, {skipped['memories']}"
     elapsed = time.perf_counter() - t0
     text += f"\ntotal time {elapsed:.0f} s"
     print(text)
@@ -420,6 +439,8 @@ def run(quick: bool = False, out_dir: str = "bench_results", budget_s: Optional[
         result["episodes"] = epi
     if pol is not None:
         result["policies"] = pol
+    if mems is not None:
+        result["memories"] = mems
     json_path = os.path.join(out_dir, "results.json")
     png_path = os.path.join(out_dir, "speedup.png")
     with open(json_path, "w") as f:
