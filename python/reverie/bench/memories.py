@@ -31,11 +31,20 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .harness import Cell, Progress, human_count, measure_rates, ratio_column, tabulate, value_column
+from .harness import (
+    Cell,
+    Progress,
+    human_count,
+    measure_rates,
+    ratio_column,
+    tabulate,
+    value_column,
+)
 from .workloads import W1_SPEC, Columns, Settings, batches
 
 __all__ = ["AvalancheClassBalanced", "PythonCBRS", "TARGETS", "cells", "run", "unavailable"]
@@ -205,11 +214,16 @@ def cbrs_cell(shape: str, batch: int, s: Settings, prog: Progress, classes: int 
         while (len(v) if name == "reverie" else _held(v)) < MEMORY:  # full before timing (untimed)
             b = cycle.next()
             v.extend(x=b["x"], y=b["y"])
-        ops[name] = lambda v=v, cycle=cycle: (lambda b: v.extend(x=b["x"], y=b["y"]))(cycle.next())
+        ops[name] = partial(_offer, v, cycle)
     values = measure_rates(ops, batch, s)
     prog.advance()
     return Cell("cbrs", f"{classes} classes, {shape}, batches of {batch}", "offers/s", values,
                 extra={"classes": classes, "targets": TARGETS["cbrs"]})
+
+
+def _offer(v: Any, cycle: "Cycle") -> None:
+    b = cycle.next()
+    v.extend(x=b["x"], y=b["y"])
 
 
 def _held(v: Any) -> int:
@@ -276,11 +290,10 @@ def overhead_cells(s: Settings, prog: Progress) -> List[Cell]:
         prog.note(f"memories: {name}")
         ruled = rv.ReplayBuffer(cap, dict(W1_SPEC), seed=s.seed, **kwargs)
         _fill(ruled, block, cap)
-        values = measure_rates({"with": lambda: ruled.sample(256), "without": lambda: plain.sample(256)}, 1, s)
+        values = measure_rates({"with": partial(ruled.sample, 256), "without": partial(plain.sample, 256)}, 1, s)
         out.append(Cell(name, f"sample(256) with {next(iter(kwargs))}={next(iter(kwargs.values()))} vs uniform, "
                         f"{human_count(cap)}", "batches/s", values, extra={"target": TARGETS[name]}))
         prog.advance()
-        del ruled
     return out
 
 
