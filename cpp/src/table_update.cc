@@ -19,11 +19,15 @@ uint64_t Table::Epoch() const {
 uint64_t Table::StableEpoch() const {
   // A process killed in the middle of a tree rebuild or a field update leaves its epoch odd
   // until the next writer repairs it: the wait is bounded so that it cannot hang a sampler.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(20);
   for (;;) {
     const uint64_t s = selector_->epoch();
     const uint64_t f = header_->fields_epoch.load(std::memory_order_acquire);
-    if (((s | f) & 1) == 0 || std::chrono::steady_clock::now() >= give_up) return s + f;
+    if (((s | f) & 1) == 0) return s + f;
+    // Still changing after the wait: a value Epoch() never returns, so the caller's copy is
+    // not taken (it tries again, and at last under the writer lock, which repairs an epoch
+    // that a dead process left odd).
+    if (std::chrono::steady_clock::now() >= give_up) return kNoEpoch;
     sched_yield();
   }
 }

@@ -175,6 +175,7 @@ class Table : public WriteSink {
   // equals until the next one starts.
   uint64_t Epoch() const;
   uint64_t StableEpoch() const;
+  static constexpr uint64_t kNoEpoch = ~uint64_t{0};  // StableEpoch found no stable value
 
   // The episode view, or null.
   EpisodeView* episodes() { return view_.get(); }

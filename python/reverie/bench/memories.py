@@ -239,8 +239,8 @@ def archive_cell(s: Settings, prog: Progress) -> Cell:
     keys = 100_000 if s.quick else 1_000_000
     n = 10 * keys
     rng = np.random.default_rng(s.seed + 7)
-    stream = {"key": rng.integers(0, keys, n), "score": rng.random(n, dtype=np.float32),
-              "obs": rng.random((n, 4), dtype=np.float32)}
+    stream: Dict[str, np.ndarray] = {"key": rng.integers(0, keys, n), "score": rng.random(n, dtype=np.float32),
+                                     "obs": rng.random((n, 4), dtype=np.float32)}
     batch = 4096
     buf = rv.ReplayBuffer(keys, {"key": ("int64", ()), "score": ("float32", ()), "obs": ("float32", (4,))},
                           writer=rv.KeyedArchive(key="key", score="score"), seed=s.seed)
@@ -286,7 +286,9 @@ def overhead_cells(s: Settings, prog: Progress) -> List[Cell]:
     prog.advance()
     plain = rv.ReplayBuffer(cap, dict(W1_SPEC), seed=s.seed)
     _fill(plain, block, cap)
-    for name, kwargs in (("min_interval", {"min_interval": 4}), ("max_staleness", {"max_staleness": 2})):
+    rules: Tuple[Tuple[str, Dict[str, Any]], ...] = (("min_interval", {"min_interval": 4}),
+                                                     ("max_staleness", {"max_staleness": 2}))
+    for name, kwargs in rules:
         prog.note(f"memories: {name}")
         ruled = rv.ReplayBuffer(cap, dict(W1_SPEC), seed=s.seed, **kwargs)
         _fill(ruled, block, cap)
@@ -310,7 +312,7 @@ def table(cbrs: Sequence[Cell], flat: Sequence[Cell], archive: Cell, overheads: 
     lines = ["Class-balanced reservoir (memory 5,120, uint8[3,32,32] images), offers/s after the memory "
              "is full (median [min-max]); ratio: reverie's rate over the baseline's"]
     lines += tabulate(cbrs, [name, metric] + [value_column(k, LABELS[k]) for k in ("reverie", "python", "avalanche")]
-                      + [ratio_column("reverie", k, f"reverie/{LABELS[k]}", target=lambda c, k=k: c.extra["targets"][k])
+                      + [ratio_column("reverie", k, f"reverie/{LABELS[k]}", target=partial(_target, k))
                          for k in ("python", "avalanche")])
     lines += ["", "Per-offer cost as classes grow (reverie, batches of 256, uniform labels)"]
     base = flat[0].value("reverie") or 1.0
@@ -325,6 +327,10 @@ def table(cbrs: Sequence[Cell], flat: Sequence[Cell], archive: Cell, overheads: 
                                   ratio_column("without", "with", "time with / without",
                                                target=lambda c: c.extra["target"], at_most=True)])
     return "\n".join(lines)
+
+
+def _target(key: str, c: Cell) -> Optional[float]:
+    return c.extra["targets"][key]
 
 
 def plot(flat: Sequence[Cell], path: str) -> None:
