@@ -164,3 +164,13 @@ def test_ranked_fields_cannot_be_updated_in_place():
         with pytest.raises(ValueError, match="keyed_archive writer ranks"):
             buf.update_fields(keys, **{name: np.zeros(2, SPEC[name][0])})
     assert buf.update_fields(keys, id=np.array([5, 6])) == 0
+
+
+def test_a_checkpoint_of_an_archive_with_free_slots(tmp_path):
+    buf = make(16)
+    buf.extend(**items(np.arange(100) % 10, np.arange(100), np.zeros(100)))  # 10 keys, each rewritten
+    buf.save(tmp_path / "a.rvr")
+    again = rv.ReplayBuffer.load(tmp_path / "a.rvr")
+    assert len(again) == 10
+    assert sorted(again.get(again._table.stored_keys())["ret"].tolist()) == list(range(90, 100))
+    assert again.extend(**items([3, 42], [1000.0, 1.0], [0, 0], first=200)) == 2

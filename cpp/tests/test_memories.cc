@@ -2,12 +2,14 @@
 // racing an updater), the class-balanced reservoir, ... References are stated here, apart
 // from the core: plain counting and a model of each rule.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,7 +138,7 @@ TEST(UpdateFieldsIsNeverSeenHalfDone) {
         Rows got(64);
         std::vector<int64_t> drawn(64);
         auto out = got.out();
-        for (int i = 0; i < 300; ++i) {
+        for (int i = 0; i < 300 || updates.load() < 20; ++i) {  // until the updater has run too
           if ((i + r) % 2 == 0) {
             t.Sample(64, out.data(), drawn.data(), nullptr);
           } else {
@@ -411,4 +413,117 @@ TEST(PartitionedConcurrentWritersSamplersAndMixture) {
   CHECK(bad.load() == 0);
   CHECK(t.count() == 12);
   CHECK(t.written() == 2 + 2 * 300 * 8);
+}
+
+// ======== Keyed archive, recency, reuse gate ================================================
+
+namespace {
+
+ConfigValue WithParts(ConfigValue writer, ConfigValue selector, ConfigValue reuse, int64_t capacity) {
+  ConfigValue extra = ConfigValue::MakeMap();
+  if (!writer.is_null()) extra.Set("writer", writer);
+  if (!reuse.is_null()) extra.Set("reuse", reuse);
+  extra.Set("metadata", ConfigValue::Bool(true));
+  ConfigValue c = TableConfig(capacity, LabelSpec(), SamplerConfig{}, 11, {}, extra);
+  if (!selector.is_null()) c.Set("selector", selector);
+  return c;
+}
+
+ConfigValue Map(std::initializer_list<std::pair<const char*, ConfigValue>> items) {
+  ConfigValue m = ConfigValue::MakeMap();
+  for (const auto& [k, v] : items) m.Set(k, v);
+  return m;
+}
+
+}  // namespace
+
+TEST(KeyedArchiveKeepsTheBestPerKeyAndRestores) {
+  const ConfigValue writer = Map({{"kind", ConfigValue::String("keyed_archive")}, {"key", ConfigValue::String("y")},
+                                  {"score", ConfigValue::String("id")}});
+  const ConfigValue config = WithParts(writer, ConfigValue(), ConfigValue(), 16);
+  Table a(config, {}), b(config, {});
+  std::vector<int32_t> keys;
+  for (int i = 0; i < 200; ++i) keys.push_back((i * 7) % 10);  // 10 keys, ids (scores) rising
+  CHECK(OfferLabels(a, 0, keys) == 200);  // each later item of a key scores higher: all enter
+  CHECK(a.size() == 10);
+  std::vector<int64_t> user(10), found(10);
+  for (int k = 0; k < 10; ++k) user[static_cast<size_t>(k)] = k;
+  a.Lookup(user.data(), 10, found.data());
+  std::vector<int64_t> id(10);
+  std::vector<int32_t> y(10);
+  std::array<uint8_t*, 2> out = {reinterpret_cast<uint8_t*>(id.data()), reinterpret_cast<uint8_t*>(y.data())};
+  a.Get(found.data(), 10, out.data());
+  for (int k = 0; k < 10; ++k) {
+    int64_t best = -1;
+    for (int i = 0; i < 200; ++i) {
+      if (keys[static_cast<size_t>(i)] == k) best = i;
+    }
+    CHECK(y[static_cast<size_t>(k)] == k && id[static_cast<size_t>(k)] == best);
+  }
+  CHECK(OfferLabels(a, 0, {3}) == 0);  // a worse item of a held key: a no-op
+  LoadState(b, SaveState(a));
+  CHECK(OfferLabels(a, 500, {3, 11, 12}) == OfferLabels(b, 500, {3, 11, 12}));
+  CHECK(a.StoredKeys() == b.StoredKeys());
+}
+
+TEST(RecencyDrawsAgesByThePowerLaw) {
+  const ConfigValue sel = Map({{"kind", ConfigValue::String("recency")}, {"exponent", ConfigValue::Double(1.0)}});
+  Table t(WithParts(ConfigValue(), sel, ConfigValue(), 1000), {});
+  std::vector<int32_t> labels(1000, 0);
+  OfferLabels(t, 0, labels);
+  std::vector<int64_t> counts(1000, 0);
+  std::vector<int64_t> id(500), keys(500);
+  std::vector<int32_t> y(500);
+  std::array<uint8_t*, 2> out = {reinterpret_cast<uint8_t*>(id.data()), reinterpret_cast<uint8_t*>(y.data())};
+  for (int r = 0; r < 100; ++r) {
+    t.Sample(500, out.data(), keys.data(), nullptr);
+    for (int64_t v : id) ++counts[static_cast<size_t>(999 - v)];
+  }
+  // P(age k) = (k + 1)^-1 / H_1000: ages 0 and 1 within 5 standard deviations.
+  double h = 0;
+  for (int k = 1; k <= 1000; ++k) h += 1.0 / k;
+  for (int k = 0; k < 2; ++k) {
+    const double p = 1.0 / (k + 1) / h, n = 50000;
+    CHECK(std::abs(static_cast<double>(counts[static_cast<size_t>(k)]) - n * p) < 5 * std::sqrt(n * p * (1 - p)));
+  }
+}
+
+TEST(MinIntervalHoldsAcrossSamplerThreads) {
+  const ConfigValue reuse = Map({{"min_interval", ConfigValue::Int(5)}});
+  Table t(WithParts(ConfigValue(), ConfigValue(), reuse, 512), {});
+  std::vector<int32_t> labels(512, 0);
+  OfferLabels(t, 0, labels);
+  std::mutex mu;
+  std::map<int64_t, std::vector<int64_t>> prev;  // id -> calls that drew it before (reported)
+  FinishWithin("min interval threads", 60, [&] {
+    std::vector<std::thread> threads;
+    for (int w = 0; w < 2; ++w) {
+      threads.emplace_back([&] {
+        std::vector<int64_t> id(16), keys(16), last(16), ins(16), ver(16), times(16);
+        std::vector<int32_t> y(16);
+        std::array<uint8_t*, 2> out = {reinterpret_cast<uint8_t*>(id.data()), reinterpret_cast<uint8_t*>(y.data())};
+        BatchMeta meta{ins.data(), ver.data(), times.data(), last.data()};
+        for (int i = 0; i < 300; ++i) {
+          t.Sample(16, out.data(), keys.data(), nullptr, &meta);
+          std::lock_guard<std::mutex> lock(mu);
+          for (size_t j = 0; j < 16; ++j) {
+            if (last[j] >= 0) prev[id[j]].push_back(last[j]);
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+  });
+  int64_t smallest = 1 << 30, gaps = 0;
+  for (auto& [item, calls] : prev) {
+    // Each reported call is a real draw of the item; two draws may report the same one (the
+    // metadata keeps the largest call, and racing draws can land in either order): distinct.
+    std::sort(calls.begin(), calls.end());
+    calls.erase(std::unique(calls.begin(), calls.end()), calls.end());
+    for (size_t k = 1; k < calls.size(); ++k) {
+      smallest = std::min(smallest, calls[k] - calls[k - 1]);
+      ++gaps;
+    }
+  }
+  CHECK(gaps > 0 && smallest >= 5);
 }
