@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 from typing import (
-    TYPE_CHECKING,
     Any,
     Callable,
     Dict,
     Mapping,
     Optional,
     Tuple,
-    Type,
     TypeVar,
     Union,
 )
@@ -29,13 +27,13 @@ from ._spec import Field
 from ._table import Table
 from ._values import as_int
 
-if TYPE_CHECKING:
-    from ._buffer import ReplayBuffer
+# The buffers are typed structurally here (Any): naming their class would import it back.
+ReplayBuffer = Any
 
-B = TypeVar("B", bound="ReplayBuffer")
+B = TypeVar("B")
 
 
-def reduce(buf: "ReplayBuffer") -> Tuple[Any, ...]:
+def reduce(buf: ReplayBuffer) -> Tuple[Any, ...]:
     """``buf.__reduce__``: a shared buffer pickles as its segment's name."""
     buf._check_open()
     if buf._storage == "memmap":
@@ -49,7 +47,7 @@ def reduce(buf: "ReplayBuffer") -> Tuple[Any, ...]:
     return (attach, (buf._core.shared_name, buf._admit_fn))
 
 
-def attach(name: str, admit_fn: Optional[Callable[..., Any]] = None) -> "ReplayBuffer":
+def attach(name: str, admit_fn: Optional[Callable[..., Any]] = None) -> ReplayBuffer:
     """Unpickles a shared buffer's handle: attaches to its segment (not as its owner). The
     segment describes itself (its configuration), so the handle is just its name."""
     config = Table.stored_config("attach_shared", name)
@@ -61,7 +59,7 @@ def attach(name: str, admit_fn: Optional[Callable[..., Any]] = None) -> "ReplayB
     return buf
 
 
-def reopen(buf: "ReplayBuffer", file: str, spec: Optional[Dict[str, Field]],
+def reopen(buf: ReplayBuffer, file: str, spec: Optional[Dict[str, Field]],
            named: Mapping[str, bool]) -> None:
     """Opens the table in an existing memmap file: its configuration (in the file's header)
     must match the call's; spec, seed and the policy roles the call does not name (`named`)
@@ -88,7 +86,7 @@ def reopen(buf: "ReplayBuffer", file: str, spec: Optional[Dict[str, Field]],
         buf._limiter = RateLimiter._from_core(table.core)
 
 
-def config_now(buf: "ReplayBuffer") -> Dict[str, Any]:
+def config_now(buf: ReplayBuffer) -> Dict[str, Any]:
     """The configuration with the live settings as they are now (what a save keeps)."""
     if buf._table is None:
         return buf._config({})
@@ -100,12 +98,12 @@ def config_now(buf: "ReplayBuffer") -> Dict[str, Any]:
     return config
 
 
-def save(buf: "ReplayBuffer", path: Union[str, os.PathLike], progress: Optional[bool]) -> None:
+def save(buf: ReplayBuffer, path: Union[str, os.PathLike], progress: Optional[bool]) -> None:
     buf._check_open()
     _checkpoint.save(buf._table, config_now(buf), path, progress=progress)
 
 
-def load(cls: Type[B], path: Union[str, os.PathLike], progress: Optional[bool]) -> B:
+def load(cls: Any, path: Union[str, os.PathLike], progress: Optional[bool]) -> Any:
     def check(config: Mapping[str, Any]) -> None:
         # The file's class, or a class it derives from (ReplayBuffer.load of an
         # EpisodeBuffer file), or a user subclass of it serving the same view.
@@ -128,18 +126,18 @@ def load(cls: Type[B], path: Union[str, os.PathLike], progress: Optional[bool]) 
     return buf  # type: ignore[return-value]
 
 
-def state_dict(buf: "ReplayBuffer") -> Dict[str, Any]:
+def state_dict(buf: ReplayBuffer) -> Dict[str, Any]:
     return _state.state_dict(buf._table, config_now(buf))
 
 
-def load_state_dict(buf: "ReplayBuffer", state: Mapping[str, Any]) -> None:
+def load_state_dict(buf: ReplayBuffer, state: Mapping[str, Any]) -> None:
     try:
         _load_state(buf, state)
     except (KeyError, TypeError, AttributeError, IndexError) as e:
         raise ValueError(f"malformed reverie state_dict: {type(e).__name__}: {e}") from None
 
 
-def _load_state(buf: "ReplayBuffer", state: Mapping[str, Any]) -> None:
+def _load_state(buf: ReplayBuffer, state: Mapping[str, Any]) -> None:
     if buf._storage == "memmap":
         raise ValueError("load_state_dict into a storage='memmap' buffer is not supported: "
                          "load into a memory buffer, or reopen the memmap file")
