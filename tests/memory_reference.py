@@ -2,6 +2,10 @@
 buffer against, written from the documented rules (README "Continual learning"), apart
 from the library.
 
+Quotas (fifo=True below) are CBRS's shares with each group's newest items kept: the giving
+group (drawn as for CBRS among the largest) loses its oldest item, and an item of a full
+group replaces its own group's oldest (always stored).
+
 Class-balanced reservoir (CBRS), decision for the n-th offer (0-based) of class c:
 - room: the next free slot (slots in order); c's list gets it appended;
 - full, c not full: among the classes tied for the largest held count, the one at position
@@ -43,6 +47,7 @@ class CBRSModel:
     order: List[int] = field(default_factory=list)            # classes by held count, descending
     offers: int = 0
     filled: int = 0
+    fifo: bool = False  # the quotas rule: the oldest item of a group leaves, never a drawn one
 
     def __post_init__(self) -> None:
         self.slots = [None] * self.capacity
@@ -79,6 +84,10 @@ class CBRSModel:
         lst.pop()
         return slot
 
+    def _remove_oldest(self, c: int) -> int:
+        self._shrink(c)
+        return self.members[c].pop(0)
+
     def counts(self) -> Dict[int, int]:
         return {self.labels[c]: self.held(c) for c in range(len(self.labels))}
 
@@ -103,12 +112,20 @@ class CBRSModel:
         r1, r2 = random_bits(self.seed, n, LANE, 1), random_bits(self.seed, n, LANE, 2)
         if not self.full[c] and self.held(c) == self.largest():
             self.full[c] = True
-        if not self.full[c]:
+        if not self.full[c] or (self.fifo and self.held(c) == 0):
             top = self.largest()
             tied = sum(1 for k in self.order if self.held(k) == top)
             giver = self.order[_below(r1, tied)]
             self.full[giver] = True
-            slot = self._remove_at(giver, _below(r2, self.held(giver)))
+            if self.fifo:
+                slot = self._remove_oldest(giver)
+            else:
+                slot = self._remove_at(giver, _below(r2, self.held(giver)))
+            self._append(c, slot)
+            self.slots[slot] = item_id
+            return True
+        if self.fifo:  # at its share: the group's own oldest makes room
+            slot = self._remove_oldest(c)
             self._append(c, slot)
             self.slots[slot] = item_id
             return True
@@ -155,3 +172,39 @@ class ArchiveModel:
 
     def slots(self) -> Dict[int, int]:
         return {e[4]: e[3] for e in self.entries.values()}
+
+
+@dataclass
+class PinnedFifoModel:
+    """The FIFO rule with pins (README "Pinned items"): items in insertion order; a new item
+    takes a free slot, else evicts the oldest unpinned item; a write that would evict a
+    pinned item is refused whole; with pin_all set every item is pinned as it is stored, and
+    a call offering more items than free slots is refused whole. Unpinning changes no
+    order: the oldest unpinned item is the next to go."""
+
+    capacity: int
+    items: List[int] = field(default_factory=list)  # ids, oldest first
+    pinned: set = field(default_factory=set)
+    pin_new: bool = False
+
+    def extend(self, ids: List[int]) -> bool:
+        free = self.capacity - len(self.items)
+        if ids and (free < len(ids) if self.pin_new else free == 0 and self.pinned >= set(self.items)):
+            return False  # refused: nothing stored
+        for i in ids:
+            if len(self.items) == self.capacity:
+                self.items.remove(next(x for x in self.items if x not in self.pinned))
+            self.items.append(i)
+            if self.pin_new:
+                self.pinned.add(i)
+        return True
+
+    def pin(self, ids: List[int], pin: bool) -> int:
+        held = [i for i in dict.fromkeys(ids) if i in self.items]
+        changed = [i for i in held if (i in self.pinned) != pin]
+        (self.pinned.update if pin else self.pinned.difference_update)(changed)
+        return len(changed)
+
+    def pin_all(self, pin: bool) -> int:
+        self.pin_new = pin
+        return self.pin(list(self.items), pin)

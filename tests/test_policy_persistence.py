@@ -41,12 +41,20 @@ def policy_kwargs(name: str) -> Dict[str, Any]:
         "archive_meta": dict(writer=rv.KeyedArchive(key="cell", score="score", tiebreak="id"), metadata=True),
         "archive_prioritized": dict(writer=rv.KeyedArchive(key="cell", score="score", tiebreak_order="max"),
                                     sampler=rv.Prioritized()),
+        "fifo_pins_prioritized": dict(writer=rv.Fifo(pins=True), sampler=rv.Prioritized(), metadata=True),
+        "reservoir_pins": dict(writer=rv.Reservoir(pins=True)),
+        "quotas_prioritized": dict(writer=rv.Quotas(group="cls", max_groups=8), sampler=rv.Prioritized()),
     }[name]
 
 
 POLICIES = ["reservoir", "reservoir_threshold", "top_k_mts_meta", "top_k_priority",
             "fifo_consume_distinct", "fifo_meta_prioritized", "class_balanced_meta",
-            "class_balanced_prioritized", "archive_meta", "archive_prioritized"]
+            "class_balanced_prioritized", "archive_meta", "archive_prioritized", "fifo_pins_prioritized",
+            "reservoir_pins", "quotas_prioritized"]
+
+
+def pins(buf: rv.ReplayBuffer) -> bool:
+    return bool(getattr(buf.writer, "pins", False))
 
 
 def rows(first: int, n: int) -> Dict[str, np.ndarray]:
@@ -61,6 +69,12 @@ def rows(first: int, n: int) -> Dict[str, np.ndarray]:
 def step(buf: rv.ReplayBuffer, i: int) -> Dict[str, Any]:
     """One step of the continuation: offer 3 items, sample 4, update their priorities."""
     out: Dict[str, Any] = {"stored": buf.extend(**rows(10_000 + 3 * i, 3))}
+    if pins(buf):  # pins and releases along the way (never all: 64 slots)
+        if i % 50 == 7:
+            out["pin"] = buf.pin(buf.keys()[-2:])
+        if i % 50 == 33:
+            out["unpin"] = buf.unpin(buf.keys()[:3])
+        out["pinned"] = buf.pinned
     n = min(4, len(buf))
     if n:
         b = buf.sample(n)
@@ -85,6 +99,12 @@ def warm_up(buf: rv.ReplayBuffer) -> None:
         b = buf.sample(min(8, len(buf)))
         if isinstance(buf._sampler, rv.Prioritized):
             buf.update_priorities(b.indices, (b["id"] % 5).double() + 0.25)
+        if pins(buf) and i == 3:
+            assert buf.pin(buf.keys()[::4]) == 16
+        if pins(buf) and i == 9:
+            buf.unpin(buf.keys()[::3])
+    if pins(buf):
+        assert 0 < buf.pinned < CAPACITY
 
 
 def assert_same_future(restored: rv.ReplayBuffer, twin: rv.ReplayBuffer, steps: int = 1000) -> None:
@@ -93,7 +113,7 @@ def assert_same_future(restored: rv.ReplayBuffer, twin: rv.ReplayBuffer, steps: 
     assert restored.version == twin.version
     for i in range(steps):
         a, b = step(restored, i), step(twin, i)
-        for k in ("stored", "keys", "ids", "meta", "stats"):
+        for k in ("stored", "keys", "ids", "meta", "stats", "pin", "unpin", "pinned"):
             assert a.get(k) == b.get(k), f"step {i}: {k} differs: {a.get(k)} != {b.get(k)}"
         if "obs" in a:
             assert torch.equal(a["obs"], b["obs"]), f"step {i}"
@@ -186,6 +206,8 @@ def test_shared_policy_with_a_writer_and_a_sampler_process(policy):
     ctx = mp.get_context("fork")
     buf = fresh(policy, storage="shared")
     buf.extend(**rows(0, 50))
+    if pins(buf):
+        assert buf.pin(buf.keys()[:10]) == 10  # ids 0..9 stay whatever the child writes
     go = ctx.Event()
     results = ctx.Queue()
     writer = ctx.Process(target=_writer, args=(buf, 50, 1000, go))
@@ -210,6 +232,10 @@ def test_shared_policy_with_a_writer_and_a_sampler_process(policy):
     stats = buf.stats()
     assert len(set(ids.tolist())) == len(ids) and set(ids.tolist()) <= set(range(1050))
     assert torch.equal(held["obs"], torch.from_numpy(offered["obs"][ids]))  # no torn rows
+    if pins(buf):
+        assert set(range(10)) <= set(ids.tolist()) and buf.pinned == 10
+    if policy == "fifo_pins_prioritized":  # the other 54 slots hold the last 54 writes
+        assert sorted(ids.tolist()) == list(range(10)) + list(range(1050 - (CAPACITY - 10), 1050))
     if policy.startswith("reservoir"):
         admitted = offered["score"] >= 0.3 if "threshold" in policy else np.ones(1050, bool)
         assert stats["reservoir.offers"] == int(admitted.sum())
@@ -242,6 +268,14 @@ def test_shared_policy_with_a_writer_and_a_sampler_process(policy):
             tb = float(offered["id"][j]) if policy == "archive_meta" else 0.0
             model.offer(int(offered["cell"][j]), float(offered["score"][j]), tb, j)
         assert sorted(ids.tolist()) == sorted(e[3] for e in model.entries.values())
+    if policy.startswith("quotas"):  # water-filling within 1, each group's newest items
+        n = np.bincount(offered["cls"], minlength=5)
+        held_counts = np.bincount(held["cls"].numpy(), minlength=5)
+        tau = max(t for t in range(CAPACITY + 1) if np.minimum(n, t).sum() <= CAPACITY)
+        assert (np.abs(held_counts - np.minimum(n, tau)) <= 1).all(), (held_counts, n, tau)
+        for g in range(5):
+            of_g = np.flatnonzero(offered["cls"] == g)
+            assert sorted(ids[held["cls"].numpy() == g].tolist()) == of_g[len(of_g) - held_counts[g]:].tolist()
     if policy.startswith("class_balanced"):
         # Water-filling of what was offered (the sequence of offers is one writer's), within 1.
         admitted = offered["score"] >= 0.1 if "prioritized" in policy else np.ones(1050, bool)

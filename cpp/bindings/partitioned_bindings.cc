@@ -160,6 +160,16 @@ void BindPartitionedTable(py::module_& m) {
         py::gil_scoped_release release;
         return table.UpdateFields(k.data(), k.size(), in.fields(), in.count);
       }, py::arg("keys"))
+      .def("pin", [](PartitionedTable& table, const py::array& keys, bool pin) {
+        const auto k = KeyArray(keys);
+        py::gil_scoped_release release;
+        return table.Pin(k.data(), k.size(), pin);
+      }, py::arg("keys"), py::arg("pin"), "Pins (or unpins) the items of `keys`; returns how many changed.")
+      .def("pin_partition", [](PartitionedTable& table, int64_t value, bool pin) {
+        py::gil_scoped_release release;
+        return table.PinPartition(value, pin);
+      }, py::arg("value"), py::arg("pin"))
+      .def_property_readonly("pinned", &PartitionedTable::pinned)
       .def("lookup", [](PartitionedTable& table, const py::array& user_keys) {
         const auto k = KeyArray(user_keys);
         py::array_t<int64_t> out(k.size());

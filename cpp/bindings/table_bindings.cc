@@ -235,6 +235,18 @@ void BindTable(py::module_& m) {
         py::gil_scoped_release release;
         return table.UpdateFields(k.data(), k.size(), in.fields(), in.count);
       }, py::arg("keys"), "Overwrites the given fields of the items of `keys`; returns how many were stale.")
+      .def("pin", [](Table& table, const py::array& keys, bool pin) {
+        const auto k = KeyArray(keys);
+        py::gil_scoped_release release;
+        return table.Pin(k.data(), k.size(), pin);
+      }, py::arg("keys"), py::arg("pin"), "Pins (or unpins) the items of `keys`; returns how many changed.")
+      .def("pin_all", [](Table& table, bool pin) {
+        py::gil_scoped_release release;
+        return table.PinAll(pin);
+      }, py::arg("pin"), "Pins every item held and written later (or unpins every item); returns how many changed.")
+      .def_property_readonly("pinned", &Table::pinned)
+      .def_property_readonly("pins", &Table::pins)
+      .def_property_readonly("pins_new", &Table::pins_new)
       .def("lookup", [](Table& table, const py::array& user_keys) {
         const auto k = KeyArray(user_keys);
         py::array_t<int64_t> out(k.size());

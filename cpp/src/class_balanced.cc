@@ -41,26 +41,42 @@ bool IntegerScalar(const FieldSpec& f) {
 
 }  // namespace
 
-std::unique_ptr<Writer> MakeClassBalanced(const ConfigValue& settings, const TableContext& table) {
-  REVERIE_CHECK(table.max_times_sampled == 0,
-                "the class_balanced writer cannot be combined with max_times_sampled: items that leave "
-                "early would unbalance the classes it keeps");
-  const std::string& label = settings.At("label", "the class_balanced writer").AsString("class_balanced 'label'");
-  const int field = table.FieldIndex(label, "class_balanced label");
+namespace {
+
+// Both kinds' factory: the class field and the class bound under the kind's own names.
+std::unique_ptr<Writer> MakeBalanced(const ConfigValue& settings, const TableContext& table, bool fifo) {
+  const char* kind = fifo ? "quotas" : "class_balanced";
+  const std::string field_key = fifo ? "group" : "label", bound_key = fifo ? "max_groups" : "max_classes";
+  REVERIE_CHECK(table.max_times_sampled == 0, "the ", kind, " writer cannot be combined with max_times_sampled: "
+                "items that leave early would unbalance the ", fifo ? "groups" : "classes", " it keeps");
+  const std::string& label = settings.At(field_key, std::string("the ") + kind + " writer")
+                                 .AsString(std::string(kind) + " '" + field_key + "'");
+  const int field = table.FieldIndex(label, std::string(kind) + " " + field_key);
   const FieldSpec& f = (*table.spec)[static_cast<size_t>(field)];
-  REVERIE_CHECK_TYPE(IntegerScalar(f), "class_balanced label '", label, "' must be an integer scalar field, got ",
+  REVERIE_CHECK_TYPE(IntegerScalar(f), kind, " ", field_key, " '", label, "' must be an integer scalar field, got ",
                      DTypeName(f.dtype), ShapeString(f.shape.data(), static_cast<int>(f.shape.size())));
   int64_t max_classes = kDefaultMaxClasses;
-  const ConfigValue& m = settings.Get("max_classes");
-  if (!m.is_null()) max_classes = m.AsInt("class_balanced 'max_classes'");
-  REVERIE_CHECK(max_classes >= 1 && max_classes <= kMostClasses, "class_balanced max_classes must be in [1, ",
+  const ConfigValue& m = settings.Get(bound_key);
+  if (!m.is_null()) max_classes = m.AsInt(std::string(kind) + " '" + bound_key + "'");
+  REVERIE_CHECK(max_classes >= 1 && max_classes <= kMostClasses, kind, " ", bound_key, " must be in [1, ",
                 kMostClasses, "], got ", max_classes);
-  return std::make_unique<ClassBalanced>(table.capacity, table.seed, field, f.dtype, max_classes);
+  return std::make_unique<ClassBalanced>(table.capacity, table.seed, field, f.dtype, max_classes, fifo);
 }
 
-ClassBalanced::ClassBalanced(int64_t capacity, uint64_t seed, int label_field, DType dtype, int64_t max_classes)
-    : LockedWriter("class_balanced", capacity), seed_(seed), field_(label_field), dtype_(dtype),
-      max_classes_(max_classes), label_mask_(TableSize(max_classes) - 1),
+}  // namespace
+
+std::unique_ptr<Writer> MakeClassBalanced(const ConfigValue& settings, const TableContext& table) {
+  return MakeBalanced(settings, table, /*fifo=*/false);
+}
+
+std::unique_ptr<Writer> MakeQuotas(const ConfigValue& settings, const TableContext& table) {
+  return MakeBalanced(settings, table, /*fifo=*/true);
+}
+
+ClassBalanced::ClassBalanced(int64_t capacity, uint64_t seed, int label_field, DType dtype, int64_t max_classes,
+                             bool fifo)
+    : LockedWriter(fifo ? "quotas" : "class_balanced", capacity), seed_(seed), field_(label_field), dtype_(dtype),
+      max_classes_(max_classes), fifo_(fifo), label_mask_(TableSize(max_classes) - 1),
       member_mask_(TableSize(capacity) - 1) {}
 
 std::vector<size_t> ClassBalanced::DerivedSections() const {
@@ -68,7 +84,7 @@ std::vector<size_t> ClassBalanced::DerivedSections() const {
   const size_t labels = (label_mask_ + 1) * sizeof(int64_t);
   return {sizeof(State), per_class, per_class, per_class, per_class, per_class, per_class,
           static_cast<size_t>(capacity() + 1) * sizeof(int64_t), labels, labels,
-          (member_mask_ + 1) * sizeof(Entry)};
+          (member_mask_ + 1) * sizeof(Entry), fifo_ ? per_class : 0};
 }
 
 void ClassBalanced::BindDerived(const std::vector<uint8_t*>& s, bool fresh) {
@@ -83,13 +99,14 @@ void ClassBalanced::BindDerived(const std::vector<uint8_t*>& s, bool fresh) {
   label_table_ = reinterpret_cast<int64_t*>(s[8]);
   label_keys_ = reinterpret_cast<int64_t*>(s[9]);
   members_ = reinterpret_cast<Entry*>(s[10]);
+  head_ = fifo_ ? reinterpret_cast<int64_t*>(s[11]) : nullptr;
   if (fresh) state_->classes = 0;  // the rest is zero: no classes, empty tables
 }
 
 void ClassBalanced::StateArrays(std::vector<StateArray>* out) {
   LockedWriter::StateArrays(out);
   auto add = [&](const char* what, int64_t* data, std::vector<int64_t> shape) {
-    out->push_back(StateArray{std::string("class_balanced.") + what, "int64", std::move(shape),
+    out->push_back(StateArray{name() + "." + what, "int64", std::move(shape),
                               reinterpret_cast<uint8_t*>(data), false});
   };
   add("labels", labels_, {max_classes_});
@@ -102,37 +119,41 @@ void ClassBalanced::StateArrays(std::vector<StateArray>* out) {
   add("label_table", label_table_, {static_cast<int64_t>(label_mask_ + 1)});
   add("label_keys", label_keys_, {static_cast<int64_t>(label_mask_ + 1)});
   add("members", reinterpret_cast<int64_t*>(members_), {static_cast<int64_t>(member_mask_ + 1), 2});
+  if (fifo_) add("head", head_, {max_classes_});
 }
 
 void ClassBalanced::SaveScalars(ConfigValue* out) const {
   LockedWriter::SaveScalars(out);
-  out->Set("class_balanced.classes", ConfigValue::Int(state_->classes));
+  out->Set(name() + ".classes", ConfigValue::Int(state_->classes));
 }
 
 void ClassBalanced::RestoreDerived(const ConfigValue& scalars, const Ring& stamps) {
-  const int64_t classes = StateInt(scalars, "class_balanced.classes");
-  REVERIE_CHECK(classes >= 0 && classes <= max_classes_, "class_balanced state: ", classes,
-                " classes, max_classes ", max_classes_);
+  const int64_t classes = StateInt(scalars, name() + ".classes");
+  REVERIE_CHECK(classes >= 0 && classes <= max_classes_, name(), " state: ", classes,
+                " classes, at most ", max_classes_);
   int64_t stored = 0;
   for (int64_t slot = 0; slot < capacity(); ++slot) stored += Stamp::IsCommitted(stamps.LoadStamp(slot));
   int64_t sum = 0;
   for (int64_t p = 0; p < classes; ++p) {
     const int64_t c = order_[p];
-    REVERIE_CHECK(c >= 0 && c < classes && where_[c] == p, "class_balanced state: the class order is not a "
+    REVERIE_CHECK(c >= 0 && c < classes && where_[c] == p, name(), " state: the class order is not a "
                   "permutation at position ", p);
     REVERIE_CHECK(held_[c] >= 0 && held_[c] <= offered_[c] && (p == 0 || held_[order_[p - 1]] >= held_[c]),
-                  "class_balanced state: class ", c, " holds ", held_[c], " items (offered ", offered_[c],
+                  name(), " state: class ", c, " holds ", held_[c], " items (offered ", offered_[c],
                   ") out of order");
-    REVERIE_CHECK(Find(labels_[c]) == c, "class_balanced state: label ", labels_[c], " does not map to class ", c);
+    if (fifo_) {
+      REVERIE_CHECK(head_[c] >= 0 && head_[c] < capacity(), name(), " state: group ", c, " starts at ", head_[c]);
+    }
+    REVERIE_CHECK(Find(labels_[c]) == c, name(), " state: label ", labels_[c], " does not map to class ", c);
     sum += held_[c];
   }
-  REVERIE_CHECK(sum == stored, "class_balanced state: the classes hold ", sum, " items but ", stored,
+  REVERIE_CHECK(sum == stored, name(), " state: the classes hold ", sum, " items but ", stored,
                 " are stored");
   state_->classes = classes;
 }
 
 void ClassBalanced::CheckFieldUpdate(int field, const std::string& name) const {
-  REVERIE_CHECK(field != field_, "field '", name, "' is the label a class_balanced writer counts its items "
+  REVERIE_CHECK(field != field_, "field '", name, "' is the label a ", this->name(), " writer counts its items "
                 "by, fixed when they were written: it cannot be updated in place");
 }
 
@@ -167,6 +188,7 @@ int64_t ClassBalanced::Intern(int64_t label) {
   label_table_[i] = c + 1;
   labels_[c] = label;
   held_[c] = offered_[c] = full_[c] = 0;
+  if (fifo_) head_[c] = 0;
   order_[c] = c;  // count 0: the end of the order
   where_[c] = c;
   return c;
@@ -200,10 +222,16 @@ ClassBalanced::Entry* ClassBalanced::Probe(int64_t key) const {
   }
 }
 
-int64_t& ClassBalanced::Member(int64_t c, int64_t p) { return Probe(c * capacity() + p + 1)->slot; }
+int64_t ClassBalanced::KeyOf(int64_t c, int64_t p) const {
+  // A FIFO group's list is a ring of positions from its head (oldest first).
+  if (fifo_) p = (head_[c] + p) % capacity();
+  return c * capacity() + p + 1;
+}
+
+int64_t& ClassBalanced::Member(int64_t c, int64_t p) { return Probe(KeyOf(c, p))->slot; }
 
 void ClassBalanced::Append(int64_t c, int64_t slot) {
-  const int64_t key = c * capacity() + held_[c] + 1;
+  const int64_t key = KeyOf(c, held_[c]);
   Entry* e = Probe(key);
   e->key = key;
   e->slot = slot;
@@ -212,8 +240,19 @@ void ClassBalanced::Append(int64_t c, int64_t slot) {
 
 void ClassBalanced::RemoveAt(int64_t c, int64_t p) {
   const int64_t last = held_[c] - 1;
-  Entry* e = Probe(c * capacity() + last + 1);
+  Entry* e = Probe(KeyOf(c, last));
   if (p != last) Member(c, p) = e->slot;
+  Erase(e);
+  Shrink(c);
+}
+
+void ClassBalanced::RemoveOldest(int64_t c) {
+  Erase(Probe(KeyOf(c, 0)));
+  head_[c] = (head_[c] + 1) % capacity();
+  Shrink(c);
+}
+
+void ClassBalanced::Erase(Entry* e) {
   // Backward-shift deletion (linear probing): later entries of the run move up into the gap
   // unless their home lies after it.
   uint64_t hole = static_cast<uint64_t>(e - members_);
@@ -225,7 +264,6 @@ void ClassBalanced::RemoveAt(int64_t c, int64_t p) {
     hole = j;
   }
   members_[hole].key = 0;
-  Shrink(c);
 }
 
 bool ClassBalanced::IsFull(int64_t c) {
@@ -247,8 +285,8 @@ void ClassBalanced::Check(const WriteBatch& batch) const {
     if (Find(label) >= 0 || unseen.count(label) != 0) continue;
     unseen.insert(label);
     REVERIE_CHECK(state_->classes + static_cast<int64_t>(unseen.size()) <= max_classes_,
-                  "class_balanced writer: item ", batch.Row(i), " has label ", label, ", a class beyond "
-                  "max_classes = ", max_classes_, " (", state_->classes, " classes seen; nothing was stored)");
+                  name(), " writer: item ", batch.Row(i), " has label ", label, ", a ",
+                  fifo_ ? "group beyond max_groups = " : "class beyond max_classes = ", max_classes_, " (", state_->classes, " classes seen; nothing was stored)");
   }
 }
 
@@ -259,15 +297,29 @@ int64_t ClassBalanced::Decide(const WriteBatch& batch, int64_t i, int64_t offer,
     Append(c, free_slot);
     return free_slot;
   }
-  if (!IsFull(c)) {
+  // (Quotas: a full group left with no item, possible only while groups outnumber slots,
+  // takes one back as a group below its share would.)
+  if (!IsFull(c) || (fifo_ && held_[c] == 0)) {
     // A largest class (one of those tied, uniformly) gives up a uniformly drawn item.
     const int64_t top = largest();
     const int64_t tied = above_[top - 1];  // classes holding more than top - 1: exactly top
     const int64_t from = order_[MulHi64(Draw(offer, 1), static_cast<uint64_t>(tied))];
     full_[from] = 1;
+    if (fifo_) {  // quotas: the largest group's oldest item
+      const int64_t slot = Member(from, 0);
+      RemoveOldest(from);
+      Append(c, slot);
+      return slot;
+    }
     const auto p = static_cast<int64_t>(MulHi64(Draw(offer, 2), static_cast<uint64_t>(held_[from])));
     const int64_t slot = Member(from, p);
     RemoveAt(from, p);
+    Append(c, slot);
+    return slot;
+  }
+  if (fifo_) {  // quotas, a group at its share: its own oldest item makes room
+    const int64_t slot = Member(c, 0);
+    RemoveOldest(c);
     Append(c, slot);
     return slot;
   }

@@ -8,10 +8,6 @@
 
 namespace reverie {
 
-std::unique_ptr<Writer> MakeFifoWriter(const ConfigValue&, const TableContext&) {
-  return std::make_unique<FifoWriter>();
-}
-
 void FifoWriter::InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, const Ring& stamps) const {
   for (int64_t i = 0; i < n; ++i) out[i] = stamps.InsertionOfKey(keys[i]);
 }

@@ -14,13 +14,22 @@ void Writer::Lookup(const int64_t*, int64_t, int64_t*) const {
                               "keyed_archive writer does)");
 }
 
+int64_t Writer::Pin(const int64_t*, int64_t, bool) {
+  throw std::invalid_argument("this buffer's writer cannot pin items: pins need a writer made with pins (a FIFO or "
+                              "reservoir writer with pins=True); a top-k, class-balanced or keyed-archive writer "
+                              "decides what it keeps by its own rule");
+}
+
+int64_t Writer::PinAll(bool pin, const Ring&) { return Pin(nullptr, 0, pin); }
+
 int64_t Writer::Place(const WriteBatch&, const Ring&, int64_t, int64_t*) {
   throw std::logic_error("this writer stores through the FIFO ring, not by placing items");
 }
 
 std::vector<size_t> LockedWriter::Sections() const {
   const size_t array = static_cast<size_t>(capacity_) * sizeof(int64_t);
-  std::vector<size_t> out = {sizeof(Counters), array, array, sizeof(Sizes)};
+  std::vector<size_t> out = {sizeof(Counters), array, array, sizeof(Sizes),
+                             pins_enabled_ ? static_cast<size_t>(capacity_) : 0};
   for (size_t bytes : DerivedSections()) out.push_back(bytes);
   return out;
 }
@@ -30,16 +39,19 @@ void LockedWriter::Bind(const std::vector<uint8_t*>& sections, bool fresh) {
   insertion_ = reinterpret_cast<int64_t*>(sections[1]);
   free_ = reinterpret_cast<int64_t*>(sections[2]);
   sizes_ = reinterpret_cast<Sizes*>(sections[3]);
+  pins_ = pins_enabled_ ? sections[4] : nullptr;
   if (fresh) {
-    *counters_ = Counters{0, 0, 0, 0};
+    *counters_ = Counters{0, 0, 0, 0, 0, 0};
     new (sizes_) Sizes{{0}, {0}};
+    if (pins_ != nullptr) std::fill(pins_, pins_ + capacity_, uint8_t{0});
   }
-  BindDerived(std::vector<uint8_t*>(sections.begin() + 4, sections.end()), fresh);
+  BindDerived(std::vector<uint8_t*>(sections.begin() + 5, sections.end()), fresh);
 }
 
 void LockedWriter::StateArrays(std::vector<StateArray>* out) {
   out->push_back(StateArray{name_ + ".inserted", "int64", {capacity_}, reinterpret_cast<uint8_t*>(insertion_), true});
   out->push_back(StateArray{name_ + ".free", "int64", {capacity_}, reinterpret_cast<uint8_t*>(free_), false});
+  if (pins_ != nullptr) out->push_back(StateArray{name_ + ".pinned", "uint8", {capacity_}, pins_, true});
 }
 
 void LockedWriter::SaveScalars(ConfigValue* out) const {
@@ -47,11 +59,14 @@ void LockedWriter::SaveScalars(ConfigValue* out) const {
   out->Set(name_ + ".rejected", ConfigValue::Int(counters_->rejected));
   out->Set(name_ + ".filled", ConfigValue::Int(counters_->filled));
   out->Set(name_ + ".freed", ConfigValue::Int(counters_->freed));
+  if (pins_ != nullptr) out->Set(name_ + ".pin_new", ConfigValue::Int(counters_->pin_new));
 }
 
 void LockedWriter::Restore(const ConfigValue& scalars, const Ring& stamps) {
   Counters c{StateInt(scalars, name_ + ".offers"), StateInt(scalars, name_ + ".rejected"),
-             StateInt(scalars, name_ + ".filled"), StateInt(scalars, name_ + ".freed")};
+             StateInt(scalars, name_ + ".filled"), StateInt(scalars, name_ + ".freed"), 0,
+             pins_ != nullptr ? StateInt(scalars, name_ + ".pin_new") : 0};
+  REVERIE_CHECK(c.pin_new == 0 || c.pin_new == 1, name_, " state: pin_new is ", c.pin_new, ", not 0 or 1");
   REVERIE_CHECK(c.offers >= 0 && c.rejected >= 0 && c.rejected <= c.offers, name_,
                 " state: ", c.rejected, " of ", c.offers, " offers dropped");
   REVERIE_CHECK(c.filled >= 0 && c.filled <= capacity_ && c.freed >= 0 && c.freed <= c.filled,
@@ -62,6 +77,11 @@ void LockedWriter::Restore(const ConfigValue& scalars, const Ring& stamps) {
     REVERIE_CHECK((slot < c.filled) == (stamp != Stamp::kEmpty), name_, " state: slot ", slot,
                   slot < c.filled ? " should have been written" : " should never have been written");
     empty += slot < c.filled && !Stamp::IsCommitted(stamp);
+    if (pins_ != nullptr && pins_[slot] != 0) {
+      REVERIE_CHECK(pins_[slot] == 1 && Stamp::IsCommitted(stamp), name_, " state: slot ", slot,
+                    " is pinned but holds no item (or its pin byte is ", int{pins_[slot]}, ")");
+      ++c.pinned;
+    }
     if (Stamp::IsCommitted(stamp)) {
       REVERIE_CHECK(insertion_[slot] >= 0 && insertion_[slot] < stamps.committed(), name_,
                     " state: slot ", slot, " has insertion number ", insertion_[slot], " of ",
@@ -112,6 +132,10 @@ int64_t LockedWriter::Place(const WriteBatch& batch, const Ring&, int64_t first_
     }
     if (slot == free_slot) TakeFree(slot);
     insertion_[slot] = insertion;
+    if (pins_ != nullptr && counters_->pin_new != 0 && pins_[slot] == 0) {
+      pins_[slot] = 1;
+      ++counters_->pinned;
+    }
     Placed(slot);
     ++placed;
   }
@@ -119,8 +143,36 @@ int64_t LockedWriter::Place(const WriteBatch& batch, const Ring&, int64_t first_
 }
 
 void LockedWriter::OnRemove(int64_t slot) {
+  if (pinned(slot)) {  // removers skip pinned items; a slot freed otherwise loses its pin
+    pins_[slot] = 0;
+    --counters_->pinned;
+  }
   free_[counters_->freed++] = slot;
   sizes_->held.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+int64_t LockedWriter::Pin(const int64_t* slots, int64_t n, bool pin) {
+  if (pins_ == nullptr) return Writer::Pin(slots, n, pin);
+  std::vector<int64_t> changed;
+  for (int64_t i = 0; i < n; ++i) {
+    if ((pins_[slots[i]] != 0) == pin) continue;  // already so (or repeated in the call)
+    pins_[slots[i]] = pin ? 1 : 0;
+    changed.push_back(slots[i]);
+  }
+  const auto count = static_cast<int64_t>(changed.size());
+  counters_->pinned += pin ? count : -count;
+  if (!changed.empty()) OnPins(changed, pin);
+  return count;
+}
+
+int64_t LockedWriter::PinAll(bool pin, const Ring& stamps) {
+  if (pins_ == nullptr) return Writer::Pin(nullptr, 0, pin);
+  counters_->pin_new = pin ? 1 : 0;
+  std::vector<int64_t> held;
+  for (int64_t slot = 0; slot < counters_->filled; ++slot) {
+    if (Stamp::IsCommitted(stamps.LoadStamp(slot))) held.push_back(slot);
+  }
+  return Pin(held.data(), static_cast<int64_t>(held.size()), pin);
 }
 
 void LockedWriter::InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, const Ring& stamps) const {

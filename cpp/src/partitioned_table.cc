@@ -720,6 +720,40 @@ int64_t PartitionedTable::UpdateFields(const int64_t* keys, int64_t n, const Fie
   return stale;
 }
 
+int64_t PartitionedTable::Pin(const int64_t* keys, int64_t n, bool pin) {
+  Sync();
+  const KeyGroups groups = GroupKeys(keys, n);
+  for (size_t p = 0; p < groups.keys.size(); ++p) {
+    if (groups.keys[p].empty() || parts_[p]->pins()) continue;
+    throw std::invalid_argument(internal::Concat(
+        "partition ", values_[p], "'s writer cannot pin items (key ", keys[groups.positions[p][0]],
+        "): give its writer pins (a FIFO or reservoir writer with pins=True)"));
+  }
+  int64_t changed = 0;
+  for (size_t p = 0; p < groups.keys.size(); ++p) {
+    if (groups.keys[p].empty()) continue;
+    changed += parts_[p]->Pin(groups.keys[p].data(), static_cast<int64_t>(groups.keys[p].size()), pin);
+  }
+  return changed;
+}
+
+int64_t PartitionedTable::PinPartition(int64_t value, bool pin) {
+  Sync();
+  const int64_t p = IndexOf(value);
+  REVERIE_CHECK(p >= 0, "there is no partition ", value, " (yet): declare it, or pin it once an item of it was written");
+  Table& part = *parts_[static_cast<size_t>(p)];
+  REVERIE_CHECK(part.pins(), "partition ", value, "'s writer cannot pin items: give its writer pins (a FIFO or "
+                "reservoir writer with pins=True)");
+  return part.PinAll(pin);
+}
+
+int64_t PartitionedTable::pinned() {
+  Sync();
+  int64_t total = 0;
+  for (int64_t p = 0; p < local_.load(); ++p) total += parts_[static_cast<size_t>(p)]->pinned();
+  return total;
+}
+
 void PartitionedTable::Lookup(const int64_t* user_keys, int64_t n, int64_t* keys) {
   Sync();
   std::fill(keys, keys + n, -1);

@@ -8,6 +8,7 @@
 #include "reverie/fifo_writer.h"
 #include "reverie/keep_top_k.h"
 #include "reverie/keyed_archive.h"
+#include "reverie/locked_fifo.h"
 #include "reverie/part.h"
 #include "reverie/prioritized_selector.h"
 #include "reverie/recency_selector.h"
@@ -22,10 +23,11 @@ void EnsureBuiltinParts() {
   static std::once_flag once;
   std::call_once(once, [] {
     // kind, factory, every setting it reads, the live ones among them
-    Writers().Add("fifo", MakeFifoWriter);
-    Writers().Add("reservoir", MakeReservoirWriter);
+    Writers().Add("fifo", MakeFifoWriter, {"pins"});
+    Writers().Add("reservoir", MakeReservoirWriter, {"pins"});
     Writers().Add("keep_top_k", MakeKeepTopK, {"score"});
     Writers().Add("class_balanced", MakeClassBalanced, {"label", "max_classes"});
+    Writers().Add("quotas", MakeQuotas, {"group", "max_groups"});
     Writers().Add("keyed_archive", MakeKeyedArchive, {"key", "score", "tiebreak", "tiebreak_order"});
     Admissions().Add("threshold", MakeThreshold, {"field", "value"}, {"value"});
     Selectors().Add("uniform", MakeUniformSelector, {"replacement"});

@@ -1,6 +1,7 @@
 #include "reverie/reservoir_writer.h"
 
 #include "reverie/common.h"
+#include "reverie/locked_fifo.h"
 #include "reverie/philox.h"
 
 namespace reverie {
@@ -12,11 +13,11 @@ constexpr uint32_t kAdmissionLane = 0xFFFFFFFFu;
 
 }  // namespace
 
-std::unique_ptr<Writer> MakeReservoirWriter(const ConfigValue&, const TableContext& table) {
+std::unique_ptr<Writer> MakeReservoirWriter(const ConfigValue& settings, const TableContext& table) {
   REVERIE_CHECK(table.max_times_sampled == 0,
                 "the reservoir writer cannot be combined with max_times_sampled: items that leave "
                 "early would break the reservoir's k/n inclusion probability");
-  return std::make_unique<ReservoirWriter>(table.capacity, table.seed);
+  return std::make_unique<ReservoirWriter>(table.capacity, table.seed, PinsSetting(settings, "reservoir"));
 }
 
 int64_t ReservoirWriter::Replaces(uint64_t seed, int64_t offer, int64_t capacity) {
@@ -28,7 +29,8 @@ int64_t ReservoirWriter::Replaces(uint64_t seed, int64_t offer, int64_t capacity
 int64_t ReservoirWriter::Decide(const WriteBatch&, int64_t, int64_t offer, int64_t free_slot,
                                 int64_t) {
   if (free_slot >= 0) return free_slot;  // the first `capacity` offers fill the reservoir
-  return Replaces(seed_, offer, capacity());
+  const int64_t j = Replaces(seed_, offer, capacity());
+  return j >= 0 && pinned(j) ? -1 : j;  // a pinned slot is kept: the item is dropped
 }
 
 }  // namespace reverie

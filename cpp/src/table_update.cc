@@ -42,6 +42,35 @@ void Table::Lookup(const int64_t* user_keys, int64_t n, int64_t* keys) {
   }
 }
 
+int64_t Table::Pin(const int64_t* keys, int64_t n, bool pin) {
+  if (!writer_->pins()) return writer_->Pin(nullptr, 0, pin);  // its error, for any n
+  WriterLock lock(*this);
+  for (int64_t k = 0; k < n; ++k) {
+    if (!writer_->WasWritten(keys[k], ring_)) throw std::out_of_range(BadKeyMessage(keys[k], k));
+  }
+  const KeyCodec& codec = ring_.codec();
+  std::vector<int64_t> slots;
+  slots.reserve(static_cast<size_t>(n));
+  int64_t stale = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t slot = codec.Slot(keys[k]);
+    const uint64_t stamp = ring_.LoadStamp(slot);
+    if (Stamp::IsCommitted(stamp) && Stamp::KeyOf(stamp) == keys[k]) {
+      slots.push_back(slot);
+    } else {
+      ++stale;
+    }
+  }
+  header_->stale.fetch_add(stale, std::memory_order_relaxed);
+  return writer_->Pin(slots.data(), static_cast<int64_t>(slots.size()), pin);
+}
+
+int64_t Table::PinAll(bool pin) {
+  if (!writer_->pins()) return writer_->Pin(nullptr, 0, pin);
+  WriterLock lock(*this);
+  return writer_->PinAll(pin, ring_);
+}
+
 void Table::CheckFieldUpdate(int64_t n, const FieldInput* inputs, size_t count) const {
   const auto& spec = storage_.spec();
   // Validation of everything before anything changes.

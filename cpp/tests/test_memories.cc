@@ -533,3 +533,58 @@ TEST(MinIntervalHoldsAcrossSamplerThreads) {
     CHECK(gaps > 0 && smallest >= 5);
   }
 }
+
+TEST(PinnedItemsStayWhileThreadsWriteAndPinAndRestore) {
+  const ConfigValue writer = Map({{"kind", ConfigValue::String("fifo")}, {"pins", ConfigValue::Bool(true)}});
+  const ConfigValue config = WithParts(writer, ConfigValue(), ConfigValue(), 64);
+  Table t(config, {}), restored(config, {});
+  CHECK(OfferLabels(t, 0, std::vector<int32_t>(64, 0)) == 64);
+  const std::vector<int64_t> first = t.StoredKeys();  // oldest first: ids 0..63
+  CHECK(t.Pin(first.data(), 16, true) == 16 && t.pinned() == 16);
+  FinishWithin("pins with writer threads", 120, [&] {
+    std::vector<std::thread> threads;
+    for (int w = 0; w < 2; ++w) {
+      threads.emplace_back([&, w] {
+        for (int i = 0; i < 300; ++i) OfferLabels(t, 1000 + w * 100000 + i * 10, std::vector<int32_t>(10, 1));
+      });
+    }
+    threads.emplace_back([&] {
+      for (int i = 0; i < 300; ++i) {
+        const std::vector<int64_t> now = t.StoredKeys();
+        const int64_t newest = now.back();
+        t.Pin(&newest, 1, true);  // may be stale by now: skipped and counted
+        t.Pin(&newest, 1, false);
+      }
+    });
+    for (auto& th : threads) th.join();
+  });
+  const std::vector<int64_t> held = t.StoredKeys();
+  CHECK(static_cast<int64_t>(held.size()) == 64 && t.pinned() == 16);
+  std::vector<int64_t> id(64);
+  std::vector<int32_t> y(64);
+  std::array<uint8_t*, 2> out = {reinterpret_cast<uint8_t*>(id.data()), reinterpret_cast<uint8_t*>(y.data())};
+  t.Get(held.data(), 64, out.data());
+  for (int64_t i = 0; i < 16; ++i) CHECK(id[static_cast<size_t>(i)] == i);  // the pinned, still the oldest
+  for (int64_t i = 16; i < 64; ++i) CHECK(id[static_cast<size_t>(i)] >= 1000 && y[static_cast<size_t>(i)] == 1);
+  // A pinned-full table refuses whole; a restored one decides as the saved.
+  LoadState(restored, SaveState(t));
+  CHECK(restored.pinned() == 16 && restored.StoredKeys() == held);
+  CHECK(t.Pin(held.data() + 16, 48, true) == 48);
+  bool refused = false;
+  try {
+    OfferLabels(t, 5, {0});
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  CHECK(refused && t.StoredKeys() == held);
+  CHECK(t.Pin(held.data(), 4, false) == 4 && restored.Pin(held.data(), 4, false) == 4);
+  CHECK(OfferLabels(t, 9000, {0, 0, 0}) == 3 && OfferLabels(restored, 9000, {0, 0, 0}) == 3);
+  std::vector<int64_t> a = t.StoredKeys(), b = restored.StoredKeys();
+  std::vector<int64_t> ia(64), ib(64);
+  std::array<uint8_t*, 2> oa = {reinterpret_cast<uint8_t*>(ia.data()), reinterpret_cast<uint8_t*>(y.data())};
+  std::array<uint8_t*, 2> ob = {reinterpret_cast<uint8_t*>(ib.data()), reinterpret_cast<uint8_t*>(y.data())};
+  t.Get(a.data(), 64, oa.data());
+  restored.Get(b.data(), 64, ob.data());
+  CHECK(ia == ib);  // the unpinned ids 0..2 went (oldest first), in both
+  CHECK(std::find(ia.begin(), ia.end(), 2) == ia.end() && std::find(ia.begin(), ia.end(), 3) != ia.end());
+}

@@ -19,6 +19,7 @@ from ._parts import (
     KeepTopK,
     KeyedArchive,
     Prioritized,
+    Quotas,
     Recency,
     Reservoir,
     Threshold,
@@ -36,7 +37,7 @@ def cuda_built() -> bool:
 
 __all__ = [
     "Batch", "ClassBalanced", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
-    "KeyedArchive", "Partition", "PartitionedBuffer", "Prioritized", "RateLimiter", "Recency",
+    "KeyedArchive", "Partition", "PartitionedBuffer", "Prioritized", "Quotas", "RateLimiter", "Recency",
     "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
     "cuda_built", "from_minari", "from_npz", "sequence_priority", "to_minari", "to_npz",
     "__version__",

@@ -426,6 +426,63 @@ class ReplayBuffer:
             return 0
         return core.update_fields(arr, **fields)
 
+    def pin(self, keys: Any) -> int:
+        """Pins stored items: they are never evicted (the GeRe anchor set, a demo set that
+        must stay) until ``unpin``. Needs a writer made with pins (``rv.Fifo(pins=True)``,
+        ``rv.Reservoir(pins=True)``).
+
+        Args:
+            keys: the items' keys, as in ``batch.indices`` or ``buf.keys()`` (1-D ints).
+
+        Returns:
+            How many items were pinned by this call (pinned ones, and keys of items that
+            left since, which are counted in ``stale_updates``, change nothing).
+
+        Raises:
+            IndexError: a key names nothing this buffer ever held (nothing changes).
+            ValueError: the writer has no pins.
+        """
+        return self._pin(keys, True)
+
+    def unpin(self, keys: Any) -> int:
+        """Releases pinned items (they may be evicted again, oldest first); returns how many
+        changed. Keys and errors as for ``pin``."""
+        return self._pin(keys, False)
+
+    def pin_all(self, pin: bool = True) -> int:
+        """Pins every item held now and every item written from now on (a buffer, or with
+        partitions see ``pin_partition``, of anchors); ``pin_all(False)`` unpins every item.
+        Once full, a buffer that pins what it is given refuses further writes (ValueError).
+        Returns how many items changed. (A partitioned buffer: ``pin_partition``.)"""
+        core = self._core
+        if core is None:
+            self._check_open()
+            raise ValueError("pin_all needs the buffer's writer, made at its first write: write first")
+        return int(core.pin_all(bool(pin)))
+
+    def keys(self) -> torch.Tensor:
+        """The keys of the items stored now, oldest first (int64; O(size), or O(capacity log
+        capacity) for writers other than FIFO): e.g. ``buf.pin(buf.keys()[:100])``."""
+        if self._table is None:
+            return torch.empty(0, dtype=torch.int64)
+        return torch.from_numpy(np.ascontiguousarray(self._table.stored_keys(), dtype=np.int64))
+
+    @property
+    def pinned(self) -> int:
+        """How many items are pinned now."""
+        return 0 if self._core is None else int(self._core.pinned)
+
+    def _pin(self, keys: Any, pin: bool) -> int:
+        arr = _to_numpy(keys)
+        arr = arr.reshape(-1) if arr.ndim else arr.reshape(1)
+        core = self._core
+        if core is None:
+            self._check_open()
+            if arr.size:
+                raise IndexError(f"index {arr[0]} was never written: the buffer is empty")
+            return 0
+        return int(core.pin(arr, pin))
+
     # ---- inspection ---------------------------------------------------------------------
 
     def __len__(self) -> int:

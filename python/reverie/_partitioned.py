@@ -177,6 +177,28 @@ class PartitionedBuffer(ReplayBuffer):
             return {v: 0 for v in self.partitions}
         return dict(zip(self._core.values, self._core.partition_sizes()))
 
+    def pin_partition(self, value: Any, pin: bool = True) -> int:
+        """Pins a whole partition: every item it holds and every item written to it later
+        is never evicted (GeRe's frozen set of general samples, a demo set). Once full, a
+        pinned partition refuses further writes (ValueError, nothing stored) instead of
+        evicting; ``pin_partition(value, False)`` (or ``unpin_partition``) releases it.
+        Needs a writer with pins for that partition (``writer=rv.Fifo(pins=True)`` in its
+        ``Partition``). Returns how many items changed."""
+        v = as_int("a partition value", value)
+        if self._core is None:
+            self._check_open()
+            raise ValueError(f"there is no partition {v} yet: the buffer's table is made at its first write")
+        return int(self._core.pin_partition(v, bool(pin)))
+
+    def pin_all(self, pin: bool = True) -> int:
+        """Not for a partitioned buffer as a whole: pin a partition (``pin_partition``) or
+        items (``pin``)."""
+        raise ValueError("a partitioned buffer pins per partition: use pin_partition(value), or pin(keys)")
+
+    def unpin_partition(self, value: Any) -> int:
+        """Releases a partition pinned by ``pin_partition``; returns how many items changed."""
+        return self.pin_partition(value, False)
+
     @property
     def mixture(self) -> Optional[Dict[int, float]]:
         """The shared mixture weights ``{value: weight}`` (None: by the partitions' sizes).

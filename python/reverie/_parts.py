@@ -209,10 +209,28 @@ class Recency(Part):
 
 class Fifo(Part):
     """First in, first out (the default): every item is stored; when the buffer is full the
-    oldest is overwritten. Lock-free for any number of writer threads and processes."""
+    oldest is overwritten. Lock-free for any number of writer threads and processes.
+
+    Args:
+        pins: allow pinning (``buf.pin(keys)``, ``buf.pin_all()``): a pinned item is never
+            evicted, and the others turn over in the remaining slots (the oldest unpinned
+            item goes first; an unpinned item rejoins by its age). Writes then take the
+            buffer's writer lock instead of the lock-free ring, and a buffer whose items are
+            all pinned refuses writes (ValueError). Not with ``max_times_sampled``, episode
+            buffers or the ``Recency`` sampler.
+    """
 
     role = "writer"
     kind = "fifo"
+
+    def __init__(self, pins: bool = False) -> None:
+        super().__init__()
+        if not isinstance(pins, bool):
+            raise TypeError(f"pins must be True or False, got {type(pins).__name__}")
+        self.pins = pins
+
+    def settings(self) -> Dict[str, Any]:
+        return {"pins": True} if self.pins else {}
 
 
 class Reservoir(Part):
@@ -225,10 +243,24 @@ class Reservoir(Part):
     returns how many items it stored). Decisions depend only on the buffer's seed and n, so
     a batch of offers decides exactly as the same offers one by one. Not with
     ``max_times_sampled``.
+
+    Args:
+        pins: allow pinning (``buf.pin(keys)``): an offer whose drawn slot is pinned is
+            dropped, so with P items pinned the other capacity - P slots hold a uniform
+            sample of the stream (Algorithm R of that size).
     """
 
     role = "writer"
     kind = "reservoir"
+
+    def __init__(self, pins: bool = False) -> None:
+        super().__init__()
+        if not isinstance(pins, bool):
+            raise TypeError(f"pins must be True or False, got {type(pins).__name__}")
+        self.pins = pins
+
+    def settings(self) -> Dict[str, Any]:
+        return {"pins": True} if self.pins else {}
 
 
 class KeepTopK(Part):
@@ -299,8 +331,8 @@ class ClassBalanced(Part):
             return {}
         import numpy as np  # the part classes stay importable without numpy at hand
 
-        arrays, scalars = self._core.snapshot(["class_balanced.labels", f"class_balanced.{what}"])
-        n = int(scalars["class_balanced.classes"])
+        arrays, scalars = self._core.snapshot([f"{self.kind}.labels", f"{self.kind}.{what}"])
+        n = int(scalars[f"{self.kind}.classes"])
         labels = np.frombuffer(arrays[0], np.int64)[:n]
         values = np.frombuffer(arrays[1], np.int64)[:n]
         return dict(zip(labels.tolist(), values.tolist()))
@@ -312,6 +344,43 @@ class ClassBalanced(Part):
     def offered(self) -> Dict[int, int]:
         """Items offered per class label so far (n_c)."""
         return self._per_class("offered")
+
+
+class Quotas(ClassBalanced):
+    """Equal shares of one memory as groups (tasks, experiences, sources) arrive, each group
+    keeping its newest items: while the buffer has room every item is kept; once full, an
+    item of a group below its share takes the oldest item of the largest group (uniformly
+    among groups tied for largest), and an item of a group at its share replaces that
+    group's own oldest item. Held counts are the water-filling min(n_g, tau) within 1:
+    slots a small group cannot fill go to the others, and every group keeps at least one
+    slot while groups <= capacity (Avalanche's ExperienceBalancedBuffer gives groups 0 slots
+    once they outnumber capacity per group). O(1) per item for any number of groups. For a
+    uniform sample of each group instead of its newest items, use ``ClassBalanced`` (CBRS:
+    the same shares). Not with ``max_times_sampled``.
+
+    Args:
+        group: an integer scalar field holding the group.
+        max_groups: how many groups the buffer can tell apart (1 .. 2^20); an item of one
+            more is refused (ValueError, nothing stored).
+
+    ``buf.writer.counts()`` gives ``{group: held}``, ``buf.writer.offered()`` the items
+    offered per group.
+    """
+
+    kind = "quotas"
+
+    def __init__(self, group: str, max_groups: int = 65536) -> None:
+        if not isinstance(group, str) or not group:
+            raise TypeError(f"group must be a field name, got {group!r}")
+        max_groups = as_int("max_groups", max_groups)
+        if not 1 <= max_groups <= 1 << 20:
+            raise ValueError(f"max_groups must be in [1, 1048576], got {max_groups}")
+        super().__init__(group, max_groups)
+        self.group = group
+        self.max_groups = max_groups
+
+    def settings(self) -> Dict[str, Any]:
+        return {"group": self.group, "max_groups": self.max_groups}
 
 
 class KeyedArchive(Part):
@@ -436,7 +505,8 @@ def policy(sampler: Optional[Part], writer: Optional[Part], admit: Admit,
     callable, max_times_sampled). Which combinations the table accepts is the core's to say."""
     sampler = _given(sampler, "sampler", "selector", Uniform(), "Uniform(), Prioritized(...) or Recency(...)")
     writer = _given(writer, "writer", "writer", Fifo(),
-                    "Fifo(), Reservoir(), KeepTopK(score=...), ClassBalanced(label=...) or KeyedArchive(...)")
+                    "Fifo(), Reservoir(), KeepTopK(score=...), ClassBalanced(label=...), Quotas(group=...) or "
+                    "KeyedArchive(...)")
     admit_fn: Optional[Callable[..., Any]] = None
     if admit is not None and not isinstance(admit, Part):
         if not callable(admit):

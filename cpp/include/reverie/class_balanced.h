@@ -26,6 +26,19 @@
 // keyed by (class, position); labels map to classes through another. All of it is the
 // table's region, persisted as it is, so a restored table decides exactly as the saved one.
 // Not with max_times_sampled (removals would unbalance what the rule keeps).
+//
+// Quotas ("quotas", the same machinery): settings {"kind": "quotas", "group": "<integer
+// scalar field>", "max_groups": N}. Equal shares of one memory as groups (tasks,
+// experiences) arrive, each group keeping its newest items: while there is room everything
+// is kept; once full, an item of a group below its share (not full, as above) takes the
+// oldest item of the largest group (uniformly among those tied), and an item of a full group
+// replaces its own group's oldest (a full group holding nothing, possible only while groups
+// outnumber slots, takes a slot back as one below its share). So held counts are the water-filling min(n_g, tau)
+// within 1: slots a small group cannot fill go to the others, and a new group always gets
+// a slot while groups <= slots (Avalanche's ExperienceBalancedBuffer gives a group 0 slots
+// once groups outnumber slots per group). Each group's slots are a ring of list positions
+// from its head, so "oldest" is O(1). Deterministic but for ties among largest groups (the
+// same seeded draw as CBRS).
 #pragma once
 
 #include "reverie/locked_writer.h"
@@ -34,7 +47,9 @@ namespace reverie {
 
 class ClassBalanced final : public LockedWriter {
  public:
-  ClassBalanced(int64_t capacity, uint64_t seed, int label_field, DType dtype, int64_t max_classes);
+  // fifo: the quotas rule (newest kept per group) rather than CBRS's reservoir per class.
+  ClassBalanced(int64_t capacity, uint64_t seed, int label_field, DType dtype, int64_t max_classes,
+                bool fifo = false);
 
   void CheckFieldUpdate(int field, const std::string& name) const override;
   void StateArrays(std::vector<StateArray>* out) override;
@@ -75,6 +90,9 @@ class ClassBalanced final : public LockedWriter {
   int64_t& Member(int64_t c, int64_t p);
   void Append(int64_t c, int64_t slot);
   void RemoveAt(int64_t c, int64_t p);
+  void RemoveOldest(int64_t c);  // quotas: position 0 leaves, the head moves on
+  void Erase(Entry* e);          // removes a hash-table entry (backward-shift deletion)
+  int64_t KeyOf(int64_t c, int64_t p) const;  // the hash key of position p of c's list
   Entry* Probe(int64_t key) const;  // the entry of `key`, or the empty one where it would go
   bool IsFull(int64_t c);
   uint64_t Draw(int64_t offer, uint32_t lane) const;
@@ -83,6 +101,7 @@ class ClassBalanced final : public LockedWriter {
   int field_;
   DType dtype_;
   int64_t max_classes_;
+  bool fifo_;
   uint64_t label_mask_ = 0;   // label hash table size - 1 (a power of two >= 2 * max_classes)
   uint64_t member_mask_ = 0;  // slot-list hash table size - 1 (a power of two >= 2 * capacity)
   State* state_ = nullptr;
@@ -96,8 +115,10 @@ class ClassBalanced final : public LockedWriter {
   int64_t* label_table_ = nullptr;  // [label_mask_ + 1] class + 1 (0: empty), by label hash
   int64_t* label_keys_ = nullptr;   // [label_mask_ + 1] the label of each entry
   Entry* members_ = nullptr;        // [member_mask_ + 1]
+  int64_t* head_ = nullptr;         // [max_classes] quotas: the ring position of c's oldest
 };
 
 std::unique_ptr<Writer> MakeClassBalanced(const ConfigValue& settings, const TableContext& table);
+std::unique_ptr<Writer> MakeQuotas(const ConfigValue& settings, const TableContext& table);
 
 }  // namespace reverie

@@ -3,7 +3,8 @@
 // The protocol itself (claim, acquire, copy, publish) is the table's (table_write.cc); this
 // part owns the mapping between keys and insertion order, which nothing else computes.
 //
-// Settings: {"kind": "fifo"}. With an episode view the ring has one stream per env
+// Settings: {"kind": "fifo"} (with "pins": true the factory makes the locked FIFO of
+// locked_fifo.h instead, MakeFifoWriter there). With an episode view the ring has one stream per env
 // (stream-major slots, ring.h).
 #pragma once
 
@@ -24,7 +25,5 @@ class FifoWriter final : public Writer {
   // insertions holds its key; removed where the saved stamp says so). O(capacity).
   void Restore(const ConfigValue& scalars, const Ring& stamps) override;
 };
-
-std::unique_ptr<Writer> MakeFifoWriter(const ConfigValue& settings, const TableContext& table);
 
 }  // namespace reverie

@@ -6,6 +6,11 @@
 //
 // A derived writer decides one offered item at a time (Decide); this base walks the batch,
 // hands it the next free slot, and records what was placed.
+//
+// Pins (writers made with pins: the locked FIFO, the reservoir): one byte per slot and a
+// count in the region, and a flag that pins every item placed while it is set (PinAll). A
+// derived writer never returns a pinned slot from Decide; it learns of pin changes through
+// OnPins.
 #pragma once
 
 #include <atomic>
@@ -29,6 +34,12 @@ class LockedWriter : public Writer {
                 int64_t* slots) final;
   void CheckBatch(const WriteBatch& batch) const final { Check(batch); }
   void OnRemove(int64_t slot) override;
+  bool pins() const final { return pins_enabled_; }
+  int64_t Pin(const int64_t* slots, int64_t n, bool pin) final;
+  int64_t PinAll(bool pin, const Ring& stamps) final;
+  bool pinned(int64_t slot) const final { return pins_ != nullptr && pins_[slot] != 0; }
+  int64_t pinned_count() const final { return pins_ != nullptr ? counters_->pinned : 0; }
+  bool pins_new() const final { return pins_ != nullptr && counters_->pin_new != 0; }
   int64_t held() const override { return sizes_->held.load(std::memory_order_acquire); }
   int64_t filled() const override { return sizes_->filled.load(std::memory_order_acquire); }
   void InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, const Ring& stamps) const override;
@@ -37,7 +48,8 @@ class LockedWriter : public Writer {
   std::vector<int64_t> StoredKeys(const Ring& stamps) const override;
 
  protected:
-  LockedWriter(std::string name, int64_t capacity) : name_(std::move(name)), capacity_(capacity) {}
+  LockedWriter(std::string name, int64_t capacity, bool pins = false)
+      : name_(std::move(name)), capacity_(capacity), pins_enabled_(pins) {}
   // Checks the whole batch before anything changes (ValueError); default: nothing.
   virtual void Check(const WriteBatch& /*batch*/) const {}
   // Offered item i (input row batch.Row(i)), the `offer`-th item ever offered to this writer:
@@ -46,8 +58,10 @@ class LockedWriter : public Writer {
   // it gets if placed. Updates the derived writer's own state.
   virtual int64_t Decide(const WriteBatch& batch, int64_t i, int64_t offer, int64_t free_slot,
                          int64_t insertion) = 0;
-  // After a placed item's slot and insertion number are recorded.
+  // After a placed item's slot, insertion number and pin (while PinAll is set) are recorded.
   virtual void Placed(int64_t /*slot*/) {}
+  // After the pins of `slots` changed to `pin` (each slot holds an item; no repeats).
+  virtual void OnPins(const std::vector<int64_t>& /*slots*/, bool /*pin*/) {}
   virtual std::vector<size_t> DerivedSections() const { return {}; }
   virtual void BindDerived(const std::vector<uint8_t*>& /*sections*/, bool /*fresh*/) {}
   // Called by Restore after the base's own state is checked.
@@ -55,6 +69,8 @@ class LockedWriter : public Writer {
 
   int64_t capacity() const { return capacity_; }
   int64_t insertion(int64_t slot) const { return insertion_[slot]; }
+  // Slots never written or freed, that the next offered items take first.
+  int64_t free_slots() const { return capacity_ - counters_->filled + counters_->freed; }
   const std::string& name() const { return name_; }
 
  private:
@@ -69,6 +85,8 @@ class LockedWriter : public Writer {
     int64_t rejected;  // items ever dropped by this writer
     int64_t filled;    // slots [0, filled) have been written at least once
     int64_t freed;     // entries on the free stack
+    int64_t pinned;    // slots pinned (pins only)
+    int64_t pin_new;   // 1: items placed are pinned (PinAll(true)); pins only
   };
   // Copies of the occupancy for samplers, which read them without the lock (an item that
   // replaces another in its slot, as an archive's better entry does, changes neither).
@@ -78,10 +96,12 @@ class LockedWriter : public Writer {
   };
   std::string name_;
   int64_t capacity_;
+  bool pins_enabled_;
   Counters* counters_ = nullptr;
   Sizes* sizes_ = nullptr;
   int64_t* insertion_ = nullptr;  // [capacity] the occupant's insertion number
   int64_t* free_ = nullptr;       // [capacity] freed slots, a stack of `freed` entries
+  uint8_t* pins_ = nullptr;       // [capacity] 1: pinned (pins only; else null)
 };
 
 }  // namespace reverie

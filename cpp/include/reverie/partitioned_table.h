@@ -93,6 +93,12 @@ class PartitionedTable final : public WriteSink {
   int64_t UpdatePriorities(const int64_t* keys, const double* priorities, int64_t n);
   int64_t UpdateFields(const int64_t* keys, int64_t n, const FieldInput* inputs, size_t count);
   void Lookup(const int64_t* user_keys, int64_t n, int64_t* keys);
+  // Pins as Table::Pin, each key in its partition (every partition named must have pins;
+  // checked before anything changes). Returns how many items changed.
+  int64_t Pin(const int64_t* keys, int64_t n, bool pin);
+  // Table::PinAll of the partition of `value` (ValueError when there is none).
+  int64_t PinPartition(int64_t value, bool pin);
+  int64_t pinned();  // items pinned, all partitions
 
   // ---- Partitions and the mixture ----
   int64_t count();                         // partitions made so far (attaching new ones)

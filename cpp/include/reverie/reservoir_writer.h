@@ -10,6 +10,11 @@
 // own, apart from sampling's), so a batch of offers decides exactly as the same offers one
 // by one, on any machine; the offer count n is state (checkpoints keep it).
 //
+// Pins ({"pins": true}): an offer whose slot j is pinned is dropped, so with P items pinned
+// the other k - P slots hold a reservoir of the stream: an offered item is in them with
+// probability (k - P) / n, replacing a uniformly drawn unpinned item (Algorithm R of size
+// k - P, as j is uniform over [0, n)).
+//
 // Cost: O(1) per offered item (one 64-bit draw), under the writer lock. No remover frees a
 // reservoir's slots (max_times_sampled is refused: the probability k/n would not hold).
 #pragma once
@@ -20,7 +25,8 @@ namespace reverie {
 
 class ReservoirWriter final : public LockedWriter {
  public:
-  ReservoirWriter(int64_t capacity, uint64_t seed) : LockedWriter("reservoir", capacity), seed_(seed) {}
+  ReservoirWriter(int64_t capacity, uint64_t seed, bool pins = false)
+      : LockedWriter("reservoir", capacity, pins), seed_(seed) {}
 
   // The slot offer n (from 0) replaces once the reservoir is full (n >= capacity), or -1.
   // Pure: a function of the seed and n. O(1).

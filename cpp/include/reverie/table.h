@@ -185,6 +185,18 @@ class Table : public WriteSink {
   // field; keyed_archive), -1 when none. ValueError for a writer without user keys. O(n).
   void Lookup(const int64_t* user_keys, int64_t n, int64_t* keys);
 
+  // Pins (a writer made with pins, writer.h): a pinned item is never evicted. Keys as
+  // UpdatePriorities (IndexError for a key that never named an item of this table, nothing
+  // changed; an item that left is skipped and counted in stale_updates()). Returns how many
+  // items changed state. ValueError for a writer without pins. Takes the writer lock.
+  int64_t Pin(const int64_t* keys, int64_t n, bool pin);
+  // Pins every item held and, while set, every item written later (pin = true); false
+  // unpins every item. Returns how many changed.
+  int64_t PinAll(bool pin);
+  int64_t pinned() const { return writer_->pinned_count(); }
+  bool pins() const { return writer_->pins(); }
+  bool pins_new() const { return writer_->pins_new(); }
+
   // ---- Keys (key.h): the one decoder the layers above use ----
   const KeyCodec& codec() const { return ring_.codec(); }
   // slots[i] = the slot of keys[i], or -1 for a key that is not one of this table's. O(n).

@@ -5,6 +5,8 @@
 //  - FifoWriter ("fifo", fifo_writer.h): the lock-free ring; evicts the oldest item.
 //  - ReservoirWriter ("reservoir", reservoir_writer.h): Algorithm R over the whole stream.
 //  - KeepTopK ("keep_top_k", keep_top_k.h): keeps the k best by a score; evicts the lowest.
+//  - LockedFifo ("fifo" with "pins": true, locked_fifo.h): the FIFO rule under the lock, so
+//    that pinned items can stay while the others turn over.
 // A new writer is a file implementing this interface plus one line in parts.cc.
 //
 // Two protocols. The FIFO writer claims insertion numbers lock-free and its slots follow
@@ -62,6 +64,20 @@ class Writer : public Part {
   virtual int64_t filled() const { return -1; }
   // Whether OnScore is wanted (a score index by priority).
   virtual bool scores_by_priority() const { return false; }
+
+  // Pins. A pinned item is never this writer's victim (no later item replaces it) and no
+  // remover takes it; unpinning makes it one of the others again. Writers that support pins
+  // ("pins": true in their settings) say so here; the others refuse every pin call.
+  virtual bool pins() const { return false; }
+  // Under the writer lock: pins (pin = true) or unpins the items in `slots` (each holding an
+  // item); returns how many changed state. Default: ValueError naming why.
+  virtual int64_t Pin(const int64_t* slots, int64_t n, bool pin);
+  // Under the writer lock: pins every item held now and, while set, every item placed later
+  // (a whole partition of anchors); false unpins them all. Returns how many changed.
+  virtual int64_t PinAll(bool pin, const Ring& stamps);
+  virtual bool pinned(int64_t /*slot*/) const { return false; }
+  virtual int64_t pinned_count() const { return 0; }
+  virtual bool pins_new() const { return false; }
 
   // slots[i] = the slot holding the item of user key user_keys[i] (a keyed writer's own
   // key field), -1 when none. Writer lock held. Default: ValueError (no user keys).
