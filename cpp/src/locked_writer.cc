@@ -4,6 +4,7 @@
 #include <new>
 #include <numeric>
 
+#include "reverie/atomics.h"
 #include "reverie/common.h"
 #include "reverie/ring.h"
 
@@ -131,7 +132,8 @@ int64_t LockedWriter::Place(const WriteBatch& batch, const Ring&, int64_t first_
       continue;
     }
     if (slot == free_slot) TakeFree(slot);
-    insertion_[slot] = insertion;
+    // Read without the lock by samples that report metadata (InsertionsOf): a relaxed store.
+    StoreRelaxed(reinterpret_cast<uint64_t*>(&insertion_[slot]), static_cast<uint64_t>(insertion));
     if (pins_ != nullptr && counters_->pin_new != 0 && pins_[slot] == 0) {
       pins_[slot] = 1;
       ++counters_->pinned;
@@ -182,7 +184,9 @@ void LockedWriter::InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, co
     if (!codec.WellFormed(keys[i], capacity_)) continue;
     const int64_t slot = codec.Slot(keys[i]);
     const uint64_t stamp = stamps.LoadStamp(slot);
-    if (Stamp::IsCommitted(stamp) && Stamp::KeyOf(stamp) == keys[i]) out[i] = insertion_[slot];
+    if (Stamp::IsCommitted(stamp) && Stamp::KeyOf(stamp) == keys[i]) {
+      out[i] = static_cast<int64_t>(LoadRelaxed(reinterpret_cast<const uint64_t*>(&insertion_[slot])));
+    }
   }
 }
 

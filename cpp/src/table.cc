@@ -344,7 +344,13 @@ void Table::SlotsOf(const int64_t* keys, int64_t* slots, int64_t n) const {
   }
 }
 
-std::vector<int64_t> Table::StoredKeys() const { return writer_->StoredKeys(ring_); }
+std::vector<int64_t> Table::StoredKeys() const {
+  if (writer_->fifo()) return writer_->StoredKeys(ring_);  // the ring's counters alone
+  // A locked writer's insertion numbers change under its lock (and sorting by numbers that
+  // change meanwhile is undefined): read them under it.
+  WriterLock lock(const_cast<Table&>(*this));
+  return writer_->StoredKeys(ring_);
+}
 
 void Table::InsertionsOf(const int64_t* keys, int64_t* out, int64_t n) const {
   writer_->InsertionsOf(keys, out, n, ring_);

@@ -44,7 +44,8 @@ class LockedWriter : public Writer {
   int64_t filled() const override { return sizes_->filled.load(std::memory_order_acquire); }
   void InsertionsOf(const int64_t* keys, int64_t* out, int64_t n, const Ring& stamps) const override;
   bool WasWritten(int64_t key, const Ring& stamps) const override;
-  // Sorted by insertion number. O(capacity log capacity).
+  // Sorted by insertion number, under the writer lock (Table::StoredKeys takes it).
+  // O(capacity log capacity).
   std::vector<int64_t> StoredKeys(const Ring& stamps) const override;
 
  protected:
