@@ -52,8 +52,7 @@ bool ItemMetadata::Gate(int64_t slot, int64_t generation, uint64_t clock, uint64
   for (;;) {
     if ((w & ~kCallMask) == tag && (w & kCallMask) != 0) {  // this item was drawn at `last`
       const uint64_t last = (w & kCallMask) - 1;
-      const uint64_t gap = clock >= last ? clock - last : last - clock;
-      if (gap < interval) return false;
+      if (clock < last || clock - last < interval) return false;
     }
     if (Cas(gate_ + slot, &w, mine)) return true;
   }

@@ -46,9 +46,12 @@ class ItemMetadata final : public Part {
     if (gate_on_) __builtin_prefetch(gate_ + slot, 1);
   }
   // The reuse gate: claims the item of `generation` in `slot` for a draw at `clock` (a call
-  // number or a count of items written) unless its last claimed draw was less than
-  // `interval` away (either way: two racing draws cannot both pass). Returns whether it was
-  // claimed. O(1), lock-free (a compare-and-swap on one word).
+  // number or a count of items written) only if clock >= last + interval, `last` the clock
+  // of its last claimed draw. So the claimed clocks of an item rise by >= interval in the
+  // order of the claims: a slow call whose clock is below the last claim's (it began
+  // earlier) is refused too, rather than setting the gate back, which would let a third
+  // draw in too soon after the later one. Returns whether it was claimed. O(1), lock-free
+  // (a compare-and-swap on one word).
   bool Gate(int64_t slot, int64_t generation, uint64_t clock, uint64_t interval);
   // Takes back one count of OnSample (a call that failed after counting). O(1).
   void Unsample(int64_t slot, int64_t generation);
