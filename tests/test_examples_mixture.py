@@ -3,27 +3,18 @@ schedule asks for, and a mixture of the two sources beats either alone (a short 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-
-def load_example():
-    path = Path(__file__).resolve().parent.parent / "examples" / "annealed_mixture.py"
-    spec = importlib.util.spec_from_file_location("annealed_mixture", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_loader import load_example
 
 
 def test_exact_counts_is_largest_remainder():
-    ex = load_example()
+    ex = load_example("annealed_mixture")
     assert ex.exact_counts([0.25, 0.75], 256) == [64, 192]
     assert ex.exact_counts([0.5, 0.5], 255) == [128, 127]  # a tie: the earlier partition
     assert ex.exact_counts([1 / 3, 1 / 3, 1 / 3], 256) == [86, 85, 85]
 
 
 def test_the_annealed_mixture_follows_its_schedule_and_beats_each_source_alone():
-    ex = load_example()
+    ex = load_example("annealed_mixture")
     steps = 1500
     s = ex.schedules(steps)
     runs = {name: ex.train(s[name], steps, seed=0) for name in ("real only", "synthetic only", "annealed 0.9 -> 0.5")}

@@ -5,28 +5,18 @@ episodes over 3 seeds)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-
-
-def load_example():
-    path = Path(__file__).resolve().parent.parent / "examples" / "self_imitation.py"
-    spec = importlib.util.spec_from_file_location("self_imitation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_loader import load_example
 
 
 def test_returns_to_go():
-    ex = load_example()
+    ex = load_example("self_imitation")
     got = ex.returns_to_go([1.0, 1.0, 1.0])
     assert np.allclose(got, [1 + ex.GAMMA + ex.GAMMA ** 2, 1 + ex.GAMMA, 1.0])
 
 
 def test_self_imitation_from_the_top_k_buffer_beats_plain_actor_critic():
-    ex = load_example()
+    ex = load_example("self_imitation")
     plain, sil = [], []
     for seed in (0, 1):
         plain.append(float(np.mean(ex.run(False, 200, seed)[-50:])))

@@ -50,7 +50,8 @@ bool ItemMetadata::Gate(int64_t slot, int64_t generation, uint64_t clock, uint64
   const uint64_t mine = tag | ((clock + 1) & kCallMask);
   uint64_t w = Load(gate_ + slot);
   for (;;) {
-    if ((w & ~kCallMask) == tag && (w & kCallMask) != 0) {  // this item was drawn at `last`
+    if ((w & ~kCallMask) != tag) return false;  // another generation holds the slot now
+    if ((w & kCallMask) != 0) {  // this item was drawn at `last`
       const uint64_t last = (w & kCallMask) - 1;
       if (clock < last || clock - last < interval) return false;
     }

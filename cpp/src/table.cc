@@ -140,7 +140,11 @@ void Table::BuildParts(const ConfigValue& config) {
   }
   const ConfigValue& metadata = config.Get("metadata");
   // Versions are kept for max_staleness too (the batch metadata only with metadata=True).
-  const bool columns = (!metadata.is_null() && metadata.AsBool("metadata")) || max_staleness_ >= 0;
+  const bool asked = !metadata.is_null() && metadata.AsBool("metadata");
+  const bool columns = asked || max_staleness_ >= 0;
+  // Counting draws (times and last call) is for the batch metadata and the remover alone: the
+  // reuse rules alone check their word and take nothing else (table_sample.cc).
+  count_samples_ = asked || max_times_ > 0;
   if (columns || max_times_ > 0 || min_interval_ > 0) {
     meta_ = std::make_unique<ItemMetadata>(capacity(), columns, max_times_, min_interval_ > 0);
   }

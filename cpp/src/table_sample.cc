@@ -114,7 +114,7 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
   REVERIE_CHECK(!view_, "an episode buffer samples transitions or sequences "
                 "(SampleTransitions, SampleSequences)");
   REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
-  REVERIE_CHECK(meta == nullptr || (meta_ && meta_->columns()),
+  REVERIE_CHECK(meta == nullptr || (meta_ && meta_->columns() && count_samples_),
                 "item metadata was asked for, but this table keeps none (metadata is off)");
   const SampleRequest request = BeginSample(batch, nullptr);
   struct Abandon {  // a call that throws takes back what BeginSample took
@@ -305,6 +305,7 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
   std::vector<int64_t> used_up;
   int64_t counted = 0;  // positions [0, counted) hold a count to take back on failure
   auto undo = [&] {
+    if (!count_samples_) return;  // nothing was counted
     for (int64_t j = 0; j < counted; ++j) meta_->Unsample(slots[j], codec.Generation(keys[j]));
   };
   // The reuse rules (table.h): an item too stale, or resting after its last draw, is not
@@ -317,10 +318,23 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
     const int64_t generation = codec.Generation(keys[i]);
     if (max_staleness_ >= 0 && meta_->Version(slots[i]) < oldest_version) return -1;
     if (min_interval_ > 0 && !meta_->Gate(slots[i], generation, clock, static_cast<uint64_t>(min_interval_))) return -1;
+    if (!count_samples_) {
+      // Nothing to count: the item must still be the one the rules just checked. The gate's
+      // word carries the generation (a rewritten slot is refused there); the version is a
+      // plain word, so without a gate the stamp is read again (a writer marks the slot
+      // WRITING before it rewrites it).
+      if (min_interval_ > 0) return 0;
+      std::atomic_thread_fence(std::memory_order_acquire);
+      const uint64_t stamp = ring_.LoadStamp(slots[i]);
+      return Stamp::IsCommitted(stamp) && Stamp::KeyOf(stamp) == keys[i] ? 0 : -1;
+    }
     return meta_->OnSample(slots[i], generation, request.call, &last[static_cast<size_t>(i)]);
   };
   // The counts are random cache misses, taken one after the other below: start them all.
-  for (int64_t i = 0; i < batch; ++i) meta_->Prefetch(slots[i]);
+  for (int64_t i = 0; i < batch; ++i) {
+    meta_->Prefetch(slots[i], count_samples_, max_staleness_ >= 0);
+    if (!count_samples_ && min_interval_ == 0) ring_.PrefetchStamp(slots[i]);
+  }
   try {
     for (int64_t i = 0; i < batch; ++i) {
       uint32_t attempt = kRecheckAttempts * 2;
@@ -389,7 +403,7 @@ void Table::FillMeta(const int64_t* slots, const int64_t* keys, int64_t n, const
 
 
 void Table::Get(const int64_t* keys, int64_t n, uint8_t* const* out, const BatchMeta* meta) const {
-  REVERIE_CHECK(meta == nullptr || (meta_ && meta_->columns()),
+  REVERIE_CHECK(meta == nullptr || (meta_ && meta_->columns() && count_samples_),
                 "item metadata was asked for, but this table keeps none (metadata is off)");
   const KeyCodec& codec = ring_.codec();
   for (int64_t i = 0; i < n; ++i) {

@@ -416,15 +416,8 @@ class ReplayBuffer:
         >>> batch = buf.sample(256)
         >>> buf.update_fields(batch.indices, advantage=new_adv)
         """
-        arr = _to_numpy(keys)
-        arr = arr.reshape(-1) if arr.ndim else arr.reshape(1)
-        core = self._core
-        if core is None:
-            self._check_open()
-            if arr.size:
-                raise IndexError(f"index {arr[0]} was never written: the buffer is empty")
-            return 0
-        return core.update_fields(arr, **fields)
+        arr = self._keys_for_core(keys)
+        return 0 if arr is None else self._core.update_fields(arr, **fields)
 
     def pin(self, keys: Any) -> int:
         """Pins stored items: they are never evicted (the GeRe anchor set, a demo set that
@@ -473,15 +466,20 @@ class ReplayBuffer:
         return 0 if self._core is None else int(self._core.pinned)
 
     def _pin(self, keys: Any, pin: bool) -> int:
+        arr = self._keys_for_core(keys)
+        return 0 if arr is None else int(self._core.pin(arr, pin))
+
+    def _keys_for_core(self, keys: Any) -> Optional[np.ndarray]:
+        """Keys as a 1-D array for the core, or None (nothing to do) when the buffer has no
+        table yet and no keys were given; IndexError for keys of an empty buffer."""
         arr = _to_numpy(keys)
         arr = arr.reshape(-1) if arr.ndim else arr.reshape(1)
-        core = self._core
-        if core is None:
+        if self._core is None:
             self._check_open()
             if arr.size:
                 raise IndexError(f"index {arr[0]} was never written: the buffer is empty")
-            return 0
-        return int(core.pin(arr, pin))
+            return None
+        return arr
 
     # ---- inspection ---------------------------------------------------------------------
 

@@ -207,7 +207,20 @@ class Recency(Part):
 # ---- writers --------------------------------------------------------------------------------
 
 
-class Fifo(Part):
+class _Pinnable(Part):
+    """A writer with the ``pins`` option (pinned items are never evicted: writer.h)."""
+
+    def __init__(self, pins: bool = False) -> None:
+        super().__init__()
+        if not isinstance(pins, bool):
+            raise TypeError(f"pins must be True or False, got {type(pins).__name__}")
+        self.pins = pins
+
+    def settings(self) -> Dict[str, Any]:
+        return {"pins": True} if self.pins else {}
+
+
+class Fifo(_Pinnable):
     """First in, first out (the default): every item is stored; when the buffer is full the
     oldest is overwritten. Lock-free for any number of writer threads and processes.
 
@@ -223,17 +236,9 @@ class Fifo(Part):
     role = "writer"
     kind = "fifo"
 
-    def __init__(self, pins: bool = False) -> None:
-        super().__init__()
-        if not isinstance(pins, bool):
-            raise TypeError(f"pins must be True or False, got {type(pins).__name__}")
-        self.pins = pins
-
-    def settings(self) -> Dict[str, Any]:
-        return {"pins": True} if self.pins else {}
 
 
-class Reservoir(Part):
+class Reservoir(_Pinnable):
     """Reservoir sampling (Algorithm R; Vitter 1985) over every item ever offered: after n
     offers, each offered item is held with probability exactly capacity / n, so the buffer
     is a uniform sample of the whole stream (continual learning's reservoir rehearsal).
@@ -253,14 +258,6 @@ class Reservoir(Part):
     role = "writer"
     kind = "reservoir"
 
-    def __init__(self, pins: bool = False) -> None:
-        super().__init__()
-        if not isinstance(pins, bool):
-            raise TypeError(f"pins must be True or False, got {type(pins).__name__}")
-        self.pins = pins
-
-    def settings(self) -> Dict[str, Any]:
-        return {"pins": True} if self.pins else {}
 
 
 class KeepTopK(Part):

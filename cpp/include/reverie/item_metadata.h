@@ -40,9 +40,12 @@ class ItemMetadata final : public Part {
   // generation now or the item was sampled max_times already. O(1), lock-free.
   int64_t OnSample(int64_t slot, int64_t generation, uint64_t call, int64_t* previous_last);
   // Starts loading the words OnSample of `slot` will touch (a hint; changes nothing).
-  void Prefetch(int64_t slot) const {
-    __builtin_prefetch(sampled_ + slot, 1);
-    if (columns_) __builtin_prefetch(last_ + slot, 1);
+  // `counts`: the count and last-call words (OnSample); `version`: the version (a staleness
+  // check).
+  void Prefetch(int64_t slot, bool counts = true, bool version = false) const {
+    if (counts) __builtin_prefetch(sampled_ + slot, 1);
+    if (counts && columns_) __builtin_prefetch(last_ + slot, 1);
+    if (version && columns_) __builtin_prefetch(version_ + slot, 0);
     if (gate_on_) __builtin_prefetch(gate_ + slot, 1);
   }
   // The reuse gate: claims the item of `generation` in `slot` for a draw at `clock` (a call
@@ -50,8 +53,9 @@ class ItemMetadata final : public Part {
   // of its last claimed draw. So the claimed clocks of an item rise by >= interval in the
   // order of the claims: a slow call whose clock is below the last claim's (it began
   // earlier) is refused too, rather than setting the gate back, which would let a third
-  // draw in too soon after the later one. Returns whether it was claimed. O(1), lock-free
-  // (a compare-and-swap on one word).
+  // draw in too soon after the later one. Refused too when the slot holds another
+  // generation now (the word carries it: OnStore). Returns whether it was claimed. O(1),
+  // lock-free (a compare-and-swap on one word).
   bool Gate(int64_t slot, int64_t generation, uint64_t clock, uint64_t interval);
   // Takes back one count of OnSample (a call that failed after counting). O(1).
   void Unsample(int64_t slot, int64_t generation);

@@ -328,6 +328,7 @@ class Table : public WriteSink {
   int64_t min_interval_ = 0;        // reuse: 0 none
   bool interval_in_items_ = false;  // reuse: the interval's clock is items written
   int64_t max_staleness_ = -1;      // reuse: -1 none
+  bool count_samples_ = false;      // draws are counted (metadata asked, max_times_sampled)
   std::unique_ptr<Writer> writer_;
   std::unique_ptr<Admission> admission_;
   std::unique_ptr<Selector> selector_;
