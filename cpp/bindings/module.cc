@@ -19,6 +19,7 @@ void BindWriteFunctions(py::module_& m);
 void BindTable(py::module_& m);
 void BindPartitionedTable(py::module_& m);
 void BindDevice(py::module_& m);
+void BindMicroBatches(py::module_& m);
 }  // namespace reverie_py
 
 PYBIND11_MODULE(_core, m) {
@@ -48,4 +49,5 @@ PYBIND11_MODULE(_core, m) {
   reverie_py::BindTable(m);
   reverie_py::BindPartitionedTable(m);
   reverie_py::BindDevice(m);
+  reverie_py::BindMicroBatches(m);
 }

@@ -10,6 +10,7 @@ from ._buffer import ReplayBuffer
 from ._device import DeviceReplayBuffer, cuda_available
 from ._episodes import EpisodeBuffer, sequence_priority
 from ._limiter import RateLimiter
+from ._micro import MicroBatches, micro_batches
 from ._minari import from_minari, to_minari
 from ._npz import from_npz, to_npz
 from ._partitioned import Partition, PartitionedBuffer
@@ -37,8 +38,8 @@ def cuda_built() -> bool:
 
 __all__ = [
     "Batch", "ClassBalanced", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
-    "KeyedArchive", "Partition", "PartitionedBuffer", "Prioritized", "Quotas", "RateLimiter", "Recency",
+    "KeyedArchive", "MicroBatches", "Partition", "PartitionedBuffer", "Prioritized", "Quotas", "RateLimiter", "Recency",
     "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
-    "cuda_built", "from_minari", "from_npz", "sequence_priority", "to_minari", "to_npz",
+    "cuda_built", "from_minari", "from_npz", "micro_batches", "sequence_priority", "to_minari", "to_npz",
     "__version__",
 ]
