@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "convert.h"
+#include "keyed_calls.h"
 #include "reverie/partitioned_table.h"
 
 namespace reverie_py {
@@ -62,7 +63,9 @@ py::array StateView(py::object owner, const StateArray& a) {
 }  // namespace
 
 void BindPartitionedTable(py::module_& m) {
-  py::class_<PartitionedTable, WriteSink>(m, "PartitionedTable")
+  py::class_<PartitionedTable, WriteSink> cls(m, "PartitionedTable");
+  BindKeyedCalls(cls);
+  cls
       .def(py::init([](py::dict config, const std::string& storage, const std::string& name) {
              const ConfigValue c = ConfigFromPython(config, "config");
              const StorageConfig st = MakeStorage(storage, name);
@@ -140,46 +143,10 @@ void BindPartitionedTable(py::module_& m) {
         py::gil_scoped_release release;
         return table.Extend(in.fields(), in.count, mk.data(), mk.size());
       }, py::arg("mask"))
-      .def("update_priorities", [](PartitionedTable& table, const py::array& keys, const py::array& priorities) {
-        const char kk = keys.dtype().kind(), pk = priorities.dtype().kind();
-        if (kk != 'i' && kk != 'u') ThrowType("indices must be integers, got dtype " + std::string(py::str(keys.dtype())));
-        if (pk != 'f' && pk != 'i' && pk != 'u') ThrowType("priorities must be numbers, got dtype " + std::string(py::str(priorities.dtype())));
-        if (keys.ndim() != 1 || priorities.ndim() != 1 || keys.shape(0) != priorities.shape(0)) {
-          throw std::invalid_argument("indices and priorities must be 1-D and of one length");
-        }
-        const auto k = Int64Array::ensure(keys);
-        const auto p = DoubleArray::ensure(priorities);
-        py::gil_scoped_release release;
-        return table.UpdatePriorities(k.data(), p.data(), k.shape(0));
-      })
-      .def("update_fields", [](PartitionedTable& table, const py::array& keys, py::kwargs fields) {
-        const auto k = KeyArray(keys);
-        Inputs in(fields.size());
-        size_t i = 0;
-        for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
-        py::gil_scoped_release release;
-        return table.UpdateFields(k.data(), k.size(), in.fields(), in.count);
-      }, py::arg("keys"))
-      .def("pin", [](PartitionedTable& table, const py::array& keys, bool pin) {
-        const auto k = KeyArray(keys);
-        py::gil_scoped_release release;
-        return table.Pin(k.data(), k.size(), pin);
-      }, py::arg("keys"), py::arg("pin"), "Pins (or unpins) the items of `keys`; returns how many changed.")
       .def("pin_partition", [](PartitionedTable& table, int64_t value, bool pin) {
         py::gil_scoped_release release;
         return table.PinPartition(value, pin);
       }, py::arg("value"), py::arg("pin"))
-      .def_property_readonly("pinned", &PartitionedTable::pinned)
-      .def("lookup", [](PartitionedTable& table, const py::array& user_keys) {
-        const auto k = KeyArray(user_keys);
-        py::array_t<int64_t> out(k.size());
-        int64_t* o = out.mutable_data();
-        {
-          py::gil_scoped_release release;
-          table.Lookup(k.data(), k.size(), o);
-        }
-        return out;
-      }, py::arg("user_keys"))
       .def("set_mixture", [](PartitionedTable& table, const std::map<int64_t, double>& weights) {
         table.SetMixture(weights);
       }, py::arg("weights"))

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "convert.h"
+#include "keyed_calls.h"
 #include "reverie/table.h"
 
 namespace reverie_py {
@@ -87,7 +88,9 @@ py::array StateView(py::object owner, const StateArray& a) {
 
 void BindTable(py::module_& m) {
   py::class_<WriteSink>(m, "WriteSink");  // what the fast write path writes into
-  py::class_<Table, WriteSink>(m, "Table")
+  py::class_<Table, WriteSink> cls(m, "Table");
+  BindKeyedCalls(cls);
+  cls
       .def(py::init([](py::dict config, const std::string& storage, const std::string& name) {
              const ConfigValue c = ConfigFromPython(config, "config");
              const StorageConfig st = MakeStorage(storage, name);
@@ -209,54 +212,12 @@ void BindTable(py::module_& m) {
         }
         return py::make_tuple(std::move(arrays), std::move(mask), std::move(keys), std::move(weights));
       }, py::arg("batch"), py::arg("burn_in"), py::arg("length"), py::arg("drop"))
-      .def("update_priorities", [](Table& table, const py::array& keys, const py::array& priorities) {
-        // Argument conversion: integer keys -> int64, numeric priorities -> float64.
-        const char kk = keys.dtype().kind(), pk = priorities.dtype().kind();
-        if (kk != 'i' && kk != 'u') ThrowType("indices must be integers, got dtype " + std::string(py::str(keys.dtype())));
-        if (pk != 'f' && pk != 'i' && pk != 'u') ThrowType("priorities must be numbers, got dtype " + std::string(py::str(priorities.dtype())));
-        if (keys.ndim() != 1 || priorities.ndim() != 1) {
-          throw std::invalid_argument("indices and priorities must be 1-D, got " + std::to_string(keys.ndim()) +
-                                      "-D and " + std::to_string(priorities.ndim()) + "-D");
-        }
-        if (keys.shape(0) != priorities.shape(0)) {
-          throw std::invalid_argument("got " + std::to_string(keys.shape(0)) + " indices but " +
-                                      std::to_string(priorities.shape(0)) + " priorities");
-        }
-        const auto k = Int64Array::ensure(keys);
-        const auto p = DoubleArray::ensure(priorities);
-        py::gil_scoped_release release;
-        return table.UpdatePriorities(k.data(), p.data(), k.shape(0));
-      })
-      .def("update_fields", [](Table& table, const py::array& keys, py::kwargs fields) {
-        const auto k = KeyArray(keys);
-        Inputs in(fields.size());
-        size_t i = 0;
-        for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
-        py::gil_scoped_release release;
-        return table.UpdateFields(k.data(), k.size(), in.fields(), in.count);
-      }, py::arg("keys"), "Overwrites the given fields of the items of `keys`; returns how many were stale.")
-      .def("pin", [](Table& table, const py::array& keys, bool pin) {
-        const auto k = KeyArray(keys);
-        py::gil_scoped_release release;
-        return table.Pin(k.data(), k.size(), pin);
-      }, py::arg("keys"), py::arg("pin"), "Pins (or unpins) the items of `keys`; returns how many changed.")
       .def("pin_all", [](Table& table, bool pin) {
         py::gil_scoped_release release;
         return table.PinAll(pin);
       }, py::arg("pin"), "Pins every item held and written later (or unpins every item); returns how many changed.")
-      .def_property_readonly("pinned", &Table::pinned)
       .def_property_readonly("pins", &Table::pins)
       .def_property_readonly("pins_new", &Table::pins_new)
-      .def("lookup", [](Table& table, const py::array& user_keys) {
-        const auto k = KeyArray(user_keys);
-        py::array_t<int64_t> out(k.size());
-        int64_t* o = out.mutable_data();
-        {
-          py::gil_scoped_release release;
-          table.Lookup(k.data(), k.size(), o);
-        }
-        return out;
-      }, py::arg("user_keys"), "The keys of the items held for these user keys (-1: none).")
       // Keys (key.h): the decoder of the layers above.
       .def("slots_of", [](const Table& table, const py::array& keys) {
         const auto k = KeyArray(keys);

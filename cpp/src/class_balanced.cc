@@ -6,6 +6,7 @@
 #include "reverie/common.h"
 #include "reverie/philox.h"
 #include "reverie/ring.h"
+#include "reverie/writer_helpers.h"
 
 namespace reverie {
 namespace {
@@ -15,29 +16,6 @@ namespace {
 constexpr uint32_t kLane = 0xFFFFFFFEu;
 constexpr int64_t kDefaultMaxClasses = 65536;
 constexpr int64_t kMostClasses = int64_t{1} << 20;
-
-uint64_t Mix(uint64_t x) {  // splitmix64's finaliser: a hash for labels and list positions
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-uint64_t TableSize(int64_t entries) {  // a power of two >= 2 * entries
-  uint64_t size = 2;
-  while (size < 2 * static_cast<uint64_t>(entries)) size <<= 1;
-  return size;
-}
-
-bool IntegerScalar(const FieldSpec& f) {
-  if (!f.shape.empty()) return false;
-  switch (f.dtype) {
-    case DType::kUInt8: case DType::kInt8: case DType::kInt16: case DType::kInt32: case DType::kInt64:
-      return true;
-    default:
-      return false;
-  }
-}
 
 }  // namespace
 
@@ -51,10 +29,8 @@ std::unique_ptr<Writer> MakeBalanced(const ConfigValue& settings, const TableCon
                 "items that leave early would unbalance the ", fifo ? "groups" : "classes", " it keeps");
   const std::string& label = settings.At(field_key, std::string("the ") + kind + " writer")
                                  .AsString(std::string(kind) + " '" + field_key + "'");
-  const int field = table.FieldIndex(label, std::string(kind) + " " + field_key);
+  const int field = IntegerScalarField(table, label, std::string(kind) + " " + field_key);
   const FieldSpec& f = (*table.spec)[static_cast<size_t>(field)];
-  REVERIE_CHECK_TYPE(IntegerScalar(f), kind, " ", field_key, " '", label, "' must be an integer scalar field, got ",
-                     DTypeName(f.dtype), ShapeString(f.shape.data(), static_cast<int>(f.shape.size())));
   int64_t max_classes = kDefaultMaxClasses;
   const ConfigValue& m = settings.Get(bound_key);
   if (!m.is_null()) max_classes = m.AsInt(std::string(kind) + " '" + bound_key + "'");
@@ -76,8 +52,8 @@ std::unique_ptr<Writer> MakeQuotas(const ConfigValue& settings, const TableConte
 ClassBalanced::ClassBalanced(int64_t capacity, uint64_t seed, int label_field, DType dtype, int64_t max_classes,
                              bool fifo)
     : LockedWriter(fifo ? "quotas" : "class_balanced", capacity), seed_(seed), field_(label_field), dtype_(dtype),
-      max_classes_(max_classes), fifo_(fifo), label_mask_(TableSize(max_classes) - 1),
-      member_mask_(TableSize(capacity) - 1) {}
+      max_classes_(max_classes), fifo_(fifo), label_mask_(HashTableSize(max_classes) - 1),
+      member_mask_(HashTableSize(capacity) - 1) {}
 
 std::vector<size_t> ClassBalanced::DerivedSections() const {
   const size_t per_class = static_cast<size_t>(max_classes_) * sizeof(int64_t);
@@ -157,29 +133,17 @@ void ClassBalanced::CheckFieldUpdate(int field, const std::string& name) const {
                 "by, fixed when they were written: it cannot be updated in place");
 }
 
-int64_t ClassBalanced::LabelOf(const WriteBatch& batch, int64_t i) const {
-  const ArrayView& v = *batch.values[field_];
-  const int64_t row = v.ndim == 0 ? 0 : batch.Row(i);
-  const uint8_t* p = static_cast<const uint8_t*>(v.data);
-  switch (v.dtype) {  // a typed input has the field's dtype; an untyped one is int64
-    case DType::kUInt8: return p[row];
-    case DType::kInt8: return reinterpret_cast<const int8_t*>(p)[row];
-    case DType::kInt16: return reinterpret_cast<const int16_t*>(p)[row];
-    case DType::kInt32: return reinterpret_cast<const int32_t*>(p)[row];
-    case DType::kBool: return p[row] != 0;
-    default: return reinterpret_cast<const int64_t*>(p)[row];
-  }
-}
+int64_t ClassBalanced::LabelOf(const WriteBatch& batch, int64_t i) const { return IntegerAt(batch, field_, i); }
 
 int64_t ClassBalanced::Find(int64_t label) const {
-  for (uint64_t i = Mix(static_cast<uint64_t>(label)) & label_mask_;; i = (i + 1) & label_mask_) {
+  for (uint64_t i = MixBits(static_cast<uint64_t>(label)) & label_mask_;; i = (i + 1) & label_mask_) {
     if (label_table_[i] == 0) return -1;
     if (label_keys_[i] == label) return label_table_[i] - 1;
   }
 }
 
 int64_t ClassBalanced::Intern(int64_t label) {
-  uint64_t i = Mix(static_cast<uint64_t>(label)) & label_mask_;
+  uint64_t i = MixBits(static_cast<uint64_t>(label)) & label_mask_;
   for (; label_table_[i] != 0; i = (i + 1) & label_mask_) {
     if (label_keys_[i] == label) return label_table_[i] - 1;
   }
@@ -217,7 +181,7 @@ void ClassBalanced::Shrink(int64_t c) {
 }
 
 ClassBalanced::Entry* ClassBalanced::Probe(int64_t key) const {
-  for (uint64_t i = Mix(static_cast<uint64_t>(key)) & member_mask_;; i = (i + 1) & member_mask_) {
+  for (uint64_t i = MixBits(static_cast<uint64_t>(key)) & member_mask_;; i = (i + 1) & member_mask_) {
     if (members_[i].key == 0 || members_[i].key == key) return &members_[i];
   }
 }
@@ -257,7 +221,7 @@ void ClassBalanced::Erase(Entry* e) {
   // unless their home lies after it.
   uint64_t hole = static_cast<uint64_t>(e - members_);
   for (uint64_t j = (hole + 1) & member_mask_; members_[j].key != 0; j = (j + 1) & member_mask_) {
-    const uint64_t home = Mix(static_cast<uint64_t>(members_[j].key)) & member_mask_;
+    const uint64_t home = MixBits(static_cast<uint64_t>(members_[j].key)) & member_mask_;
     const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
     if (stays) continue;
     members_[hole] = members_[j];

@@ -5,35 +5,16 @@
 
 #include "reverie/common.h"
 #include "reverie/ring.h"
+#include "reverie/writer_helpers.h"
 
 namespace reverie {
-namespace {
-
-uint64_t Mix(uint64_t x) {  // splitmix64's finaliser
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-int IntegerField(const TableContext& table, const std::string& name, const char* what) {
-  const int field = table.FieldIndex(name, what);
-  const FieldSpec& f = (*table.spec)[static_cast<size_t>(field)];
-  const bool integer = f.dtype == DType::kUInt8 || f.dtype == DType::kInt8 || f.dtype == DType::kInt16 ||
-                       f.dtype == DType::kInt32 || f.dtype == DType::kInt64;
-  REVERIE_CHECK_TYPE(f.shape.empty() && integer, what, " '", name, "' must be an integer scalar field, got ",
-                     DTypeName(f.dtype), ShapeString(f.shape.data(), static_cast<int>(f.shape.size())));
-  return field;
-}
-
-}  // namespace
-
 std::unique_ptr<Writer> MakeKeyedArchive(const ConfigValue& settings, const TableContext& table) {
   REVERIE_CHECK(table.max_times_sampled == 0,
                 "the keyed_archive writer cannot be combined with max_times_sampled: an archive keeps "
                 "its best entry per key until a better one comes");
   const char* what = "the keyed_archive writer";
-  const int key = IntegerField(table, settings.At("key", what).AsString("keyed_archive 'key'"), "keyed_archive key");
+  const int key = IntegerScalarField(table, settings.At("key", what).AsString("keyed_archive 'key'"),
+                                     "keyed_archive key");
   const int score = table.ScalarField(settings.At("score", what).AsString("keyed_archive 'score'"),
                                       "keyed_archive score");
   int tiebreak = -1;
@@ -54,9 +35,7 @@ std::unique_ptr<Writer> MakeKeyedArchive(const ConfigValue& settings, const Tabl
 KeyedArchive::KeyedArchive(int64_t capacity, int key_field, int score_field, int tiebreak_field, bool tiebreak_min)
     : LockedWriter("keyed_archive", capacity), key_field_(key_field), score_field_(score_field),
       tiebreak_field_(tiebreak_field), tiebreak_min_(tiebreak_min) {
-  uint64_t size = 2;
-  while (size < 2 * static_cast<uint64_t>(capacity)) size <<= 1;
-  mask_ = size - 1;
+  mask_ = HashTableSize(capacity) - 1;
 }
 
 std::vector<size_t> KeyedArchive::DerivedSections() const {
@@ -95,21 +74,10 @@ double KeyedArchive::Value(const WriteBatch& batch, int field, int64_t i) const 
   return ElementAsDouble(v.data, v.dtype, v.ndim == 0 ? 0 : batch.Row(i));
 }
 
-int64_t KeyedArchive::UserKey(const WriteBatch& batch, int64_t i) const {
-  const ArrayView& v = *batch.values[key_field_];
-  const int64_t row = v.ndim == 0 ? 0 : batch.Row(i);
-  const uint8_t* p = static_cast<const uint8_t*>(v.data);
-  switch (v.dtype) {  // a typed input has the field's dtype; an untyped one is int64
-    case DType::kUInt8: return p[row];
-    case DType::kInt8: return reinterpret_cast<const int8_t*>(p)[row];
-    case DType::kInt16: return reinterpret_cast<const int16_t*>(p)[row];
-    case DType::kInt32: return reinterpret_cast<const int32_t*>(p)[row];
-    default: return reinterpret_cast<const int64_t*>(p)[row];
-  }
-}
+int64_t KeyedArchive::UserKey(const WriteBatch& batch, int64_t i) const { return IntegerAt(batch, key_field_, i); }
 
 KeyedArchive::Entry* KeyedArchive::Probe(int64_t key) const {
-  for (uint64_t i = Mix(static_cast<uint64_t>(key)) & mask_;; i = (i + 1) & mask_) {
+  for (uint64_t i = MixBits(static_cast<uint64_t>(key)) & mask_;; i = (i + 1) & mask_) {
     if (table_[i].slot1 == 0 || table_[i].key == key) return &table_[i];
   }
 }
@@ -117,7 +85,7 @@ KeyedArchive::Entry* KeyedArchive::Probe(int64_t key) const {
 void KeyedArchive::Erase(Entry* e) {
   uint64_t hole = static_cast<uint64_t>(e - table_);
   for (uint64_t j = (hole + 1) & mask_; table_[j].slot1 != 0; j = (j + 1) & mask_) {
-    const uint64_t home = Mix(static_cast<uint64_t>(table_[j].key)) & mask_;
+    const uint64_t home = MixBits(static_cast<uint64_t>(table_[j].key)) & mask_;
     const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
     if (stays) continue;
     table_[hole] = table_[j];
@@ -127,7 +95,7 @@ void KeyedArchive::Erase(Entry* e) {
 }
 
 void KeyedArchive::Lookup(const int64_t* user_keys, int64_t n, int64_t* slots) const {
-  for (int64_t i = 0; i < n; ++i) __builtin_prefetch(&table_[Mix(static_cast<uint64_t>(user_keys[i])) & mask_]);
+  for (int64_t i = 0; i < n; ++i) __builtin_prefetch(&table_[MixBits(static_cast<uint64_t>(user_keys[i])) & mask_]);
   for (int64_t i = 0; i < n; ++i) slots[i] = Probe(user_keys[i])->slot1 - 1;
 }
 
@@ -142,7 +110,7 @@ void KeyedArchive::Check(const WriteBatch& batch) const {
   }
   // The keys' buckets are random lines of a large table: start loading them all now.
   for (int64_t i = 0; i < batch.count; ++i) {
-    __builtin_prefetch(&table_[Mix(static_cast<uint64_t>(UserKey(batch, i))) & mask_]);
+    __builtin_prefetch(&table_[MixBits(static_cast<uint64_t>(UserKey(batch, i))) & mask_]);
   }
 }
 
