@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "convert.h"
-#include "keyed_calls.h"
+#include "common_calls.h"
 #include "reverie/partitioned_table.h"
 
 namespace reverie_py {
@@ -54,17 +54,11 @@ bool AnyPrioritized(PartitionedTable& table) {
   return false;
 }
 
-py::array StateView(py::object owner, const StateArray& a) {
-  const std::string dtype = a.dtype == "bfloat16" ? "int16" : a.dtype;
-  std::vector<py::ssize_t> shape(a.shape.begin(), a.shape.end());
-  return py::array(py::dtype(dtype), shape, a.data, owner);
-}
-
 }  // namespace
 
 void BindPartitionedTable(py::module_& m) {
   py::class_<PartitionedTable, WriteSink> cls(m, "PartitionedTable");
-  BindKeyedCalls(cls);
+  BindCommonCalls(cls);
   cls
       .def(py::init([](py::dict config, const std::string& storage, const std::string& name) {
              const ConfigValue c = ConfigFromPython(config, "config");
@@ -181,61 +175,7 @@ void BindPartitionedTable(py::module_& m) {
       .def_property_readonly("written", &PartitionedTable::written)
       .def_property_readonly("claimed", &PartitionedTable::written)
       .def_property_readonly("size", &PartitionedTable::size)
-      .def_property_readonly("stale_updates", &PartitionedTable::stale_updates)
-      .def_property_readonly("sample_calls", &PartitionedTable::sample_calls)
-      .def_property_readonly("seed", &PartitionedTable::seed)
-      .def_property_readonly("config_json", &PartitionedTable::config_json)
-      .def_property("version", &PartitionedTable::version, &PartitionedTable::set_version)
-      .def_property_readonly("prioritized", [](PartitionedTable& table) { return AnyPrioritized(table); })
-      .def_property_readonly("shared_name", [](const PartitionedTable& table) -> py::object {
-        if (!table.shared()) return py::none();
-        return py::str(table.shared_name());
-      })
-      .def_property_readonly("reopened", &PartitionedTable::reopened)
-      .def("unlink", &PartitionedTable::Unlink)
-      .def("flush", &PartitionedTable::Flush, py::call_guard<py::gil_scoped_release>())
-      .def("set_live", [](PartitionedTable& table, const std::string& role, const std::string& name, py::handle value) {
-        const ConfigValue v = ConfigFromPython(value, name);
-        py::gil_scoped_release release;
-        table.SetLive(role, name, v);
-      }, py::arg("role"), py::arg("name"), py::arg("value"))
-      .def("live", [](PartitionedTable& table, const std::string& role) { return ConfigToPython(table.Live(role)); })
-      .def("configure_rate_limiter", [](PartitionedTable& table, bool enabled, int64_t min_size, double spi,
-                                        double tolerance, double timeout) {
-        table.rate_limiter().Configure(RateLimitConfig{enabled, min_size, spi, tolerance, timeout});
-      })
-      .def("rate_limiter_config", [](PartitionedTable& table) {
-        const RateLimitConfig c = table.rate_limiter().config();
-        return py::make_tuple(c.enabled, c.min_size, c.samples_per_insert, c.tolerance, c.timeout);
-      })
-      .def_property_readonly("sampled", [](PartitionedTable& table) { return table.rate_limiter().sampled(); })
-      .def("can_sample", [](PartitionedTable& table) { return table.rate_limiter().CanSample(); })
-      .def("can_insert", [](PartitionedTable& table) { return table.rate_limiter().CanInsert(); })
-      .def("state_arrays", [](py::object self) {
-        auto& table = self.cast<PartitionedTable&>();
-        py::list out;
-        for (const StateArray& a : table.StateArrays()) {
-          out.append(py::make_tuple(a.name, a.dtype, py::tuple(py::cast(a.shape)), a.per_slot, StateView(self, a)));
-        }
-        return out;
-      })
-      .def("scalars", [](PartitionedTable& table) { return ConfigToPython(table.Scalars()); })
-      .def("snapshot", [](PartitionedTable& table, const std::vector<std::string>& names) {
-        std::vector<std::vector<uint8_t>> copies;
-        ConfigValue scalars;
-        {
-          py::gil_scoped_release release;
-          scalars = table.Scalars(names, &copies);
-        }
-        py::list arrays;
-        for (const auto& c : copies) arrays.append(py::bytes(reinterpret_cast<const char*>(c.data()), c.size()));
-        return py::make_tuple(std::move(arrays), ConfigToPython(scalars));
-      }, py::arg("names"))
-      .def("restore", [](PartitionedTable& table, py::dict scalars) {
-        const ConfigValue s = ConfigFromPython(scalars, "state");
-        py::gil_scoped_release release;
-        table.Restore(s);
-      });
+      .def_property_readonly("prioritized", [](PartitionedTable& table) { return AnyPrioritized(table); });
 }
 
 }  // namespace reverie_py

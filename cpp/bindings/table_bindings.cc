@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "convert.h"
-#include "keyed_calls.h"
+#include "common_calls.h"
 #include "reverie/table.h"
 
 namespace reverie_py {
@@ -77,19 +77,12 @@ EpisodeView& Episodes(Table& table, const char* what) {
   return *view;
 }
 
-// A numpy view of a state array (it keeps the table alive).
-py::array StateView(py::object owner, const StateArray& a) {
-  const std::string dtype = a.dtype == "bfloat16" ? "int16" : a.dtype;  // its 16-bit pattern
-  std::vector<py::ssize_t> shape(a.shape.begin(), a.shape.end());
-  return py::array(py::dtype(dtype), shape, a.data, owner);
-}
-
 }  // namespace
 
 void BindTable(py::module_& m) {
   py::class_<WriteSink>(m, "WriteSink");  // what the fast write path writes into
   py::class_<Table, WriteSink> cls(m, "Table");
-  BindKeyedCalls(cls);
+  BindCommonCalls(cls);
   cls
       .def(py::init([](py::dict config, const std::string& storage, const std::string& name) {
              const ConfigValue c = ConfigFromPython(config, "config");
@@ -243,36 +236,7 @@ void BindTable(py::module_& m) {
       .def_property_readonly("written", &Table::written)
       .def_property_readonly("claimed", &Table::claimed)
       .def_property_readonly("size", &Table::size)
-      .def_property_readonly("stale_updates", &Table::stale_updates)
-      .def_property_readonly("sample_calls", &Table::sample_calls)
-      .def_property_readonly("seed", &Table::seed)
-      .def_property_readonly("config_json", &Table::config_json)
-      .def_property("version", &Table::version, &Table::set_version)
       .def_property_readonly("prioritized", [](const Table& table) { return table.selector().prioritized(); })
-      .def_property_readonly("shared_name", [](const Table& table) -> py::object {
-        if (!table.shared()) return py::none();
-        return py::str(table.shared_name());
-      })
-      .def_property_readonly("reopened", &Table::reopened)
-      .def("unlink", &Table::Unlink)
-      .def("flush", &Table::Flush, py::call_guard<py::gil_scoped_release>())
-      .def("set_live", [](Table& table, const std::string& role, const std::string& name, py::handle value) {
-        const ConfigValue v = ConfigFromPython(value, name);
-        py::gil_scoped_release release;
-        table.SetLive(role, name, v);
-      }, py::arg("role"), py::arg("name"), py::arg("value"))
-      .def("live", [](const Table& table, const std::string& role) { return ConfigToPython(table.Live(role)); })
-      .def("configure_rate_limiter", [](Table& table, bool enabled, int64_t min_size, double spi,
-                                        double tolerance, double timeout) {
-        table.rate_limiter().Configure(RateLimitConfig{enabled, min_size, spi, tolerance, timeout});
-      })
-      .def("rate_limiter_config", [](const Table& table) {
-        const RateLimitConfig c = table.rate_limiter().config();
-        return py::make_tuple(c.enabled, c.min_size, c.samples_per_insert, c.tolerance, c.timeout);
-      })
-      .def_property_readonly("sampled", [](const Table& table) { return table.rate_limiter().sampled(); })
-      .def("can_sample", [](const Table& table) { return table.rate_limiter().CanSample(); })
-      .def("can_insert", [](const Table& table) { return table.rate_limiter().CanInsert(); })
       .def("column", [](py::object self, size_t field) {
         // A numpy view of the whole column [capacity, *shape]; it keeps the table alive.
         auto& table = self.cast<Table&>();
@@ -281,33 +245,6 @@ void BindTable(py::module_& m) {
         std::vector<py::ssize_t> shape{table.capacity()};
         shape.insert(shape.end(), spec.shape.begin(), spec.shape.end());
         return py::array(NumpyDType(spec.dtype), shape, table.column(field), self);
-      })
-      // State (part.h): every persisted array as (name, dtype, shape, per_slot, view), the
-      // scalars, and Restore after the arrays were written.
-      .def("state_arrays", [](py::object self) {
-        auto& table = self.cast<Table&>();
-        py::list out;
-        for (const StateArray& a : table.StateArrays()) {
-          out.append(py::make_tuple(a.name, a.dtype, py::tuple(py::cast(a.shape)), a.per_slot, StateView(self, a)));
-        }
-        return out;
-      })
-      .def("scalars", [](const Table& table) { return ConfigToPython(table.Scalars()); })
-      .def("snapshot", [](Table& table, const std::vector<std::string>& names) {
-        std::vector<std::vector<uint8_t>> copies;
-        ConfigValue scalars;
-        {
-          py::gil_scoped_release release;
-          scalars = table.Scalars(names, &copies);
-        }
-        py::list arrays;
-        for (const auto& c : copies) arrays.append(py::bytes(reinterpret_cast<const char*>(c.data()), c.size()));
-        return py::make_tuple(std::move(arrays), ConfigToPython(scalars));
-      }, py::arg("names"), "Copies of the named state arrays (bytes) and the scalars, taken together.")
-      .def("restore", [](Table& table, py::dict scalars) {
-        const ConfigValue s = ConfigFromPython(scalars, "state");
-        py::gil_scoped_release release;
-        table.Restore(s);
       });
 }
 

@@ -145,11 +145,12 @@ MicroBatchSplit SplitMicroBatches(const int64_t* lengths, int64_t n, const int64
   if (k > 0) {
     REVERIE_CHECK(k <= std::max<int64_t>(count, 1), "cannot split ", count, groups ? " groups" : " sequences",
                   " into ", k, " non-empty micro-batches");
-    REVERIE_CHECK(k > n_over || rest_units == 0, n_over, " units are longer than the token budget of ",
-                  max_tokens, " (each takes a micro-batch of its own), so ", k,
-                  " micro-batches leave none for the other ", rest_units);
+    const int64_t least = n_over + (rest_units > 0 ? 1 : 0);
+    REVERIE_CHECK(k >= least, n_over, " units are longer than the token budget of ", max_tokens,
+                  " (each takes a micro-batch of its own)", rest_units > 0 ? " and others fit it" : "",
+                  ": ", k, " micro-batches cannot hold them; the smallest count that does is at least ", least);
     std::vector<int64_t> scratch = next;
-    split = Differencing(rest, k - n_over, next);
+    if (k > n_over) split = Differencing(rest, k - n_over, next);
     if (!fits(split)) {
       int64_t need = k - n_over;
       for (;;) {

@@ -68,6 +68,16 @@ TEST(MicroBatchesRefuseWhatTheyCannotDo) {
     refused = std::string(e.what()).find("smallest count that does is 2") != std::string::npos;
   }
   CHECK(refused);
+  refused = false;
+  const std::vector<int64_t> over = {2, 2, 2};  // all over the budget: 3 micro-batches at least
+  try {
+    SplitMicroBatches(over.data(), 3, nullptr, 2, 1, 1.0);
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  CHECK(refused);
+  CHECK(SplitMicroBatches(over.data(), 3, nullptr, 3, 1, 1.0).tokens.size() == 3);
+  CHECK(SplitMicroBatches(over.data(), 3, nullptr, 0, 1, 1.0).tokens.size() == 3);
   const MicroBatchSplit s = SplitMicroBatches(len.data(), 3, nullptr, 2, 0, 1.0);
   CHECK(s.tokens.size() == 2 && std::max(s.tokens[0], s.tokens[1]) == 30);
 }
