@@ -23,3 +23,21 @@ def test_token_kk_is_a_partition():
     assert sorted(i for p in parts for i in p) == [0, 1, 2, 3, 4]
     sums = sorted(sum([5.0, 3.0, 8.0, 1.0, 7.0][i] for i in p) for p in parts)
     assert sums == [12.0, 12.0]
+
+
+def test_baselines_pack_the_same_tokens():
+    import numpy as np
+    import torch
+
+    seqs = [torch.arange(n) + 100 * n for n in (3, 1, 5)]
+    lst, pad = llm.ListStore(), llm.PaddedStore(3, 5)
+    lst.extend(seqs)
+    pad.extend(seqs)
+    idx = np.array([2, 0, 2])
+    for store in (lst, pad):
+        values, cu = store.sample_packed(idx)
+        assert cu.tolist() == [0, 5, 8, 13]
+        assert torch.equal(values, torch.cat([seqs[2], seqs[0], seqs[2]]))
+    assert lst.sample_padded(idx).shape == (3, 5)
+    rates = llm.baseline_rates(items=256, batch=8, seconds=0.05)
+    assert rates["padded_store_x_raw"] > 1.0 and rates["list_packed"] > 0

@@ -3,6 +3,10 @@ models"): ``rv.micro_batches`` (Karmarkar-Karp on the cost a*L + L^2) against a 
 split (Karmarkar-Karp on the token counts, as verl's ``get_seqlen_balanced_partitions``
 balances them, written here from the method's description), on the same lengths.
 
+Also measured: the two baseline stores the ragged table will be compared against (a Python
+list of tensors packed by concatenation or padded by pad_sequence; a verl-style padded store
+unpadded through its attention mask), their packed-batch rates and the padded store's memory.
+
 Lengths: prompts uniform in [64, 256], responses lognormal with median 300 capped at 1,024,
 G = 8 responses per prompt (a sequence is prompt + response); and a DAPO-like tail, 5% of
 responses up to 8,192. Reported per setting: the imbalance max/mean of each split's
@@ -19,6 +23,7 @@ import time
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import torch
 
 A = 4096.0  # the linear weight of the cost (rv.micro_batches' default)
 
@@ -52,6 +57,78 @@ def token_kk(weights: Sequence[float], k: int) -> List[List[int]]:
         heapq.heappush(heap, (-(max(sums) - min(sums)), made, z))
         made += 1
     return [members for _, members in heap[0][2]]
+
+
+class ListStore:
+    """The baseline store most trainers keep: a Python list of per-item token tensors; a
+    packed batch is built by indexing the list and concatenating (cu_seqlens from the
+    lengths), a padded one with ``torch.nn.utils.rnn.pad_sequence``."""
+
+    def __init__(self) -> None:
+        self.items: List[torch.Tensor] = []
+
+    def extend(self, seqs: Sequence[torch.Tensor]) -> None:
+        self.items.extend(seqs)
+
+    def sample_packed(self, idx: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        chosen = [self.items[i] for i in idx.tolist()]
+        lens = torch.tensor([len(t) for t in chosen], dtype=torch.int32)
+        cu = torch.zeros(len(chosen) + 1, dtype=torch.int32)
+        torch.cumsum(lens, 0, out=cu[1:])
+        return torch.cat(chosen), cu
+
+    def sample_padded(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.nn.utils.rnn.pad_sequence([self.items[i] for i in idx.tolist()], batch_first=True)
+
+
+class PaddedStore:
+    """A verl-style store: every item padded to the longest length [N, T_max] with an
+    attention mask; a packed batch is the sampled rows unpadded (the mask's nonzero
+    positions gathered, cu_seqlens from the mask's row sums)."""
+
+    def __init__(self, capacity: int, t_max: int) -> None:
+        self.tokens = torch.zeros(capacity, t_max, dtype=torch.int64)
+        self.mask = torch.zeros(capacity, t_max, dtype=torch.bool)
+        self.size = 0
+
+    def extend(self, seqs: Sequence[torch.Tensor]) -> None:
+        for t in seqs:
+            self.tokens[self.size, :len(t)] = t
+            self.mask[self.size, :len(t)] = True
+            self.size += 1
+
+    def sample_packed(self, idx: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        i = torch.from_numpy(idx)
+        rows, mask = self.tokens[i], self.mask[i]
+        lens = mask.sum(1, dtype=torch.int32)
+        cu = torch.zeros(len(idx) + 1, dtype=torch.int32)
+        torch.cumsum(lens, 0, out=cu[1:])
+        return rows[mask], cu
+
+    def nbytes(self) -> int:
+        return self.tokens.numel() * self.tokens.element_size() + self.mask.numel()
+
+
+def baseline_rates(items: int = 4096, batch: int = 64, seconds: float = 1.0, seed: int = 0) -> Dict[str, float]:
+    """Packed-batch rates (batches/s) of the two baselines, and their memory against the raw
+    token bytes, on the issue's lengths (responses up to 1,024 plus prompts): the figures the
+    ragged table will be measured against."""
+    rng = np.random.default_rng(seed)
+    lens, _ = lengths(rng, items // 8)
+    seqs = [torch.from_numpy(rng.integers(0, 32_000, int(n))) for n in lens]
+    lst, pad = ListStore(), PaddedStore(len(seqs), int(lens.max()))
+    lst.extend(seqs)
+    pad.extend(seqs)
+    raw = int(lens.sum()) * 8
+    out: Dict[str, float] = {"raw_mib": raw / 2**20, "padded_store_x_raw": pad.nbytes() / raw}
+    for name, fn in (("list_packed", lst.sample_packed), ("padded_unpad", pad.sample_packed),
+                     ("list_pad_sequence", lst.sample_padded)):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn(rng.integers(0, len(seqs), batch))
+            n += 1
+        out[name] = n / (time.perf_counter() - t0)
+    return out
 
 
 def imbalance(costs: np.ndarray) -> float:
@@ -106,6 +183,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     print(table(run(args.quick)))
+    rates = baseline_rates(seconds=0.3 if args.quick else 1.0)
+    print("\nbaselines for the packed-batch comparison (sample 64 of 4,096 items; batches/s, and the padded "
+          "store's memory against the raw token bytes):")
+    for k, v in rates.items():
+        print(f"  {k}: {v:.3g}")
 
 
 if __name__ == "__main__":
