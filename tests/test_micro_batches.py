@@ -97,6 +97,24 @@ def test_balance_is_no_worse_than_the_verl_style_token_split(tail):
     assert all(o <= t * 1.01 for o, t in zip(ours, theirs)), (ours, theirs)
 
 
+def test_zero_length_sequences_still_fill_every_micro_batch():
+    # (The review found [[2, 0, 1], [], []] here: zero-cost units tied with empty subsets.)
+    mb = rv.micro_batches([0, 0, 5], 3)
+    assert sorted(idx.tolist() for idx in mb.indices) == [[0], [1], [2]]
+    mb = rv.micro_batches([0] * 10 + [7, 9], 6)
+    assert all(len(idx) > 0 for idx in mb.indices) and len(mb) == 6
+
+
+def test_a_large_count_under_a_budget_is_found_fast():
+    # 4,096 units of 0.51 x the budget: no two fit together, so the count is 4,096; the
+    # lower bound (units over half the budget) finds it in one attempt.
+    import time
+
+    t = time.perf_counter()
+    mb = rv.micro_batches([51] * 4096, max_tokens=100)
+    assert len(mb) == 4096 and time.perf_counter() - t < 5.0
+
+
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="must be >= 0"):
         rv.micro_batches([10, -1], 2)

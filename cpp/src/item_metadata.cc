@@ -72,7 +72,7 @@ int64_t ItemMetadata::OnStore(int64_t slot, int64_t generation, int64_t version,
     Store(sampled_ + slot, CountTag(generation));
   }
   if (columns_) {
-    __atomic_store_n(version_ + slot, version, __ATOMIC_RELAXED);
+    __atomic_store_n(version_ + slot, version, __ATOMIC_RELEASE);
     Store(last_ + slot, CallTag(generation));
   }
   if (gate_on_) Store(gate_ + slot, CallTag(generation));  // never drawn
@@ -123,7 +123,7 @@ int64_t ItemMetadata::LastSampled(int64_t slot, int64_t generation) const {
 }
 
 int64_t ItemMetadata::Version(int64_t slot) const {
-  return columns_ ? __atomic_load_n(version_ + slot, __ATOMIC_RELAXED) : 0;
+  return columns_ ? __atomic_load_n(version_ + slot, __ATOMIC_ACQUIRE) : 0;
 }
 
 void ItemMetadata::StateArrays(std::vector<StateArray>* out) {

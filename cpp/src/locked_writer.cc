@@ -95,7 +95,10 @@ void LockedWriter::Restore(const ConfigValue& scalars, const Ring& stamps) {
     REVERIE_CHECK(free_[i] >= 0 && free_[i] < c.filled && Stamp::IsRemoved(stamps.LoadStamp(free_[i])),
                   name_, " state: free entry ", i, " (slot ", free_[i], ") holds an item");
   }
+  const int64_t pinned = c.pinned;
+  c.pinned = 0;
   *counters_ = c;
+  __atomic_store_n(&counters_->pinned, pinned, __ATOMIC_RELAXED);
   sizes_->held.store(c.filled - c.freed, std::memory_order_release);
   sizes_->filled.store(c.filled, std::memory_order_release);
   RestoreDerived(scalars, stamps);
@@ -136,7 +139,7 @@ int64_t LockedWriter::Place(const WriteBatch& batch, const Ring&, int64_t first_
     StoreRelaxed(reinterpret_cast<uint64_t*>(&insertion_[slot]), static_cast<uint64_t>(insertion));
     if (pins_ != nullptr && counters_->pin_new != 0 && pins_[slot] == 0) {
       pins_[slot] = 1;
-      ++counters_->pinned;
+      __atomic_fetch_add(&counters_->pinned, 1, __ATOMIC_RELAXED);  // read without the lock
     }
     Placed(slot);
     ++placed;
@@ -147,7 +150,7 @@ int64_t LockedWriter::Place(const WriteBatch& batch, const Ring&, int64_t first_
 void LockedWriter::OnRemove(int64_t slot) {
   if (pinned(slot)) {  // removers skip pinned items; a slot freed otherwise loses its pin
     pins_[slot] = 0;
-    --counters_->pinned;
+    __atomic_fetch_sub(&counters_->pinned, 1, __ATOMIC_RELAXED);
   }
   free_[counters_->freed++] = slot;
   sizes_->held.fetch_sub(1, std::memory_order_acq_rel);
@@ -162,7 +165,7 @@ int64_t LockedWriter::Pin(const int64_t* slots, int64_t n, bool pin) {
     changed.push_back(slots[i]);
   }
   const auto count = static_cast<int64_t>(changed.size());
-  counters_->pinned += pin ? count : -count;
+  __atomic_fetch_add(&counters_->pinned, pin ? count : -count, __ATOMIC_RELAXED);
   if (!changed.empty()) OnPins(changed, pin);
   return count;
 }

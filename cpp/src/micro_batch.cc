@@ -24,8 +24,9 @@ struct Subset {
   int64_t head = -1, tail = -1;
 };
 
+// A partial partition: its non-empty subsets (at most k; the others are empty, implicitly).
 struct Partial {
-  std::vector<Subset> subsets;  // k of them
+  std::vector<Subset> subsets;
   double spread = 0;
   int64_t id = 0;  // order of making: ties go to the earlier
 };
@@ -49,45 +50,57 @@ void Concat(Subset* into, const Subset& from, std::vector<int64_t>& next) {
   into->tail = from.tail;
 }
 
-double Spread(const std::vector<Subset>& s) {
+// Largest minus smallest subset cost, the implicit empty subsets included.
+double Spread(const std::vector<Subset>& s, int64_t k) {
   double lo = s[0].cost, hi = s[0].cost;
   for (const Subset& x : s) {
     lo = std::min(lo, x.cost);
     hi = std::max(hi, x.cost);
   }
-  return hi - lo;
+  return static_cast<int64_t>(s.size()) < k ? hi : hi - lo;
 }
 
-// Karmarkar-Karp over `units` into k subsets (k >= 1); `next` links sequences.
+// Karmarkar-Karp over `units` into k subsets (1 <= k <= units); `next` links sequences.
+// Combining x and y pairs x's j-th costliest subset with y's j-th cheapest, where y's
+// implicit empty subsets are its cheapest and x's its last: so a unit of cost 0 still counts
+// as a subset of its own, and the result has min(k, units) non-empty subsets. Memory O(n).
 std::vector<Subset> Differencing(const std::vector<Unit>& units, int64_t k, std::vector<int64_t>& next) {
-  std::vector<Partial> pool(units.size() * 2 + 1);
+  std::vector<Partial> pool(units.size() * 2);
   size_t made = 0;
   std::priority_queue<Partial*, std::vector<Partial*>, BySpread> heap;
   for (const Unit& u : units) {
     Partial& p = pool[made];
-    p.subsets.assign(static_cast<size_t>(k), Subset{});
-    p.subsets[0] = Subset{u.cost, u.tokens, u.head, u.tail};
+    p.subsets = {Subset{u.cost, u.tokens, u.head, u.tail}};
     p.spread = u.cost;
     p.id = static_cast<int64_t>(made++);
     heap.push(&p);
   }
-  if (heap.empty()) return std::vector<Subset>(static_cast<size_t>(k));
+  if (heap.empty()) return {};
   while (heap.size() > 1) {
     Partial* x = heap.top();
     heap.pop();
     Partial* y = heap.top();
     heap.pop();
-    auto by_cost = [](const Subset& s, const Subset& t) { return s.cost > t.cost; };
-    std::stable_sort(x->subsets.begin(), x->subsets.end(), by_cost);  // costliest first
+    std::stable_sort(x->subsets.begin(), x->subsets.end(),
+                     [](const Subset& s, const Subset& t) { return s.cost > t.cost; });  // costliest first
     std::stable_sort(y->subsets.begin(), y->subsets.end(),
                      [](const Subset& s, const Subset& t) { return s.cost < t.cost; });  // cheapest first
+    const auto nx = static_cast<int64_t>(x->subsets.size()), ny = static_cast<int64_t>(y->subsets.size());
+    const int64_t y_first = k - ny;  // position of y's first non-empty subset
     Partial& z = pool[made];
-    z.subsets = x->subsets;
-    for (size_t j = 0; j < z.subsets.size(); ++j) Concat(&z.subsets[j], y->subsets[j], next);
-    z.spread = Spread(z.subsets);
+    z.subsets.reserve(static_cast<size_t>(std::min(k, nx + ny)));
+    for (int64_t j = 0; j < k; ++j) {
+      const Subset* a = j < nx ? &x->subsets[static_cast<size_t>(j)] : nullptr;
+      const Subset* b = j >= y_first ? &y->subsets[static_cast<size_t>(j - y_first)] : nullptr;
+      if (a == nullptr && b == nullptr) continue;
+      Subset s = a != nullptr ? *a : Subset{};
+      if (b != nullptr) Concat(&s, *b, next);
+      z.subsets.push_back(s);
+    }
+    z.spread = Spread(z.subsets, k);
     z.id = static_cast<int64_t>(made++);
-    x->subsets.clear();
-    y->subsets.clear();
+    std::vector<Subset>().swap(x->subsets);
+    std::vector<Subset>().swap(y->subsets);
     heap.push(&z);
   }
   return heap.top()->subsets;
@@ -142,6 +155,23 @@ MicroBatchSplit SplitMicroBatches(const int64_t* lengths, int64_t n, const int64
   };
   std::vector<Subset> split;
   const int64_t rest_units = static_cast<int64_t>(rest.size());
+  // The smallest count from `from` up whose split keeps the budget: one by one for the first
+  // kLinear counts, then in doubling steps (*exact false: the count found fits, a smaller
+  // one past the linear stretch may too). A count of one unit each always fits. Each
+  // attempt starts from the untouched links.
+  auto Search = [&](int64_t from, bool* exact) {
+    constexpr int64_t kLinear = 64;
+    int64_t m = std::min(std::max<int64_t>(from, 1), rest_units), step = 1;
+    for (int64_t tries = 0;; ++tries) {
+      std::vector<int64_t> probe = next;
+      if (m >= rest_units || fits(Differencing(rest, m, probe))) return m;
+      if (tries >= kLinear) {
+        step *= 2;
+        *exact = false;
+      }
+      m = std::min(rest_units, m + step);
+    }
+  };
   if (k > 0) {
     REVERIE_CHECK(k <= std::max<int64_t>(count, 1), "cannot split ", count, groups ? " groups" : " sequences",
                   " into ", k, " non-empty micro-batches");
@@ -149,40 +179,33 @@ MicroBatchSplit SplitMicroBatches(const int64_t* lengths, int64_t n, const int64
     REVERIE_CHECK(k >= least, n_over, " units are longer than the token budget of ", max_tokens,
                   " (each takes a micro-batch of its own)", rest_units > 0 ? " and others fit it" : "",
                   ": ", k, " micro-batches cannot hold them; the smallest count that does is at least ", least);
-    std::vector<int64_t> scratch = next;
-    if (k > n_over) split = Differencing(rest, k - n_over, next);
+    std::vector<int64_t> links = next;  // `next` stays untouched for the search below
+    if (k > n_over) split = Differencing(rest, k - n_over, links);
     if (!fits(split)) {
-      int64_t need = k - n_over;
-      for (;;) {
-        ++need;
-        std::vector<int64_t> probe = scratch;
-        if (need > rest_units || fits(Differencing(rest, need, probe))) break;
-      }
+      bool exact = true;
+      const int64_t need = Search(k - n_over + 1, &exact);
       throw std::invalid_argument(internal::Concat(
           k, " micro-batches cannot keep the token budget of ", max_tokens, " (", total, " tokens in ",
-          rest_units, " units that fit it); the smallest count that does is ", need + n_over));
+          rest_units, " units that fit it); ", exact ? "the smallest count that does is " : "a count that does is ",
+          need + n_over));
     }
-  } else {
-    int64_t m = std::max<int64_t>(1, (total + max_tokens - 1) / max_tokens);
-    m = std::min<int64_t>(m, std::max<int64_t>(rest_units, 1));
-    for (;; ++m) {
-      std::vector<int64_t> probe = next;
-      split = Differencing(rest, m, probe);
-      if (fits(split) || m >= rest_units) {
-        next.swap(probe);
-        break;
-      }
-    }
-    if (rest_units == 0) split.clear();
+    next.swap(links);
+  } else if (rest_units > 0) {
+    // From the lower bound: the tokens over the budget, and one micro-batch for each unit of
+    // more than half the budget (no two of them fit together).
+    int64_t halves = 0;
+    for (const Unit& u : rest) halves += 2 * u.tokens > max_tokens;
+    bool exact = true;
+    const int64_t m = Search(std::max<int64_t>({1, (total + max_tokens - 1) / max_tokens, halves}), &exact);
+    split = Differencing(rest, m, next);
   }
   for (const Unit& u : over) split.push_back(Subset{u.cost, u.tokens, u.head, u.tail});
-  // Micro-batches with their sequences ascending; empty ones (k > units never reaches here)
-  // are dropped only when no count was given.
+  // Micro-batches with their sequences ascending (every one non-empty: counts are at most
+  // the units).
   MicroBatchSplit out;
   out.starts.push_back(0);
   std::vector<int64_t> members;
   for (const Subset& s : split) {
-    if (k == 0 && s.head < 0) continue;
     members.clear();
     for (int64_t i = s.head; i >= 0; i = next[static_cast<size_t>(i)]) members.push_back(i);
     std::sort(members.begin(), members.end());

@@ -451,14 +451,34 @@ int64_t PartitionedTable::Write(const FieldInput* inputs, size_t n, bool batched
   if (offered == 0) return 0;
   limiter_.AwaitInsert(offered, poll_);
   int64_t stored = 0;
-  for (int64_t p : order) {
-    Table& t = *parts_[static_cast<size_t>(p)];
-    const uint8_t* m = masks[static_cast<size_t>(p)].data();
-    stored += batched ? t.Extend(inputs, n, m, rows) : t.Add(inputs, n, m, rows);
+  auto account = [&] {  // the table's totals and the limiter count what was stored
+    header_->ring.claimed.fetch_add(stored, std::memory_order_acq_rel);
+    header_->ring.committed.fetch_add(stored, std::memory_order_acq_rel);
+    if (limiter_.enabled()) limiter_.Notify();
+  };
+  for (size_t j = 0; j < order.size(); ++j) {
+    Table& t = *parts_[static_cast<size_t>(order[j])];
+    const uint8_t* m = masks[static_cast<size_t>(order[j])].data();
+    try {
+      stored += batched ? t.Extend(inputs, n, m, rows) : t.Add(inputs, n, m, rows);
+    } catch (const TypeError&) {
+      account();
+      throw;
+    } catch (const std::invalid_argument& e) {
+      // A partition's check changed since the precheck (another writer filled a pinned
+      // partition, or brought a class beyond max_classes): the partitions before it keep
+      // their rows, and the error says so.
+      account();
+      if (j == 0) throw;
+      throw std::invalid_argument(internal::Concat(e.what(), " [partition ", values_[order[j]],
+                                                   "; the call had stored ", stored,
+                                                   " items in earlier partitions]"));
+    } catch (...) {
+      account();
+      throw;
+    }
   }
-  header_->ring.claimed.fetch_add(stored, std::memory_order_acq_rel);
-  header_->ring.committed.fetch_add(stored, std::memory_order_acq_rel);
-  if (limiter_.enabled()) limiter_.Notify();
+  account();
   return stored;
 }
 

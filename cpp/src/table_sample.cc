@@ -320,10 +320,13 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
     if (min_interval_ > 0 && !meta_->Gate(slots[i], generation, clock, static_cast<uint64_t>(min_interval_))) return -1;
     if (!count_samples_) {
       // Nothing to count: the item must still be the one the rules just checked. The gate's
-      // word carries the generation (a rewritten slot is refused there); the version is a
-      // plain word, so without a gate the stamp is read again (a writer marks the slot
-      // WRITING before it rewrites it).
-      if (min_interval_ > 0) return 0;
+      // word carries the generation (a rewritten slot is refused there); the version does
+      // not, so with a staleness bound the stamp is read again (a writer marks the slot
+      // WRITING before it rewrites the version; the version is read with acquire).
+      // With a staleness bound too, the stamp is reread all the same: a writer stores the
+      // version before the gate, so a new version can be seen while the gate still shows the
+      // old generation.
+      if (min_interval_ > 0 && max_staleness_ < 0) return 0;
       std::atomic_thread_fence(std::memory_order_acquire);
       const uint64_t stamp = ring_.LoadStamp(slots[i]);
       return Stamp::IsCommitted(stamp) && Stamp::KeyOf(stamp) == keys[i] ? 0 : -1;
@@ -333,7 +336,7 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
   // The counts are random cache misses, taken one after the other below: start them all.
   for (int64_t i = 0; i < batch; ++i) {
     meta_->Prefetch(slots[i], count_samples_, max_staleness_ >= 0);
-    if (!count_samples_ && min_interval_ == 0) ring_.PrefetchStamp(slots[i]);
+    if (!count_samples_ && max_staleness_ >= 0) ring_.PrefetchStamp(slots[i]);
   }
   try {
     for (int64_t i = 0; i < batch; ++i) {

@@ -445,8 +445,10 @@ class ReplayBuffer:
     def pin_all(self, pin: bool = True) -> int:
         """Pins every item held now and every item written from now on (a buffer, or with
         partitions see ``pin_partition``, of anchors); ``pin_all(False)`` unpins every item.
-        Once full, a buffer that pins what it is given refuses further writes (ValueError).
-        Returns how many items changed. (A partitioned buffer: ``pin_partition``.)"""
+        Once full, a FIFO buffer that pins what it is given refuses further writes
+        (ValueError); a reservoir drops them (``extend`` returns 0, counted in
+        ``stats()["reservoir.rejected"]``). Returns how many items changed. (A partitioned
+        buffer: ``pin_partition``.)"""
         core = self._core
         if core is None:
             self._check_open()

@@ -38,7 +38,10 @@ class LockedWriter : public Writer {
   int64_t Pin(const int64_t* slots, int64_t n, bool pin) final;
   int64_t PinAll(bool pin, const Ring& stamps) final;
   bool pinned(int64_t slot) const final { return pins_ != nullptr && pins_[slot] != 0; }
-  int64_t pinned_count() const final { return pins_ != nullptr ? counters_->pinned : 0; }
+  // Read without the lock (buf.pinned): the count is kept with relaxed atomics.
+  int64_t pinned_count() const final {
+    return pins_ != nullptr ? __atomic_load_n(&counters_->pinned, __ATOMIC_RELAXED) : 0;
+  }
   bool pins_new() const final { return pins_ != nullptr && counters_->pin_new != 0; }
   int64_t held() const override { return sizes_->held.load(std::memory_order_acquire); }
   int64_t filled() const override { return sizes_->filled.load(std::memory_order_acquire); }

@@ -15,11 +15,13 @@
 // A token budget (max_tokens > 0) bounds every micro-batch's tokens. A unit of more tokens
 // than the budget (oversize) gets a micro-batch of its own, which is the only one allowed
 // over the budget; the other units are split over the remaining micro-batches. Without a
-// given count (k = 0) the count is the smallest k, from the tokens' lower bound up, for
-// which the split keeps the budget; with a given count and budget, a split over the budget
-// is an error (ValueError naming the smallest count that fits).
+// given count (k = 0) the count is the smallest k, from the lower bound up (the tokens over
+// the budget, and one per unit of more than half of it), for which the split keeps the
+// budget, tried one by one for 64 counts and then in doubling steps; with a given count and
+// budget, a split over the budget is an error (ValueError naming the smallest count found
+// that fits). Every micro-batch is non-empty (a sequence of length 0 is a unit too).
 //
-// Cost: O(n log n + n k log k) for n units.
+// Cost: O(n log n + n k log k) for n units, memory O(n + k).
 #pragma once
 
 #include <cstdint>
