@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import Any, List, Optional
 
 import torch
 
-if TYPE_CHECKING:
-    from ._buffer import Batch, ReplayBuffer
+from ._batch import Batch
+
+# The buffer is typed structurally (Any): naming ReplayBuffer here, even for type checking
+# only, would make _buffer -> _staging -> _buffer a circle of the layers (tests/test_layers.py).
 
 
 class Stager:
@@ -23,7 +25,7 @@ class Stager:
     caller trains on this one. To the CPU: no staging, prefetch alone.
     """
 
-    def __init__(self, buffer: "ReplayBuffer", batch_size: int, device: torch.device) -> None:
+    def __init__(self, buffer: Any, batch_size: int, device: torch.device) -> None:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"sample(device={str(device)!r}): torch sees no CUDA device "
                                "(torch.cuda.is_available() is False)")
@@ -43,7 +45,7 @@ class Stager:
     def serves(self, batch_size: int, device: torch.device) -> bool:
         return batch_size == self._batch and device == self._device
 
-    def _gather(self, slot: int) -> "Batch":
+    def _gather(self, slot: int) -> Batch:
         buf = self._buffer
         if not self._cuda:
             return buf.sample(self._batch)
@@ -57,7 +59,7 @@ class Stager:
             self._pinned[slot] = pinned
         return buf.sample(self._batch, out=pinned)
 
-    def sample(self, prefetch: bool) -> "Batch":
+    def sample(self, prefetch: bool) -> Batch:
         with self._lock:
             slot = self._next
             self._next ^= 1
@@ -91,7 +93,7 @@ class Stager:
                 self._worker = None
 
 
-def staged(buffer: "ReplayBuffer", batch_size: int, device: torch.device, prefetch: bool) -> "Batch":
+def staged(buffer: Any, batch_size: int, device: torch.device, prefetch: bool) -> Batch:
     """``buffer.sample(batch_size, device=..., prefetch=...)``: through the buffer's stager,
     a new one when the batch size or device changed."""
     stager = buffer._stager

@@ -5,21 +5,21 @@ come here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 import torch
 
 from . import _core
 from ._spec import infer_field
+from ._table import Table
 from ._values import to_numpy
 
-if TYPE_CHECKING:
-    from ._buffer import ReplayBuffer
-    from ._table import Table
+# The buffer is typed structurally (Any): naming ReplayBuffer here, even for type checking
+# only, would make _buffer -> _writing -> _buffer a circle of the layers (tests/test_layers.py).
 
 
-def unbound_write(buf: "ReplayBuffer", args: Tuple[Any, ...], fields: Dict[str, Any],
+def unbound_write(buf: Any, args: Tuple[Any, ...], fields: Dict[str, Any],
                   batched: bool) -> int:
     if args:
         name = "extend" if batched else "add"
@@ -36,7 +36,7 @@ def unbound_write(buf: "ReplayBuffer", args: Tuple[Any, ...], fields: Dict[str, 
     return int((buf.__dict__["extend"] if batched else buf.__dict__["add"])(**fields))
 
 
-def await_first_item(buf: "ReplayBuffer", batch_size: int) -> "Table":
+def await_first_item(buf: Any, batch_size: int) -> Table:
     """sample() before the spec is known: an error, or with a rate limiter that may wait,
     a wait for another thread's first add (the limiter then waits for the rest)."""
     buf._check_open()
@@ -57,7 +57,7 @@ def await_first_item(buf: "ReplayBuffer", batch_size: int) -> "Table":
     return buf._table
 
 
-def _write_admitted(buf: "ReplayBuffer", fields: Dict[str, Any], batched: bool) -> int:
+def _write_admitted(buf: Any, fields: Dict[str, Any], batched: bool) -> int:
     """A write through the caller's predicate: it sees the whole batch at once (add: a
     batch of one), and the core stores the rows its mask keeps."""
     if not batched:
@@ -70,7 +70,7 @@ def _write_admitted(buf: "ReplayBuffer", fields: Dict[str, Any], batched: bool) 
     return int(buf._core.extend_masked(mask, **fields))
 
 
-def _first_write(buf: "ReplayBuffer", fields: Mapping[str, Any], batched: bool) -> int:
+def _first_write(buf: Any, fields: Mapping[str, Any], batched: bool) -> int:
     """Infers the spec from the first add/extend; if that write fails, the buffer stays
     unbuilt (the spec is not fixed by a rejected call)."""
     if not fields:
