@@ -23,11 +23,25 @@ with the last (so the tie order is a fact of the history, stated here as the cor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
+import numpy as np
 from policy_reference import random_bits
 
 LANE = 0xFFFFFFFE
+
+
+def water_filling(n: np.ndarray, capacity: int) -> np.ndarray:
+    """min(n_c, tau) with tau the largest level whose fill fits the capacity: what CBRS and
+    quotas hold (within 1) after offers n_c per class."""
+    tau = max(t for t in range(capacity + 1) if np.minimum(n, t).sum() <= capacity)
+    return np.minimum(n, tau)
+
+
+def held_by_slot(buf: Any) -> Dict[int, int]:
+    """slot -> id of every item a buffer (with an "id" field) holds."""
+    keys = buf._table.stored_keys()
+    return dict(zip(buf._table.slots_of(keys).tolist(), buf.get(keys)["id"].tolist()))
 
 
 def _below(bits: int, n: int) -> int:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memory_reference import CBRSModel
+from memory_reference import CBRSModel, held_by_slot, water_filling
 from scipy import stats
 
 import reverie as rv
@@ -30,18 +30,6 @@ def items(labels: np.ndarray, first: int = 0) -> Dict[str, np.ndarray]:
     return {"id": i.astype(np.int64), "y": np.asarray(labels, np.int32), "x": np.stack([i, -i], 1).astype(np.float32)}
 
 
-def held_ids(buf: rv.ReplayBuffer) -> Dict[int, int]:
-    """slot -> id of every held item."""
-    keys = buf._table.stored_keys()
-    slots = buf._table.slots_of(keys)
-    return dict(zip(slots.tolist(), buf.get(keys)["id"].tolist()))
-
-
-def water_filling(n: np.ndarray, capacity: int) -> np.ndarray:
-    tau = max(t for t in range(capacity + 1) if np.minimum(n, t).sum() <= capacity)
-    return np.minimum(n, tau)
-
-
 @settings(max_examples=60, deadline=None)
 @given(labels=st.lists(st.integers(0, 5), min_size=1, max_size=120), capacity=st.integers(1, 12),
        cuts=st.lists(st.integers(1, 9), min_size=1, max_size=30), seed=st.integers(0, 2**32))
@@ -56,7 +44,7 @@ def test_every_decision_matches_the_model(labels, capacity, cuts, seed):
         want = sum(model.offer(start + j, int(y)) for j, y in enumerate(chunk))
         assert buf.extend(**items(chunk, start)) == want
         start += len(chunk)
-        assert held_ids(buf) == {s: i for s, i in enumerate(model.slots) if i is not None}
+        assert held_by_slot(buf) == {s: i for s, i in enumerate(model.slots) if i is not None}
         assert buf.writer.counts() == model.counts()
         if len(buf) and k % 3 == 0:
             buf.sample(3)  # sampling draws from its own stream: decisions do not move
@@ -112,7 +100,7 @@ def test_a_batch_of_offers_decides_as_the_same_offers_one_by_one():
     add = b.add
     stored = sum(add(**{k: v[j] for k, v in items(labels).items()}) for j in range(len(labels)))
     assert stored == a.stats()["table.written"]
-    assert held_ids(a) == held_ids(b)
+    assert held_by_slot(a) == held_by_slot(b)
     assert a.writer.counts() == b.writer.counts()
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memory_reference import CBRSModel
+from memory_reference import CBRSModel, held_by_slot, water_filling
 
 import reverie as rv
 
@@ -29,16 +29,6 @@ def items(groups, first: int = 0) -> Dict[str, np.ndarray]:
     i = np.arange(first, first + len(groups))
     return {"id": i.astype(np.int64), "task": np.asarray(groups, np.int16),
             "x": np.stack([i, -i], 1).astype(np.float32)}
-
-
-def held(buf: rv.ReplayBuffer) -> Dict[int, int]:
-    keys = buf._table.stored_keys()
-    return dict(zip(buf._table.slots_of(keys).tolist(), buf.get(keys)["id"].tolist()))
-
-
-def water_filling(n: np.ndarray, capacity: int) -> np.ndarray:
-    tau = max(t for t in range(capacity + 1) if np.minimum(n, t).sum() <= capacity)
-    return np.minimum(n, tau)
 
 
 @settings(max_examples=80, deadline=None)
@@ -56,7 +46,7 @@ def test_every_decision_matches_the_model(groups, capacity, cuts, seed):
         assert buf.extend(**items(chunk, start)) == len(chunk)
         start += len(chunk)
         np.add.at(offered, chunk, 1)
-        assert held(buf) == {s: i for s, i in enumerate(model.slots) if i is not None}
+        assert held_by_slot(buf) == {s: i for s, i in enumerate(model.slots) if i is not None}
         counts = buf.writer.counts()
         assert counts == model.counts()
         want = water_filling(offered, capacity)
@@ -103,12 +93,12 @@ def test_slots_a_small_group_cannot_fill_go_to_the_others():
 def test_refusals_change_nothing():
     buf = make(8, max_groups=2)
     buf.extend(**items([0, 1, 0, 1]))
-    before = (held(buf), buf.writer.counts(), buf.stats())
+    before = (held_by_slot(buf), buf.writer.counts(), buf.stats())
     with pytest.raises(ValueError, match="group beyond max_groups = 2"):
         buf.extend(**items([0, 2], 100))
     with pytest.raises(ValueError, match="cannot be updated in place"):
         buf.update_fields(buf._table.stored_keys()[:1], task=np.array([1], np.int16))
-    assert (held(buf), buf.writer.counts(), buf.stats()) == before
+    assert (held_by_slot(buf), buf.writer.counts(), buf.stats()) == before
     with pytest.raises(ValueError, match="max_times_sampled"):
         rv.ReplayBuffer(8, SPEC, writer=rv.Quotas(group="task"), max_times_sampled=1)
     with pytest.raises(TypeError, match="integer scalar field"):
@@ -133,4 +123,4 @@ def test_a_restored_buffer_decides_as_the_saved_one(route, tmp_path):
     assert b.writer == rv.Quotas(group="task")
     for first in range(1500, 3000, 50):
         assert b.extend(**items(groups[first:first + 50], first)) == twin.extend(**items(groups[first:first + 50], first))
-    assert held(b) == held(twin) and b.writer.counts() == twin.writer.counts()
+    assert held_by_slot(b) == held_by_slot(twin) and b.writer.counts() == twin.writer.counts()

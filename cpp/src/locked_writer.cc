@@ -17,7 +17,7 @@ void Writer::Lookup(const int64_t*, int64_t, int64_t*) const {
 
 int64_t Writer::Pin(const int64_t*, int64_t, bool) {
   throw std::invalid_argument("this buffer's writer cannot pin items: pins need a writer made with pins (a FIFO or "
-                              "reservoir writer with pins=True); a top-k, class-balanced or keyed-archive writer "
+                              "reservoir writer with the setting \"pins\": true); a top-k, class-balanced or keyed-archive writer "
                               "decides what it keeps by its own rule");
 }
 

@@ -14,6 +14,7 @@
 #include "reverie/common.h"
 #include "reverie/philox.h"
 #include "reverie/ring.h"
+#include "reverie/writer_helpers.h"
 #include "table_internal.h"
 
 namespace reverie {
@@ -50,18 +51,6 @@ uint64_t Mix(uint64_t x) {  // splitmix64's finaliser: partition seeds
 // The generator's index lane for stochastic mixture counts (sampling uses indices below the
 // batch size within a partition's own stream; this is the partitioned table's own seed).
 constexpr uint32_t kMixtureLane = 7;
-
-int64_t IntegerAt(const ArrayView& v, int64_t row) {
-  const int64_t r = v.ndim == 0 ? 0 : row;
-  const uint8_t* p = static_cast<const uint8_t*>(v.data);
-  switch (v.dtype) {  // a typed input has the field's dtype; an untyped one is int64
-    case DType::kUInt8: return p[r];
-    case DType::kInt8: return reinterpret_cast<const int8_t*>(p)[r];
-    case DType::kInt16: return reinterpret_cast<const int16_t*>(p)[r];
-    case DType::kInt32: return reinterpret_cast<const int32_t*>(p)[r];
-    default: return reinterpret_cast<const int64_t*>(p)[r];
-  }
-}
 
 const ConfigValue& PartitionsOf(const ConfigValue& config) {
   return config.At("partitions", "the partitioned table");
@@ -747,7 +736,7 @@ int64_t PartitionedTable::Pin(const int64_t* keys, int64_t n, bool pin) {
     if (groups.keys[p].empty() || parts_[p]->pins()) continue;
     throw std::invalid_argument(internal::Concat(
         "partition ", values_[p], "'s writer cannot pin items (key ", keys[groups.positions[p][0]],
-        "): give its writer pins (a FIFO or reservoir writer with pins=True)"));
+        "): give its writer pins (a fifo or reservoir writer with the setting \"pins\": true)"));
   }
   int64_t changed = 0;
   for (size_t p = 0; p < groups.keys.size(); ++p) {
@@ -762,8 +751,8 @@ int64_t PartitionedTable::PinPartition(int64_t value, bool pin) {
   const int64_t p = IndexOf(value);
   REVERIE_CHECK(p >= 0, "there is no partition ", value, " (yet): declare it, or pin it once an item of it was written");
   Table& part = *parts_[static_cast<size_t>(p)];
-  REVERIE_CHECK(part.pins(), "partition ", value, "'s writer cannot pin items: give its writer pins (a FIFO or "
-                "reservoir writer with pins=True)");
+  REVERIE_CHECK(part.pins(), "partition ", value, "'s writer cannot pin items: give its writer pins (a fifo or "
+                "reservoir writer with the setting \"pins\": true)");
   return part.PinAll(pin);
 }
 

@@ -14,9 +14,8 @@ int IntegerScalarField(const TableContext& table, const std::string& name, const
   return field;
 }
 
-int64_t IntegerAt(const WriteBatch& batch, int field, int64_t i) {
-  const ArrayView& v = *batch.values[field];
-  const int64_t row = v.ndim == 0 ? 0 : batch.Row(i);
+int64_t IntegerAt(const ArrayView& v, int64_t i) {
+  const int64_t row = v.ndim == 0 ? 0 : i;
   const uint8_t* p = static_cast<const uint8_t*>(v.data);
   switch (v.dtype) {  // a typed input has the field's dtype; an untyped one is int64
     case DType::kUInt8: return p[row];

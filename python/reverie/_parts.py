@@ -19,6 +19,12 @@ from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type, Union
 from ._values import as_int
 
 
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return value
+
+
 def _non_negative(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -114,9 +120,7 @@ class Uniform(Part):
 
     def __init__(self, replacement: bool = True) -> None:
         super().__init__()
-        if not isinstance(replacement, bool):
-            raise TypeError(f"replacement must be a bool, got {type(replacement).__name__}")
-        self.replacement = replacement
+        self.replacement = _flag("replacement", replacement)
 
     def settings(self) -> Dict[str, Any]:
         return {"replacement": self.replacement}
@@ -212,9 +216,7 @@ class _Pinnable(Part):
 
     def __init__(self, pins: bool = False) -> None:
         super().__init__()
-        if not isinstance(pins, bool):
-            raise TypeError(f"pins must be True or False, got {type(pins).__name__}")
-        self.pins = pins
+        self.pins = _flag("pins", pins)
 
     def settings(self) -> Dict[str, Any]:
         return {"pins": True} if self.pins else {}

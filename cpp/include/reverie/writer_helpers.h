@@ -29,8 +29,12 @@ inline uint64_t HashTableSize(int64_t entries) {
 // otherwise; ValueError for a field not in the spec).
 int IntegerScalarField(const TableContext& table, const std::string& name, const std::string& what);
 
-// Offered item i's value of integer scalar field `field` (the field's dtype when typed, an
-// untyped input is int64; bool as 0/1).
-int64_t IntegerAt(const WriteBatch& batch, int field, int64_t i);
+// Row `row` of an integer scalar input (the field's dtype when typed, an untyped input is
+// int64; bool as 0/1; a 0-d input is one value for every row).
+int64_t IntegerAt(const ArrayView& v, int64_t row);
+// Offered item i's value of integer scalar field `field`.
+inline int64_t IntegerAt(const WriteBatch& batch, int field, int64_t i) {
+  return IntegerAt(*batch.values[field], batch.Row(i));
+}
 
 }  // namespace reverie
