@@ -20,6 +20,7 @@ void BindTable(py::module_& m);
 void BindPartitionedTable(py::module_& m);
 void BindDevice(py::module_& m);
 void BindMicroBatches(py::module_& m);
+void BindRagged(py::module_& m);
 }  // namespace reverie_py
 
 PYBIND11_MODULE(_core, m) {
@@ -47,6 +48,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("KEY_LOCAL_BITS") = kLocalKeyBits;
   reverie_py::BindWriteFunctions(m);
   reverie_py::BindTable(m);
+  reverie_py::BindRagged(m);
   reverie_py::BindPartitionedTable(m);
   reverie_py::BindDevice(m);
   reverie_py::BindMicroBatches(m);

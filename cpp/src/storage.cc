@@ -28,10 +28,10 @@ std::string ShapeString(const int64_t* shape, int ndim) {
   return out + ")";
 }
 
-Storage::Storage(int64_t capacity, std::vector<FieldSpec> spec)
+Storage::Storage(int64_t capacity, std::vector<FieldSpec> spec, bool allow_empty)
     : capacity_(capacity), spec_(std::move(spec)) {
   REVERIE_CHECK(capacity >= 1, "capacity must be >= 1, got ", capacity);
-  REVERIE_CHECK(!spec_.empty(), "a buffer needs at least one field");
+  REVERIE_CHECK(allow_empty || !spec_.empty(), "a buffer needs at least one field");
   std::unordered_set<std::string> names;
   for (const FieldSpec& field : spec_) {
     REVERIE_CHECK(!field.name.empty(), "field names must be non-empty");

@@ -11,6 +11,7 @@
 #include <new>
 
 #include "reverie/common.h"
+#include "reverie/locked_fifo.h"
 #include "reverie/registry.h"
 #include "reverie/sum_tree.h"
 #include "table_internal.h"
@@ -109,7 +110,27 @@ void Table::BuildParts(const ConfigValue& config) {
   ctx.removals = max_times_ > 0;
   selector_ = Selectors().Make(PartOr(config, "selector", "uniform"), ctx);
   ctx.prioritized = selector_->prioritized();
-  writer_ = Writers().Make(PartOr(config, "writer", "fifo"), ctx);
+  const ConfigValue& ragged = config.Get("ragged");
+  if (!ragged.is_null()) {
+    // Ragged values live in a byte ring in insertion order (arena.h): the FIFO rule, decided
+    // under the writer lock so that blocks are reserved and items evicted in one step.
+    const ConfigValue writer = PartOr(config, "writer", "fifo");
+    REVERIE_CHECK(KindOf(writer, "writer") == "fifo" && !PinsSetting(writer, "fifo"),
+                  "a table with ragged fields keeps them in a byte ring in insertion order: it needs the FIFO "
+                  "writer without pins, not the ", KindOf(writer, "writer"),
+                  PinsSetting(writer, "fifo") ? " writer with pins" : " writer");
+    REVERIE_CHECK(view.is_null(), "an episode buffer cannot have ragged fields");
+    REVERIE_CHECK(config.Get("partition").is_null(), "a partition cannot have ragged fields");
+    writer_ = std::make_unique<LockedFifo>(capacity());
+    arena_ = std::make_unique<TokenArena>(ragged, capacity());
+    for (const RaggedFieldSpec& f : arena_->fields()) {
+      for (const FieldSpec& fixed : storage_.spec()) {
+        REVERIE_CHECK(fixed.name != f.name, "field '", f.name, "' is declared both fixed and ragged");
+      }
+    }
+  } else {
+    writer_ = Writers().Make(PartOr(config, "writer", "fifo"), ctx);
+  }
   REVERIE_CHECK(!selector_->needs_fifo() || writer_->fifo(), "the ", KindOf(config.Get("selector"), "selector"),
                 " sampler ranks items by insertion order: it needs the FIFO writer, not the ",
                 KindOf(PartOr(config, "writer", "fifo"), "writer"), " writer");
@@ -165,6 +186,7 @@ std::vector<Part*> Table::Parts() {
   parts.push_back(selector_.get());
   if (meta_) parts.push_back(meta_.get());
   if (view_) parts.push_back(view_.get());
+  if (arena_) parts.push_back(arena_.get());
   return parts;
 }
 
@@ -172,7 +194,7 @@ Table::Table(const ConfigValue& config, const StorageConfig& storage) {
   const ConfigValue::Map& settings = config.AsMap("the table configuration");
   static const char* const kKnown[] = {"capacity", "spec", "seed", "shard", "writer", "selector",
                                        "admission", "max_times_sampled", "metadata", "view",
-                                       "rate_limiter", "partition", "reuse"};
+                                       "rate_limiter", "partition", "reuse", "ragged"};
   for (const auto& [key, value] : settings) {
     REVERIE_CHECK(std::find_if(std::begin(kKnown), std::end(kKnown),
                                [&](const char* k) { return key == k; }) != std::end(kKnown),
@@ -181,7 +203,7 @@ Table::Table(const ConfigValue& config, const StorageConfig& storage) {
   const int64_t capacity = config.At("capacity", "the table").AsInt("capacity");
   REVERIE_CHECK(capacity >= 1, "capacity must be >= 1, got ", capacity);
   REVERIE_CHECK(capacity <= kMaxCapacity, "capacity must be at most 2^40, got ", capacity);
-  storage_ = Storage(capacity, ParseSpec(config.At("spec", "the table")));
+  storage_ = Storage(capacity, ParseSpec(config.At("spec", "the table")), !config.Get("ragged").is_null());
   seed_ = config.At("seed", "the table").AsUInt("seed");
   const ConfigValue& shard_value = config.Get("shard");
   const int64_t shard = shard_value.is_null() ? 0 : shard_value.AsInt("shard");

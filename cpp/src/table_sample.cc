@@ -378,14 +378,22 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
 void Table::RemoveUsedUp(const int64_t* slots, const int64_t* keys, int64_t n) {
   for (int64_t i = 0; i < n; ++i) ring_.PrefetchStampForWrite(slots[i]);  // CAS targets: load them together
   WriterLock lock(*this);
+  RemoveLocked(slots, keys, n);
+}
+
+int64_t Table::RemoveLocked(const int64_t* slots, const int64_t* keys, int64_t n) {
   std::vector<int64_t> gone;
   gone.reserve(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     if (ring_.Remove(keys[i], slots[i])) gone.push_back(slots[i]);  // else written again meanwhile
   }
   selector_->OnRemoveMany(gone.data(), static_cast<int64_t>(gone.size()));
-  for (const int64_t slot : gone) writer_->OnRemove(slot);
+  for (const int64_t slot : gone) {
+    writer_->OnRemove(slot);
+    if (arena_) arena_->Release(slot);
+  }
   header_->holes.fetch_add(static_cast<int64_t>(gone.size()), std::memory_order_acq_rel);
+  return static_cast<int64_t>(gone.size());
 }
 
 void Table::FillMeta(const int64_t* slots, const int64_t* keys, int64_t n, const BatchMeta* meta,

@@ -43,6 +43,8 @@ void Table::Lookup(const int64_t* user_keys, int64_t n, int64_t* keys) {
 }
 
 int64_t Table::Pin(const int64_t* keys, int64_t n, bool pin) {
+  REVERIE_CHECK(!arena_, "a table with ragged fields cannot pin items: its arena frees the oldest items' bytes in "
+                "insertion order, and a pinned item would block it");
   if (!writer_->pins()) return writer_->Pin(nullptr, 0, pin);  // its error, for any n
   WriterLock lock(*this);
   for (int64_t k = 0; k < n; ++k) {
@@ -66,6 +68,8 @@ int64_t Table::Pin(const int64_t* keys, int64_t n, bool pin) {
 }
 
 int64_t Table::PinAll(bool pin) {
+  REVERIE_CHECK(!arena_, "a table with ragged fields cannot pin items: its arena frees the oldest items' bytes in "
+                "insertion order, and a pinned item would block it");
   if (!writer_->pins()) return writer_->Pin(nullptr, 0, pin);
   WriterLock lock(*this);
   return writer_->PinAll(pin, ring_);

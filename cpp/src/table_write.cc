@@ -142,6 +142,31 @@ void Table::OnNewItems(int64_t slot, int64_t n, int64_t first_key) {
   (void)first_key;
 }
 
+namespace {
+
+// A ragged table's write: the fixed fields' inputs apart from the ragged ones (by field).
+struct SplitInputs {
+  std::vector<FieldInput> fixed;
+  std::vector<const FieldInput*> ragged;
+};
+
+SplitInputs Split(const TokenArena& arena, const FieldInput* inputs, size_t n) {
+  SplitInputs out;
+  out.ragged.assign(arena.fields().size(), nullptr);
+  for (size_t i = 0; i < n; ++i) {
+    const int f = arena.FieldIndex(inputs[i].name);
+    if (f < 0) {
+      out.fixed.push_back(inputs[i]);
+      continue;
+    }
+    REVERIE_CHECK(out.ragged[static_cast<size_t>(f)] == nullptr, "field '", inputs[i].name, "' given twice");
+    out.ragged[static_cast<size_t>(f)] = &inputs[i];
+  }
+  return out;
+}
+
+}  // namespace
+
 int64_t Table::Write(const FieldInput* inputs, size_t n, bool batched, const uint8_t* admitted,
                      int64_t admitted_size) {
   constexpr size_t kInline = 16;
@@ -150,7 +175,16 @@ int64_t Table::Write(const FieldInput* inputs, size_t n, bool batched, const uin
   std::vector<const ArrayView*> heap_values(fields > kInline ? fields : 0);
   const ArrayView** values = fields > kInline ? heap_values.data() : inline_values;
   int64_t count = 1;
-  Validate(inputs, n, batched, values, &count);
+  std::optional<RaggedRows> ragged;
+  if (arena_) {
+    const SplitInputs split = Split(*arena_, inputs, n);
+    Validate(split.fixed.data(), split.fixed.size(), batched, values, &count);
+    ragged.emplace();
+    arena_->Validate(split.ragged.data(), batched, fields > 0 ? count : -1, &*ragged);
+    count = ragged->items;
+  } else {
+    Validate(inputs, n, batched, values, &count);
+  }
   if (admitted != nullptr && admitted_size != count) {
     throw std::invalid_argument(internal::Concat("the admission mask has ", admitted_size, " values for ", count,
                                        " items; expected one per item"));
@@ -182,7 +216,7 @@ int64_t Table::Write(const FieldInput* inputs, size_t n, bool batched, const uin
     }
   }
   limiter_.AwaitInsert(batch.count, poll_);
-  const int64_t stored = writer_->fifo() ? WriteFifo(batch) : WriteLocked(batch);
+  const int64_t stored = writer_->fifo() ? WriteFifo(batch) : WriteLocked(batch, ragged ? &*ragged : nullptr);
   if (admission_) admission_->Count(dropped);
   if (limiter_.enabled()) limiter_.Notify();
   return stored;
@@ -192,7 +226,15 @@ void Table::Precheck(const FieldInput* inputs, size_t n, bool batched, const uin
                      int64_t admitted_size) const {
   std::vector<const ArrayView*> values(storage_.num_fields());
   int64_t count = 1;
-  Validate(inputs, n, batched, values.data(), &count);
+  if (arena_) {
+    const SplitInputs split = Split(*arena_, inputs, n);
+    Validate(split.fixed.data(), split.fixed.size(), batched, values.data(), &count);
+    RaggedRows rows;
+    arena_->Validate(split.ragged.data(), batched, storage_.num_fields() > 0 ? count : -1, &rows);
+    count = rows.items;
+  } else {
+    Validate(inputs, n, batched, values.data(), &count);
+  }
   REVERIE_CHECK(admitted == nullptr || admitted_size == count, "the admission mask has ", admitted_size,
                 " values for ", count, " items; expected one per item");
   WriteBatch batch;
@@ -319,12 +361,42 @@ int64_t Table::WriteFifo(const WriteBatch& batch) {
   return count;
 }
 
-int64_t Table::WriteLocked(const WriteBatch& batch) {
+int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged) {
   WriterLock lock(*this);
   const int64_t first = ring_.claimed();  // nobody else claims: every write takes this lock
+  // A ragged table first reserves the items' blocks in the arena (arena.h), evicting the
+  // oldest items until each fits; an offered item that a later one of this call evicts is
+  // not placed at all (stored and evicted at once). Its writer (the locked FIFO) places
+  // every item it is offered.
+  WriteBatch batch = offered;
+  std::vector<int64_t> positions, kept_rows, kept_positions;
+  int64_t evicted_in_call = 0;
+  if (ragged != nullptr) {
+    std::vector<int64_t> bytes(static_cast<size_t>(offered.count)), evict;
+    std::vector<uint8_t> survives;
+    for (int64_t i = 0; i < offered.count; ++i) {
+      bytes[static_cast<size_t>(i)] = ragged->block_bytes[static_cast<size_t>(offered.Row(i))];
+    }
+    arena_->Reserve(bytes.data(), offered.count, [&](int64_t key) { return ring_.Holds(key); }, &evict, &survives,
+                    &positions);
+    std::vector<int64_t> evict_slots(evict.size());
+    for (size_t e = 0; e < evict.size(); ++e) evict_slots[e] = ring_.codec().Slot(evict[e]);
+    const int64_t gone = RemoveLocked(evict_slots.data(), evict.data(), static_cast<int64_t>(evict.size()));
+    // The evicted items' stamps changed before any byte of their blocks is overwritten.
+    std::atomic_thread_fence(std::memory_order_release);
+    for (int64_t i = 0; i < offered.count; ++i) {
+      if (survives[static_cast<size_t>(i)] == 0) continue;
+      kept_rows.push_back(offered.Row(i));
+      kept_positions.push_back(positions[static_cast<size_t>(i)]);
+    }
+    evicted_in_call = offered.count - static_cast<int64_t>(kept_rows.size());
+    arena_->CountEvicted(gone + evicted_in_call);
+    batch.offered = kept_rows.data();
+    batch.count = static_cast<int64_t>(kept_rows.size());
+  }
   std::vector<int64_t> slots(static_cast<size_t>(batch.count));
   const int64_t placed = writer_->Place(batch, ring_, first, slots.data());
-  if (placed == 0) return 0;
+  if (placed == 0) return evicted_in_call;
   ring_.Claim(placed);
   const KeyCodec& codec = ring_.codec();
   const uint32_t pid = CurrentPid();
@@ -366,6 +438,13 @@ int64_t Table::WriteLocked(const WriteBatch& batch) {
       const bool ok = ring_.Acquire(key, slot, pid);
       (void)ok;  // a newer key of this slot cannot exist: writes are serialised by the lock
       if (Stamp::IsRemoved(previous)) ++refilled;
+      if (ragged != nullptr) {
+        if (Stamp::IsCommitted(previous)) arena_->Release(slot);  // the item bound's victim
+        const int64_t row = batch.Row(i + j);
+        arena_->Assign(kept_positions[static_cast<size_t>(i + j)], key, slot,
+                       &ragged->lengths[static_cast<size_t>(row * arena_->num_groups())]);
+        arena_->Store(*ragged, row, slot);
+      }
       if (meta_) {
         const int64_t used = meta_->OnStore(slot, old + 1, version, Stamp::IsCommitted(previous) ? old : -1);
         if (Stamp::IsCommitted(previous)) evicted_left += max_times_ - used;
@@ -380,7 +459,7 @@ int64_t Table::WriteLocked(const WriteBatch& batch) {
   if (refilled > 0) header_->holes.fetch_sub(refilled, std::memory_order_acq_rel);
   if (max_times_ > 0) header_->remaining.fetch_add(placed * max_times_ - evicted_left, std::memory_order_acq_rel);
   ring_.CountCommitted(placed);
-  return placed;
+  return placed + evicted_in_call;
 }
 
 }  // namespace reverie

@@ -27,6 +27,7 @@ from ._parts import (
     Uniform,
 )
 from ._spec import Field
+from ._trajectory import GroupLayout, Packed, RaggedBatch, TrajectoryBuffer
 
 __version__ = "0.1.0"
 
@@ -37,7 +38,7 @@ def cuda_built() -> bool:
 
 
 __all__ = [
-    "Batch", "ClassBalanced", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
+    "Batch", "ClassBalanced", "GroupLayout", "Packed", "RaggedBatch", "TrajectoryBuffer", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
     "KeyedArchive", "MicroBatches", "Partition", "PartitionedBuffer", "Prioritized", "Quotas", "RateLimiter", "Recency",
     "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
     "cuda_built", "from_minari", "from_npz", "micro_batches", "sequence_priority", "to_minari", "to_npz",

@@ -19,7 +19,7 @@ import torch
 
 from . import _core, _persistence, _writing
 from ._batch import Batch
-from ._config import make_config, register_buffer
+from ._config import buffer_class, make_config, register_buffer
 from ._limiter import RateLimiter
 from ._parts import Admit, Part, Prioritized, policy, reuse_rules
 from ._spec import Field, SpecLike, normalize_spec
@@ -29,6 +29,15 @@ from ._values import as_int as _as_int
 from ._values import to_numpy as _to_numpy
 
 B = TypeVar("B", bound="ReplayBuffer")
+
+
+def _has_ragged(spec: Any) -> bool:
+    """Whether a spec given to ReplayBuffer declares a ragged field (shape (None, ...))."""
+    if not isinstance(spec, Mapping):
+        return False
+    return any((isinstance(f, Field) and f.ragged) or
+               (isinstance(f, tuple) and len(f) == 2 and isinstance(f[1], tuple) and f[1][:1] == (None,))
+               for f in spec.values())
 
 
 @register_buffer(None)
@@ -105,6 +114,9 @@ class ReplayBuffer:
                 kwargs.pop(k, None)
             from ._device import DeviceReplayBuffer
             return DeviceReplayBuffer(*args, device=device, **kwargs)
+        if cls is ReplayBuffer and _has_ragged(args[1] if len(args) > 1 else kwargs.get("spec")):
+            # Ragged fields (shape (None, ...)): the buffer is a TrajectoryBuffer.
+            return super().__new__(buffer_class({"ragged": True}))
         return super().__new__(cls)
 
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None,

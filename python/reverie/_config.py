@@ -37,6 +37,8 @@ def view_kind(config: Mapping[str, Any]) -> Optional[str]:
     table, None for a plain one."""
     if config.get("partitions") is not None:
         return "partitions"
+    if config.get("ragged") is not None:
+        return "ragged"
     view = config.get("view")
     return None if view is None else view["kind"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -56,26 +56,50 @@ class Field:
 
     Args:
         dtype: torch dtype, numpy dtype or name ("float32", "uint8", "bfloat16", ...).
-        shape: shape of one item, () for a scalar.
+        shape: shape of one item, () for a scalar. ``None`` as the first dimension makes the
+            field ragged: a variable length per item (tokens, turns), kept in the byte-bounded
+            arena of a ``TrajectoryBuffer`` (README "RL on language models").
+        group: a ragged field's length group: fields of one group share their length per
+            item (ids, logprobs, loss mask) and the buffer checks it. Default ``"tokens"``.
+        pad: a ragged field's pad value in padded layouts (default 0).
 
     >>> Field(torch.uint8, (4, 84, 84))
-    Field(dtype='uint8', shape=(4, 84, 84))
+    Field(dtype='uint8', shape=(4, 84, 84), group=None, pad=0)
+    >>> Field(torch.int64, (None,), group="response")
+    Field(dtype='int64', shape=(None,), group='response', pad=0)
     """
 
     dtype: str
-    shape: Tuple[int, ...] = ()
+    shape: Tuple[Any, ...] = ()
+    group: Optional[str] = None
+    pad: Union[int, float, bool] = 0
 
-    def __init__(self, dtype: DTypeLike, shape: Any = ()) -> None:
-        if isinstance(shape, int):
+    def __init__(self, dtype: DTypeLike, shape: Any = (), *, group: Optional[str] = None,
+                 pad: Union[int, float, bool] = 0) -> None:
+        if isinstance(shape, int) or shape is None:
             shape = (shape,)
         try:
-            dims = tuple(int(d) for d in shape)
+            dims = tuple(None if (i == 0 and d is None) else int(d) for i, d in enumerate(shape))
         except TypeError:
-            raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
-        if any(d < 0 for d in dims):
+            raise TypeError(f"shape must be a tuple of ints (None first for a ragged field), got {shape!r}") from None
+        if any(d is not None and d < 0 for d in dims):
             raise ValueError(f"shape dimensions must be >= 0, got {dims}")
+        ragged = bool(dims) and dims[0] is None
+        if not ragged and group is not None:
+            raise ValueError(f"group={group!r} is for ragged fields (shape (None, ...)), got shape {dims}")
+        if ragged and group is None:
+            group = "tokens"
+        if not isinstance(pad, (int, float)):
+            raise TypeError(f"pad must be a number, got {type(pad).__name__}")
         object.__setattr__(self, "dtype", dtype_name(dtype))
         object.__setattr__(self, "shape", dims)
+        object.__setattr__(self, "group", group)
+        object.__setattr__(self, "pad", pad)
+
+    @property
+    def ragged(self) -> bool:
+        """Whether the leading axis is variable per item (shape ``(None, *rest)``)."""
+        return bool(self.shape) and self.shape[0] is None
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -44,6 +44,10 @@ struct ArrayView {
 struct FieldInput {
   std::string_view name;
   ArrayView value;
+  // A ragged field (arena.h) written as a batch: its values are the items' tokens packed,
+  // [sum of lengths, *rest], and lengths[i] is item i's (num_lengths items). Null otherwise.
+  const int64_t* lengths = nullptr;
+  int64_t num_lengths = 0;
 };
 
 // Thread-safety: the columns' memory is stable for the object's lifetime; who may write
@@ -52,8 +56,9 @@ class Storage {
  public:
   Storage() = default;
   // Validates the spec (names non-empty and unique, dims >= 0). The columns are placed by
-  // Bind. Throws ValueError on a bad spec.
-  Storage(int64_t capacity, std::vector<FieldSpec> spec);
+  // Bind. Throws ValueError on a bad spec (an empty one unless allowed: a table of ragged
+  // fields only).
+  Storage(int64_t capacity, std::vector<FieldSpec> spec, bool allow_empty = false);
 
   // Bytes to reserve for column `field` (whole cache lines).
   size_t column_bytes(size_t field) const;

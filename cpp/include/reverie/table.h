@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "reverie/admission.h"
+#include "reverie/arena.h"
 #include "reverie/config.h"
 #include "reverie/episode_view.h"
 #include "reverie/item_metadata.h"
@@ -70,6 +71,26 @@ struct BatchMeta {
   int64_t* version = nullptr;        // the table's version when it was written
   int64_t* times_sampled = nullptr;  // samples before this one (a batch) / so far (Get)
   int64_t* last_sampled = nullptr;   // the sample call before this one (-1: none) / the last
+};
+
+// How SampleRagged lays out a batch's ragged fields (arena.h).
+struct RaggedLayout {
+  bool padded = false;   // [B, T, *rest] per field; else packed [N_tok, *rest]
+  int64_t multiple = 1;  // padded: T rounded up to it; packed: each group's total tokens
+  std::vector<uint8_t> left;  // per group: padded on the left (a prompt)
+  std::vector<std::vector<uint8_t>> pad;  // per ragged field: one element's bytes (pad value)
+  int64_t max_tokens = 0;  // > 0: a token budget over all groups (see SampleRagged)
+};
+
+// Where SampleRagged puts a batch's ragged outputs: memory the caller owns (a new array each).
+//   output f < F (the ragged fields): the field's values, its dtype;
+//   output F + 2g: group g's cu_seqlens, int32 [B + 1] (+1 entry when packed padding was added);
+//   output F + 2g + 1: group g's position_ids (packed, int64 [N_tok]) or attention_mask
+//   (padded, int64 [B, T]).
+class RaggedSink {
+ public:
+  virtual ~RaggedSink() = default;
+  virtual uint8_t* Allocate(int output, DType dtype, const int64_t* shape, int ndim) = 0;
 };
 
 struct TableHeader;  // the region's first bytes: counters, locks, limiter
@@ -155,6 +176,23 @@ class Table : public WriteSink {
   // IndexError naming the first key that names no stored item (never written, not a key of
   // this table, or written again since).
   void Get(const int64_t* keys, int64_t n, uint8_t* const* out, const BatchMeta* meta = nullptr) const;
+  // A table with ragged fields (arena.h): draws `batch` items as Sample does (fixed fields
+  // into out, keys, weights, meta), writes their group lengths into lengths[batch * groups],
+  // and copies their ragged values once into memory from `sink`, laid out as `layout` says.
+  // An item evicted while its values were copied makes the call copy again (a new draw).
+  // With a token budget (layout.max_tokens) the `batch` items drawn are put in a random
+  // order (Philox, by seed and call) and the longest prefix whose tokens fit the budget is
+  // kept (at least one item: one longer than the budget comes alone); the fixed outputs,
+  // keys, weights, meta and lengths are reordered to match and the kept count is returned
+  // (else `batch`). `keys` etc. must hold `batch` entries.
+  int64_t SampleRagged(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights, const BatchMeta* meta,
+                       const RaggedLayout& layout, int64_t* lengths, RaggedSink& sink);
+  // Get for a ragged table: the items of keys, their lengths and ragged values (as
+  // SampleRagged lays them out; no budget). IndexError as Get, also for an item evicted
+  // while it was copied.
+  void GetRagged(const int64_t* keys, int64_t n, uint8_t* const* out, const BatchMeta* meta,
+                 const RaggedLayout& layout, int64_t* lengths, RaggedSink& sink) const;
+  const TokenArena* arena() const { return arena_.get(); }
   // Sets the priorities of the items named by keys. A key that names nothing this table
   // ever stored throws IndexError; a key whose item left (overwritten, evicted, removed) is
   // skipped and counted in stale_updates(). Returns how many were skipped.
@@ -194,7 +232,7 @@ class Table : public WriteSink {
   // unpins every item. Returns how many changed.
   int64_t PinAll(bool pin);
   int64_t pinned() const { return writer_->pinned_count(); }
-  bool pins() const { return writer_->pins(); }
+  bool pins() const { return !arena_ && writer_->pins(); }
   bool pins_new() const { return writer_->pins_new(); }
 
   // ---- Keys (key.h): the one decoder the layers above use ----
@@ -293,7 +331,7 @@ class Table : public WriteSink {
                 int64_t* leading) const;
   void CopyRows(const ArrayView* const* values, int64_t row, int64_t slot, int64_t n);
   int64_t WriteFifo(const WriteBatch& batch);
-  int64_t WriteLocked(const WriteBatch& batch);
+  int64_t WriteLocked(const WriteBatch& batch, const RaggedRows* ragged = nullptr);
   // A new item in `slot` with key `key`, its stamp WRITING: metadata and selector hooks.
   void OnNewItems(int64_t slot, int64_t n, int64_t first_key);
 
@@ -313,6 +351,13 @@ class Table : public WriteSink {
   bool CountSamples(const SampleRequest& request, int64_t* slots, int64_t* keys,
                     const BatchMeta* meta, float* weights, Redraw&& redraw);
   void RemoveUsedUp(const int64_t* slots, const int64_t* keys, int64_t n);
+  // Under the writer lock: items keys[i] in slots[i] leave (those still held); returns how
+  // many did.
+  int64_t RemoveLocked(const int64_t* slots, const int64_t* keys, int64_t n);
+  // The ragged copy of SampleRagged / GetRagged for items already drawn (fixed fields
+  // copied): false when an item's stamp changed meanwhile (copy again).
+  bool CopyRagged(const int64_t* keys, int64_t n, const RaggedLayout& layout, int64_t* lengths,
+                  RaggedSink& sink) const;
   void FillMeta(const int64_t* slots, const int64_t* keys, int64_t n, const BatchMeta* meta,
                 const int64_t* times, const int64_t* last) const;
   std::string BadKeyMessage(int64_t key, int64_t position) const;
@@ -334,6 +379,7 @@ class Table : public WriteSink {
   std::unique_ptr<Selector> selector_;
   std::unique_ptr<ItemMetadata> meta_;
   std::unique_ptr<EpisodeView> view_;
+  std::unique_ptr<TokenArena> arena_;
   bool reopened_ = false;
   std::function<void()> poll_;
   std::atomic<int> skip_quiet_{0};  // sample calls left that skip the quiet path (a hint)

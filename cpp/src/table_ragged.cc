@@ -1,0 +1,224 @@
+// Table: batches of a table with ragged fields (arena.h): packed or padded layouts, token
+// budgets, gathered once into memory the caller owns.
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "reverie/atomics.h"
+#include "reverie/common.h"
+#include "reverie/philox.h"
+#include "reverie/table.h"
+#include "table_internal.h"
+
+namespace reverie {
+
+namespace {
+
+constexpr int kRaggedAttempts = 64;  // copies redone after evictions before a call gives up
+constexpr uint64_t kBudgetSalt = 0x6a09e667f3bcc908ull;  // the budget's shuffle, apart from the selector's draws
+
+int64_t RoundUp(int64_t n, int64_t m) { return m <= 1 ? n : (n + m - 1) / m * m; }
+
+// Fills `tokens` tokens of `token_elements` elements each with one element's bytes.
+void FillPad(uint8_t* dst, int64_t tokens, int64_t token_elements, const std::vector<uint8_t>& element) {
+  const size_t esize = element.size();
+  const int64_t n = tokens * token_elements;
+  bool zero = true;
+  for (uint8_t b : element) zero = zero && b == 0;
+  if (zero) {
+    std::memset(dst, 0, static_cast<size_t>(n) * esize);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + static_cast<size_t>(i) * esize, element.data(), esize);
+}
+
+void CheckLayout(const TokenArena& arena, const RaggedLayout& layout) {
+  REVERIE_CHECK(layout.left.size() == static_cast<size_t>(arena.num_groups()) && layout.pad.size() == arena.fields().size(),
+                "a ragged layout needs one padding side per group and one pad value per ragged field");
+  for (size_t f = 0; f < layout.pad.size(); ++f) {
+    REVERIE_CHECK(layout.pad[f].size() == DTypeSize(arena.fields()[f].dtype), "the pad value of ragged field '",
+                  arena.fields()[f].name, "' must be one ", DTypeName(arena.fields()[f].dtype), " element");
+  }
+  REVERIE_CHECK(layout.multiple >= 1, "pad_to_multiple_of must be >= 1, got ", layout.multiple);
+  REVERIE_CHECK(layout.max_tokens >= 0, "max_tokens must be > 0, got ", layout.max_tokens);
+}
+
+}  // namespace
+
+bool Table::CopyRagged(const int64_t* keys, int64_t n, const RaggedLayout& layout, int64_t* lengths,
+                       RaggedSink& sink) const {
+  const TokenArena& arena = *arena_;
+  const int G = arena.num_groups();
+  const auto& fields = arena.fields();
+  const int F = static_cast<int>(fields.size());
+  const KeyCodec& codec = ring_.codec();
+  std::vector<int64_t> slots(static_cast<size_t>(n)), offsets(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    slots[static_cast<size_t>(i)] = codec.Slot(keys[i]);
+    if (!arena.Handle(slots[static_cast<size_t>(i)], &offsets[static_cast<size_t>(i)], lengths + i * G)) return false;
+  }
+  // Per group: each item's first token (packed) and the tokens / padded width.
+  std::vector<int64_t> starts(static_cast<size_t>(n * G)), total(static_cast<size_t>(G), 0),
+      width(static_cast<size_t>(G), 0);
+  for (int g = 0; g < G; ++g) {
+    int64_t sum = 0, longest = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      starts[static_cast<size_t>(i * G + g)] = sum;
+      sum += lengths[i * G + g];
+      longest = std::max(longest, lengths[i * G + g]);
+    }
+    total[static_cast<size_t>(g)] = sum;
+    width[static_cast<size_t>(g)] = layout.padded ? RoundUp(longest, layout.multiple) : RoundUp(sum, layout.multiple);
+    REVERIE_CHECK(width[static_cast<size_t>(g)] < (int64_t{1} << 31), "a batch of ", width[static_cast<size_t>(g)],
+                  " tokens in group '", arena.groups()[static_cast<size_t>(g)], "' does not fit int32 cu_seqlens");
+  }
+  const uint8_t* data = arena.data();
+  for (int f = 0; f < F; ++f) {
+    const RaggedFieldSpec& spec = fields[static_cast<size_t>(f)];
+    const int g = spec.group;
+    const size_t tb = spec.token_bytes();
+    const int64_t te = spec.token_elements();
+    const int64_t w = width[static_cast<size_t>(g)];
+    int64_t shape[kMaxDims];
+    int ndim = 0;
+    if (layout.padded) shape[ndim++] = n;
+    shape[ndim++] = w;
+    for (int64_t d : spec.rest) shape[ndim++] = d;
+    uint8_t* out = sink.Allocate(f, spec.dtype, shape, ndim);
+    const std::vector<uint8_t>& pad = layout.pad[static_cast<size_t>(f)];
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t len = lengths[i * G + g];
+      const uint8_t* src = data + offsets[static_cast<size_t>(i)] + arena.RunOffset(lengths + i * G, f);
+      if (!layout.padded) {
+        RacyCopy(out + static_cast<size_t>(starts[static_cast<size_t>(i * G + g)]) * tb, src, static_cast<size_t>(len) * tb);
+        continue;
+      }
+      uint8_t* row = out + static_cast<size_t>(i * w) * tb;
+      const bool left = layout.left[static_cast<size_t>(g)] != 0;
+      const int64_t at = left ? w - len : 0;
+      if (left) {
+        FillPad(row, w - len, te, pad);
+      } else {
+        FillPad(row + static_cast<size_t>(len) * tb, w - len, te, pad);
+      }
+      RacyCopy(row + static_cast<size_t>(at) * tb, src, static_cast<size_t>(len) * tb);
+    }
+    if (!layout.padded) {
+      const int64_t sum = total[static_cast<size_t>(g)];
+      FillPad(out + static_cast<size_t>(sum) * tb, w - sum, te, pad);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const int64_t w = width[static_cast<size_t>(g)], sum = total[static_cast<size_t>(g)];
+    const bool extra = !layout.padded && w > sum;  // packed padding: one more sequence entry
+    const int64_t cu_len = n + 1 + (extra ? 1 : 0);
+    auto* cu = reinterpret_cast<int32_t*>(sink.Allocate(F + 2 * g, DType::kInt32, &cu_len, 1));
+    for (int64_t i = 0; i < n; ++i) cu[i] = static_cast<int32_t>(starts[static_cast<size_t>(i * G + g)]);
+    cu[n] = static_cast<int32_t>(sum);
+    if (extra) cu[n + 1] = static_cast<int32_t>(w);
+    if (layout.padded) {
+      const int64_t shape[2] = {n, w};
+      auto* mask = reinterpret_cast<int64_t*>(sink.Allocate(F + 2 * g + 1, DType::kInt64, shape, 2));
+      const bool left = layout.left[static_cast<size_t>(g)] != 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t len = lengths[i * G + g];
+        int64_t* row = mask + i * w;
+        std::fill(row, row + w, int64_t{0});
+        if (left) {
+          std::fill(row + (w - len), row + w, int64_t{1});
+        } else {
+          std::fill(row, row + len, int64_t{1});
+        }
+      }
+    } else {
+      auto* pos = reinterpret_cast<int64_t*>(sink.Allocate(F + 2 * g + 1, DType::kInt64, &w, 1));
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t* p = pos + starts[static_cast<size_t>(i * G + g)];
+        for (int64_t t = 0, len = lengths[i * G + g]; t < len; ++t) p[t] = t;
+      }
+      for (int64_t t = sum; t < w; ++t) pos[t] = t - sum;
+    }
+  }
+  // The seqlock check (arena.h): every item copied is still the one its key names.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  for (int64_t i = 0; i < n; ++i) {
+    if (ring_.RecheckStamp(slots[static_cast<size_t>(i)]) != Stamp::Committed(keys[i])) return false;
+  }
+  return true;
+}
+
+int64_t Table::SampleRagged(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights, const BatchMeta* meta,
+                            const RaggedLayout& layout, int64_t* lengths, RaggedSink& sink) {
+  REVERIE_CHECK(arena_, "this table has no ragged fields: sample it with Sample");
+  CheckLayout(*arena_, layout);
+  const int G = arena_->num_groups();
+  REVERIE_CHECK(layout.max_tokens == 0 || max_times_ == 0,
+                "a token budget draws more items than it keeps: it cannot be combined with max_times_sampled");
+  const auto& spec = storage_.spec();
+  const float* w = selector_->prioritized() ? weights : nullptr;
+  for (int attempt = 0; attempt < kRaggedAttempts; ++attempt) {
+    Sample(batch, out, keys, weights, meta);
+    int64_t n = batch;
+    if (layout.max_tokens > 0) {
+      // The budget: a random order of the draws (so a stratified batch's prefix is not its
+      // low strata), then the longest prefix that fits.
+      std::vector<int64_t> lens(static_cast<size_t>(batch * G)), order(static_cast<size_t>(batch));
+      bool readable = true;
+      for (int64_t i = 0; i < batch && readable; ++i) {
+        int64_t offset = 0;
+        readable = arena_->Handle(ring_.codec().Slot(keys[i]), &offset, &lens[static_cast<size_t>(i * G)]);
+      }
+      if (!readable) continue;  // an item was evicted meanwhile: draw again
+      const uint64_t call = sample_calls() - 1;
+      for (int64_t i = 0; i < batch; ++i) order[static_cast<size_t>(i)] = i;
+      for (int64_t i = batch - 1; i > 0; --i) {
+        const uint64_t r = RandomBits(seed_ ^ kBudgetSalt, call, static_cast<uint32_t>(i));
+        std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(MulHi64(r, static_cast<uint64_t>(i + 1)))]);
+      }
+      int64_t used = 0;
+      n = 0;
+      while (n < batch) {
+        int64_t tokens = 0;
+        for (int g = 0; g < G; ++g) tokens += lens[static_cast<size_t>(order[static_cast<size_t>(n)] * G + g)];
+        if (n > 0 && used + tokens > layout.max_tokens) break;
+        used += tokens;
+        ++n;
+      }
+      // Reorder every per-item output to the kept order.
+      auto permute = [&](uint8_t* base, size_t row) {
+        if (base == nullptr) return;
+        std::vector<uint8_t> copy(base, base + static_cast<size_t>(batch) * row);
+        for (int64_t j = 0; j < n; ++j) {
+          std::memcpy(base + static_cast<size_t>(j) * row, copy.data() + static_cast<size_t>(order[static_cast<size_t>(j)]) * row, row);
+        }
+      };
+      for (size_t f = 0; f < spec.size(); ++f) permute(out[f], spec[f].row_bytes());
+      permute(reinterpret_cast<uint8_t*>(keys), sizeof(int64_t));
+      if (w != nullptr) permute(reinterpret_cast<uint8_t*>(weights), sizeof(float));
+      if (meta != nullptr) {
+        permute(reinterpret_cast<uint8_t*>(meta->inserted), sizeof(int64_t));
+        permute(reinterpret_cast<uint8_t*>(meta->version), sizeof(int64_t));
+        permute(reinterpret_cast<uint8_t*>(meta->times_sampled), sizeof(int64_t));
+        permute(reinterpret_cast<uint8_t*>(meta->last_sampled), sizeof(int64_t));
+      }
+    }
+    if (CopyRagged(keys, n, layout, lengths, sink)) return n;
+  }
+  throw std::runtime_error(internal::Concat(
+      "the sampled items were evicted while their ragged values were copied, ", kRaggedAttempts,
+      " times in a row: the arena turns over faster than a batch is copied (raise arena_bytes)"));
+}
+
+void Table::GetRagged(const int64_t* keys, int64_t n, uint8_t* const* out, const BatchMeta* meta,
+                      const RaggedLayout& layout, int64_t* lengths, RaggedSink& sink) const {
+  REVERIE_CHECK(arena_, "this table has no ragged fields: read it with Get");
+  CheckLayout(*arena_, layout);
+  for (int attempt = 0; attempt < kRaggedAttempts; ++attempt) {
+    Get(keys, n, out, meta);  // IndexError for an item no longer stored
+    if (CopyRagged(keys, n, layout, lengths, sink)) return;
+  }
+  throw std::runtime_error("the items were overwritten while their ragged values were copied");
+}
+
+}  // namespace reverie

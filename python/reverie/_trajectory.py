@@ -1,0 +1,369 @@
+"""TrajectoryBuffer: a replay buffer whose items mix fixed fields with ragged ones
+(variable-length token trajectories), kept in a byte-bounded arena (cpp arena.h), and
+batches in the layouts trainers use: packed (cu_seqlens), nested, padded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ._batch import Batch
+from ._buffer import ReplayBuffer
+from ._config import register_buffer
+from ._spec import Field, SpecLike, normalize_spec
+from ._values import as_int as _as_int
+
+LAYOUTS = ("packed", "padded", "nested")
+
+
+class Packed(NamedTuple):
+    """One ragged field of a batch of items in packed form: ``values [N_tok, *rest]`` and
+    either ``offsets [n + 1]`` (cu_seqlens: item i is ``values[offsets[i]:offsets[i+1]]``)
+    or ``lengths [n]``. ``extend(ids=rv.Packed(values, offsets=cu))``."""
+
+    values: Any
+    offsets: Any = None
+    lengths: Any = None
+
+
+class GroupLayout(NamedTuple):
+    """One length group of a ragged batch. ``lengths`` int64 [B]; ``cu_seqlens`` int32
+    [B + 1] (one more entry when packed padding was added); ``max_seqlen`` the longest item;
+    ``position_ids`` (packed, int64 [N_tok], restarting at 0 per item) or ``attention_mask``
+    (padded, int64 [B, T]); the other is None."""
+
+    lengths: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    position_ids: Optional[torch.Tensor]
+    attention_mask: Optional[torch.Tensor]
+
+
+class RaggedBatch(Batch):
+    """A Batch of a TrajectoryBuffer: fixed fields [B, *shape]; ragged fields packed
+    ``[N_tok, *rest]``, padded ``[B, T, *rest]`` or nested (jagged ``[B, j, *rest]``).
+
+    Attributes (besides Batch's): ``layout``; ``groups`` {group: GroupLayout}; and those of
+    the batch's main group (the only group, or the one named by ``sample(group=)``, by
+    default the last declared: the response): ``lengths``, ``cu_seqlens``, ``max_seqlen``,
+    ``position_ids`` (packed). ``attention_mask`` (padded): the main group's with one group;
+    with several, the groups' masks side by side in declaration order, so it lines up with
+    ``torch.cat([prompt_ids, response_ids], dim=1)`` (a left-padded prompt, then a
+    right-padded response: verl's and TRL's convention).
+    """
+
+    __slots__ = ("layout", "groups", "lengths", "cu_seqlens", "max_seqlen", "position_ids", "attention_mask")
+
+    def __repr__(self) -> str:
+        return f"RaggedBatch[{self.layout}, {len(self.lengths)} items]({', '.join(self)})"
+
+
+def _np_dtype(field: Field) -> np.dtype:
+    return np.dtype("uint16") if field.dtype == "bfloat16" else np.dtype(field.dtype)
+
+
+@register_buffer("ragged")
+class TrajectoryBuffer(ReplayBuffer):
+    """A replay buffer of variable-length trajectories (RL on language models).
+
+    Items mix fixed fields (a reward, a group id, a version) with ragged ones declared
+    ``rv.Field(dtype, (None, *rest), group=...)``: prompt ids, response ids, per-token
+    log-probabilities, loss masks, advantages. Ragged values live in one arena of
+    ``arena_bytes`` bytes: the buffer is bounded in bytes as well as in items (``capacity``),
+    and a new item evicts the oldest items whole until it fits (``stats()["arena_evicted"]``
+    counts them). Fields of one group must have equal lengths per item (checked).
+
+    Writing: ``add(**fields)`` takes one item (ragged values ``[L, *rest]``); ``extend``
+    takes, per ragged field, a list of per-item tensors / arrays, a torch nested (jagged)
+    tensor, or ``rv.Packed(values, offsets=cu_seqlens)`` / ``rv.Packed(values,
+    lengths=...)``, and fixed fields as usual. Of a call whose items exceed the arena only
+    the newest that fit stay (the others count as stored and evicted, like a FIFO ring's
+    overflow).
+
+    Args: as ReplayBuffer (writer: FIFO only, without pins), plus ``arena_bytes``: the
+    arena's size in bytes (required). The spec is required.
+    """
+
+    def __init__(self, capacity: int, spec: Optional[SpecLike] = None, sampler: Any = None,
+                 seed: Optional[int] = None, *, arena_bytes: Optional[int] = None, **kwargs: Any) -> None:
+        if spec is None:
+            raise ValueError("a TrajectoryBuffer needs its spec (ragged fields cannot be inferred): "
+                             "spec={'ids': rv.Field('int64', (None,)), ...}")
+        fields = normalize_spec(spec)
+        ragged = {name: f for name, f in fields.items() if f.ragged}
+        if not ragged:
+            raise ValueError("a TrajectoryBuffer needs at least one ragged field (shape (None, ...)); "
+                             "for fixed shapes use ReplayBuffer")
+        if arena_bytes is None:
+            raise ValueError("a TrajectoryBuffer needs arena_bytes=, the bytes its ragged values may take "
+                             "(e.g. arena_bytes=2**30)")
+        arena_bytes = _as_int("arena_bytes", arena_bytes)
+        if callable(kwargs.get("admit")):
+            raise ValueError("a TrajectoryBuffer takes no callable admit (filter the batch before extend)")
+        self._set_ragged(ragged, arena_bytes)
+        super().__init__(capacity, fields, sampler, seed, **kwargs)
+        # add/extend are this class's Python methods (they pack ragged values first).
+        self.__dict__.pop("add", None)
+        self.__dict__.pop("extend", None)
+
+    def _set_ragged(self, ragged: Mapping[str, Field], arena_bytes: int) -> None:
+        self._ragged: Dict[str, Field] = dict(ragged)
+        self._groups: List[str] = list(dict.fromkeys(f.group for f in ragged.values() if f.group is not None))
+        self._arena_bytes = int(arena_bytes)
+        self._pads = [np.array(f.pad).astype(_np_dtype(f)).tobytes() for f in ragged.values()]
+
+    def _build(self, spec: Dict[str, Field]) -> Any:
+        return super()._build({name: f for name, f in spec.items() if not f.ragged})
+
+    def _config(self, spec: Mapping[str, Field]) -> Dict[str, Any]:
+        config = super()._config(spec)
+        config["ragged"] = {
+            "bytes": self._arena_bytes, "groups": list(self._groups),
+            "fields": [[name, f.dtype, list(f.shape[1:]), f.group] for name, f in self._ragged.items()],
+        }
+        return config
+
+    @classmethod
+    def _from_config(cls, config: Mapping[str, Any], storage: str = "memory") -> "ReplayBuffer":
+        buf = super()._from_config(config, storage)
+        entry = config["ragged"]
+        ragged = {name: Field(dtype, (None, *rest), group=group) for name, dtype, rest, group in entry["fields"]}
+        assert isinstance(buf, TrajectoryBuffer)
+        buf._set_ragged(ragged, int(entry["bytes"]))
+        buf.__dict__.pop("add", None)
+        buf.__dict__.pop("extend", None)
+        return buf
+
+    # ---- writing ----------------------------------------------------------------------
+
+    def add(self, **fields: Any) -> int:  # type: ignore[override]
+        """Stores one item: ragged values ``[L, *rest]``, fixed ones as ReplayBuffer.add.
+        Returns 1."""
+        core = self._write_core()
+        for name, f in self._ragged.items():
+            if name in fields and isinstance(fields[name], (list, tuple)):
+                fields[name] = np.asarray(fields[name], dtype=_np_dtype(f))
+        return int(core.write_ragged(False, {}, **fields))
+
+    def extend(self, **fields: Any) -> int:  # type: ignore[override]
+        """Stores a batch of items (see the class docstring for the ragged forms). Returns how
+        many were stored."""
+        core = self._write_core()
+        lengths: Dict[str, np.ndarray] = {}
+        for name, f in self._ragged.items():
+            if name in fields:
+                fields[name], lengths[name] = _packed(name, f, fields[name])
+        return int(core.write_ragged(True, lengths, **fields))
+
+    def _write_core(self) -> Any:
+        self._check_open()
+        return self._core
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def sample(self, batch_size: Optional[int] = None, *, max_tokens: Optional[int] = None,  # type: ignore[override]
+               layout: str = "packed", pad_to_multiple_of: int = 1,
+               padding_side: Optional[Mapping[str, str]] = None, group: Optional[str] = None) -> RaggedBatch:
+        """Draws a batch of whole trajectories.
+
+        Args:
+            batch_size: items per batch; with ``max_tokens`` (and no batch_size) the buffer
+                draws enough.
+            max_tokens: a token budget over all ragged groups: the batch holds as many whole
+                items as fit (the draws in random order, the longest prefix that fits; an
+                item longer than the budget comes alone). Not with max_times_sampled.
+            layout: ``"packed"`` (values ``[N_tok, *rest]`` + cu_seqlens, position_ids),
+                ``"padded"`` (``[B, T, *rest]`` + attention_mask) or ``"nested"`` (torch
+                jagged nested tensors over the packed memory, no copy).
+            pad_to_multiple_of: padded: T rounded up to it; packed: each group's token count
+                rounded up (the pad tokens form one extra cu_seqlens entry).
+            padding_side: {group: "left" | "right"}; default right, and left for a group named
+                ``"prompt"``.
+            group: the main group (its lengths, cu_seqlens, ... are the batch's attributes).
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self._check_open()
+        if max_tokens is not None:
+            max_tokens = _as_int("max_tokens", max_tokens)
+            if max_tokens <= 0:
+                raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
+        if batch_size is None:
+            if max_tokens is None:
+                raise ValueError("sample() needs batch_size, max_tokens or both")
+        else:
+            batch_size = _as_int("batch_size", batch_size)
+            if batch_size <= 0:
+                raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        left, main = self._layout_args(layout, pad_to_multiple_of, padding_side, group)
+        assert self._table is not None
+        core, meta = self._core, self._table.meta
+        draws = batch_size if batch_size is not None else self._budget_draws(int(max_tokens or 0))
+        for _ in range(8):
+            got = core.sample_ragged(draws, layout == "padded", int(pad_to_multiple_of), left, self._pads,
+                                     int(max_tokens or 0), meta)
+            n = got[-1]
+            # Every draw fit the budget: draw more when another average item would fit too.
+            if batch_size is not None or max_tokens is None or n < draws:
+                break
+            held = int(got[5].sum())
+            if held + self._mean_tokens() > max_tokens:
+                break
+            draws *= 2
+        fixed, outs, keys, weights, meta_arrays, lengths, n = got
+        return self._batch(fixed, outs, keys, weights, meta_arrays, lengths, n, layout, main)
+
+    def get(self, keys: Any, *, layout: str = "packed", pad_to_multiple_of: int = 1,  # type: ignore[override]
+            padding_side: Optional[Mapping[str, str]] = None, group: Optional[str] = None) -> RaggedBatch:
+        """The stored items named by ``keys``, in that order, laid out as ``sample`` does."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self._check_open()
+        left, main = self._layout_args(layout, pad_to_multiple_of, padding_side, group)
+        assert self._table is not None
+        k = self._keys_for_core(keys)
+        fixed, outs, stored, meta_arrays, lengths = self._core.get_ragged(
+            k, layout == "padded", int(pad_to_multiple_of), left, self._pads, self._table.meta)
+        return self._batch(fixed, outs, stored, None, meta_arrays, lengths, len(stored), layout, main)
+
+    def _layout_args(self, layout: str, multiple: int, sides: Optional[Mapping[str, str]],
+                     group: Optional[str]) -> Tuple[List[bool], int]:
+        multiple = _as_int("pad_to_multiple_of", multiple)
+        if multiple < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {multiple}")
+        if layout == "nested" and multiple != 1:
+            raise ValueError("pad_to_multiple_of is for the packed and padded layouts (a nested tensor has no padding)")
+        sides = dict(sides or {})
+        for g, side in sides.items():
+            if g not in self._groups:
+                raise ValueError(f"padding_side names group {g!r}; the groups are {self._groups}")
+            if side not in ("left", "right"):
+                raise ValueError(f"padding_side[{g!r}] must be 'left' or 'right', got {side!r}")
+        left = [sides.get(g, "left" if g == "prompt" else "right") == "left" for g in self._groups]
+        if group is None:
+            main = len(self._groups) - 1
+        elif group in self._groups:
+            main = self._groups.index(group)
+        else:
+            raise ValueError(f"group must be one of {self._groups}, got {group!r}")
+        return left, main
+
+    def _mean_tokens(self) -> float:
+        stats = self._core.arena_stats()
+        size = max(1, len(self))
+        return max(1.0, sum(stats["tokens_held"].values()) / size)
+
+    def _budget_draws(self, max_tokens: int) -> int:
+        return int(min(1 << 16, math.ceil(1.25 * max_tokens / self._mean_tokens()) + 8))
+
+    def _batch(self, fixed: Sequence[np.ndarray], outs: Sequence[np.ndarray], keys: np.ndarray,
+               weights: Optional[np.ndarray], meta: Optional[Dict[str, np.ndarray]], lengths: np.ndarray,
+               n: int, layout: str, main: int) -> RaggedBatch:
+        assert self._table is not None
+        table = self._table
+        cut = n < len(keys)
+        fields: Dict[str, torch.Tensor] = {}
+        for name, t in table.tensors(fixed, table.names).items():
+            fields[name] = t[:n] if cut else t
+        F = len(self._ragged)
+        lens = torch.from_numpy(lengths)[:n]
+        groups: Dict[str, GroupLayout] = {}
+        for g, gname in enumerate(self._groups):
+            cu = torch.from_numpy(outs[F + 2 * g])
+            aux = torch.from_numpy(outs[F + 2 * g + 1])
+            lg = lens[:, g]
+            groups[gname] = GroupLayout(lg, cu, int(lg.max()) if n else 0,
+                                        None if layout == "padded" else aux,
+                                        aux if layout == "padded" else None)
+        for i, (name, f) in enumerate(self._ragged.items()):
+            values = torch.from_numpy(outs[i])
+            if f.dtype == "bfloat16":
+                values = values.view(torch.bfloat16)
+            if layout == "nested":
+                cu = groups[f.group or ""].cu_seqlens
+                values = torch.nested.nested_tensor_from_jagged(values, offsets=cu.to(torch.int64))
+            fields[name] = values
+        k = torch.from_numpy(keys)
+        batch = RaggedBatch(fields, k[:n] if cut else k,
+                            None if weights is None else torch.from_numpy(weights)[:n],
+                            None if meta is None else {m: torch.from_numpy(a)[:n] for m, a in meta.items()})
+        top = groups[self._groups[main]]
+        batch.layout = layout
+        batch.groups = groups
+        batch.lengths = top.lengths
+        batch.cu_seqlens = top.cu_seqlens
+        batch.max_seqlen = top.max_seqlen
+        batch.position_ids = top.position_ids
+        if layout == "padded":
+            masks = [groups[g].attention_mask for g in self._groups]
+            batch.attention_mask = masks[0] if len(masks) == 1 else torch.cat(masks, dim=1)
+        else:
+            batch.attention_mask = None
+        return batch
+
+    # ---- inspection ---------------------------------------------------------------------
+
+    @property
+    def spec(self) -> Dict[str, Field]:
+        """Every field: the fixed ones, then the ragged ones."""
+        out = dict(super().spec)
+        out.update(self._ragged)
+        return out
+
+    def stats(self) -> Dict[str, Any]:
+        """ReplayBuffer's figures plus the arena's: ``arena_bytes`` (its size),
+        ``arena_used_bytes`` (the span reserved now: held blocks, blocks of items that left,
+        skipped ends), ``arena_held_bytes`` (blocks of the items held), ``arena_evicted``
+        (items the byte bound evicted, ever) and ``tokens_held`` {group: tokens}."""
+        out = super().stats()
+        out.update(self._core.arena_stats())
+        return out
+
+    def pin(self, keys: Any) -> int:
+        raise ValueError("a TrajectoryBuffer cannot pin items: its arena frees the oldest items' bytes in "
+                         "insertion order, and a pinned item would block it")
+
+    def pin_all(self, pin: bool = True) -> int:
+        return self.pin(None)
+
+
+def _packed(name: str, field: Field, value: Any) -> Tuple[Any, np.ndarray]:
+    """A ragged field's batch value as (packed values, int64 lengths)."""
+    if isinstance(value, Packed):
+        values = value.values
+        if (value.offsets is None) == (value.lengths is None):
+            raise ValueError(f"ragged field '{name}': rv.Packed needs offsets= or lengths= (one of them)")
+        if value.lengths is not None:
+            lengths = np.ascontiguousarray(_to_numpy(value.lengths), dtype=np.int64)
+        else:
+            offsets = np.asarray(_to_numpy(value.offsets), dtype=np.int64)
+            if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0:
+                raise ValueError(f"ragged field '{name}': offsets must be 1-D and start at 0 "
+                                 f"(cu_seqlens), got {offsets[:4]}...")
+            lengths = np.diff(offsets)
+        if isinstance(values, (list, tuple)):
+            values = np.asarray(values, dtype=_np_dtype(field))
+        return values, lengths
+    if isinstance(value, torch.Tensor) and value.is_nested:
+        offsets_t = value.offsets()
+        return value.values(), np.diff(offsets_t.cpu().numpy()).astype(np.int64)
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        if not items:
+            return np.zeros((0, *field.shape[1:]), _np_dtype(field)), np.zeros(0, np.int64)
+        if all(isinstance(x, torch.Tensor) for x in items):
+            return torch.cat(items), np.fromiter((x.shape[0] for x in items), np.int64, len(items))
+        arrays = [x if isinstance(x, np.ndarray) else np.asarray(_to_numpy(x), dtype=_np_dtype(field))
+                  for x in items]
+        lengths = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
+        return np.concatenate(arrays), lengths
+    raise TypeError(f"ragged field '{name}': extend takes a list of per-item values, a nested tensor or "
+                    f"rv.Packed(values, offsets=...), got {type(value).__name__}")
+
+
+def _to_numpy(x: Any) -> Any:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
