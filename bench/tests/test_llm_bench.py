@@ -29,15 +29,32 @@ def test_baselines_pack_the_same_tokens():
     import numpy as np
     import torch
 
-    seqs = [torch.arange(n) + 100 * n for n in (3, 1, 5)]
-    lst, pad = llm.ListStore(), llm.PaddedStore(3, 5)
-    lst.extend(seqs)
-    pad.extend(seqs)
-    idx = np.array([2, 0, 2])
+    rng = np.random.default_rng(0)
+    lens, items = llm.trajectories(rng, 12)
+    lst, pad = llm.ListStore(), llm.PaddedStore(12, int(lens.max()))
+    lst.extend(items)
+    pad.extend(items)
+    buf = llm.trajectory_buffer(items, lens)
+    idx = np.array([2, 0, 2, 11])
+    want = {name: torch.cat([items[i][name] for i in idx]) for name in llm.FIELDS}
     for store in (lst, pad):
         values, cu = store.sample_packed(idx)
-        assert cu.tolist() == [0, 5, 8, 13]
-        assert torch.equal(values, torch.cat([seqs[2], seqs[0], seqs[2]]))
-    assert lst.sample_padded(idx).shape == (3, 5)
+        assert cu.tolist() == [0, *np.cumsum(lens[idx]).tolist()]
+        for name in llm.FIELDS:
+            assert torch.equal(values[name], want[name])
+    got = buf.get(buf.keys()[torch.from_numpy(idx)])
+    for name in llm.FIELDS:
+        assert torch.equal(got[name], want[name])
+    padded, mask = lst.sample_padded(idx)
+    assert padded["input_ids"].shape == (4, int(lens[idx].max())) and int(mask.sum()) == int(lens[idx].sum())
     rates = llm.baseline_rates(items=256, batch=8, seconds=0.05)
     assert rates["padded_store_x_raw"] > 1.0 and rates["list_packed"] > 0
+
+
+def test_packed_comparison_reports_every_figure():
+    r = llm.packed_comparison(items=256, batch=16, seconds=0.05)
+    for key in ("reverie_packed", "list_packed", "padded_unpad", "reverie_padded", "list_pad_sequence",
+                "reverie_nested", "reverie_budget", "memcpy_floor", "add_reverie_tok_s"):
+        assert r[key] > 0, key
+    assert 1.0 <= r["reverie_x_raw"] < 1.1 < r["padded_store_x_raw"]
+    assert "memcpy floor" in llm.packed_table({"x": r})

@@ -47,6 +47,10 @@ class HeapSink final : public RaggedSink {
   py::list Release() {
     py::list arrays;
     for (Output& o : outputs_) {
+      if (o.data == nullptr) {  // not asked for (position_ids left to the caller)
+        arrays.append(py::none());
+        continue;
+      }
       py::capsule owner(o.data, [](void* p) { std::free(p); });
       o.data = nullptr;
       arrays.append(py::array(NumpyDType(o.dtype), o.shape, static_cast<const void*>(owner.get_pointer()), owner));
@@ -62,6 +66,7 @@ RaggedLayout MakeLayout(bool padded, int64_t multiple, const std::vector<bool>& 
                         const std::vector<py::bytes>& pad, int64_t max_tokens) {
   RaggedLayout layout;
   layout.padded = padded;
+  layout.positions = false;  // the Python layer derives position_ids from cu_seqlens when asked
   layout.multiple = multiple;
   for (bool l : left) layout.left.push_back(l ? 1 : 0);
   for (const py::bytes& p : pad) {

@@ -42,8 +42,10 @@ TokenArena::TokenArena(const ConfigValue& settings, int64_t capacity) : capacity
                 " length groups, got ", groups_.size());
   for (const ConfigValue& entry : settings.At("fields", "ragged").AsList("ragged fields")) {
     const auto& parts = entry.AsList("a ragged field ([name, dtype, rest, group])");
-    REVERIE_CHECK(parts.size() == 4, "a ragged field must be [name, dtype, rest shape, group], got ",
-                  parts.size(), " items");
+    // A fifth entry, the pad value of padded batches, is the Python layer's (kept with the
+    // configuration so that checkpoints and attached processes pad alike).
+    REVERIE_CHECK(parts.size() == 4 || parts.size() == 5, "a ragged field must be [name, dtype, rest shape, group] "
+                  "or [name, dtype, rest shape, group, pad], got ", parts.size(), " items");
     RaggedFieldSpec f;
     f.name = parts[0].AsString("a ragged field's name");
     f.dtype = DTypeFromName(parts[1].AsString("ragged field '" + f.name + "' dtype"));
@@ -162,7 +164,7 @@ void TokenArena::Assign(int64_t position, int64_t key, int64_t slot, const int64
   Entry& e = queue_[position % queue_size_];
   e.key = key;
   int64_t* h = handle(slot);
-  StoreWord(h, e.position % static_cast<int64_t>(bytes_));
+  StoreWord(h, e.position);
   for (int g = 0; g < num_groups(); ++g) {
     StoreWord(h + 1 + g, lengths[g]);
     header_->held_tokens[g].fetch_add(lengths[g], std::memory_order_relaxed);
@@ -173,7 +175,7 @@ void TokenArena::Assign(int64_t position, int64_t key, int64_t slot, const int64
 void TokenArena::Store(const RaggedRows& rows, int64_t row, int64_t slot) {
   const int ng = num_groups();
   const int64_t* lengths = &rows.lengths[static_cast<size_t>(row * ng)];
-  uint8_t* block = data_ + handle(slot)[0];
+  uint8_t* block = data_ + handle(slot)[0] % static_cast<int64_t>(bytes_);
   for (size_t f = 0; f < fields_.size(); ++f) {
     const RaggedFieldSpec& spec = fields_[f];
     const size_t tb = spec.token_bytes();
@@ -184,23 +186,33 @@ void TokenArena::Store(const RaggedRows& rows, int64_t row, int64_t slot) {
 }
 
 void TokenArena::Release(int64_t slot) {
-  int64_t* h = handle(slot);
+  // Once per item: when it leaves (evicted, removed, or overwritten by the item bound). Its
+  // handle stays: a sampler that drew it before it left may still copy its bytes, which
+  // stay valid until the tail passes them (Intact).
+  const int64_t* h = handle(slot);
   if (h[0] < 0) return;
   const size_t block = BlockBytes(h + 1);
   header_->held_bytes.fetch_sub(static_cast<int64_t>(block), std::memory_order_relaxed);
   for (int g = 0; g < num_groups(); ++g) header_->held_tokens[g].fetch_sub(h[1 + g], std::memory_order_relaxed);
-  StoreWord(h, -1);
 }
 
-bool TokenArena::Handle(int64_t slot, int64_t* offset, int64_t* lengths) const {
+bool TokenArena::Handle(int64_t slot, int64_t* offset, int64_t* lengths, int64_t* position) const {
   const int64_t* h = handle(slot);
-  *offset = LoadWord(h);
-  if (*offset < 0) return false;
+  *position = LoadWord(h);
+  if (*position < 0) return false;
+  *offset = *position % static_cast<int64_t>(bytes_);
   for (int g = 0; g < num_groups(); ++g) {
     lengths[g] = LoadWord(h + 1 + g);
     if (lengths[g] < 0 || lengths[g] > static_cast<int64_t>(bytes_)) return false;
   }
   return static_cast<size_t>(*offset) + BlockBytes(lengths) <= bytes_;
+}
+
+bool TokenArena::Intact(int64_t position) const {
+  // After the reader's acquire fence: the tail is stored before a released block's bytes
+  // are overwritten (with a release fence between), so a tail at or below the block's
+  // position means none of its bytes was overwritten during the copy.
+  return position >= header_->tail.load(std::memory_order_relaxed);
 }
 
 int64_t TokenArena::used_bytes() const {
@@ -271,9 +283,9 @@ void TokenArena::Restore(const ConfigValue& scalars, const Ring& slots) {
       h[0] = -1;
       continue;
     }
-    REVERIE_CHECK(h[0] >= 0, "the saved arena has no block for the item in slot ", s);
+    REVERIE_CHECK(h[0] >= tail && h[0] < head, "the saved arena has no block for the item in slot ", s);
     for (int g = 0; g < num_groups(); ++g) REVERIE_CHECK(h[1 + g] >= 0, "the saved arena has a negative length in slot ", s);
-    REVERIE_CHECK(static_cast<size_t>(h[0]) + BlockBytes(h + 1) <= bytes_, "the saved arena's block of slot ", s,
+    REVERIE_CHECK(static_cast<size_t>(h[0] % size) + BlockBytes(h + 1) <= bytes_, "the saved arena's block of slot ", s,
                   " lies outside the arena");
     held += static_cast<int64_t>(BlockBytes(h + 1));
     for (int g = 0; g < num_groups(); ++g) tokens[static_cast<size_t>(g)] += h[1 + g];

@@ -107,7 +107,8 @@ void Table::BuildParts(const ConfigValue& config) {
     REVERIE_CHECK(max_times_ >= 1, "max_times_sampled must be >= 1, got ", max_times_);
   }
   ctx.max_times_sampled = max_times_;
-  ctx.removals = max_times_ > 0;
+  // Ragged values evict whole items by bytes (arena.h): removals, as with max_times_sampled.
+  ctx.removals = max_times_ > 0 || !config.Get("ragged").is_null();
   selector_ = Selectors().Make(PartOr(config, "selector", "uniform"), ctx);
   ctx.prioritized = selector_->prioritized();
   const ConfigValue& ragged = config.Get("ragged");

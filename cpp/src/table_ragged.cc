@@ -9,13 +9,15 @@
 #include "reverie/common.h"
 #include "reverie/philox.h"
 #include "reverie/table.h"
+#include "reverie/thread_pool.h"
 #include "table_internal.h"
 
 namespace reverie {
 
 namespace {
 
-constexpr int kRaggedAttempts = 64;  // copies redone after evictions before a call gives up
+constexpr int kRaggedAttempts = 64;
+constexpr size_t kParallelCopyBytes = size_t{256} << 10;  // smaller batches: one thread copies  // copies redone after evictions before a call gives up
 constexpr uint64_t kBudgetSalt = 0x6a09e667f3bcc908ull;  // the budget's shuffle, apart from the selector's draws
 
 int64_t RoundUp(int64_t n, int64_t m) { return m <= 1 ? n : (n + m - 1) / m * m; }
@@ -53,10 +55,11 @@ bool Table::CopyRagged(const int64_t* keys, int64_t n, const RaggedLayout& layou
   const auto& fields = arena.fields();
   const int F = static_cast<int>(fields.size());
   const KeyCodec& codec = ring_.codec();
-  std::vector<int64_t> slots(static_cast<size_t>(n)), offsets(static_cast<size_t>(n));
+  std::vector<int64_t> slots(static_cast<size_t>(n)), offsets(static_cast<size_t>(n)), positions(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    slots[static_cast<size_t>(i)] = codec.Slot(keys[i]);
-    if (!arena.Handle(slots[static_cast<size_t>(i)], &offsets[static_cast<size_t>(i)], lengths + i * G)) return false;
+    const size_t u = static_cast<size_t>(i);
+    slots[u] = codec.Slot(keys[i]);
+    if (!arena.Handle(slots[u], &offsets[u], lengths + i * G, &positions[u])) return false;
   }
   // Per group: each item's first token (packed) and the tokens / padded width.
   std::vector<int64_t> starts(static_cast<size_t>(n * G)), total(static_cast<size_t>(G), 0),
@@ -74,39 +77,62 @@ bool Table::CopyRagged(const int64_t* keys, int64_t n, const RaggedLayout& layou
                   " tokens in group '", arena.groups()[static_cast<size_t>(g)], "' does not fit int32 cu_seqlens");
   }
   const uint8_t* data = arena.data();
+  // The outputs first (one allocation each), then the copies, item by item, on every core
+  // when the batch is large (each item writes its own rows of each output).
+  std::vector<uint8_t*> outs(static_cast<size_t>(F));
+  size_t copy_bytes = 0;
   for (int f = 0; f < F; ++f) {
     const RaggedFieldSpec& spec = fields[static_cast<size_t>(f)];
-    const int g = spec.group;
-    const size_t tb = spec.token_bytes();
-    const int64_t te = spec.token_elements();
-    const int64_t w = width[static_cast<size_t>(g)];
+    const int64_t w = width[static_cast<size_t>(spec.group)];
     int64_t shape[kMaxDims];
     int ndim = 0;
     if (layout.padded) shape[ndim++] = n;
     shape[ndim++] = w;
     for (int64_t d : spec.rest) shape[ndim++] = d;
-    uint8_t* out = sink.Allocate(f, spec.dtype, shape, ndim);
-    const std::vector<uint8_t>& pad = layout.pad[static_cast<size_t>(f)];
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t len = lengths[i * G + g];
-      const uint8_t* src = data + offsets[static_cast<size_t>(i)] + arena.RunOffset(lengths + i * G, f);
-      if (!layout.padded) {
-        RacyCopy(out + static_cast<size_t>(starts[static_cast<size_t>(i * G + g)]) * tb, src, static_cast<size_t>(len) * tb);
-        continue;
+    outs[static_cast<size_t>(f)] = sink.Allocate(f, spec.dtype, shape, ndim);
+    copy_bytes += static_cast<size_t>(layout.padded ? n * w : w) * spec.token_bytes();
+  }
+  auto copy_items = [&](int64_t begin, int64_t end) {
+    for (int f = 0; f < F; ++f) {
+      const RaggedFieldSpec& spec = fields[static_cast<size_t>(f)];
+      const int g = spec.group;
+      const size_t tb = spec.token_bytes();
+      const int64_t te = spec.token_elements();
+      const int64_t w = width[static_cast<size_t>(g)];
+      uint8_t* out = outs[static_cast<size_t>(f)];
+      const std::vector<uint8_t>& pad = layout.pad[static_cast<size_t>(f)];
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t len = lengths[i * G + g];
+        const uint8_t* src = data + offsets[static_cast<size_t>(i)] + arena.RunOffset(lengths + i * G, f);
+        if (!layout.padded) {
+          RacyCopy(out + static_cast<size_t>(starts[static_cast<size_t>(i * G + g)]) * tb, src,
+                   static_cast<size_t>(len) * tb);
+          continue;
+        }
+        uint8_t* row = out + static_cast<size_t>(i * w) * tb;
+        const bool left = layout.left[static_cast<size_t>(g)] != 0;
+        if (left) {
+          FillPad(row, w - len, te, pad);
+        } else {
+          FillPad(row + static_cast<size_t>(len) * tb, w - len, te, pad);
+        }
+        RacyCopy(row + static_cast<size_t>(left ? w - len : 0) * tb, src, static_cast<size_t>(len) * tb);
       }
-      uint8_t* row = out + static_cast<size_t>(i * w) * tb;
-      const bool left = layout.left[static_cast<size_t>(g)] != 0;
-      const int64_t at = left ? w - len : 0;
-      if (left) {
-        FillPad(row, w - len, te, pad);
-      } else {
-        FillPad(row + static_cast<size_t>(len) * tb, w - len, te, pad);
-      }
-      RacyCopy(row + static_cast<size_t>(at) * tb, src, static_cast<size_t>(len) * tb);
     }
-    if (!layout.padded) {
-      const int64_t sum = total[static_cast<size_t>(g)];
-      FillPad(out + static_cast<size_t>(sum) * tb, w - sum, te, pad);
+  };
+  ThreadPool& pool = ThreadPool::Shared();
+  const int64_t chunks = copy_bytes >= kParallelCopyBytes && n > 1 ? std::min<int64_t>(n, pool.workers() + 1) : 1;
+  if (chunks > 1) {
+    pool.ParallelFor(n, chunks, copy_items);
+  } else {
+    copy_items(0, n);
+  }
+  if (!layout.padded) {
+    for (int f = 0; f < F; ++f) {
+      const RaggedFieldSpec& spec = fields[static_cast<size_t>(f)];
+      const int64_t sum = total[static_cast<size_t>(spec.group)];
+      FillPad(outs[static_cast<size_t>(f)] + static_cast<size_t>(sum) * spec.token_bytes(),
+              width[static_cast<size_t>(spec.group)] - sum, spec.token_elements(), layout.pad[static_cast<size_t>(f)]);
     }
   }
   for (int g = 0; g < G; ++g) {
@@ -131,7 +157,7 @@ bool Table::CopyRagged(const int64_t* keys, int64_t n, const RaggedLayout& layou
           std::fill(row, row + len, int64_t{1});
         }
       }
-    } else {
+    } else if (layout.positions) {
       auto* pos = reinterpret_cast<int64_t*>(sink.Allocate(F + 2 * g + 1, DType::kInt64, &w, 1));
       for (int64_t i = 0; i < n; ++i) {
         int64_t* p = pos + starts[static_cast<size_t>(i * G + g)];
@@ -143,7 +169,12 @@ bool Table::CopyRagged(const int64_t* keys, int64_t n, const RaggedLayout& layou
   // The seqlock check (arena.h): every item copied is still the one its key names.
   std::atomic_thread_fence(std::memory_order_acquire);
   for (int64_t i = 0; i < n; ++i) {
-    if (ring_.RecheckStamp(slots[static_cast<size_t>(i)]) != Stamp::Committed(keys[i])) return false;
+    const uint64_t stamp = ring_.RecheckStamp(slots[static_cast<size_t>(i)]);
+    if (stamp == Stamp::Committed(keys[i])) continue;
+    // Removed by this very draw (max_times_sampled) or meanwhile: still whole while its block
+    // is unreleased.
+    if (stamp == Stamp::Removed(keys[i]) && arena.Intact(positions[static_cast<size_t>(i)])) continue;
+    return false;
   }
   return true;
 }
@@ -166,8 +197,8 @@ int64_t Table::SampleRagged(int64_t batch, uint8_t* const* out, int64_t* keys, f
       std::vector<int64_t> lens(static_cast<size_t>(batch * G)), order(static_cast<size_t>(batch));
       bool readable = true;
       for (int64_t i = 0; i < batch && readable; ++i) {
-        int64_t offset = 0;
-        readable = arena_->Handle(ring_.codec().Slot(keys[i]), &offset, &lens[static_cast<size_t>(i * G)]);
+        int64_t offset = 0, position = 0;
+        readable = arena_->Handle(ring_.codec().Slot(keys[i]), &offset, &lens[static_cast<size_t>(i * G)], &position);
       }
       if (!readable) continue;  // an item was evicted meanwhile: draw again
       const uint64_t call = sample_calls() - 1;

@@ -30,17 +30,33 @@ class Packed(NamedTuple):
     lengths: Any = None
 
 
-class GroupLayout(NamedTuple):
+class GroupLayout:
     """One length group of a ragged batch. ``lengths`` int64 [B]; ``cu_seqlens`` int32
     [B + 1] (one more entry when packed padding was added); ``max_seqlen`` the longest item;
-    ``position_ids`` (packed, int64 [N_tok], restarting at 0 per item) or ``attention_mask``
-    (padded, int64 [B, T]); the other is None."""
+    ``position_ids`` (packed: int64 [N_tok], restarting at 0 per item and over the padding;
+    made when first read) or ``attention_mask`` (padded: int64 [B, T]); the other is None."""
 
-    lengths: torch.Tensor
-    cu_seqlens: torch.Tensor
-    max_seqlen: int
-    position_ids: Optional[torch.Tensor]
-    attention_mask: Optional[torch.Tensor]
+    __slots__ = ("lengths", "cu_seqlens", "max_seqlen", "attention_mask", "_packed", "_positions")
+
+    def __init__(self, lengths: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                 attention_mask: Optional[torch.Tensor], packed: bool) -> None:
+        self.lengths, self.cu_seqlens, self.max_seqlen = lengths, cu_seqlens, max_seqlen
+        self.attention_mask = attention_mask
+        self._packed = packed
+        self._positions: Optional[torch.Tensor] = None
+
+    @property
+    def position_ids(self) -> Optional[torch.Tensor]:
+        if not self._packed:
+            return None
+        if self._positions is None:
+            cu = self.cu_seqlens.to(torch.int64)
+            spans = cu[1:] - cu[:-1]
+            self._positions = torch.arange(int(cu[-1])) - torch.repeat_interleave(cu[:-1], spans)
+        return self._positions
+
+    def __repr__(self) -> str:
+        return f"GroupLayout({len(self.lengths)} items, max_seqlen={self.max_seqlen})"
 
 
 class RaggedBatch(Batch):
@@ -56,7 +72,12 @@ class RaggedBatch(Batch):
     right-padded response: verl's and TRL's convention).
     """
 
-    __slots__ = ("layout", "groups", "lengths", "cu_seqlens", "max_seqlen", "position_ids", "attention_mask")
+    __slots__ = ("layout", "groups", "lengths", "cu_seqlens", "max_seqlen", "attention_mask", "_main")
+
+    @property
+    def position_ids(self) -> Optional[torch.Tensor]:
+        """Packed: the main group's position ids (int64 [N_tok]); None otherwise."""
+        return self._main.position_ids
 
     def __repr__(self) -> str:
         return f"RaggedBatch[{self.layout}, {len(self.lengths)} items]({', '.join(self)})"
@@ -123,7 +144,7 @@ class TrajectoryBuffer(ReplayBuffer):
         config = super()._config(spec)
         config["ragged"] = {
             "bytes": self._arena_bytes, "groups": list(self._groups),
-            "fields": [[name, f.dtype, list(f.shape[1:]), f.group] for name, f in self._ragged.items()],
+            "fields": [[name, f.dtype, list(f.shape[1:]), f.group, f.pad] for name, f in self._ragged.items()],
         }
         return config
 
@@ -131,7 +152,7 @@ class TrajectoryBuffer(ReplayBuffer):
     def _from_config(cls, config: Mapping[str, Any], storage: str = "memory") -> "ReplayBuffer":
         buf = super()._from_config(config, storage)
         entry = config["ragged"]
-        ragged = {name: Field(dtype, (None, *rest), group=group) for name, dtype, rest, group in entry["fields"]}
+        ragged = {f[0]: Field(f[1], (None, *f[2]), group=f[3], pad=f[4] if len(f) > 4 else 0) for f in entry["fields"]}
         assert isinstance(buf, TrajectoryBuffer)
         buf._set_ragged(ragged, int(entry["bytes"]))
         buf.__dict__.pop("add", None)
@@ -274,11 +295,10 @@ class TrajectoryBuffer(ReplayBuffer):
         groups: Dict[str, GroupLayout] = {}
         for g, gname in enumerate(self._groups):
             cu = torch.from_numpy(outs[F + 2 * g])
-            aux = torch.from_numpy(outs[F + 2 * g + 1])
+            mask = outs[F + 2 * g + 1]
             lg = lens[:, g]
             groups[gname] = GroupLayout(lg, cu, int(lg.max()) if n else 0,
-                                        None if layout == "padded" else aux,
-                                        aux if layout == "padded" else None)
+                                        None if mask is None else torch.from_numpy(mask), layout != "padded")
         for i, (name, f) in enumerate(self._ragged.items()):
             values = torch.from_numpy(outs[i])
             if f.dtype == "bfloat16":
@@ -297,7 +317,7 @@ class TrajectoryBuffer(ReplayBuffer):
         batch.lengths = top.lengths
         batch.cu_seqlens = top.cu_seqlens
         batch.max_seqlen = top.max_seqlen
-        batch.position_ids = top.position_ids
+        batch._main = top
         if layout == "padded":
             masks = [groups[g].attention_mask for g in self._groups]
             batch.attention_mask = masks[0] if len(masks) == 1 else torch.cat(masks, dim=1)

@@ -21,8 +21,10 @@
 // evicted and bytes copied under the table's writer lock. An evicted item's stamp is set to
 // removed (a CAS) and a release fence is run before any byte of its block is overwritten; a
 // reader copies the block of the key it holds, runs an acquire fence and checks that the
-// slot's stamp still names that key. If it copied a byte of a newer block, the fences pair
-// and the check fails, so the copy is redone: no batch holds a torn or foreign trajectory.
+// slot's stamp still names that key (committed, or removed with its block not yet released:
+// the tail is stored before released bytes are overwritten). If it copied a byte of a newer
+// block, the fences pair and the check fails, so the copy is redone: no batch holds a torn
+// or foreign trajectory.
 //
 // Thread-safety: the writer-side methods (Reserve, Assign, Release, Store) run under the
 // table's writer lock; the readers (Handle, CopyOut) at any time, their results checked as
@@ -98,10 +100,13 @@ class TokenArena final : public Part {
   // bytes no longer count as held (they are reclaimed when the tail passes them).
   void Release(int64_t slot);
 
-  // Reader side: the block offset and group lengths of the item in `slot` now (racy: the
-  // caller checks the slot's stamp afterwards). False when what it read cannot be a block
-  // (a concurrent write): the caller redoes its copy.
-  bool Handle(int64_t slot, int64_t* offset, int64_t* lengths) const;
+  // Reader side: the block offset (in data()), group lengths and monotone position of the
+  // item in `slot` (racy: the caller checks the slot's stamp afterwards). False when what it
+  // read cannot be a block (a concurrent write): the caller redoes its copy.
+  bool Handle(int64_t slot, int64_t* offset, int64_t* lengths, int64_t* position) const;
+  // After a copy and an acquire fence: whether the block at `position` is still unreleased
+  // (its bytes were not overwritten). A removed item's block stays readable until then.
+  bool Intact(int64_t position) const;
   const uint8_t* data() const { return data_; }
 
   // Accounting (read without the lock; exact while no write runs).
@@ -143,7 +148,7 @@ class TokenArena final : public Part {
   int64_t queue_size_ = 0;
   Header* header_ = nullptr;
   uint8_t* data_ = nullptr;
-  int64_t* handles_ = nullptr;  // [capacity, 1 + groups]: physical offset (-1 none), lengths
+  int64_t* handles_ = nullptr;  // [capacity, 1 + groups]: monotone block position (-1 none), lengths
   Entry* queue_ = nullptr;      // [queue_size]
 };
 

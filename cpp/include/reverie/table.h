@@ -80,13 +80,14 @@ struct RaggedLayout {
   std::vector<uint8_t> left;  // per group: padded on the left (a prompt)
   std::vector<std::vector<uint8_t>> pad;  // per ragged field: one element's bytes (pad value)
   int64_t max_tokens = 0;  // > 0: a token budget over all groups (see SampleRagged)
+  bool positions = true;   // packed: fill position_ids (else that output is not allocated)
 };
 
 // Where SampleRagged puts a batch's ragged outputs: memory the caller owns (a new array each).
 //   output f < F (the ragged fields): the field's values, its dtype;
 //   output F + 2g: group g's cu_seqlens, int32 [B + 1] (+1 entry when packed padding was added);
-//   output F + 2g + 1: group g's position_ids (packed, int64 [N_tok]) or attention_mask
-//   (padded, int64 [B, T]).
+//   output F + 2g + 1: group g's position_ids (packed, int64 [N_tok]; only with
+//   RaggedLayout::positions) or attention_mask (padded, int64 [B, T]).
 class RaggedSink {
  public:
   virtual ~RaggedSink() = default;

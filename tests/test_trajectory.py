@@ -1,0 +1,356 @@
+"""TrajectoryBuffer: ragged fields in a byte-bounded arena, batches in the packed, padded and
+nested layouts, token budgets; against a pure-Python model (trajectory_reference.py)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import reverie as rv
+from trajectory_reference import RAGGED, SPEC, ArenaModel, block_bytes, item_values
+
+FORMS = ("list", "lengths", "offsets", "nested")
+
+
+def make(capacity=64, arena_bytes=1 << 20, **kw):
+    return rv.TrajectoryBuffer(capacity, SPEC, seed=3, arena_bytes=arena_bytes, **kw)
+
+
+def write(buf, ids, lens, form="list"):
+    """extend() with items `ids` of (prompt_len, response_len) `lens`, ragged values in `form`."""
+    values = [item_values(i, pl, rl) for i, (pl, rl) in zip(ids, lens)]
+    fields = {"item": torch.tensor(ids, dtype=torch.int64), "reward": torch.tensor(ids, dtype=torch.float32)}
+    for name in RAGGED:
+        items = [torch.from_numpy(v[name]) for v in values]
+        if form == "list" or not items:
+            fields[name] = items
+        elif form == "nested":
+            if items[0].ndim > 1:
+                fields[name] = items  # jagged nested tensors hold one ragged dim; the pair field goes as a list
+            else:
+                fields[name] = torch.nested.nested_tensor(items, layout=torch.jagged)
+        else:
+            packed = torch.cat(items)
+            lengths = torch.tensor([len(x) for x in items])
+            if form == "lengths":
+                fields[name] = rv.Packed(packed, lengths=lengths)
+            else:
+                fields[name] = rv.Packed(packed, offsets=torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]))
+    return buf.extend(**fields)
+
+
+def check_item(batch, ids, lens_of, layout, sides=("left", "right")):
+    """Every item of a batch is whole and its own, in `layout`."""
+    groups = batch.groups
+    prompt, response = groups["prompt"], groups["response"]
+    for j, i in enumerate(ids):
+        pl, rl = lens_of[i]
+        want = item_values(i, pl, rl)
+        assert prompt.lengths[j] == pl and response.lengths[j] == rl
+        for name in RAGGED:
+            g = prompt if name == "prompt_ids" else response
+            L = pl if name == "prompt_ids" else rl
+            if layout == "packed":
+                a, b = int(g.cu_seqlens[j]), int(g.cu_seqlens[j + 1])
+                got = batch[name][a:b]
+                assert torch.equal(g.position_ids[a:b], torch.arange(L))
+            elif layout == "nested":
+                got = batch[name].unbind()[j] if batch[name].is_nested else batch[name][j]
+            else:
+                row = batch[name][j]
+                T = row.shape[0]
+                side = sides[0] if name == "prompt_ids" else sides[1]
+                pad = SPEC[name].pad
+                if side == "left":
+                    got, rest = row[T - L:], row[:T - L]
+                    assert torch.equal(g.attention_mask[j], torch.cat([torch.zeros(T - L), torch.ones(L)]).long())
+                else:
+                    got, rest = row[:L], row[L:]
+                    assert torch.equal(g.attention_mask[j], torch.cat([torch.ones(L), torch.zeros(T - L)]).long())
+                assert bool((rest == pad).all()), name
+            np.testing.assert_array_equal(got.numpy(), want[name], err_msg=f"{name} of item {i}")
+
+
+items_strategy = st.lists(st.tuples(st.integers(0, 12), st.integers(0, 40)), min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=items_strategy, chunk=st.integers(1, 9), form=st.sampled_from(FORMS),
+       layout=st.sampled_from(["packed", "padded", "nested"]), multiple=st.sampled_from([1, 8]))
+def test_round_trip_in_every_layout(items, chunk, form, layout, multiple):
+    buf = make()
+    ids = list(range(len(items)))
+    for a in range(0, len(items), chunk):
+        write(buf, ids[a:a + chunk], items[a:a + chunk], form)
+    assert len(buf) == len(items)
+    keys = buf.keys()
+    lens_of = dict(zip(ids, items))
+    if layout == "nested":
+        multiple = 1
+    batch = buf.get(keys, layout=layout, pad_to_multiple_of=multiple)
+    assert batch["item"].tolist() == ids  # oldest first
+    check_item(batch, ids, lens_of, layout)
+    if layout == "packed":
+        for g, n in (("prompt", sum(p for p, _ in items)), ("response", sum(r for _, r in items))):
+            cu = batch.groups[g].cu_seqlens
+            padded_n = -(-n // multiple) * multiple
+            assert batch["ids" if g == "response" else "prompt_ids"].shape[0] == padded_n
+            assert cu[len(items)] == n and (len(cu) == len(items) + 2) == (padded_n > n)
+            assert batch.groups[g].max_seqlen == max(p if g == "prompt" else r for p, r in items)
+    if layout == "padded":
+        T = batch["ids"].shape[1]
+        assert T % multiple == 0 and T >= max(r for _, r in items)
+        assert torch.equal(batch.attention_mask, torch.cat([batch.groups["prompt"].attention_mask,
+                                                            batch.groups["response"].attention_mask], 1))
+    sample = buf.sample(16, layout=layout)
+    check_item(sample, sample["item"].tolist(), lens_of, layout)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 200)), min_size=1, max_size=60),
+       chunk=st.integers(1, 7), capacity=st.integers(1, 20), arena=st.integers(1200, 6000))
+def test_eviction_by_bytes_matches_the_model(sizes, chunk, capacity, arena):
+    sizes = [s for s in sizes if block_bytes(*s) <= arena]
+    if not sizes:
+        return
+    buf = make(capacity=capacity, arena_bytes=arena)
+    model = ArenaModel(capacity, arena)
+    ids = list(range(len(sizes)))
+    for a in range(0, len(sizes), chunk):
+        stored = write(buf, ids[a:a + chunk], sizes[a:a + chunk])
+        model.write(sizes[a:a + chunk], ids[a:a + chunk])
+        assert stored == len(ids[a:a + chunk])
+        stats = buf.stats()
+        assert stats["arena_used_bytes"] <= arena
+        assert stats["arena_held_bytes"] == sum(model.held_bytes.values())
+        assert stats["arena_evicted"] == model.evicted
+        assert stats["tokens_held"] == {"prompt": sum(sizes[i][0] for i in model.held),
+                                        "response": sum(sizes[i][1] for i in model.held)}
+        assert len(buf) == len(model.held)
+        batch = buf.get(buf.keys())
+        assert batch["item"].tolist() == model.held
+        check_item(batch, model.held, dict(zip(ids, sizes)), "packed")
+
+
+def test_a_call_larger_than_the_arena_keeps_its_newest_items():
+    buf = make(capacity=100, arena_bytes=2048)
+    sizes = [(4, 30)] * 20  # 16 + 240 + 120 + 120 = 496 bytes each: 4 fit
+    assert write(buf, list(range(20)), sizes) == 20
+    assert buf.get(buf.keys())["item"].tolist() == [16, 17, 18, 19]
+    assert buf.stats()["arena_evicted"] == 16
+
+
+def test_token_budget():
+    buf = make(capacity=200)
+    rng = np.random.default_rng(0)
+    sizes = [(int(rng.integers(1, 10)), int(rng.integers(1, 60))) for _ in range(150)]
+    write(buf, list(range(150)), sizes)
+    lens_of = dict(enumerate(sizes))
+    for budget in (1, 50, 300, 2000):
+        for layout in ("packed", "padded"):
+            batch = buf.sample(max_tokens=budget, layout=layout)
+            total = int(batch.groups["prompt"].lengths.sum() + batch.groups["response"].lengths.sum())
+            assert total <= budget or len(batch.indices) == 1
+            assert len(batch.indices) == len(batch["item"]) == len(batch.lengths)
+            check_item(batch, batch["item"].tolist(), lens_of, layout)
+    # Full: a large budget takes many items and nearly fills it.
+    batch = buf.sample(max_tokens=2000)
+    total = int(batch.groups["prompt"].lengths.sum() + batch.groups["response"].lengths.sum())
+    assert 2000 - 70 <= total <= 2000
+    # With a batch size the draws are bounded by it.
+    assert len(buf.sample(4, max_tokens=10**6).indices) == 4
+
+
+def test_same_seed_same_batches():
+    def run():
+        buf = make(capacity=50)
+        write(buf, list(range(40)), [(i % 5, i % 13) for i in range(40)])
+        return [buf.sample(8)["item"].tolist() for _ in range(3)] + \
+               [buf.sample(max_tokens=100)["item"].tolist() for _ in range(3)]
+    assert run() == run()
+
+
+def test_prioritized_and_max_times_sampled():
+    buf = make(capacity=30, sampler=rv.Prioritized(alpha=1.0, beta=1.0))
+    write(buf, list(range(10)), [(2, 3)] * 10)
+    batch = buf.sample(8)
+    assert batch.weights is not None and batch.weights.shape == (8,)
+    keys = buf.keys()
+    pr = torch.zeros(len(keys))
+    pr[3] = 1.0
+    buf.update_priorities(keys, pr)
+    # Only the item with a non-zero priority is drawn now.
+    again = buf.sample(6)
+    assert set(again["item"].tolist()) == {int(buf.get(keys[3:4])["item"][0])}
+
+    once = make(capacity=30, max_times_sampled=1)
+    write(once, list(range(6)), [(1, 5)] * 6)
+    before = once.stats()["arena_held_bytes"]
+    got = once.sample(6, layout="padded")
+    assert sorted(got["item"].tolist()) == list(range(6))
+    assert len(once) == 0 and once.stats()["arena_held_bytes"] == 0 < before
+    with pytest.raises(ValueError, match="max_times_sampled"):
+        write(once, [9], [(1, 1)])
+        once.sample(max_tokens=10)
+
+
+def snapshot(buf):
+    keys = buf.keys()
+    got = buf.get(keys) if len(keys) else None
+    stats = {k: v for k, v in buf.stats().items()}
+    return keys.tolist(), None if got is None else {k: v.clone() for k, v in got.items()}, stats
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (dict(ids=[torch.arange(3), torch.arange(2)], logp=[torch.zeros(3), torch.zeros(3)]), ValueError,
+     "share their lengths"),
+    (dict(ids=[torch.arange(3, dtype=torch.int32)] * 2), TypeError, "expected dtype int64"),
+    (dict(ids=rv.Packed(torch.arange(5), lengths=[2, 2])), ValueError, "add up to 4"),
+    (dict(ids=[torch.arange(10**4), torch.arange(1)], logp=[torch.zeros(10**4), torch.zeros(1)],
+          pair=[torch.zeros(10**4, 2, dtype=torch.int16), torch.zeros(1, 2, dtype=torch.int16)]), ValueError,
+     "more than the whole arena"),
+    (dict(pair=[torch.zeros(3, 3, dtype=torch.int16), torch.zeros(2, 3, dtype=torch.int16)]), ValueError,
+     "expected shape"),
+    (dict(reward=torch.zeros(3)), ValueError, "items"),
+    (dict(ids=rv.Packed(torch.arange(5), offsets=[1, 5])), ValueError, "start at 0"),
+])
+def test_bad_writes_change_nothing(bad, error, match):
+    buf = make(capacity=8, arena_bytes=40_000)
+    write(buf, [0, 1, 2], [(2, 3), (1, 4), (0, 0)])
+    before = snapshot(buf)
+    fields = {"item": torch.tensor([5, 6]), "reward": torch.zeros(2),
+              "prompt_ids": [torch.zeros(1, dtype=torch.int32)] * 2,
+              "ids": [torch.arange(3), torch.arange(2)], "logp": [torch.zeros(3), torch.zeros(2)],
+              "pair": [torch.zeros(3, 2, dtype=torch.int16), torch.zeros(2, 2, dtype=torch.int16)]}
+    fields.update(bad)
+    with pytest.raises(error, match=match):
+        buf.extend(**fields)
+    after = snapshot(buf)
+    assert after[0] == before[0] and after[2] == before[2]
+    for k in before[1]:
+        assert torch.equal(before[1][k], after[1][k])
+
+
+def test_single_add_and_missing_fields():
+    buf = make()
+    add = buf.add  # an alias taken before the first write
+    assert add(item=0, reward=1.0, prompt_ids=[1, 2], ids=torch.arange(3), logp=np.zeros(3, np.float32),
+               pair=np.zeros((3, 2), np.int16)) == 1
+    with pytest.raises(ValueError, match="missing ragged field 'logp'"):
+        add(item=1, reward=1.0, prompt_ids=[1], ids=torch.arange(3), pair=np.zeros((3, 2), np.int16))
+    got = buf.get(buf.keys(), layout="padded")
+    assert got["prompt_ids"].tolist() == [[1, 2]] and got["ids"].tolist() == [[0, 1, 2]]
+    assert len(buf) == 1
+
+
+def test_declarations():
+    with pytest.raises(ValueError, match="arena_bytes"):
+        rv.TrajectoryBuffer(10, SPEC)
+    with pytest.raises(ValueError, match="FIFO writer"):
+        rv.TrajectoryBuffer(10, SPEC, arena_bytes=4096, writer=rv.Reservoir())
+    with pytest.raises(ValueError, match="at least one ragged"):
+        rv.TrajectoryBuffer(10, {"x": rv.Field("float32")}, arena_bytes=4096)
+    with pytest.raises(ValueError, match="for ragged fields"):
+        rv.Field("int64", (3,), group="response")
+    buf = rv.ReplayBuffer(10, {"ids": rv.Field("int64", (None,))}, arena_bytes=4096)  # dispatches
+    assert isinstance(buf, rv.TrajectoryBuffer)
+    buf.extend(ids=[torch.arange(2), torch.arange(5)])  # a table of ragged fields only
+    assert buf.sample(3).cu_seqlens.shape == (4,)
+    with pytest.raises(ValueError, match="cannot pin"):
+        buf.pin(buf.keys())
+    assert buf.spec["ids"].ragged and buf.spec["ids"].group == "tokens"
+
+
+def test_checkpoint_and_state_dict(tmp_path):
+    buf = make(capacity=20, arena_bytes=3000)
+    sizes = [(i % 4, (7 * i) % 50) for i in range(40)]
+    write(buf, list(range(40)), sizes)
+    buf.sample(4)
+    buf.save(tmp_path / "t.rvb")
+    loaded = rv.TrajectoryBuffer.load(tmp_path / "t.rvb")
+    assert isinstance(loaded, rv.TrajectoryBuffer)
+    assert loaded.keys().tolist() == buf.keys().tolist()
+    a, b = buf.get(buf.keys(), layout="padded"), loaded.get(loaded.keys(), layout="padded")
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    assert loaded.stats() == buf.stats()
+    # The same seed and calls draw the same from here on; writes continue the arena.
+    assert loaded.sample(8)["item"].tolist() == buf.sample(8)["item"].tolist()
+    write(buf, [100, 101], [(3, 40), (1, 1)])
+    write(loaded, [100, 101], [(3, 40), (1, 1)])
+    assert loaded.get(loaded.keys())["item"].tolist() == buf.get(buf.keys())["item"].tolist()
+    state = buf.state_dict()
+    fresh = make(capacity=20, arena_bytes=3000)
+    fresh.load_state_dict(state)
+    assert fresh.get(fresh.keys())["ids"].tolist() == buf.get(buf.keys())["ids"].tolist()
+
+
+def _child_writes(handle, first, count):
+    buf = handle  # unpickled: attached to the parent's segment
+    for i in range(first, first + count):
+        write(buf, [i], [(i % 3, i % 17)])
+
+
+def test_shared_memory_writers_in_other_processes():
+    buf = make(capacity=400, arena_bytes=1 << 16, storage="shared")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_child_writes, args=(buf, 1000 * (p + 1), 100)) for p in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert len(buf) == 200
+    lens_of = {i: (i % 3, i % 17) for p in range(2) for i in range(1000 * (p + 1), 1000 * (p + 1) + 100)}
+    batch = buf.sample(64, layout="padded")
+    check_item(batch, batch["item"].tolist(), lens_of, "padded")
+    buf.close()
+
+
+def test_concurrent_writers_and_samplers_never_see_a_torn_item():
+    buf = make(capacity=256, arena_bytes=30_000)
+    lens_of = {}
+    errors = []
+    stop = threading.Event()
+    rng = np.random.default_rng(1)
+    plan = {w: [(int(rng.integers(0, 8)), int(rng.integers(1, 120))) for _ in range(300)] for w in range(2)}
+    for w in range(2):
+        for k, s in enumerate(plan[w]):
+            lens_of[w * 10_000 + k] = s
+
+    def writer(w):
+        try:
+            for k in range(0, 300, 3):
+                write(buf, [w * 10_000 + k + j for j in range(3)], plan[w][k:k + 3])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def sampler():
+        try:
+            while not stop.is_set():
+                if len(buf) == 0:
+                    continue
+                for layout in ("packed", "padded"):
+                    b = buf.sample(16, layout=layout)
+                    check_item(b, b["item"].tolist(), lens_of, layout)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    samplers = [threading.Thread(target=sampler) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+    for t in samplers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in samplers:
+        t.join()
+    assert not errors, errors[0]
+    assert buf.stats()["arena_evicted"] > 0  # the arena turned over many times
+    assert buf.stats()["arena_used_bytes"] <= 30_000
