@@ -354,3 +354,171 @@ def test_concurrent_writers_and_samplers_never_see_a_torn_item():
     assert not errors, errors[0]
     assert buf.stats()["arena_evicted"] > 0  # the arena turned over many times
     assert buf.stats()["arena_used_bytes"] <= 30_000
+
+
+# ---- groups -------------------------------------------------------------------------------
+
+GROUP_SPEC = {
+    "prompt": rv.Field("int64"),
+    "member": rv.Field("int64"),
+    "reward": rv.Field("float32"),
+    "prompt_ids": rv.Field("int32", (None,), group="prompt"),
+    "ids": rv.Field("int64", (None,), group="response"),
+    "advantages": rv.Field("float32", (None,), group="response"),
+}
+
+
+def group_buffer(capacity=64, arena_bytes=1 << 16, **kw):
+    return rv.TrajectoryBuffer(capacity, GROUP_SPEC, seed=5, arena_bytes=arena_bytes, **kw)
+
+
+def add_group(buf, prompt, lens, rewards=None, advantages=None):
+    g = len(lens)
+    rewards = torch.arange(g, dtype=torch.float32) if rewards is None else torch.as_tensor(rewards, dtype=torch.float32)
+    adv = [torch.full((n,), 1.0) for n in lens] if advantages is None else advantages
+    return buf.add_group(prompt=prompt, member=torch.arange(g), reward=rewards,
+                         prompt_ids=torch.full((3,), prompt, dtype=torch.int32),  # one prompt for all members
+                         ids=[prompt * 1000 + torch.arange(n) for n in lens], advantages=adv)
+
+
+def check_groups(batch, sizes_of):
+    at = 0
+    prompts = batch["prompt"].tolist()
+    for size in batch.group_sizes.tolist():
+        p = prompts[at]
+        assert size == sizes_of[p]
+        assert prompts[at:at + size] == [p] * size
+        assert batch["member"][at:at + size].tolist() == list(range(size))
+        at += size
+    assert at == len(prompts)
+    for j, p in enumerate(prompts):
+        a, b = int(batch.cu_seqlens[j]), int(batch.cu_seqlens[j + 1])
+        assert torch.equal(batch["ids"][a:b], p * 1000 + torch.arange(b - a))
+        assert batch["prompt_ids"][3 * j:3 * j + 3].tolist() == [p] * 3
+
+
+def test_groups_are_stored_drawn_and_evicted_whole():
+    buf = group_buffer(capacity=40, arena_bytes=6000)
+    sizes_of = {}
+    model = ArenaModel(40, 6000)
+    rng = np.random.default_rng(2)
+    for p in range(60):
+        g = int(rng.integers(1, 7))
+        lens = [int(x) for x in rng.integers(1, 40, g)]
+        sizes_of[p] = g
+        assert add_group(buf, p, lens) == g
+        # The model of arena.h with this block layout: prompt ids int32, ids int64 + advantages f32.
+        model_items = [(3, n) for n in lens]
+        model.write_blocks([_block(n) for n in lens], list(range(p * 10, p * 10 + g)), group=True)
+        assert len(buf) == len(model.held)
+        held = buf.get(buf.keys())
+        counts = {}
+        for q in held["prompt"].tolist():
+            counts[q] = counts.get(q, 0) + 1
+        assert all(counts[q] == sizes_of[q] for q in counts)  # no partial group is ever held
+        assert buf.group_stats()["groups_held"] == len(counts)
+        del model_items
+    batch = buf.sample_groups(5)
+    assert len(batch.group_sizes) == 5
+    check_groups(batch, sizes_of)
+    padded = buf.sample_groups(3, layout="padded")
+    assert padded["ids"].shape[0] == int(padded.group_sizes.sum())
+
+
+def _block(response_len):
+    def run(n, size):
+        return (n * size + 7) // 8 * 8
+    return max(8, run(3, 4) + run(response_len, 8) + run(response_len, 4))
+
+
+def test_group_errors_change_nothing():
+    buf = group_buffer(capacity=8, arena_bytes=4096)
+    add_group(buf, 1, [5, 6])
+    before = snapshot(buf)
+    with pytest.raises(ValueError, match="half the arena"):
+        add_group(buf, 2, [200, 200])
+    with pytest.raises(ValueError, match="capacity"):
+        add_group(buf, 3, [1] * 9)
+    with pytest.raises(ValueError, match="share their lengths"):
+        buf.add_group(prompt=4, member=torch.arange(2), reward=torch.zeros(2), prompt_ids=torch.zeros(3, dtype=torch.int32),
+                      ids=[torch.arange(2), torch.arange(3)], advantages=[torch.zeros(2), torch.zeros(2)])
+    after = snapshot(buf)
+    assert after[0] == before[0] and after[2] == before[2]
+
+
+def test_group_filters_pass_rate_and_deficit():
+    std = group_buffer(group_filter=rv.StdFilter("reward", eps=1e-6))
+    assert add_group(std, 1, [3, 3, 3], rewards=[1, 1, 1]) == 0  # no spread: zero advantage, dropped
+    assert add_group(std, 2, [3, 3, 3], rewards=[0, 1, 1]) == 3
+    stats = std.group_stats()
+    assert stats["offered"] == 2 and stats["kept"] == 1 and stats["pass_rate"] == 0.5 and stats["groups_held"] == 1
+    assert std.deficit(4) == 6  # 3 more groups held are wanted; half of the generated ones pass
+    assert std.deficit(1) == 0
+
+    mean = group_buffer(group_filter=rv.MeanFilter("reward", 0.0, 1.0))
+    assert add_group(mean, 1, [2, 2], rewards=[1, 1]) == 0  # all correct
+    assert add_group(mean, 2, [2, 2], rewards=[0, 0]) == 0  # all wrong
+    assert add_group(mean, 3, [2, 2], rewards=[0, 1]) == 2
+
+    nz = group_buffer(group_filter=rv.NonZeroFilter("advantages"))
+    assert add_group(nz, 1, [2, 3], advantages=[torch.zeros(2), torch.zeros(3)]) == 0
+    assert add_group(nz, 2, [2, 3], advantages=[torch.zeros(2), torch.tensor([0.0, 0.5, 0.0])]) == 2
+
+    seen = []
+    custom = group_buffer(group_filter=lambda g: seen.append(sorted(g)) or bool(g["reward"].max() > 0.5))
+    assert add_group(custom, 1, [1, 1], rewards=[0.2, 0.9]) == 2
+    assert seen == [sorted(GROUP_SPEC)]
+    with pytest.raises(ValueError, match="reads field 'score'"):
+        add_group(group_buffer(group_filter=rv.StdFilter("score")), 1, [1, 1])
+
+
+def test_concurrent_group_writers_never_leave_a_partial_group():
+    buf = group_buffer(capacity=200, arena_bytes=40_000)
+    sizes_of = {}
+    rng = np.random.default_rng(4)
+    plans = {w: [(w * 100_000 + k, [int(x) for x in rng.integers(1, 60, int(rng.integers(1, 9)))]) for k in range(120)]
+             for w in range(2)}
+    for w in plans:
+        for p, lens in plans[w]:
+            sizes_of[p] = len(lens)
+    errors = []
+    stop = threading.Event()
+
+    def writer(w):
+        try:
+            for p, lens in plans[w]:
+                add_group(buf, p, lens)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    def sampler():
+        try:
+            while not stop.is_set():
+                if buf.group_stats()["groups_held"] == 0:
+                    continue
+                check_groups(buf.sample_groups(4), sizes_of)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)] + [threading.Thread(target=sampler)]
+    for t in threads:
+        t.start()
+    for t in threads[:2]:
+        t.join()
+    stop.set()
+    threads[2].join()
+    assert not errors, errors[0]
+    assert buf.stats()["arena_evicted"] > 0
+
+
+def test_staleness_bound_and_rollout_quota():
+    buf = group_buffer(max_staleness=1, metadata=True)
+    for v in range(4):
+        buf.version = v
+        add_group(buf, v, [2, 2])
+    buf.version = 3
+    batch = buf.sample(32)
+    assert set(batch["prompt"].tolist()) <= {2, 3}  # versions 2 and 3 only
+    assert set(batch.meta["version"].tolist()) <= {2, 3}
+    assert rv.rollout_quota(version=3, max_staleness=1, batch_size=8, started=20) == (1 + 3 + 1) * 8 - 20
+    assert rv.rollout_quota(version=0, max_staleness=0, batch_size=8, started=20) == 0

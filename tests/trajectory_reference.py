@@ -48,47 +48,65 @@ def block_bytes(prompt_len: int, response_len: int) -> int:
 @dataclass
 class ArenaModel:
     """Which items a FIFO TrajectoryBuffer holds: the byte ring of arena.h (blocks never split
-    across the end, the oldest released until a new one fits) and the item bound."""
+    across the end, the oldest released until a new one fits, and until the item bound
+    holds), with add_group's groups released whole."""
 
     capacity: int
     size: int  # arena bytes
     head: int = 0
     tail: int = 0
-    queue: List[Tuple[int, int, int]] = field(default_factory=list)  # (position, bytes, item)
+    queue: List[Tuple[int, int, int, int]] = field(default_factory=list)  # (position, bytes, item, group)
     held: List[int] = field(default_factory=list)  # items, oldest first
     held_bytes: Dict[int, int] = field(default_factory=dict)
     evicted: int = 0
+    serial: int = 0
 
-    def write(self, items: Sequence[Tuple[int, int]], ids: Sequence[int]) -> None:
-        """A call storing items (prompt_len, response_len) with ids `ids`."""
+    def write(self, items: Sequence[Tuple[int, int]], ids: Sequence[int], group: bool = False) -> None:
+        """A call storing items (prompt_len, response_len) with ids `ids` (one group: add_group)."""
+        self.write_blocks([block_bytes(pl, rl) for pl, rl in items], ids, group)
+
+    def write_blocks(self, blocks: Sequence[int], ids: Sequence[int], group: bool = False) -> None:
+        """A call storing items of the given block bytes."""
         pending: Dict[int, bool] = {}
-        for (pl, rl), i in zip(items, ids):
-            b = block_bytes(pl, rl)
+        serial = 0
+        if group:
+            self.serial += 1
+            serial = self.serial
+        live = [len(self.held)]
+
+        def pop_one() -> int:
+            pos, nbytes, victim, g = self.queue.pop(0)
+            if victim in pending:
+                if pending[victim]:
+                    pending[victim] = False
+                    self.evicted += 1
+                    live[0] -= 1
+            elif victim in self.held_bytes:
+                self.held.remove(victim)
+                del self.held_bytes[victim]
+                self.evicted += 1
+                live[0] -= 1
+            self.tail = pos + nbytes
+            if not self.queue:
+                self.tail = self.head
+            return g
+
+        for b, i in zip(blocks, ids):
             at = self.head
             if at % self.size + b > self.size:
                 at += self.size - at % self.size
-            while self.queue and (at + b - self.tail > self.size or len(self.queue) >= max(16, 2 * self.capacity)):
-                pos, nbytes, victim = self.queue.pop(0)
-                if victim in pending:
-                    pending[victim] = False
-                    self.evicted += 1
-                elif victim in self.held_bytes:
-                    self.held.remove(victim)
-                    del self.held_bytes[victim]
-                    self.evicted += 1
-                self.tail = pos + nbytes
-                if not self.queue:
-                    self.tail = self.head
+            while self.queue and (at + b - self.tail > self.size or len(self.queue) >= max(16, 2 * self.capacity)
+                                  or live[0] + 1 > self.capacity):
+                g = pop_one()
+                while g and self.queue and self.queue[0][3] == g:
+                    pop_one()
             if not self.queue:
                 self.tail = at
-            self.queue.append((at, b, i))
+            self.queue.append((at, b, i, serial))
             self.head = at + b
             pending[i] = True
-        for i, (pl, rl) in zip(ids, items):
-            if not pending[i]:
-                continue
-            if len(self.held) == self.capacity:
-                old = self.held.pop(0)  # the item bound: the oldest goes (its block stays dead)
-                del self.held_bytes[old]
-            self.held.append(i)
-            self.held_bytes[i] = block_bytes(pl, rl)
+            live[0] += 1
+        for i, b in zip(ids, blocks):
+            if pending[i]:
+                self.held.append(i)
+                self.held_bytes[i] = b

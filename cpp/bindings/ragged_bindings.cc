@@ -135,6 +135,39 @@ void BindRagged(py::module_& m) {
         py::gil_scoped_release release;
         return batched ? table.Extend(in.fields(), in.count) : table.Add(in.fields(), in.count);
       }, py::arg("batched"), py::arg("lengths"))
+      .def("write_group", [](Table& table, py::dict lengths, py::kwargs fields) {
+        // add_group: one extend stored as one group (packed values with `lengths`).
+        Inputs in(fields.size());
+        size_t i = 0;
+        for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
+        std::vector<Int64Array> keep;
+        keep.reserve(lengths.size());
+        for (size_t k = 0; k < in.count; ++k) {
+          FieldInput& f = in.fields()[k];
+          const py::str name(std::string(f.name));
+          if (!lengths.contains(name)) continue;
+          keep.push_back(Int64Array::ensure(lengths[name]));
+          f.lengths = keep.back().data();
+          f.num_lengths = keep.back().size();
+        }
+        py::gil_scoped_release release;
+        return table.ExtendGroup(in.fields(), in.count);
+      }, py::arg("lengths"))
+      .def("group_members", [](const Table& table, const py::array& keys) {
+        // (member keys, counts per key), or None when a group changed while read.
+        const auto k = KeyArray(keys);
+        std::vector<int64_t> members;
+        py::array_t<int64_t> counts(k.size());
+        int64_t* c = counts.mutable_data();
+        bool ok = false;
+        {
+          py::gil_scoped_release release;
+          ok = table.GroupMembers(k.data(), k.size(), &members, c);
+        }
+        if (!ok) return py::object(py::none());
+        return py::object(py::make_tuple(py::array_t<int64_t>(static_cast<py::ssize_t>(members.size()), members.data()),
+                                         std::move(counts)));
+      })
       .def("sample_ragged", [](Table& table, int64_t batch, bool padded, int64_t multiple, const std::vector<bool>& left,
                                const std::vector<py::bytes>& pad, int64_t max_tokens, bool meta) {
         // (fixed arrays, ragged outputs (arena.h's RaggedSink order), keys, weights, meta,
@@ -203,6 +236,7 @@ void BindRagged(py::module_& m) {
         out["arena_used_bytes"] = arena.used_bytes();
         out["arena_held_bytes"] = arena.held_bytes();
         out["arena_evicted"] = arena.evicted_items();
+        out["groups_held"] = arena.groups_held();
         py::dict tokens;
         for (int g = 0; g < arena.num_groups(); ++g) tokens[py::str(arena.groups()[static_cast<size_t>(g)])] = arena.held_tokens(g);
         out["tokens_held"] = tokens;

@@ -26,7 +26,8 @@ int64_t RaggedFieldSpec::token_elements() const {
   return n;
 }
 
-TokenArena::TokenArena(const ConfigValue& settings, int64_t capacity) : capacity_(capacity) {
+TokenArena::TokenArena(const ConfigValue& settings, int64_t capacity, KeyCodec codec)
+    : capacity_(capacity), codec_(codec) {
   for (const auto& [key, value] : settings.AsMap("ragged")) {
     (void)value;
     REVERIE_CHECK(key == "bytes" || key == "groups" || key == "fields", "the ragged settings have no '", key,
@@ -160,7 +161,8 @@ void TokenArena::Validate(const FieldInput* const* values, bool batched, int64_t
   }
 }
 
-void TokenArena::Assign(int64_t position, int64_t key, int64_t slot, const int64_t* lengths) {
+void TokenArena::Assign(int64_t position, int64_t key, int64_t slot, const int64_t* lengths, int64_t group_head,
+                        int64_t group_next) {
   Entry& e = queue_[position % queue_size_];
   e.key = key;
   int64_t* h = handle(slot);
@@ -169,8 +171,20 @@ void TokenArena::Assign(int64_t position, int64_t key, int64_t slot, const int64
     StoreWord(h + 1 + g, lengths[g]);
     header_->held_tokens[g].fetch_add(lengths[g], std::memory_order_relaxed);
   }
+  const int64_t head = group_head >= 0 ? group_head : key;
+  StoreWord(h + 1 + num_groups(), head);
+  StoreWord(h + 2 + num_groups(), group_next);
+  if (head == key) header_->groups_held.fetch_add(1, std::memory_order_relaxed);
   header_->held_bytes.fetch_add(e.bytes, std::memory_order_relaxed);
 }
+
+void TokenArena::GroupLinks(int64_t slot, int64_t* head, int64_t* next) const {
+  const int64_t* h = handle(slot);
+  *head = LoadWord(h + 1 + num_groups());
+  *next = LoadWord(h + 2 + num_groups());
+}
+
+int64_t TokenArena::groups_held() const { return header_->groups_held.load(std::memory_order_relaxed); }
 
 void TokenArena::Store(const RaggedRows& rows, int64_t row, int64_t slot) {
   const int ng = num_groups();
@@ -194,6 +208,10 @@ void TokenArena::Release(int64_t slot) {
   const size_t block = BlockBytes(h + 1);
   header_->held_bytes.fetch_sub(static_cast<int64_t>(block), std::memory_order_relaxed);
   for (int g = 0; g < num_groups(); ++g) header_->held_tokens[g].fetch_sub(h[1 + g], std::memory_order_relaxed);
+  // A group is counted while its first member is held.
+  if (h[1 + num_groups()] >= 0 && codec_.Slot(h[1 + num_groups()]) == slot) {
+    header_->groups_held.fetch_sub(1, std::memory_order_relaxed);
+  }
 }
 
 bool TokenArena::Handle(int64_t slot, int64_t* offset, int64_t* lengths, int64_t* position) const {
@@ -224,7 +242,7 @@ int64_t TokenArena::evicted_items() const { return header_->evicted.load(std::me
 void TokenArena::CountEvicted(int64_t n) { header_->evicted.fetch_add(n, std::memory_order_relaxed); }
 
 std::vector<size_t> TokenArena::Sections() const {
-  return {sizeof(Header), bytes_, static_cast<size_t>(capacity_ * (1 + num_groups())) * sizeof(int64_t),
+  return {sizeof(Header), bytes_, static_cast<size_t>(capacity_ * width()) * sizeof(int64_t),
           static_cast<size_t>(queue_size_) * sizeof(Entry)};
 }
 
@@ -242,9 +260,9 @@ void TokenArena::Bind(const std::vector<uint8_t*>& sections, bool fresh) {
 
 void TokenArena::StateArrays(std::vector<StateArray>* out) {
   out->push_back({"arena.data", "uint8", {static_cast<int64_t>(bytes_)}, data_, false});
-  out->push_back({"arena.handles", "int64", {capacity_, 1 + num_groups()},
+  out->push_back({"arena.handles", "int64", {capacity_, width()},
                   reinterpret_cast<uint8_t*>(handles_), true});
-  out->push_back({"arena.queue", "int64", {queue_size_, 3}, reinterpret_cast<uint8_t*>(queue_), false});
+  out->push_back({"arena.queue", "int64", {queue_size_, 4}, reinterpret_cast<uint8_t*>(queue_), false});
 }
 
 void TokenArena::SaveScalars(ConfigValue* out) const {
@@ -253,6 +271,7 @@ void TokenArena::SaveScalars(ConfigValue* out) const {
   out->Set("arena.qhead", ConfigValue::Int(header_->qhead.load()));
   out->Set("arena.qtail", ConfigValue::Int(header_->qtail.load()));
   out->Set("arena.evicted", ConfigValue::Int(header_->evicted.load()));
+  out->Set("arena.group_serial", ConfigValue::Int(header_->group_serial.load()));
 }
 
 void TokenArena::Restore(const ConfigValue& scalars, const Ring& slots) {
@@ -275,7 +294,8 @@ void TokenArena::Restore(const ConfigValue& scalars, const Ring& slots) {
   header_->qhead.store(qhead);
   header_->qtail.store(qtail);
   header_->evicted.store(StateInt(scalars, "arena.evicted"));
-  int64_t held = 0;
+  header_->group_serial.store(StateInt(scalars, "arena.group_serial"));
+  int64_t held = 0, groups = 0;
   std::vector<int64_t> tokens(static_cast<size_t>(num_groups()), 0);
   for (int64_t s = 0; s < capacity_; ++s) {
     int64_t* h = handle(s);
@@ -288,9 +308,11 @@ void TokenArena::Restore(const ConfigValue& scalars, const Ring& slots) {
     REVERIE_CHECK(static_cast<size_t>(h[0] % size) + BlockBytes(h + 1) <= bytes_, "the saved arena's block of slot ", s,
                   " lies outside the arena");
     held += static_cast<int64_t>(BlockBytes(h + 1));
+    if (h[1 + num_groups()] >= 0 && codec_.Slot(h[1 + num_groups()]) == s) ++groups;
     for (int g = 0; g < num_groups(); ++g) tokens[static_cast<size_t>(g)] += h[1 + g];
   }
   header_->held_bytes.store(held);
+  header_->groups_held.store(groups);
   for (int g = 0; g < num_groups(); ++g) header_->held_tokens[g].store(tokens[static_cast<size_t>(g)]);
 }
 

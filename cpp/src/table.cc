@@ -123,7 +123,7 @@ void Table::BuildParts(const ConfigValue& config) {
     REVERIE_CHECK(view.is_null(), "an episode buffer cannot have ragged fields");
     REVERIE_CHECK(config.Get("partition").is_null(), "a partition cannot have ragged fields");
     writer_ = std::make_unique<LockedFifo>(capacity());
-    arena_ = std::make_unique<TokenArena>(ragged, capacity());
+    arena_ = std::make_unique<TokenArena>(ragged, capacity(), ring_.codec());
     for (const RaggedFieldSpec& f : arena_->fields()) {
       for (const FieldSpec& fixed : storage_.spec()) {
         REVERIE_CHECK(fixed.name != f.name, "field '", f.name, "' is declared both fixed and ragged");

@@ -241,6 +241,32 @@ int64_t Table::SampleRagged(int64_t batch, uint8_t* const* out, int64_t* keys, f
       " times in a row: the arena turns over faster than a batch is copied (raise arena_bytes)"));
 }
 
+bool Table::GroupMembers(const int64_t* keys, int64_t n, std::vector<int64_t>* members, int64_t* counts) const {
+  REVERIE_CHECK(arena_, "this table has no ragged fields (groups are add_group's)");
+  const KeyCodec& codec = ring_.codec();
+  members->clear();
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t head = -1, next = -1;
+    arena_->GroupLinks(codec.Slot(keys[i]), &head, &next);
+    if (!ring_.Holds(keys[i])) return false;
+    int64_t at = head, count = 0;
+    while (at >= 0 && count <= capacity()) {
+      if (!codec.WellFormed(at, capacity())) return false;
+      members->push_back(at);
+      ++count;
+      arena_->GroupLinks(codec.Slot(at), &head, &next);
+      at = next;
+    }
+    counts[i] = count;
+  }
+  // Every member read is still the item its key names (links are written before publish).
+  std::atomic_thread_fence(std::memory_order_acquire);
+  for (const int64_t key : *members) {
+    if (ring_.RecheckStamp(codec.Slot(key)) != Stamp::Committed(key)) return false;
+  }
+  return true;
+}
+
 void Table::GetRagged(const int64_t* keys, int64_t n, uint8_t* const* out, const BatchMeta* meta,
                       const RaggedLayout& layout, int64_t* lengths, RaggedSink& sink) const {
   REVERIE_CHECK(arena_, "this table has no ragged fields: read it with Get");

@@ -167,8 +167,14 @@ SplitInputs Split(const TokenArena& arena, const FieldInput* inputs, size_t n) {
 
 }  // namespace
 
+int64_t Table::ExtendGroup(const FieldInput* inputs, size_t n) {
+  REVERIE_CHECK(arena_, "add_group is for tables with ragged fields");
+  REVERIE_CHECK(!admission_, "add_group stores a whole group: it cannot be combined with an admission rule");
+  return Write(inputs, n, /*batched=*/true, nullptr, 0, /*group=*/true);
+}
+
 int64_t Table::Write(const FieldInput* inputs, size_t n, bool batched, const uint8_t* admitted,
-                     int64_t admitted_size) {
+                     int64_t admitted_size, bool group) {
   constexpr size_t kInline = 16;
   const size_t fields = storage_.num_fields();
   const ArrayView* inline_values[kInline];
@@ -176,12 +182,23 @@ int64_t Table::Write(const FieldInput* inputs, size_t n, bool batched, const uin
   const ArrayView** values = fields > kInline ? heap_values.data() : inline_values;
   int64_t count = 1;
   std::optional<RaggedRows> ragged;
+  SplitInputs split;  // values[] point into it: it lives as long as the call
   if (arena_) {
-    const SplitInputs split = Split(*arena_, inputs, n);
+    split = Split(*arena_, inputs, n);
     Validate(split.fixed.data(), split.fixed.size(), batched, values, &count);
     ragged.emplace();
     arena_->Validate(split.ragged.data(), batched, fields > 0 ? count : -1, &*ragged);
     count = ragged->items;
+    if (group) {
+      // A group enters whole and leaves whole (arena.h): it must fit the item bound, and half
+      // the arena (the ring may skip up to one block at its end).
+      int64_t bytes = 0;
+      for (const int64_t b : ragged->block_bytes) bytes += b;
+      REVERIE_CHECK(count <= capacity(), "a group of ", count, " items does not fit a table of capacity ", capacity());
+      REVERIE_CHECK(bytes <= static_cast<int64_t>(arena_->bytes() / 2), "a group of ", count, " items takes ", bytes,
+                    " bytes of ragged values; a group may take at most half the arena (", arena_->bytes() / 2,
+                    " bytes): raise arena_bytes");
+    }
   } else {
     Validate(inputs, n, batched, values, &count);
   }
@@ -216,7 +233,7 @@ int64_t Table::Write(const FieldInput* inputs, size_t n, bool batched, const uin
     }
   }
   limiter_.AwaitInsert(batch.count, poll_);
-  const int64_t stored = writer_->fifo() ? WriteFifo(batch) : WriteLocked(batch, ragged ? &*ragged : nullptr);
+  const int64_t stored = writer_->fifo() ? WriteFifo(batch) : WriteLocked(batch, ragged ? &*ragged : nullptr, group);
   if (admission_) admission_->Count(dropped);
   if (limiter_.enabled()) limiter_.Notify();
   return stored;
@@ -226,8 +243,9 @@ void Table::Precheck(const FieldInput* inputs, size_t n, bool batched, const uin
                      int64_t admitted_size) const {
   std::vector<const ArrayView*> values(storage_.num_fields());
   int64_t count = 1;
+  SplitInputs split;  // values[] point into it
   if (arena_) {
-    const SplitInputs split = Split(*arena_, inputs, n);
+    split = Split(*arena_, inputs, n);
     Validate(split.fixed.data(), split.fixed.size(), batched, values.data(), &count);
     RaggedRows rows;
     arena_->Validate(split.ragged.data(), batched, storage_.num_fields() > 0 ? count : -1, &rows);
@@ -361,7 +379,7 @@ int64_t Table::WriteFifo(const WriteBatch& batch) {
   return count;
 }
 
-int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged) {
+int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged, bool group) {
   WriterLock lock(*this);
   const int64_t first = ring_.claimed();  // nobody else claims: every write takes this lock
   // A ragged table first reserves the items' blocks in the arena (arena.h), evicting the
@@ -377,8 +395,8 @@ int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged) 
     for (int64_t i = 0; i < offered.count; ++i) {
       bytes[static_cast<size_t>(i)] = ragged->block_bytes[static_cast<size_t>(offered.Row(i))];
     }
-    arena_->Reserve(bytes.data(), offered.count, [&](int64_t key) { return ring_.Holds(key); }, &evict, &survives,
-                    &positions);
+    arena_->Reserve(bytes.data(), offered.count, size(), group, [&](int64_t key) { return ring_.Holds(key); }, &evict,
+                    &survives, &positions);
     std::vector<int64_t> evict_slots(evict.size());
     for (size_t e = 0; e < evict.size(); ++e) evict_slots[e] = ring_.codec().Slot(evict[e]);
     const int64_t gone = RemoveLocked(evict_slots.data(), evict.data(), static_cast<int64_t>(evict.size()));
@@ -397,6 +415,17 @@ int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged) 
   std::vector<int64_t> slots(static_cast<size_t>(batch.count));
   const int64_t placed = writer_->Place(batch, ring_, first, slots.data());
   if (placed == 0) return evicted_in_call;
+  // A group's members link to their first member and to the next one: their keys up front
+  // (the arena keeps free slots, so each member has a slot of its own).
+  std::vector<int64_t> group_keys;
+  if (group) {
+    for (int64_t i = 0; i < batch.count; ++i) {
+      const int64_t slot = slots[static_cast<size_t>(i)];
+      const uint64_t previous = ring_.LoadStamp(slot);
+      const int64_t old = previous == Stamp::kEmpty ? -1 : ring_.codec().Generation(Stamp::KeyOf(previous));
+      group_keys.push_back(ring_.codec().Key(old + 1, slot));
+    }
+  }
   ring_.Claim(placed);
   const KeyCodec& codec = ring_.codec();
   const uint32_t pid = CurrentPid();
@@ -441,8 +470,10 @@ int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged) 
       if (ragged != nullptr) {
         if (Stamp::IsCommitted(previous)) arena_->Release(slot);  // the item bound's victim
         const int64_t row = batch.Row(i + j);
-        arena_->Assign(kept_positions[static_cast<size_t>(i + j)], key, slot,
-                       &ragged->lengths[static_cast<size_t>(row * arena_->num_groups())]);
+        const size_t member = static_cast<size_t>(i + j);
+        arena_->Assign(kept_positions[member], key, slot, &ragged->lengths[static_cast<size_t>(row * arena_->num_groups())],
+                       group ? group_keys[0] : -1,
+                       group && member + 1 < group_keys.size() ? group_keys[member + 1] : -1);
         arena_->Store(*ragged, row, slot);
       }
       if (meta_) {

@@ -27,7 +27,17 @@ from ._parts import (
     Uniform,
 )
 from ._spec import Field
-from ._trajectory import GroupLayout, Packed, RaggedBatch, TrajectoryBuffer
+from ._trajectory import (
+    GroupFilter,
+    GroupLayout,
+    MeanFilter,
+    NonZeroFilter,
+    Packed,
+    RaggedBatch,
+    StdFilter,
+    TrajectoryBuffer,
+    rollout_quota,
+)
 
 __version__ = "0.1.0"
 
@@ -38,7 +48,8 @@ def cuda_built() -> bool:
 
 
 __all__ = [
-    "Batch", "ClassBalanced", "GroupLayout", "Packed", "RaggedBatch", "TrajectoryBuffer", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
+    "Batch", "ClassBalanced", "GroupFilter", "GroupLayout", "MeanFilter", "NonZeroFilter", "Packed",
+    "RaggedBatch", "StdFilter", "TrajectoryBuffer", "rollout_quota", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
     "KeyedArchive", "MicroBatches", "Partition", "PartitionedBuffer", "Prioritized", "Quotas", "RateLimiter", "Recency",
     "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
     "cuda_built", "from_minari", "from_npz", "micro_batches", "sequence_priority", "to_minari", "to_npz",

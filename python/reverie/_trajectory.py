@@ -72,7 +72,7 @@ class RaggedBatch(Batch):
     right-padded response: verl's and TRL's convention).
     """
 
-    __slots__ = ("layout", "groups", "lengths", "cu_seqlens", "max_seqlen", "attention_mask", "_main")
+    __slots__ = ("layout", "groups", "lengths", "cu_seqlens", "max_seqlen", "attention_mask", "group_sizes", "_main")
 
     @property
     def position_ids(self) -> Optional[torch.Tensor]:
@@ -81,6 +81,73 @@ class RaggedBatch(Batch):
 
     def __repr__(self) -> str:
         return f"RaggedBatch[{self.layout}, {len(self.lengths)} items]({', '.join(self)})"
+
+
+class GroupFilter:
+    """Which groups ``add_group`` keeps, from the group's own values (a dict of tensors,
+    every value's first axis the group; ragged values as a list of per-member tensors).
+    Built in: ``StdFilter`` (DAPO / Skywork SSB: drop groups whose reward spread is <= eps,
+    i.e. zero advantage), ``MeanFilter`` (OpenRLHF: keep groups whose mean reward lies in
+    (lo, hi)), ``NonZeroFilter`` (drop groups whose advantages are all zero). Any callable
+    taking that dict and returning a bool works too."""
+
+    def __call__(self, group: Mapping[str, Any]) -> bool:
+        raise NotImplementedError
+
+
+class StdFilter(GroupFilter):
+    """Keeps a group when the standard deviation of its ``field`` exceeds ``eps``."""
+
+    def __init__(self, field: str = "reward", eps: float = 1e-6) -> None:
+        self.field, self.eps = field, float(eps)
+
+    def __call__(self, group: Mapping[str, Any]) -> bool:
+        values = _group_values(group, self.field).to(torch.float64)
+        return bool(values.numel() > 1 and float(values.std(unbiased=False)) > self.eps)
+
+
+class MeanFilter(GroupFilter):
+    """Keeps a group when the mean of its ``field`` lies strictly inside (lo, hi)."""
+
+    def __init__(self, field: str = "reward", lo: float = 0.0, hi: float = 1.0) -> None:
+        self.field, self.lo, self.hi = field, float(lo), float(hi)
+
+    def __call__(self, group: Mapping[str, Any]) -> bool:
+        mean = float(_group_values(group, self.field).to(torch.float64).mean())
+        return self.lo < mean < self.hi
+
+
+class NonZeroFilter(GroupFilter):
+    """Keeps a group unless every value of its ``field`` (e.g. per-token advantages) is 0."""
+
+    def __init__(self, field: str = "advantages") -> None:
+        self.field = field
+
+    def __call__(self, group: Mapping[str, Any]) -> bool:
+        return bool((_group_values(group, self.field) != 0).any())
+
+
+def _group_values(group: Mapping[str, Any], name: str) -> torch.Tensor:
+    if name not in group:
+        raise ValueError(f"the group filter reads field '{name}', which the group does not have; "
+                         f"fields: {', '.join(group)}")
+    value = group[name]
+    if isinstance(value, Packed):
+        value = value.values
+    if isinstance(value, (list, tuple)):
+        parts = [torch.as_tensor(v).reshape(-1) for v in value]
+        return torch.cat(parts) if parts else torch.zeros(0)
+    if isinstance(value, torch.Tensor) and value.is_nested:
+        return value.values().reshape(-1)
+    return torch.as_tensor(value).reshape(-1)
+
+
+def rollout_quota(version: int, max_staleness: int, batch_size: int, started: int) -> int:
+    """AReaL-style pacing: how many more rollouts a producer may start now so that none is
+    more than ``max_staleness`` policy versions old when the trainer (at ``version``) consumes
+    batches of ``batch_size`` trajectories, given ``started`` rollouts started so far (since
+    version 0). ``(max_staleness + version + 1) * batch_size - started``, at least 0."""
+    return max(0, (int(max_staleness) + int(version) + 1) * int(batch_size) - int(started))
 
 
 def _np_dtype(field: Field) -> np.dtype:
@@ -110,7 +177,8 @@ class TrajectoryBuffer(ReplayBuffer):
     """
 
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None, sampler: Any = None,
-                 seed: Optional[int] = None, *, arena_bytes: Optional[int] = None, **kwargs: Any) -> None:
+                 seed: Optional[int] = None, *, arena_bytes: Optional[int] = None,
+                 group_filter: Optional[Any] = None, **kwargs: Any) -> None:
         if spec is None:
             raise ValueError("a TrajectoryBuffer needs its spec (ragged fields cannot be inferred): "
                              "spec={'ids': rv.Field('int64', (None,)), ...}")
@@ -125,13 +193,20 @@ class TrajectoryBuffer(ReplayBuffer):
         arena_bytes = _as_int("arena_bytes", arena_bytes)
         if callable(kwargs.get("admit")):
             raise ValueError("a TrajectoryBuffer takes no callable admit (filter the batch before extend)")
+        if group_filter is not None and not callable(group_filter):
+            raise TypeError(f"group_filter must be a GroupFilter or a callable, got {type(group_filter).__name__}")
         self._set_ragged(ragged, arena_bytes)
+        self._group_filter = group_filter
         super().__init__(capacity, fields, sampler, seed, **kwargs)
         # add/extend are this class's Python methods (they pack ragged values first).
         self.__dict__.pop("add", None)
         self.__dict__.pop("extend", None)
 
     def _set_ragged(self, ragged: Mapping[str, Field], arena_bytes: int) -> None:
+        self._group_filter: Optional[Any] = getattr(self, "_group_filter", None)
+        self._offered_groups = 0
+        self._kept_groups = 0
+        self._served_staleness = np.zeros(0, np.int64)
         self._ragged: Dict[str, Field] = dict(ragged)
         self._groups: List[str] = list(dict.fromkeys(f.group for f in ragged.values() if f.group is not None))
         self._arena_bytes = int(arena_bytes)
@@ -179,6 +254,120 @@ class TrajectoryBuffer(ReplayBuffer):
             if name in fields:
                 fields[name], lengths[name] = _packed(name, f, fields[name])
         return int(core.write_ragged(True, lengths, **fields))
+
+    def add_group(self, **fields: Any) -> int:
+        """Stores the G responses to one prompt atomically: all or none, evicted together
+        later, and drawn together by ``sample_groups``. Every value's first axis is the group
+        (ragged fields: a list of G per-member values, a nested tensor or rv.Packed); a value
+        of one member's shape (a prompt's ids, a prompt id) is given to every member. With a
+        ``group_filter`` the group is stored only when the filter keeps it.
+
+        Returns:
+            G when stored, 0 when the filter dropped it (``group_stats()`` counts both).
+
+        Raises:
+            ValueError: a group larger than the capacity or half the arena, or any error
+                ``extend`` raises; nothing is stored then.
+        """
+        core = self._write_core()
+        size = self._group_size(fields)
+        fields = {name: self._broadcast(name, value, size) for name, value in fields.items()}
+        if self._group_filter is not None:
+            keep = bool(self._group_filter(fields))
+            self._offered_groups += 1
+            if not keep:
+                return 0
+        else:
+            self._offered_groups += 1
+        lengths: Dict[str, np.ndarray] = {}
+        for name, f in self._ragged.items():
+            if name in fields:
+                fields[name], lengths[name] = _packed(name, f, fields[name])
+        stored = int(core.write_group(lengths, **fields))
+        self._kept_groups += 1
+        return stored
+
+    def _group_size(self, fields: Mapping[str, Any]) -> int:
+        for name, value in fields.items():
+            f = self._ragged.get(name)
+            if f is not None:
+                if isinstance(value, (list, tuple)):
+                    return len(value)
+                if isinstance(value, Packed):
+                    return len(value.lengths) if value.lengths is not None else len(value.offsets) - 1
+                if isinstance(value, torch.Tensor) and value.is_nested:
+                    return int(value.size(0))
+            elif name in self.spec:
+                shape = self.spec[name].shape
+                arr = value if hasattr(value, "shape") else np.asarray(value)
+                if len(arr.shape) == len(shape) + 1:
+                    return int(arr.shape[0])
+        raise ValueError("add_group needs at least one field whose first axis is the group "
+                         "(a list of per-member ragged values, or a fixed field of shape (G, ...))")
+
+    def _broadcast(self, name: str, value: Any, size: int) -> Any:
+        """A value of one member's shape, repeated for every member of the group."""
+        f = self._ragged.get(name)
+        if f is not None:
+            if isinstance(value, (torch.Tensor, np.ndarray)) and not (isinstance(value, torch.Tensor) and value.is_nested):
+                return [value] * size
+            return value
+        if name in self.spec:
+            shape = self.spec[name].shape
+            if isinstance(value, torch.Tensor):
+                return value.expand(size, *shape).contiguous() if value.dim() == len(shape) else value
+            arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
+            if arr.ndim == len(shape):
+                if not isinstance(value, np.ndarray):
+                    return np.full((size, *shape), value, dtype=self.spec[name].dtype)
+                return np.ascontiguousarray(np.broadcast_to(arr, (size, *shape)))
+        return value
+
+    def group_stats(self) -> Dict[str, Any]:
+        """Groups offered to ``add_group`` and kept by the filter (this process's calls), the
+        pass rate, and the groups held now."""
+        offered, kept = self._offered_groups, self._kept_groups
+        return {"offered": offered, "kept": kept, "pass_rate": kept / offered if offered else 1.0,
+                "groups_held": int(self._core.arena_stats()["groups_held"]) if self._core is not None else 0}
+
+    def deficit(self, num_groups: int) -> int:
+        """How many groups to generate for the next ``sample_groups(num_groups)`` to find as many
+        held: the groups missing, divided by the filter's pass rate so far (rounded up)."""
+        stats = self.group_stats()
+        missing = max(0, int(num_groups) - stats["groups_held"])
+        rate = stats["pass_rate"] if stats["kept"] else 1.0
+        return int(math.ceil(missing / rate)) if missing else 0
+
+    def sample_groups(self, num_groups: int, *, layout: str = "packed", pad_to_multiple_of: int = 1,
+                      padding_side: Optional[Mapping[str, str]] = None, group: Optional[str] = None) -> RaggedBatch:
+        """Draws ``num_groups`` whole groups (each as the sampler draws one of its members: a
+        group of G members is drawn G times as often as one item alone; for groups of equal
+        size, uniform over groups) and returns all their members, group after group.
+        ``batch.group_sizes`` int64 [num_groups] says how many rows each group has."""
+        num_groups = _as_int("num_groups", num_groups)
+        if num_groups <= 0:
+            raise ValueError(f"num_groups must be > 0, got {num_groups}")
+        self._check_open()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        left, main = self._layout_args(layout, pad_to_multiple_of, padding_side, group)
+        assert self._table is not None
+        for _ in range(64):
+            _, keys, _, _ = self._core.sample(num_groups, None, False)
+            got = self._core.group_members(keys)
+            if got is None:
+                continue  # a drawn group was evicted meanwhile: draw again
+            members, counts = got
+            try:
+                fixed, outs, stored, meta, lengths = self._core.get_ragged(
+                    members, layout == "padded", int(pad_to_multiple_of), left, self._pads, self._table.meta)
+            except IndexError:
+                continue
+            batch = self._batch(fixed, outs, stored, None, meta, lengths, len(stored), layout, main)
+            batch.group_sizes = torch.from_numpy(counts)
+            return batch
+        raise RuntimeError("the drawn groups were evicted while they were read, 64 times in a row "
+                           "(the arena turns over faster than a batch is read: raise arena_bytes)")
 
     def _write_core(self) -> Any:
         self._check_open()
@@ -318,6 +507,7 @@ class TrajectoryBuffer(ReplayBuffer):
         batch.cu_seqlens = top.cu_seqlens
         batch.max_seqlen = top.max_seqlen
         batch._main = top
+        batch.group_sizes = None
         if layout == "padded":
             masks = [groups[g].attention_mask for g in self._groups]
             batch.attention_mask = masks[0] if len(masks) == 1 else torch.cat(masks, dim=1)

@@ -65,7 +65,7 @@ struct RaggedRows {
 
 class TokenArena final : public Part {
  public:
-  TokenArena(const ConfigValue& settings, int64_t capacity);
+  TokenArena(const ConfigValue& settings, int64_t capacity, KeyCodec codec);
 
   const std::vector<RaggedFieldSpec>& fields() const { return fields_; }
   const std::vector<std::string>& groups() const { return groups_; }
@@ -88,12 +88,22 @@ class TokenArena final : public Part {
   // `evict` (the table removes them), and an offered item whose block a later one of the
   // same call releases gets survives[i] = 0 (stored and evicted at once, as the FIFO ring
   // overwrites within one call). `held(key)`: whether the key is still held. O(n + released).
+  // `size`: the items held now; the item bound (capacity) is kept here too, by releasing the
+  // oldest blocks, so the writer always finds a free slot. `group`: the n items are one
+  // group (add_group), released together; a released block of a group releases the rest of
+  // its group with it, so groups leave whole.
   template <typename Held>
-  void Reserve(const int64_t* bytes, int64_t n, Held&& held, std::vector<int64_t>* evict,
+  void Reserve(const int64_t* bytes, int64_t n, int64_t size, bool group, Held&& held, std::vector<int64_t>* evict,
                std::vector<uint8_t>* survives, std::vector<int64_t>* positions);
   // Under the writer lock, after the table placed the surviving items: item i of the
   // reservation (queue position positions[i]) is `key` in `slot`.
-  void Assign(int64_t position, int64_t key, int64_t slot, const int64_t* lengths);
+  // `group_head` / `group_next`: the key of its group's first member and of the next member
+  // (-1: none; an item written alone is its own group of one, head = its key).
+  void Assign(int64_t position, int64_t key, int64_t slot, const int64_t* lengths, int64_t group_head = -1,
+              int64_t group_next = -1);
+  // Reader side: the group links of the item in `slot` (racy, checked as Handle).
+  void GroupLinks(int64_t slot, int64_t* head, int64_t* next) const;
+  int64_t groups_held() const;
   // Copies item `row` of `rows` into its block (between the slot's acquire and publish).
   void Store(const RaggedRows& rows, int64_t row, int64_t slot);
   // Under the writer lock: the item in `slot` left (overwritten, removed, evicted): its
@@ -131,61 +141,75 @@ class TokenArena final : public Part {
     std::atomic<int64_t> held_bytes{0};
     std::atomic<int64_t> evicted{0};
     std::atomic<int64_t> held_tokens[8];
+    std::atomic<int64_t> groups_held{0};  // groups whose first member is held
+    std::atomic<int64_t> group_serial{0};
   };
   static constexpr int kMaxGroups = 8;
   // A queue entry: block position (monotone), bytes, key (-1 - i: item i of the reservation
   // running now; -1 forever for one evicted within its own call).
   struct Entry {
     int64_t position, bytes, key;
+    int64_t group;  // the serial of the add_group call that wrote it (0: none): evicted together
   };
-  int64_t* handle(int64_t slot) const { return handles_ + slot * (1 + num_groups()); }
+  int64_t width() const { return 3 + num_groups(); }  // position, lengths, group head key, next member key
+  int64_t* handle(int64_t slot) const { return handles_ + slot * width(); }
   void ReleaseTail();
 
   std::vector<RaggedFieldSpec> fields_;
   std::vector<std::string> groups_;
   size_t bytes_ = 0;
   int64_t capacity_ = 0;
+  KeyCodec codec_;
   int64_t queue_size_ = 0;
   Header* header_ = nullptr;
   uint8_t* data_ = nullptr;
-  int64_t* handles_ = nullptr;  // [capacity, 1 + groups]: monotone block position (-1 none), lengths
+  int64_t* handles_ = nullptr;  // [capacity, width()]: monotone block position (-1 none), lengths, head, next
   Entry* queue_ = nullptr;      // [queue_size]
 };
 
 template <typename Held>
-void TokenArena::Reserve(const int64_t* bytes, int64_t n, Held&& held, std::vector<int64_t>* evict,
-                         std::vector<uint8_t>* survives, std::vector<int64_t>* positions) {
+void TokenArena::Reserve(const int64_t* bytes, int64_t n, int64_t size, bool group, Held&& held,
+                         std::vector<int64_t>* evict, std::vector<uint8_t>* survives, std::vector<int64_t>* positions) {
   survives->assign(static_cast<size_t>(n), 1);
   positions->assign(static_cast<size_t>(n), -1);
-  const int64_t size = static_cast<int64_t>(bytes_);
+  const int64_t arena = static_cast<int64_t>(bytes_);
   int64_t head = header_->head.load(std::memory_order_relaxed);
   int64_t tail = header_->tail.load(std::memory_order_relaxed);
   int64_t qhead = header_->qhead.load(std::memory_order_relaxed);
   int64_t qtail = header_->qtail.load(std::memory_order_relaxed);
-  auto pop = [&] {
+  const int64_t serial = group ? header_->group_serial.fetch_add(1, std::memory_order_relaxed) + 1 : 0;
+  int64_t live = size;  // items held plus this call's survivors so far
+  auto pop_one = [&] {
     Entry& e = queue_[qtail % queue_size_];
     if (e.key >= 0) {
-      if (held(e.key)) evict->push_back(e.key);
-    } else if (e.key < -1) {
+      if (held(e.key)) {
+        evict->push_back(e.key);
+        --live;
+      }
+    } else if (e.key < -1 && (*survives)[static_cast<size_t>(-e.key - 2)] != 0) {
       (*survives)[static_cast<size_t>(-e.key - 2)] = 0;
+      --live;
     }
     tail = e.position + e.bytes;
     ++qtail;
     if (qtail == qhead) tail = head;
+    return e.group;
+  };
+  auto pop = [&] {
+    const int64_t g = pop_one();
+    while (g != 0 && qtail < qhead && queue_[qtail % queue_size_].group == g) pop_one();
   };
   for (int64_t i = 0; i < n; ++i) {
     const int64_t b = bytes[i];
     int64_t at = head;
-    const int64_t physical = at % size;
-    if (physical + b > size) at += size - physical;  // never split a block across the end
-    while (qtail < qhead && (at + b - tail > size || qhead - qtail >= queue_size_)) pop();
-    if (qtail == qhead) {
-      // Empty: the next block may start at the beginning of a lap.
-      tail = at;
-    }
-    queue_[qhead % queue_size_] = Entry{at, b, -2 - i};
+    const int64_t physical = at % arena;
+    if (physical + b > arena) at += arena - physical;  // never split a block across the end
+    while (qtail < qhead && (at + b - tail > arena || qhead - qtail >= queue_size_ || live + 1 > capacity_)) pop();
+    if (qtail == qhead) tail = at;  // empty: the next block may start anywhere
+    queue_[qhead % queue_size_] = Entry{at, b, -2 - i, serial};
     (*positions)[static_cast<size_t>(i)] = qhead;
     ++qhead;
+    ++live;
     head = at + b;
   }
   header_->head.store(head, std::memory_order_relaxed);

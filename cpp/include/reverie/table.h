@@ -194,6 +194,15 @@ class Table : public WriteSink {
   void GetRagged(const int64_t* keys, int64_t n, uint8_t* const* out, const BatchMeta* meta,
                  const RaggedLayout& layout, int64_t* lengths, RaggedSink& sink) const;
   const TokenArena* arena() const { return arena_.get(); }
+  // A table with ragged fields: stores the items of one Extend as one group (the G responses
+  // to a prompt): all or none, linked so that GroupMembers finds them, and evicted together.
+  // ValueError for a group larger than the capacity or half the arena.
+  int64_t ExtendGroup(const FieldInput* inputs, size_t n);
+  // For each key (an item of a group, as drawn): every member of its group now, first to
+  // last, into members (counts[i] for key i). Items written alone are groups of one. False
+  // when a group changed while it was read (the caller draws again); IndexError-free: a key
+  // whose item left is reported by the false result.
+  bool GroupMembers(const int64_t* keys, int64_t n, std::vector<int64_t>* members, int64_t* counts) const;
   // Sets the priorities of the items named by keys. A key that names nothing this table
   // ever stored throws IndexError; a key whose item left (overwritten, evicted, removed) is
   // skipped and counted in stale_updates(). Returns how many were skipped.
@@ -327,12 +336,12 @@ class Table : public WriteSink {
 
   // table_write.cc
   int64_t Write(const FieldInput* inputs, size_t n, bool batched, const uint8_t* admitted,
-                int64_t admitted_size);
+                int64_t admitted_size, bool group = false);
   void Validate(const FieldInput* inputs, size_t n, bool batched, const ArrayView** values,
                 int64_t* leading) const;
   void CopyRows(const ArrayView* const* values, int64_t row, int64_t slot, int64_t n);
   int64_t WriteFifo(const WriteBatch& batch);
-  int64_t WriteLocked(const WriteBatch& batch, const RaggedRows* ragged = nullptr);
+  int64_t WriteLocked(const WriteBatch& batch, const RaggedRows* ragged = nullptr, bool group = false);
   // A new item in `slot` with key `key`, its stamp WRITING: metadata and selector hooks.
   void OnNewItems(int64_t slot, int64_t n, int64_t first_key);
 
