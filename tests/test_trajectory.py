@@ -11,9 +11,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from trajectory_reference import RAGGED, SPEC, ArenaModel, block_bytes, item_values
 
 import reverie as rv
-from trajectory_reference import RAGGED, SPEC, ArenaModel, block_bytes, item_values
 
 FORMS = ("list", "lengths", "offsets", "nested")
 
@@ -522,3 +522,80 @@ def test_staleness_bound_and_rollout_quota():
     assert set(batch.meta["version"].tolist()) <= {2, 3}
     assert rv.rollout_quota(version=3, max_staleness=1, batch_size=8, started=20) == (1 + 3 + 1) * 8 - 20
     assert rv.rollout_quota(version=0, max_staleness=0, batch_size=8, started=20) == 0
+
+
+# ---- presets and per-item scores ------------------------------------------------------------
+
+PRESET_SPEC = {
+    "reward": rv.Field("float32"),
+    "prompt": rv.Field("int64", (None,), group="prompt"),
+    "response": rv.Field("int64", (None,), group="response"),
+    "logprobs": rv.Field("float32", (None,), group="response"),
+    "advantages": rv.Field("float32", (None,), group="response"),
+}
+
+
+def preset_buffer():
+    buf = rv.TrajectoryBuffer(16, PRESET_SPEC, seed=1, arena_bytes=1 << 16)
+    buf.extend(reward=torch.tensor([1.0, 0.0]), prompt=[torch.tensor([11, 12]), torch.tensor([13])],
+               response=[torch.tensor([21, 22, 23]), torch.tensor([24])],
+               logprobs=[torch.tensor([-0.1, -0.2, -0.3]), torch.tensor([-0.4])],
+               advantages=[torch.tensor([1.0, -2.0, 3.0]), torch.tensor([0.5])])
+    return buf
+
+
+def test_trainer_presets():
+    buf = preset_buffer()
+    batch = buf.get(buf.keys(), layout="padded")
+    verl = batch.for_trainer("verl")
+    assert verl["input_ids"].tolist() == [[11, 12, 21, 22, 23], [0, 13, 24, 0, 0]]
+    assert verl["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 0, 0]]
+    assert verl["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 0, 1, 1, 1]]  # clip(cumsum(mask) - 1, 0)
+    assert verl["response_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert torch.equal(verl["old_log_probs"], batch["logprobs"])
+    trl = batch.for_trainer("trl")
+    assert trl["completion_ids"].tolist() == [[21, 22, 23], [24, 0, 0]]
+    assert trl["prompt_mask"].tolist() == [[1, 1], [0, 1]]
+    assert torch.allclose(trl["advantages"], torch.tensor([2.0 / 3.0, 0.5]))
+    orl = batch.for_trainer("openrlhf")
+    assert orl["sequences"].tolist() == verl["input_ids"].tolist() and orl["action_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    with pytest.raises(ValueError, match="padded batch"):
+        buf.get(buf.keys()).for_trainer("verl")
+    with pytest.raises(ValueError, match="role 'logprobs' reads field 'old'"):
+        batch.for_trainer("trl", logprobs="old")
+
+
+def test_per_item_scores_become_priorities():
+    buf = preset_buffer()
+    keys = buf.keys()
+    for layout in ("packed", "padded", "nested"):
+        batch = buf.get(keys, layout=layout)
+        assert torch.allclose(batch.per_item("advantages", "sum"), torch.tensor([2.0, 0.5]))
+        assert torch.allclose(batch.per_item("advantages", "mean", abs=True), torch.tensor([2.0, 0.5]))
+        assert torch.allclose(batch.per_item("advantages", "max"), torch.tensor([3.0, 0.5]))
+    with pytest.raises(ValueError, match="fixed field"):
+        batch.per_item("reward")
+    prio = rv.TrajectoryBuffer(16, PRESET_SPEC, sampler=rv.Prioritized(alpha=1.0, beta=1.0), seed=2, arena_bytes=1 << 16)
+    prio.extend(reward=torch.zeros(3), prompt=[torch.tensor([1])] * 3, response=[torch.tensor([1, 2])] * 3,
+                logprobs=[torch.zeros(2)] * 3, advantages=[torch.tensor([0.0, 0.0]), torch.tensor([0.0, 4.0]),
+                                                           torch.tensor([0.0, 0.0])])
+    got = prio.get(prio.keys())
+    prio.update_priorities(got.indices, got.per_item("advantages", "mean", abs=True))
+    drawn = prio.sample(20)
+    assert set(drawn.indices.tolist()) == {int(got.indices[1])}  # only the non-zero |A| item
+
+
+def test_memmap_file_holds_the_arena(tmp_path):
+    path = tmp_path / "traj.rvm"
+    buf = make(capacity=16, arena_bytes=8192, storage="memmap", path=path)
+    write(buf, list(range(10)), [(i % 3, 5 + i) for i in range(10)])
+    want = buf.get(buf.keys(), layout="padded")
+    buf.close()
+    again = rv.TrajectoryBuffer(16, SPEC, arena_bytes=8192, storage="memmap", path=path)
+    assert len(again) == 10
+    got = again.get(again.keys(), layout="padded")
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    write(again, [10], [(1, 1)])
+    assert len(again) == 11
+    again.close()

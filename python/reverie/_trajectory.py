@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 import torch
 
+from . import _presets
 from ._batch import Batch
 from ._buffer import ReplayBuffer
 from ._config import register_buffer
@@ -72,7 +73,17 @@ class RaggedBatch(Batch):
     right-padded response: verl's and TRL's convention).
     """
 
-    __slots__ = ("layout", "groups", "lengths", "cu_seqlens", "max_seqlen", "attention_mask", "group_sizes", "_main")
+    __slots__ = ("layout", "groups", "lengths", "cu_seqlens", "max_seqlen", "attention_mask", "group_sizes", "_main",
+                 "_group_of")
+    layout: str
+    groups: Dict[str, GroupLayout]
+    lengths: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    attention_mask: Optional[torch.Tensor]
+    group_sizes: Optional[torch.Tensor]
+    _main: GroupLayout
+    _group_of: Dict[str, str]
 
     @property
     def position_ids(self) -> Optional[torch.Tensor]:
@@ -81,6 +92,34 @@ class RaggedBatch(Batch):
 
     def __repr__(self) -> str:
         return f"RaggedBatch[{self.layout}, {len(self.lengths)} items]({', '.join(self)})"
+
+    def for_trainer(self, preset: str, **roles: Optional[str]) -> Dict[str, torch.Tensor]:
+        """This padded batch's tensors under the names of ``preset``'s loss code ("verl",
+        "trl", "openrlhf"); README "Trainer presets" gives each mapping. ``roles`` name the
+        fields playing prompt, response, logprobs, advantages and loss_mask when they are
+        not named so."""
+        return _presets.for_trainer(self, preset, **roles)
+
+    def per_item(self, field: str, reduce: str = "mean", abs: bool = False) -> torch.Tensor:
+        """A ragged field reduced per item over its own tokens ("sum", "mean", "max"; of the
+        absolute values with ``abs``): float [B] scores, e.g. priorities from |advantage|:
+        ``buf.update_priorities(batch.indices, batch.per_item("advantages", abs=True))``."""
+        if field not in self:
+            raise ValueError(f"batch has no field '{field}'; fields: {', '.join(self)}")
+        if field not in self._group_of:
+            raise ValueError(f"per_item reduces ragged fields; '{field}' is a fixed field")
+        values = self[field]
+        layout = self.groups[self._group_of[field]]
+        if self.layout == "nested":
+            values = values.values()
+        if values.dim() != (2 if self.layout == "padded" else 1):
+            raise ValueError(f"per_item reduces per-token scalars; '{field}' has shape {tuple(values.shape)}")
+        values = values.abs() if abs else values
+        values = values.to(torch.float64) if not values.is_floating_point() else values
+        if self.layout == "padded":
+            assert layout.attention_mask is not None
+            return _presets.per_item_padded(values, layout.attention_mask, reduce)
+        return _presets.per_item_packed(values, layout.cu_seqlens, len(layout.lengths), reduce)
 
 
 class GroupFilter:
@@ -195,15 +234,15 @@ class TrajectoryBuffer(ReplayBuffer):
             raise ValueError("a TrajectoryBuffer takes no callable admit (filter the batch before extend)")
         if group_filter is not None and not callable(group_filter):
             raise TypeError(f"group_filter must be a GroupFilter or a callable, got {type(group_filter).__name__}")
+        self._group_filter: Optional[Any] = group_filter
         self._set_ragged(ragged, arena_bytes)
-        self._group_filter = group_filter
         super().__init__(capacity, fields, sampler, seed, **kwargs)
         # add/extend are this class's Python methods (they pack ragged values first).
         self.__dict__.pop("add", None)
         self.__dict__.pop("extend", None)
 
     def _set_ragged(self, ragged: Mapping[str, Field], arena_bytes: int) -> None:
-        self._group_filter: Optional[Any] = getattr(self, "_group_filter", None)
+        self._group_filter = getattr(self, "_group_filter", None)
         self._offered_groups = 0
         self._kept_groups = 0
         self._served_staleness = np.zeros(0, np.int64)
@@ -216,7 +255,7 @@ class TrajectoryBuffer(ReplayBuffer):
         return super()._build({name: f for name, f in spec.items() if not f.ragged})
 
     def _config(self, spec: Mapping[str, Field]) -> Dict[str, Any]:
-        config = super()._config(spec)
+        config = super()._config({name: f for name, f in spec.items() if not f.ragged})
         config["ragged"] = {
             "bytes": self._arena_bytes, "groups": list(self._groups),
             "fields": [[name, f.dtype, list(f.shape[1:]), f.group, f.pad] for name, f in self._ragged.items()],
@@ -508,8 +547,9 @@ class TrajectoryBuffer(ReplayBuffer):
         batch.max_seqlen = top.max_seqlen
         batch._main = top
         batch.group_sizes = None
+        batch._group_of = {name: f.group or "" for name, f in self._ragged.items()}
         if layout == "padded":
-            masks = [groups[g].attention_mask for g in self._groups]
+            masks = [m for m in (groups[g].attention_mask for g in self._groups) if m is not None]
             batch.attention_mask = masks[0] if len(masks) == 1 else torch.cat(masks, dim=1)
         else:
             batch.attention_mask = None
@@ -559,7 +599,7 @@ def _packed(name: str, field: Field, value: Any) -> Tuple[Any, np.ndarray]:
             values = np.asarray(values, dtype=_np_dtype(field))
         return values, lengths
     if isinstance(value, torch.Tensor) and value.is_nested:
-        offsets_t = value.offsets()
+        offsets_t = value.offsets()  # type: ignore[attr-defined]
         return value.values(), np.diff(offsets_t.cpu().numpy()).astype(np.int64)
     if isinstance(value, (list, tuple)):
         items = list(value)
