@@ -1,16 +1,18 @@
-"""Micro-batch balance for RL on language models (issue: "Replay for RL on language
-models"): ``rv.micro_batches`` (Karmarkar-Karp on the cost a*L + L^2) against a verl-style
-split (Karmarkar-Karp on the token counts, as verl's ``get_seqlen_balanced_partitions``
-balances them, written here from the method's description), on the same lengths.
+"""RL on language models (issue: "Replay for RL on language models"), one run:
 
-Also measured: the two baseline stores the ragged table will be compared against (a Python
-list of tensors packed by concatenation or padded by pad_sequence; a verl-style padded store
-unpadded through its attention mask), their packed-batch rates and the padded store's memory.
+- packed batches: sampling 64 trajectories from reverie's TrajectoryBuffer (packed, nested,
+  padded, a token budget) against a Python list of tensors (index + ``torch.cat``, or
+  ``pad_sequence``) and a verl-style padded store (index + unpad through the mask), with
+  the memcpy floor of the same bytes; add rates in tokens/s; memory against the raw tokens;
+- micro-batch balance: ``rv.micro_batches`` (Karmarkar-Karp on the cost a*L + L^2) against
+  a verl-style split (Karmarkar-Karp on the token counts, as verl's
+  ``get_seqlen_balanced_partitions`` balances them, written here from the method's
+  description), on the same lengths: the imbalance max/mean of the micro-batch costs (1.0
+  is even) over 50 draws (median and worst), and the time per split.
 
-Lengths: prompts uniform in [64, 256], responses lognormal with median 300 capped at 1,024,
-G = 8 responses per prompt (a sequence is prompt + response); and a DAPO-like tail, 5% of
-responses up to 8,192. Reported per setting: the imbalance max/mean of each split's
-micro-batch costs (1.0 is even) over 50 draws (median and worst), and the time per split.
+Lengths: prompts uniform in [64, 256], responses lognormal with median 300 capped at 1,024
+(and median 800 capped at 2,048 for the packed comparison), G = 8 responses per prompt;
+and a DAPO-like tail, 5% of responses up to 8,192.
 
     python -m reverie.bench.llm [--quick]
 """
