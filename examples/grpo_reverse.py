@@ -161,7 +161,7 @@ def run(steps: int = 120, seed: int = 0, progress: bool = True) -> Dict[str, Lis
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     buf = make_buffer(seed)
     history: Dict[str, List[float]] = {"reward": [], "kept": [], "staleness": []}
-    for step in tqdm(range(steps), disable=not progress, desc="GRPO"):
+    for _ in tqdm(range(steps), disable=not progress, desc="GRPO"):
         prompts = make_prompts(rng, max(PROMPTS_PER_STEP, buf.deficit(GROUPS_PER_UPDATE)))
         model.eval()
         rollouts, logps = generate(model, [p for p in prompts for _ in range(G)], gen)
