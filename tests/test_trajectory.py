@@ -599,3 +599,86 @@ def test_memmap_file_holds_the_arena(tmp_path):
     write(again, [10], [(1, 1)])
     assert len(again) == 11
     again.close()
+
+
+def test_ragged_update_fields_in_place():
+    buf = make(capacity=16)
+    write(buf, [0, 1, 2], [(1, 3), (2, 2), (0, 4)])
+    keys = buf.keys()
+    new = [torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([9.0, 8.0])]
+    assert buf.update_fields(keys[:2], logp=new, reward=torch.tensor([5.0, 6.0])) == 0
+    got = buf.get(keys)
+    assert got["logp"][:5].tolist() == [-1.0, -2.0, -3.0, 9.0, 8.0]
+    assert got["reward"].tolist() == [5.0, 6.0, 2.0]
+    before = snapshot(buf)
+    with pytest.raises(ValueError, match="keeps the item's lengths"):
+        buf.update_fields(keys[:1], logp=[torch.zeros(2)])
+    with pytest.raises(TypeError, match="expected dtype float32"):
+        buf.update_fields(keys[:1], logp=[torch.zeros(3, dtype=torch.float64)])
+    with pytest.raises(IndexError):
+        buf.update_fields(torch.tensor([12345678]), logp=[torch.zeros(3)])
+    after = snapshot(buf)
+    for k in before[1]:
+        assert torch.equal(before[1][k], after[1][k])
+    # An item that left is skipped and counted.
+    small = make(capacity=2)
+    write(small, [0], [(1, 1)])
+    old = small.keys()
+    write(small, [1, 2], [(1, 1), (1, 1)])
+    assert small.update_fields(old, logp=[torch.zeros(1)]) == 1
+
+
+def test_ragged_updates_race_samplers():
+    buf = make(capacity=64, arena_bytes=1 << 18)
+    write(buf, list(range(40)), [(2, 30)] * 40)
+    keys = buf.keys()
+    buf.update_fields(keys, logp=rv.Packed(torch.full((40 * 30,), -1.0), lengths=[30] * 40))
+    errors = []
+    stop = threading.Event()
+
+    def updater():
+        try:
+            for r in range(200):
+                value = float(r)
+                buf.update_fields(keys, logp=rv.Packed(torch.full((40 * 30,), value), lengths=[30] * 40))
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    def sampler():
+        try:
+            while not stop.is_set():
+                b = buf.sample(8, layout="padded")
+                for row in b["logp"]:
+                    assert bool((row == row[0]).all()), row  # one update's values, never two
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=updater), threading.Thread(target=sampler)]
+    for t in threads[1:]:
+        t.start()
+    threads[0].start()
+    threads[0].join()
+    stop.set()
+    threads[1].join()
+    assert not errors, errors[0]
+
+
+def test_oldest_first_and_staleness_report():
+    buf = group_buffer(capacity=24, arena_bytes=1 << 16, metadata=True, max_staleness=3)
+    for v in range(8):
+        buf.version = v
+        add_group(buf, v, [2, 2, 2])
+    # 24 items: prompts 0..7, 3 members each. The oldest held within the bound (versions >= 4).
+    buf.version = 7
+    oldest = buf.sample(4, order="oldest")
+    assert oldest["prompt"].tolist() == [4, 4, 4, 5]
+    buf.sample(16)
+    report = buf.staleness()
+    assert report["served"].sum() == 4 + 16 and report["served"][4:].sum() == 0
+    # Evict by writing more: the evicted ones were versions 0.. at version 9.
+    buf.version = 9
+    for p in range(8, 12):
+        add_group(buf, p, [2, 2, 2])
+    assert report["evicted"].sum() == 0
+    evicted = buf.staleness()["evicted"]
+    assert evicted.sum() == 12 and evicted[9] == 3 and evicted[6] == 3

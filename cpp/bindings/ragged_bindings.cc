@@ -153,6 +153,33 @@ void BindRagged(py::module_& m) {
         py::gil_scoped_release release;
         return table.ExtendGroup(in.fields(), in.count);
       }, py::arg("lengths"))
+      .def("update_ragged", [](Table& table, const py::array& keys, py::dict lengths, py::kwargs fields) {
+        // update_fields of ragged fields: packed values with one length per key.
+        const auto k = KeyArray(keys);
+        Inputs in(fields.size());
+        size_t i = 0;
+        for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
+        std::vector<Int64Array> keep;
+        keep.reserve(lengths.size());
+        for (size_t j = 0; j < in.count; ++j) {
+          FieldInput& f = in.fields()[j];
+          const py::str name(std::string(f.name));
+          if (!lengths.contains(name)) continue;
+          keep.push_back(Int64Array::ensure(lengths[name]));
+          f.lengths = keep.back().data();
+          f.num_lengths = keep.back().size();
+        }
+        py::gil_scoped_release release;
+        return table.UpdateRagged(k.data(), k.size(), in.fields(), in.count);
+      }, py::arg("keys"), py::arg("lengths"))
+      .def("oldest_keys", [](const Table& table, int64_t n, int64_t min_version) {
+        std::vector<int64_t> keys;
+        {
+          py::gil_scoped_release release;
+          keys = table.OldestKeys(n, min_version);
+        }
+        return py::array_t<int64_t>(static_cast<py::ssize_t>(keys.size()), keys.data());
+      }, py::arg("n"), py::arg("min_version"))
       .def("group_members", [](const Table& table, const py::array& keys) {
         // (member keys, counts per key), or None when a group changed while read.
         const auto k = KeyArray(keys);
@@ -237,6 +264,9 @@ void BindRagged(py::module_& m) {
         out["arena_held_bytes"] = arena.held_bytes();
         out["arena_evicted"] = arena.evicted_items();
         out["groups_held"] = arena.groups_held();
+        int64_t buckets[TokenArena::kStalenessBuckets];
+        arena.EvictedStaleness(buckets);
+        out["evicted_staleness"] = std::vector<int64_t>(buckets, buckets + TokenArena::kStalenessBuckets);
         py::dict tokens;
         for (int g = 0; g < arena.num_groups(); ++g) tokens[py::str(arena.groups()[static_cast<size_t>(g)])] = arena.held_tokens(g);
         out["tokens_held"] = tokens;

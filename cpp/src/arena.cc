@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "reverie/atomics.h"
 #include "reverie/common.h"
@@ -186,6 +187,15 @@ void TokenArena::GroupLinks(int64_t slot, int64_t* head, int64_t* next) const {
 
 int64_t TokenArena::groups_held() const { return header_->groups_held.load(std::memory_order_relaxed); }
 
+void TokenArena::CountEvictedStaleness(int64_t staleness) {
+  const int64_t b = std::min<int64_t>(std::max<int64_t>(staleness, 0), kStalenessBuckets - 1);
+  header_->evicted_staleness[b].fetch_add(1, std::memory_order_relaxed);
+}
+
+void TokenArena::EvictedStaleness(int64_t* buckets) const {
+  for (int b = 0; b < kStalenessBuckets; ++b) buckets[b] = header_->evicted_staleness[b].load(std::memory_order_relaxed);
+}
+
 void TokenArena::Store(const RaggedRows& rows, int64_t row, int64_t slot) {
   const int ng = num_groups();
   const int64_t* lengths = &rows.lengths[static_cast<size_t>(row * ng)];
@@ -254,6 +264,7 @@ void TokenArena::Bind(const std::vector<uint8_t*>& sections, bool fresh) {
   if (fresh) {
     new (header_) Header();
     for (auto& t : header_->held_tokens) t.store(0, std::memory_order_relaxed);
+    for (auto& t : header_->evicted_staleness) t.store(0, std::memory_order_relaxed);
     for (int64_t s = 0; s < capacity_; ++s) handle(s)[0] = -1;
   }
 }
@@ -272,6 +283,9 @@ void TokenArena::SaveScalars(ConfigValue* out) const {
   out->Set("arena.qtail", ConfigValue::Int(header_->qtail.load()));
   out->Set("arena.evicted", ConfigValue::Int(header_->evicted.load()));
   out->Set("arena.group_serial", ConfigValue::Int(header_->group_serial.load()));
+  for (int b = 0; b < kStalenessBuckets; ++b) {
+    out->Set("arena.evicted_staleness_" + std::to_string(b), ConfigValue::Int(header_->evicted_staleness[b].load()));
+  }
 }
 
 void TokenArena::Restore(const ConfigValue& scalars, const Ring& slots) {
@@ -295,6 +309,9 @@ void TokenArena::Restore(const ConfigValue& scalars, const Ring& slots) {
   header_->qtail.store(qtail);
   header_->evicted.store(StateInt(scalars, "arena.evicted"));
   header_->group_serial.store(StateInt(scalars, "arena.group_serial"));
+  for (int b = 0; b < kStalenessBuckets; ++b) {
+    header_->evicted_staleness[b].store(StateInt(scalars, "arena.evicted_staleness_" + std::to_string(b)));
+  }
   int64_t held = 0, groups = 0;
   std::vector<int64_t> tokens(static_cast<size_t>(num_groups()), 0);
   for (int64_t s = 0; s < capacity_; ++s) {

@@ -8,6 +8,7 @@
 #include "reverie/atomics.h"
 #include "reverie/common.h"
 #include "reverie/philox.h"
+#include "reverie/region.h"
 #include "reverie/table.h"
 #include "reverie/thread_pool.h"
 #include "table_internal.h"
@@ -234,7 +235,8 @@ int64_t Table::SampleRagged(int64_t batch, uint8_t* const* out, int64_t* keys, f
         permute(reinterpret_cast<uint8_t*>(meta->last_sampled), sizeof(int64_t));
       }
     }
-    if (CopyRagged(keys, n, layout, lengths, sink)) return n;
+    const uint64_t epoch = StableEpoch();
+    if (epoch != kNoEpoch && CopyRagged(keys, n, layout, lengths, sink) && Epoch() == epoch) return n;
   }
   throw std::runtime_error(internal::Concat(
       "the sampled items were evicted while their ragged values were copied, ", kRaggedAttempts,
@@ -267,13 +269,104 @@ bool Table::GroupMembers(const int64_t* keys, int64_t n, std::vector<int64_t>* m
   return true;
 }
 
+std::vector<int64_t> Table::OldestKeys(int64_t n, int64_t min_version) const {
+  REVERIE_CHECK(arena_, "oldest-first serving is for tables with ragged fields");
+  REVERIE_CHECK(n > 0, "batch_size must be > 0, got ", n);
+  std::vector<int64_t> keys;
+  WriterLock lock(const_cast<Table&>(*this));
+  const bool versions = meta_ && meta_->columns();
+  arena_->Oldest(n, [&](int64_t key) {
+    return ring_.Holds(key) && (!versions || meta_->Version(ring_.codec().Slot(key)) >= min_version);
+  }, &keys);
+  return keys;
+}
+
+int64_t Table::UpdateRagged(const int64_t* keys, int64_t n, const FieldInput* inputs, size_t count) {
+  REVERIE_CHECK(arena_, "this table has no ragged fields");
+  const TokenArena& arena = *arena_;
+  const int G = arena.num_groups();
+  std::vector<int> fields(count);
+  for (size_t i = 0; i < count; ++i) {
+    const int f = arena.FieldIndex(inputs[i].name);
+    REVERIE_CHECK(f >= 0, "'", inputs[i].name, "' is not a ragged field of this table");
+    for (size_t j = 0; j < i; ++j) REVERIE_CHECK(fields[j] != f, "field '", inputs[i].name, "' given twice");
+    fields[i] = f;
+    const RaggedFieldSpec& spec = arena.fields()[static_cast<size_t>(f)];
+    const ArrayView& v = inputs[i].value;
+    REVERIE_CHECK_TYPE(v.typed && v.dtype == spec.dtype, "ragged field '", spec.name, "': expected dtype ",
+                       DTypeName(spec.dtype), ", got ", v.typed ? DTypeName(v.dtype) : "untyped Python numbers");
+    bool shape_ok = v.ndim == static_cast<int>(spec.rest.size()) + 1;
+    for (size_t d = 0; shape_ok && d < spec.rest.size(); ++d) shape_ok = v.shape[d + 1] == spec.rest[d];
+    REVERIE_CHECK(shape_ok, "ragged field '", spec.name, "': expected packed values of shape (N, *",
+                  ShapeString(spec.rest.data(), static_cast<int>(spec.rest.size())), "), got ", ShapeString(v.shape, v.ndim));
+    REVERIE_CHECK(inputs[i].lengths != nullptr && inputs[i].num_lengths == n, "ragged field '", spec.name,
+                  "': one length per key expected (", n, " keys)");
+    int64_t total = 0;
+    for (int64_t k = 0; k < n; ++k) total += inputs[i].lengths[k];
+    REVERIE_CHECK(total == v.shape[0], "ragged field '", spec.name, "': the lengths add up to ", total,
+                  " tokens but the packed values have ", v.shape[0]);
+  }
+  if (n == 0 || count == 0) return 0;
+  const KeyCodec& codec = ring_.codec();
+  const uint32_t pid = CurrentPid();
+  WriterLock lock(*this);
+  for (int64_t k = 0; k < n; ++k) {
+    if (!writer_->WasWritten(keys[k], ring_)) throw std::out_of_range(BadKeyMessage(keys[k], k));
+  }
+  // Every length must be the stored item's (checked for all keys before any change).
+  std::vector<int64_t> offsets(static_cast<size_t>(n), -1), stored(static_cast<size_t>(n * G));
+  for (int64_t k = 0; k < n; ++k) {
+    if (!ring_.Holds(keys[k])) continue;  // left: skipped
+    int64_t position = 0;
+    arena.Handle(codec.Slot(keys[k]), &offsets[static_cast<size_t>(k)], &stored[static_cast<size_t>(k * G)], &position);
+    for (size_t i = 0; i < count; ++i) {
+      const RaggedFieldSpec& spec = arena.fields()[static_cast<size_t>(fields[i])];
+      REVERIE_CHECK(inputs[i].lengths[k] == stored[static_cast<size_t>(k * G + spec.group)], "ragged field '",
+                    spec.name, "': key ", keys[k], " at position ", k, " holds ",
+                    stored[static_cast<size_t>(k * G + spec.group)], " tokens, the update gives ", inputs[i].lengths[k],
+                    " (an in-place update keeps the item's lengths)");
+    }
+  }
+  std::vector<std::vector<int64_t>> starts(count, std::vector<int64_t>(static_cast<size_t>(n), 0));
+  for (size_t i = 0; i < count; ++i) {
+    for (int64_t k = 1; k < n; ++k) starts[i][static_cast<size_t>(k)] = starts[i][static_cast<size_t>(k - 1)] + inputs[i].lengths[k - 1];
+  }
+  int64_t skipped = 0;
+  // Odd while values change: a copy that overlaps the update sees the epoch move and copies
+  // again (a stamp alone would not show it: it is committed again after the update).
+  header_->fields_epoch.fetch_add(1, std::memory_order_acq_rel);
+  std::atomic_thread_fence(std::memory_order_release);
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t slot = codec.Slot(keys[k]);
+    if (offsets[static_cast<size_t>(k)] < 0 || !ring_.Lock(keys[k], slot, pid)) {
+      ++skipped;
+      continue;
+    }
+    // The stamp says WRITING (a reader's recheck fails) before any byte changes.
+    std::atomic_thread_fence(std::memory_order_release);
+    for (size_t i = 0; i < count; ++i) {
+      const int f = fields[i];
+      const RaggedFieldSpec& spec = arena.fields()[static_cast<size_t>(f)];
+      const size_t tb = spec.token_bytes();
+      uint8_t* dst = arena_->mutable_data() + offsets[static_cast<size_t>(k)] + arena.RunOffset(&stored[static_cast<size_t>(k * G)], f);
+      const auto* src = static_cast<const uint8_t*>(inputs[i].value.data) + static_cast<size_t>(starts[i][static_cast<size_t>(k)]) * tb;
+      RacyCopy(dst, src, static_cast<size_t>(inputs[i].lengths[k]) * tb);
+    }
+    ring_.Publish(keys[k], slot);
+  }
+  header_->fields_epoch.fetch_add(1, std::memory_order_release);
+  header_->stale.fetch_add(skipped, std::memory_order_relaxed);
+  return skipped;
+}
+
 void Table::GetRagged(const int64_t* keys, int64_t n, uint8_t* const* out, const BatchMeta* meta,
                       const RaggedLayout& layout, int64_t* lengths, RaggedSink& sink) const {
   REVERIE_CHECK(arena_, "this table has no ragged fields: read it with Get");
   CheckLayout(*arena_, layout);
   for (int attempt = 0; attempt < kRaggedAttempts; ++attempt) {
     Get(keys, n, out, meta);  // IndexError for an item no longer stored
-    if (CopyRagged(keys, n, layout, lengths, sink)) return;
+    const uint64_t epoch = StableEpoch();
+    if (epoch != kNoEpoch && CopyRagged(keys, n, layout, lengths, sink) && Epoch() == epoch) return;
   }
   throw std::runtime_error("the items were overwritten while their ragged values were copied");
 }

@@ -399,6 +399,10 @@ int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged, 
                     &survives, &positions);
     std::vector<int64_t> evict_slots(evict.size());
     for (size_t e = 0; e < evict.size(); ++e) evict_slots[e] = ring_.codec().Slot(evict[e]);
+    if (meta_ && meta_->columns()) {
+      const int64_t now = header_->version_stamp.load(std::memory_order_relaxed);
+      for (const int64_t slot : evict_slots) arena_->CountEvictedStaleness(now - meta_->Version(slot));
+    }
     const int64_t gone = RemoveLocked(evict_slots.data(), evict.data(), static_cast<int64_t>(evict.size()));
     // The evicted items' stamps changed before any byte of their blocks is overwritten.
     std::atomic_thread_fence(std::memory_order_release);

@@ -19,6 +19,7 @@ from ._spec import Field, SpecLike, normalize_spec
 from ._values import as_int as _as_int
 
 LAYOUTS = ("packed", "padded", "nested")
+STALENESS_BUCKETS = 16  # staleness 0 .. 14, and 15 or more
 
 
 class Packed(NamedTuple):
@@ -245,7 +246,7 @@ class TrajectoryBuffer(ReplayBuffer):
         self._group_filter = getattr(self, "_group_filter", None)
         self._offered_groups = 0
         self._kept_groups = 0
-        self._served_staleness = np.zeros(0, np.int64)
+        self._served_staleness = np.zeros(STALENESS_BUCKETS, np.int64)
         self._ragged: Dict[str, Field] = dict(ragged)
         self._groups: List[str] = list(dict.fromkeys(f.group for f in ragged.values() if f.group is not None))
         self._arena_bytes = int(arena_bytes)
@@ -416,7 +417,8 @@ class TrajectoryBuffer(ReplayBuffer):
 
     def sample(self, batch_size: Optional[int] = None, *, max_tokens: Optional[int] = None,  # type: ignore[override]
                layout: str = "packed", pad_to_multiple_of: int = 1,
-               padding_side: Optional[Mapping[str, str]] = None, group: Optional[str] = None) -> RaggedBatch:
+               padding_side: Optional[Mapping[str, str]] = None, group: Optional[str] = None,
+               order: str = "random") -> RaggedBatch:
         """Draws a batch of whole trajectories.
 
         Args:
@@ -433,7 +435,24 @@ class TrajectoryBuffer(ReplayBuffer):
             padding_side: {group: "left" | "right"}; default right, and left for a group named
                 ``"prompt"``.
             group: the main group (its lengths, cu_seqlens, ... are the batch's attributes).
+            order: ``"random"`` (the sampler's draw) or ``"oldest"``: the ``batch_size``
+                oldest items held (within ``max_staleness`` when set), so long rollouts that
+                arrive late are not starved; read like ``get`` (no weights, not counted as
+                sampled). Fewer when fewer are held.
         """
+        if order not in ("random", "oldest"):
+            raise ValueError(f"order must be 'random' or 'oldest', got {order!r}")
+        if order == "oldest":
+            if batch_size is None or max_tokens is not None:
+                raise ValueError("order='oldest' takes a batch_size and no max_tokens")
+            self._check_open()
+            staleness = (self._reuse or {}).get("max_staleness")
+            floor = self.version - int(staleness) if staleness is not None else -(1 << 62)
+            keys = self._core.oldest_keys(_as_int("batch_size", batch_size), floor)
+            if len(keys) == 0:
+                raise ValueError("the buffer holds no item to serve (add items first)")
+            return self.get(keys, layout=layout, pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side,
+                            group=group)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         self._check_open()
@@ -548,12 +567,44 @@ class TrajectoryBuffer(ReplayBuffer):
         batch._main = top
         batch.group_sizes = None
         batch._group_of = {name: f.group or "" for name, f in self._ragged.items()}
+        if batch.meta is not None:
+            age = np.clip(self.version - batch.meta["version"].numpy(), 0, STALENESS_BUCKETS - 1)
+            self._served_staleness += np.bincount(age, minlength=STALENESS_BUCKETS)
         if layout == "padded":
             masks = [m for m in (groups[g].attention_mask for g in self._groups) if m is not None]
             batch.attention_mask = masks[0] if len(masks) == 1 else torch.cat(masks, dim=1)
         else:
             batch.attention_mask = None
         return batch
+
+    def update_fields(self, keys: Any, **fields: Any) -> int:
+        """ReplayBuffer.update_fields, also for ragged fields (recalibrated per-token
+        advantages): a ragged value is a list of per-key values (or rv.Packed / a nested
+        tensor), each of the stored item's length. Fixed and ragged fields are updated one
+        after the other (each atomically per item). Returns how many keys were skipped
+        because their item left."""
+        arr = self._keys_for_core(keys)
+        if arr is None:
+            return 0
+        ragged = {name: v for name, v in fields.items() if name in self._ragged}
+        fixed = {name: v for name, v in fields.items() if name not in self._ragged}
+        lengths: Dict[str, np.ndarray] = {}
+        for name in ragged:
+            ragged[name], lengths[name] = _packed(name, self._ragged[name], ragged[name])
+        skipped = 0
+        if ragged:
+            skipped = int(self._core.update_ragged(arr, lengths, **ragged))
+        if fixed:
+            skipped = max(skipped, int(self._core.update_fields(arr, **fixed)))
+        return skipped
+
+    def staleness(self) -> Dict[str, np.ndarray]:
+        """How stale (``buf.version`` minus the item's version, at that moment) the items
+        were: ``served`` by this process's samples (with ``metadata=True``) and ``evicted``
+        by the arena's bounds (all processes; with versions kept). int64 [16] counts each,
+        index s for staleness s, the last for 15 or more."""
+        evicted = np.asarray(self._core.arena_stats()["evicted_staleness"], dtype=np.int64)
+        return {"served": self._served_staleness.copy(), "evicted": evicted}
 
     # ---- inspection ---------------------------------------------------------------------
 

@@ -104,6 +104,21 @@ class TokenArena final : public Part {
   // Reader side: the group links of the item in `slot` (racy, checked as Handle).
   void GroupLinks(int64_t slot, int64_t* head, int64_t* next) const;
   int64_t groups_held() const;
+  // The keys of the blocks in allocation order (oldest first) for which keep(key) holds,
+  // at most n. Writer lock held.
+  template <typename Keep>
+  void Oldest(int64_t n, Keep&& keep, std::vector<int64_t>* out) const {
+    const int64_t qhead = header_->qhead.load(std::memory_order_relaxed);
+    for (int64_t p = header_->qtail.load(std::memory_order_relaxed); p < qhead && static_cast<int64_t>(out->size()) < n; ++p) {
+      const int64_t key = queue_[p % queue_size_].key;
+      if (key >= 0 && keep(key)) out->push_back(key);
+    }
+  }
+  // Staleness of the items the byte and item bounds evicted (the table's version minus
+  // theirs), bucket b counting staleness b (the last: that or more). Writer lock held.
+  static constexpr int kStalenessBuckets = 16;
+  void CountEvictedStaleness(int64_t staleness);
+  void EvictedStaleness(int64_t* buckets) const;
   // Copies item `row` of `rows` into its block (between the slot's acquire and publish).
   void Store(const RaggedRows& rows, int64_t row, int64_t slot);
   // Under the writer lock: the item in `slot` left (overwritten, removed, evicted): its
@@ -118,6 +133,7 @@ class TokenArena final : public Part {
   // (its bytes were not overwritten). A removed item's block stays readable until then.
   bool Intact(int64_t position) const;
   const uint8_t* data() const { return data_; }
+  uint8_t* mutable_data() { return data_; }  // in-place updates, under the writer lock
 
   // Accounting (read without the lock; exact while no write runs).
   int64_t used_bytes() const;  // reserved span, dead blocks and skipped ends included
@@ -143,6 +159,7 @@ class TokenArena final : public Part {
     std::atomic<int64_t> held_tokens[8];
     std::atomic<int64_t> groups_held{0};  // groups whose first member is held
     std::atomic<int64_t> group_serial{0};
+    std::atomic<int64_t> evicted_staleness[16];
   };
   static constexpr int kMaxGroups = 8;
   // A queue entry: block position (monotone), bytes, key (-1 - i: item i of the reservation

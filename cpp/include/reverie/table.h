@@ -203,6 +203,18 @@ class Table : public WriteSink {
   // when a group changed while it was read (the caller draws again); IndexError-free: a key
   // whose item left is reported by the false result.
   bool GroupMembers(const int64_t* keys, int64_t n, std::vector<int64_t>* members, int64_t* counts) const;
+  // UpdateFields for ragged fields (recalibrated per-token advantages): `inputs` name ragged
+  // fields, each packed values with lengths (FieldInput::lengths, one per key), and every
+  // length must be the stored item's (values are overwritten in place). Keys as
+  // UpdateFields: IndexError for a key never of this table, an item that left is skipped
+  // and counted; returns how many were skipped. ValueError / TypeError (nothing changed) for
+  // a fixed or unknown field, a wrong dtype or shape, or a length that is not the item's. A
+  // sample copying an item meanwhile copies it again. Takes the writer lock.
+  int64_t UpdateRagged(const int64_t* keys, int64_t n, const FieldInput* inputs, size_t count);
+  // The keys of the `n` oldest items held (fewer when fewer are held) whose version is at
+  // least `min_version` (with versions kept; else any), oldest first: oldest-first serving.
+  // Takes the writer lock. O(n + items skipped).
+  std::vector<int64_t> OldestKeys(int64_t n, int64_t min_version) const;
   // Sets the priorities of the items named by keys. A key that names nothing this table
   // ever stored throws IndexError; a key whose item left (overwritten, evicted, removed) is
   // skipped and counted in stale_updates(). Returns how many were skipped.
