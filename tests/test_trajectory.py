@@ -682,3 +682,16 @@ def test_oldest_first_and_staleness_report():
     assert report["evicted"].sum() == 0
     evicted = buf.staleness()["evicted"]
     assert evicted.sum() == 12 and evicted[9] == 3 and evicted[6] == 3
+
+
+def test_rate_limiter_gates_ragged_samples():
+    buf = make(capacity=32, rate_limiter=rv.RateLimiter(min_size_to_sample=4, timeout=1.0))
+    write(buf, [0, 1], [(1, 2), (1, 3)])
+    with pytest.raises(TimeoutError):
+        buf.sample(2)
+    got = []
+    t = threading.Thread(target=lambda: got.append(rv.TrajectoryBuffer.sample(buf, 2, layout="padded")))
+    t.start()
+    write(buf, [2, 3], [(1, 2), (2, 2)])  # the waiting sample proceeds once 4 are held
+    t.join(10)
+    assert len(got) == 1 and got[0]["ids"].shape[0] == 2
