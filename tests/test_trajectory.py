@@ -695,3 +695,31 @@ def test_rate_limiter_gates_ragged_samples():
     write(buf, [2, 3], [(1, 2), (2, 2)])  # the waiting sample proceeds once 4 are held
     t.join(10)
     assert len(got) == 1 and got[0]["ids"].shape[0] == 2
+
+
+def test_stale_wait_policy_and_npz_round_trip(tmp_path):
+    buf = group_buffer(max_staleness=0, stale_wait=5.0)
+    buf.version = 0
+    add_group(buf, 1, [2, 2])
+    buf.version = 1  # everything held is stale now
+    t = threading.Timer(0.3, lambda: add_group(buf, 2, [3, 3]))
+    t.start()
+    got = buf.sample(4)  # waits for the fresh group
+    t.join()
+    assert set(got["prompt"].tolist()) == {2}
+    drop = group_buffer(max_staleness=0)
+    add_group(drop, 1, [2, 2])
+    drop.version = 1
+    with pytest.raises(ValueError, match="reuse rules"):
+        drop.sample(2)
+    # Per-token versions of a partial rollout: the oldest token's version per item.
+    assert buf.get(buf.keys()).per_item("ids", "min").tolist()[:2] == [1000.0, 1000.0]
+
+    src = make(capacity=8, arena_bytes=3000)
+    write(src, list(range(20)), [(i % 3, 10 + 3 * i) for i in range(20)])
+    rv.to_npz(src, tmp_path / "t.npz")
+    back = rv.from_npz(tmp_path / "t.npz")
+    assert isinstance(back, rv.TrajectoryBuffer)
+    a, b = src.get(src.keys(), layout="padded"), back.get(back.keys(), layout="padded")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -65,7 +65,7 @@ def for_trainer(batch: Any, preset: str, **roles: Optional[str]) -> Dict[str, to
 
 
 def per_item_padded(values: torch.Tensor, mask: torch.Tensor, reduce: str) -> torch.Tensor:
-    """A [B, T] field reduced over its valid tokens (mask 1): "sum", "mean" or "max"."""
+    """A [B, T] field reduced over its valid tokens (mask 1): "sum", "mean", "max" or "min"."""
     m = mask.to(values.dtype)
     if reduce == "sum":
         return (values * m).sum(1)
@@ -73,12 +73,14 @@ def per_item_padded(values: torch.Tensor, mask: torch.Tensor, reduce: str) -> to
         return (values * m).sum(1) / m.sum(1).clamp(min=1)
     if reduce == "max":
         return values.masked_fill(mask == 0, float("-inf")).amax(1)
-    raise ValueError(f"reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
+    if reduce == "min":
+        return values.masked_fill(mask == 0, float("inf")).amin(1)
+    raise ValueError(f"reduce must be 'sum', 'mean', 'max' or 'min', got {reduce!r}")
 
 
 def per_item_packed(values: torch.Tensor, cu_seqlens: torch.Tensor, n: int, reduce: str) -> torch.Tensor:
     """A packed [N_tok] field reduced per item (cu_seqlens [n + 1], padding tokens after
-    cu_seqlens[n] ignored): "sum", "mean" or "max" (empty items: 0, 0, -inf)."""
+    cu_seqlens[n] ignored): "sum", "mean", "max" or "min" (empty items: 0, 0, -inf, inf)."""
     cu = cu_seqlens[: n + 1].to(torch.int64)
     lengths = cu[1:] - cu[:-1]
     owner = torch.repeat_interleave(torch.arange(n), lengths)
@@ -86,6 +88,7 @@ def per_item_packed(values: torch.Tensor, cu_seqlens: torch.Tensor, n: int, redu
     if reduce in ("sum", "mean"):
         out = torch.zeros(n, dtype=v.dtype).index_add_(0, owner, v)
         return out / lengths.clamp(min=1).to(v.dtype) if reduce == "mean" else out
-    if reduce == "max":
-        return torch.full((n,), float("-inf"), dtype=v.dtype).scatter_reduce_(0, owner, v, "amax")
-    raise ValueError(f"reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
+    if reduce in ("max", "min"):
+        start = float("-inf") if reduce == "max" else float("inf")
+        return torch.full((n,), start, dtype=v.dtype).scatter_reduce_(0, owner, v, "amax" if reduce == "max" else "amin")
+    raise ValueError(f"reduce must be 'sum', 'mean', 'max' or 'min', got {reduce!r}")

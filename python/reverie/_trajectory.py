@@ -6,6 +6,7 @@ batches in the layouts trainers use: packed (cu_seqlens), nested, padded.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -102,9 +103,11 @@ class RaggedBatch(Batch):
         return _presets.for_trainer(self, preset, **roles)
 
     def per_item(self, field: str, reduce: str = "mean", abs: bool = False) -> torch.Tensor:
-        """A ragged field reduced per item over its own tokens ("sum", "mean", "max"; of the
-        absolute values with ``abs``): float [B] scores, e.g. priorities from |advantage|:
-        ``buf.update_priorities(batch.indices, batch.per_item("advantages", abs=True))``."""
+        """A ragged field reduced per item over its own tokens ("sum", "mean", "max", "min";
+        of the absolute values with ``abs``): float [B] scores, e.g. priorities from
+        |advantage|: ``buf.update_priorities(batch.indices, batch.per_item("advantages",
+        abs=True))``, or the oldest policy version of a partial rollout's tokens (a ragged
+        field of per-token versions): ``batch.per_item("token_version", "min")``."""
         if field not in self:
             raise ValueError(f"batch has no field '{field}'; fields: {', '.join(self)}")
         if field not in self._group_of:
@@ -213,12 +216,15 @@ class TrajectoryBuffer(ReplayBuffer):
     overflow).
 
     Args: as ReplayBuffer (writer: FIFO only, without pins), plus ``arena_bytes``: the
-    arena's size in bytes (required). The spec is required.
+    arena's size in bytes (required); ``group_filter``: which groups ``add_group`` keeps;
+    ``stale_wait``: with ``max_staleness``, seconds a sample waits for an item within the
+    bound when none is held (default: it raises at once, the "drop" policy). The spec is
+    required.
     """
 
     def __init__(self, capacity: int, spec: Optional[SpecLike] = None, sampler: Any = None,
                  seed: Optional[int] = None, *, arena_bytes: Optional[int] = None,
-                 group_filter: Optional[Any] = None, **kwargs: Any) -> None:
+                 group_filter: Optional[Any] = None, stale_wait: Optional[float] = None, **kwargs: Any) -> None:
         if spec is None:
             raise ValueError("a TrajectoryBuffer needs its spec (ragged fields cannot be inferred): "
                              "spec={'ids': rv.Field('int64', (None,)), ...}")
@@ -236,6 +242,9 @@ class TrajectoryBuffer(ReplayBuffer):
         if group_filter is not None and not callable(group_filter):
             raise TypeError(f"group_filter must be a GroupFilter or a callable, got {type(group_filter).__name__}")
         self._group_filter: Optional[Any] = group_filter
+        if stale_wait is not None and (not isinstance(stale_wait, (int, float)) or stale_wait < 0):
+            raise ValueError(f"stale_wait must be a number of seconds >= 0, got {stale_wait!r}")
+        self._stale_wait = None if stale_wait is None else float(stale_wait)
         self._set_ragged(ragged, arena_bytes)
         super().__init__(capacity, fields, sampler, seed, **kwargs)
         # add/extend are this class's Python methods (they pack ragged values first).
@@ -244,6 +253,7 @@ class TrajectoryBuffer(ReplayBuffer):
 
     def _set_ragged(self, ragged: Mapping[str, Field], arena_bytes: int) -> None:
         self._group_filter = getattr(self, "_group_filter", None)
+        self._stale_wait: Optional[float] = getattr(self, "_stale_wait", None)
         self._offered_groups = 0
         self._kept_groups = 0
         self._served_staleness = np.zeros(STALENESS_BUCKETS, np.int64)
@@ -393,7 +403,7 @@ class TrajectoryBuffer(ReplayBuffer):
         left, main = self._layout_args(layout, pad_to_multiple_of, padding_side, group)
         assert self._table is not None
         for _ in range(64):
-            _, keys, _, _ = self._core.sample(num_groups, None, False)
+            _, keys, _, _ = self._fresh(lambda: self._core.sample(num_groups, None, False))
             got = self._core.group_members(keys)
             if got is None:
                 continue  # a drawn group was evicted meanwhile: draw again
@@ -472,8 +482,8 @@ class TrajectoryBuffer(ReplayBuffer):
         core, meta = self._core, self._table.meta
         draws = batch_size if batch_size is not None else self._budget_draws(int(max_tokens or 0))
         for _ in range(8):
-            got = core.sample_ragged(draws, layout == "padded", int(pad_to_multiple_of), left, self._pads,
-                                     int(max_tokens or 0), meta)
+            got = self._fresh(lambda: core.sample_ragged(draws, layout == "padded", int(pad_to_multiple_of), left,
+                                                         self._pads, int(max_tokens or 0), meta))
             n = got[-1]
             # Every draw fit the budget: draw more when another average item would fit too.
             if batch_size is not None or max_tokens is None or n < draws:
@@ -497,6 +507,21 @@ class TrajectoryBuffer(ReplayBuffer):
         fixed, outs, stored, meta_arrays, lengths = self._core.get_ragged(
             k, layout == "padded", int(pad_to_multiple_of), left, self._pads, self._table.meta)
         return self._batch(fixed, outs, stored, None, meta_arrays, lengths, len(stored), layout, main)
+
+    def _fresh(self, draw: Any) -> Any:
+        """draw(), waiting up to ``stale_wait`` seconds while no held item is within
+        ``max_staleness`` (the staleness bound's "wait" policy; without it, "drop": the
+        ValueError at once)."""
+        if self._stale_wait is None:
+            return draw()
+        deadline = time.monotonic() + self._stale_wait
+        while True:
+            try:
+                return draw()
+            except ValueError as e:
+                if "reuse rules allow" not in str(e) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.001)
 
     def _layout_args(self, layout: str, multiple: int, sides: Optional[Mapping[str, str]],
                      group: Optional[str]) -> Tuple[List[bool], int]:
