@@ -244,7 +244,7 @@ class TrajectoryBuffer(ReplayBuffer):
         self._group_filter: Optional[Any] = group_filter
         if stale_wait is not None and (not isinstance(stale_wait, (int, float)) or stale_wait < 0):
             raise ValueError(f"stale_wait must be a number of seconds >= 0, got {stale_wait!r}")
-        self._stale_wait = None if stale_wait is None else float(stale_wait)
+        self._stale_wait: Optional[float] = None if stale_wait is None else float(stale_wait)
         self._set_ragged(ragged, arena_bytes)
         super().__init__(capacity, fields, sampler, seed, **kwargs)
         # add/extend are this class's Python methods (they pack ragged values first).
@@ -253,7 +253,7 @@ class TrajectoryBuffer(ReplayBuffer):
 
     def _set_ragged(self, ragged: Mapping[str, Field], arena_bytes: int) -> None:
         self._group_filter = getattr(self, "_group_filter", None)
-        self._stale_wait: Optional[float] = getattr(self, "_stale_wait", None)
+        self._stale_wait = getattr(self, "_stale_wait", None)
         self._offered_groups = 0
         self._kept_groups = 0
         self._served_staleness = np.zeros(STALENESS_BUCKETS, np.int64)
@@ -482,8 +482,8 @@ class TrajectoryBuffer(ReplayBuffer):
         core, meta = self._core, self._table.meta
         draws = batch_size if batch_size is not None else self._budget_draws(int(max_tokens or 0))
         for _ in range(8):
-            got = self._fresh(lambda: core.sample_ragged(draws, layout == "padded", int(pad_to_multiple_of), left,
-                                                         self._pads, int(max_tokens or 0), meta))
+            got = self._fresh(lambda n=draws: core.sample_ragged(n, layout == "padded", int(pad_to_multiple_of), left,
+                                                                 self._pads, int(max_tokens or 0), meta))
             n = got[-1]
             # Every draw fit the budget: draw more when another average item would fit too.
             if batch_size is not None or max_tokens is None or n < draws:
