@@ -137,7 +137,8 @@ void TokenArena::Validate(const FieldInput* const* values, bool batched, int64_t
     int64_t total = 0;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t len = batched ? in->lengths[i] : in->value.shape[0];
-      REVERIE_CHECK(len >= 0, "ragged field '", spec.name, "': item ", i, " has length ", len, "; lengths must be >= 0");
+      REVERIE_CHECK(len >= 0 && len <= in->value.shape[0] && len <= static_cast<int64_t>(bytes_), "ragged field '",
+                    spec.name, "': item ", i, " has length ", len, "; lengths must be >= 0 and within the values given");
       int64_t& slot = rows->lengths[static_cast<size_t>(i * ng + g)];
       if (first) {
         slot = len;
@@ -183,6 +184,19 @@ void TokenArena::GroupLinks(int64_t slot, int64_t* head, int64_t* next) const {
   const int64_t* h = handle(slot);
   *head = LoadWord(h + 1 + num_groups());
   *next = LoadWord(h + 2 + num_groups());
+}
+
+void TokenArena::RepairPending() {
+  const int64_t qhead = header_->qhead.load(std::memory_order_relaxed);
+  for (int64_t p = header_->qtail.load(std::memory_order_relaxed); p < qhead; ++p) {
+    Entry& e = queue_[p % queue_size_];
+    if (e.key < -1) e.key = -1;  // reserved by a writer that died before placing it
+  }
+}
+
+bool TokenArena::Released(int64_t slot) const {
+  const int64_t position = handle(slot)[0];
+  return position < header_->tail.load(std::memory_order_relaxed);
 }
 
 int64_t TokenArena::groups_held() const { return header_->groups_held.load(std::memory_order_relaxed); }
@@ -296,12 +310,22 @@ void TokenArena::Restore(const ConfigValue& scalars, const Ring& slots) {
                     qhead - qtail <= queue_size_,
                 "the saved arena's positions do not fit an arena of ", bytes_, " bytes and ", queue_size_, " blocks");
   int64_t prev_end = tail;
+  const int64_t serial = StateInt(scalars, "arena.group_serial");
+  std::vector<int64_t> entry_of(static_cast<size_t>(capacity_), -1);  // slot -> its item's queue position
   for (int64_t p = qtail; p < qhead; ++p) {
     const Entry& e = queue_[p % queue_size_];
     REVERIE_CHECK(e.position >= prev_end && e.bytes >= 8 && e.position + e.bytes <= head &&
-                      e.position % size + e.bytes <= size,
+                      e.position % size + e.bytes <= size && e.key >= -1 && e.group >= 0 && e.group <= serial,
                   "the saved arena's block ", p, " does not fit its positions");
     prev_end = e.position + e.bytes;
+    if (e.key >= 0) {
+      REVERIE_CHECK(codec_.WellFormed(e.key, capacity_), "the saved arena's block ", p, " names no key of this table");
+      const int64_t slot = codec_.Slot(e.key);
+      if (Stamp::IsCommitted(slots.LoadStamp(slot)) && Stamp::KeyOf(slots.LoadStamp(slot)) == e.key) {
+        REVERIE_CHECK(entry_of[static_cast<size_t>(slot)] < 0, "the saved arena names slot ", slot, " twice");
+        entry_of[static_cast<size_t>(slot)] = p;
+      }
+    }
   }
   header_->head.store(head);
   header_->tail.store(tail);
@@ -320,8 +344,18 @@ void TokenArena::Restore(const ConfigValue& scalars, const Ring& slots) {
       h[0] = -1;
       continue;
     }
-    REVERIE_CHECK(h[0] >= tail && h[0] < head, "the saved arena has no block for the item in slot ", s);
-    for (int g = 0; g < num_groups(); ++g) REVERIE_CHECK(h[1 + g] >= 0, "the saved arena has a negative length in slot ", s);
+    REVERIE_CHECK(h[0] >= tail && h[0] < head && entry_of[static_cast<size_t>(s)] >= 0,
+                  "the saved arena has no block for the item in slot ", s);
+    for (int g = 0; g < num_groups(); ++g) {
+      REVERIE_CHECK(h[1 + g] >= 0 && h[1 + g] <= size, "the saved arena has a bad length in slot ", s);
+    }
+    const Entry& e = queue_[entry_of[static_cast<size_t>(s)] % queue_size_];
+    REVERIE_CHECK(e.position == h[0] && e.bytes == static_cast<int64_t>(BlockBytes(h + 1)),
+                  "the saved arena's block of slot ", s, " is not the one its queue holds");
+    for (int link = 1; link <= 2; ++link) {
+      const int64_t k = h[num_groups() + link];
+      REVERIE_CHECK(k == -1 || codec_.WellFormed(k, capacity_), "the saved arena has a bad group link in slot ", s);
+    }
     REVERIE_CHECK(static_cast<size_t>(h[0] % size) + BlockBytes(h + 1) <= bytes_, "the saved arena's block of slot ", s,
                   " lies outside the arena");
     held += static_cast<int64_t>(BlockBytes(h + 1));

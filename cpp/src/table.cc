@@ -84,6 +84,20 @@ Table::WriterLock::WriterLock(Table& table) : table_(table) {
     if ((table_.header_->fields_epoch.load(std::memory_order_acquire) & 1) != 0) {
       table_.header_->fields_epoch.fetch_add(1, std::memory_order_acq_rel);
     }
+    // A ragged write it left half done: its reservations are dropped, and items whose blocks
+    // it released (but did not yet remove) leave now, before their bytes can be reused.
+    if (table_.arena_) {
+      table_.arena_->RepairPending();
+      std::vector<int64_t> slots, keys;
+      for (int64_t s = 0; s < table_.capacity(); ++s) {
+        const uint64_t stamp = table_.ring_.LoadStamp(s);
+        if (Stamp::IsCommitted(stamp) && table_.arena_->Released(s)) {
+          slots.push_back(s);
+          keys.push_back(Stamp::KeyOf(stamp));
+        }
+      }
+      table_.RemoveLocked(slots.data(), keys.data(), static_cast<int64_t>(slots.size()));
+    }
   }
 }
 

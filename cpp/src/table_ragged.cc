@@ -17,7 +17,7 @@ namespace reverie {
 
 namespace {
 
-constexpr int kRaggedAttempts = 64;
+constexpr int kRaggedAttempts = 64;  // draws taken back (their items evicted) before a call gives up
 constexpr size_t kParallelCopyBytes = size_t{256} << 10;  // smaller batches: one thread copies  // copies redone after evictions before a call gives up
 constexpr uint64_t kBudgetSalt = 0x6a09e667f3bcc908ull;  // the budget's shuffle, apart from the selector's draws
 
@@ -43,7 +43,8 @@ void CheckLayout(const TokenArena& arena, const RaggedLayout& layout) {
     REVERIE_CHECK(layout.pad[f].size() == DTypeSize(arena.fields()[f].dtype), "the pad value of ragged field '",
                   arena.fields()[f].name, "' must be one ", DTypeName(arena.fields()[f].dtype), " element");
   }
-  REVERIE_CHECK(layout.multiple >= 1, "pad_to_multiple_of must be >= 1, got ", layout.multiple);
+  REVERIE_CHECK(layout.multiple >= 1 && layout.multiple < (int64_t{1} << 20), "pad_to_multiple_of must be in [1, 2^20), got ",
+                layout.multiple);
   REVERIE_CHECK(layout.max_tokens >= 0, "max_tokens must be > 0, got ", layout.max_tokens);
 }
 
@@ -120,6 +121,9 @@ bool Table::CopyRagged(const int64_t* keys, int64_t n, const RaggedLayout& layou
         RacyCopy(row + static_cast<size_t>(left ? w - len : 0) * tb, src, static_cast<size_t>(len) * tb);
       }
     }
+    // Each copying thread's own acquire fence (the fence rule pairs reads sequenced before
+    // it in the same thread); the caller's recheck follows the pool's join.
+    std::atomic_thread_fence(std::memory_order_acquire);
   };
   ThreadPool& pool = ThreadPool::Shared();
   const int64_t chunks = copy_bytes >= kParallelCopyBytes && n > 1 ? std::min<int64_t>(n, pool.workers() + 1) : 1;
@@ -180,6 +184,14 @@ bool Table::CopyRagged(const int64_t* keys, int64_t n, const RaggedLayout& layou
   return true;
 }
 
+namespace {
+
+// A batch whose ragged values could not be copied (an item left before its copy): the call
+// is taken back and drawn again.
+struct RaggedRetry {};
+
+}  // namespace
+
 int64_t Table::SampleRagged(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights, const BatchMeta* meta,
                             const RaggedLayout& layout, int64_t* lengths, RaggedSink& sink) {
   REVERIE_CHECK(arena_, "this table has no ragged fields: sample it with Sample");
@@ -189,19 +201,22 @@ int64_t Table::SampleRagged(int64_t batch, uint8_t* const* out, int64_t* keys, f
                 "a token budget draws more items than it keeps: it cannot be combined with max_times_sampled");
   const auto& spec = storage_.spec();
   const float* w = selector_->prioritized() ? weights : nullptr;
-  for (int attempt = 0; attempt < kRaggedAttempts; ++attempt) {
-    Sample(batch, out, keys, weights, meta);
+  int64_t kept = batch;
+  // Runs inside the sample call, once its rows, keys and metadata are final and before the
+  // remover takes what the batch used up: so the items are still held (or, evicted
+  // meanwhile, make the call be taken back: counts undone, nothing lost).
+  const BatchHook hook = [&](int64_t* drawn) {
     int64_t n = batch;
     if (layout.max_tokens > 0) {
       // The budget: a random order of the draws (so a stratified batch's prefix is not its
       // low strata), then the longest prefix that fits.
       std::vector<int64_t> lens(static_cast<size_t>(batch * G)), order(static_cast<size_t>(batch));
-      bool readable = true;
-      for (int64_t i = 0; i < batch && readable; ++i) {
+      for (int64_t i = 0; i < batch; ++i) {
         int64_t offset = 0, position = 0;
-        readable = arena_->Handle(ring_.codec().Slot(keys[i]), &offset, &lens[static_cast<size_t>(i * G)], &position);
+        if (!arena_->Handle(ring_.codec().Slot(drawn[i]), &offset, &lens[static_cast<size_t>(i * G)], &position)) {
+          throw RaggedRetry{};  // an item was evicted meanwhile: draw again
+        }
       }
-      if (!readable) continue;  // an item was evicted meanwhile: draw again
       const uint64_t call = sample_calls() - 1;
       for (int64_t i = 0; i < batch; ++i) order[static_cast<size_t>(i)] = i;
       for (int64_t i = batch - 1; i > 0; --i) {
@@ -226,7 +241,7 @@ int64_t Table::SampleRagged(int64_t batch, uint8_t* const* out, int64_t* keys, f
         }
       };
       for (size_t f = 0; f < spec.size(); ++f) permute(out[f], spec[f].row_bytes());
-      permute(reinterpret_cast<uint8_t*>(keys), sizeof(int64_t));
+      permute(reinterpret_cast<uint8_t*>(drawn), sizeof(int64_t));
       if (w != nullptr) permute(reinterpret_cast<uint8_t*>(weights), sizeof(float));
       if (meta != nullptr) {
         permute(reinterpret_cast<uint8_t*>(meta->inserted), sizeof(int64_t));
@@ -235,36 +250,58 @@ int64_t Table::SampleRagged(int64_t batch, uint8_t* const* out, int64_t* keys, f
         permute(reinterpret_cast<uint8_t*>(meta->last_sampled), sizeof(int64_t));
       }
     }
+    kept = n;
     const uint64_t epoch = StableEpoch();
-    if (epoch != kNoEpoch && CopyRagged(keys, n, layout, lengths, sink) && Epoch() == epoch) return n;
+    if (epoch != kNoEpoch && CopyRagged(drawn, n, layout, lengths, sink) && Epoch() == epoch) return;
+    // A block was released or an item updated while copied: copy again under the writer
+    // lock, where neither can happen. It fails only for an item that left before.
+    WriterLock lock(*this);
+    if (!CopyRagged(drawn, n, layout, lengths, sink)) throw RaggedRetry{};
+  };
+  for (int attempt = 0; attempt < kRaggedAttempts; ++attempt) {
+    try {
+      SampleWith(batch, out, keys, weights, meta, &hook);
+      return kept;
+    } catch (const RaggedRetry&) {
+      continue;
+    }
   }
   throw std::runtime_error(internal::Concat(
-      "the sampled items were evicted while their ragged values were copied, ", kRaggedAttempts,
-      " times in a row: the arena turns over faster than a batch is copied (raise arena_bytes)"));
+      "the sampled items were evicted before their ragged values could be copied, ", kRaggedAttempts,
+      " times in a row: the arena turns over faster than a batch is drawn (raise arena_bytes)"));
 }
 
 bool Table::GroupMembers(const int64_t* keys, int64_t n, std::vector<int64_t>* members, int64_t* counts) const {
   REVERIE_CHECK(arena_, "this table has no ragged fields (groups are add_group's)");
   const KeyCodec& codec = ring_.codec();
   members->clear();
+  // A member's links are read between two loads of its stamp that name it (committed, or
+  // removed after its last sample: its handle stays); a member that left is skipped, and a
+  // slot written again ends the chain (its links are another item's).
+  auto names = [&](uint64_t stamp, int64_t key) { return stamp == Stamp::Committed(key) || stamp == Stamp::Removed(key); };
   for (int64_t i = 0; i < n; ++i) {
     int64_t head = -1, next = -1;
-    arena_->GroupLinks(codec.Slot(keys[i]), &head, &next);
-    if (!ring_.Holds(keys[i])) return false;
-    int64_t at = head, count = 0;
-    while (at >= 0 && count <= capacity()) {
+    const int64_t slot = codec.Slot(keys[i]);
+    const uint64_t before = ring_.LoadStamp(slot);
+    arena_->GroupLinks(slot, &head, &next);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (!names(before, keys[i]) || ring_.RecheckStamp(slot) != before) return false;
+    int64_t at = head, count = 0, steps = 0;
+    while (at >= 0 && steps++ <= capacity()) {
       if (!codec.WellFormed(at, capacity())) return false;
-      members->push_back(at);
-      ++count;
-      arena_->GroupLinks(codec.Slot(at), &head, &next);
+      const int64_t s = codec.Slot(at);
+      const uint64_t stamp = ring_.LoadStamp(s);
+      arena_->GroupLinks(s, &head, &next);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (!names(stamp, at) || ring_.RecheckStamp(s) != stamp) break;
+      if (Stamp::IsCommitted(stamp)) {
+        members->push_back(at);
+        ++count;
+      }
       at = next;
     }
+    if (count == 0) return false;
     counts[i] = count;
-  }
-  // Every member read is still the item its key names (links are written before publish).
-  std::atomic_thread_fence(std::memory_order_acquire);
-  for (const int64_t key : *members) {
-    if (ring_.RecheckStamp(codec.Slot(key)) != Stamp::Committed(key)) return false;
   }
   return true;
 }
@@ -302,7 +339,12 @@ int64_t Table::UpdateRagged(const int64_t* keys, int64_t n, const FieldInput* in
     REVERIE_CHECK(inputs[i].lengths != nullptr && inputs[i].num_lengths == n, "ragged field '", spec.name,
                   "': one length per key expected (", n, " keys)");
     int64_t total = 0;
-    for (int64_t k = 0; k < n; ++k) total += inputs[i].lengths[k];
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t len = inputs[i].lengths[k];
+      REVERIE_CHECK(len >= 0 && len <= v.shape[0] - total, "ragged field '", spec.name, "': length ", len,
+                    " at position ", k, " is negative or runs past the ", v.shape[0], " values given");
+      total += len;
+    }
     REVERIE_CHECK(total == v.shape[0], "ragged field '", spec.name, "': the lengths add up to ", total,
                   " tokens but the packed values have ", v.shape[0]);
   }
@@ -363,12 +405,15 @@ void Table::GetRagged(const int64_t* keys, int64_t n, uint8_t* const* out, const
                       const RaggedLayout& layout, int64_t* lengths, RaggedSink& sink) const {
   REVERIE_CHECK(arena_, "this table has no ragged fields: read it with Get");
   CheckLayout(*arena_, layout);
-  for (int attempt = 0; attempt < kRaggedAttempts; ++attempt) {
-    Get(keys, n, out, meta);  // IndexError for an item no longer stored
-    const uint64_t epoch = StableEpoch();
-    if (epoch != kNoEpoch && CopyRagged(keys, n, layout, lengths, sink) && Epoch() == epoch) return;
+  Get(keys, n, out, meta);  // IndexError for an item no longer stored
+  const uint64_t epoch = StableEpoch();
+  if (epoch != kNoEpoch && CopyRagged(keys, n, layout, lengths, sink) && Epoch() == epoch) return;
+  // Changed while copied: again under the writer lock (no release, no update meanwhile).
+  WriterLock lock(const_cast<Table&>(*this));
+  Get(keys, n, out, meta);
+  if (!CopyRagged(keys, n, layout, lengths, sink)) {
+    throw std::out_of_range("an item was evicted while its ragged values were read (get its key again: it is gone)");
   }
-  throw std::runtime_error("the items were overwritten while their ragged values were copied");
 }
 
 }  // namespace reverie

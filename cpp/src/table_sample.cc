@@ -111,6 +111,11 @@ void Table::Resolve(const SampleRequest& request, int64_t i, uint32_t first_atte
 
 void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights,
                    const BatchMeta* meta) {
+  SampleWith(batch, out, keys, weights, meta, nullptr);
+}
+
+void Table::SampleWith(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights, const BatchMeta* meta,
+                       const BatchHook* hook) {
   REVERIE_CHECK(!view_, "an episode buffer samples transitions or sequences "
                 "(SampleTransitions, SampleSequences)");
   REVERIE_CHECK(batch > 0, "batch_size must be > 0, got ", batch);
@@ -259,6 +264,7 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
     for (int64_t i = 0; i < batch; ++i) keys[i] = Stamp::KeyOf(static_cast<uint64_t>(keys[i]));
   }
   if (!meta_) {
+    if (hook != nullptr) (*hook)(keys);  // a throw abandons the call
     abandon.done = true;
     return;
   }
@@ -277,7 +283,7 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
     changed += !same;
     return static_cast<int64_t>(ring_.RecheckStamp(slots[i])) == keys[i] && same;
   };
-  if (!CountSamples(request, slots, keys, meta, w, redraw)) {
+  if (!CountSamples(request, slots, keys, meta, w, redraw, hook)) {
     throw std::invalid_argument(internal::Concat(
         "cannot sample ", batch, " items: ",
         max_times_ > 0 ? internal::Concat("every stored item has been sampled max_times_sampled = ", max_times_,
@@ -298,7 +304,7 @@ void Table::Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* wei
 
 template <typename Redraw>
 bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* keys,
-                         const BatchMeta* meta, float* weights, Redraw&& redraw) {
+                         const BatchMeta* meta, float* weights, Redraw&& redraw, const BatchHook* hook) {
   const int64_t batch = request.batch;
   const KeyCodec& codec = ring_.codec();
   std::vector<int64_t> times(static_cast<size_t>(batch)), last(static_cast<size_t>(batch), -1);
@@ -364,6 +370,14 @@ bool Table::CountSamples(const SampleRequest& request, int64_t* slots, int64_t* 
     throw;
   }
   FillMeta(slots, keys, batch, meta, times.data(), last.data());
+  if (hook != nullptr) {
+    try {
+      (*hook)(keys);
+    } catch (...) {
+      undo();
+      throw;
+    }
+  }
   if (!used_up.empty()) {
     std::vector<int64_t> s, k;
     for (int64_t i : used_up) {

@@ -403,6 +403,14 @@ int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged, 
       const int64_t now = header_->version_stamp.load(std::memory_order_relaxed);
       for (const int64_t slot : evict_slots) arena_->CountEvictedStaleness(now - meta_->Version(slot));
     }
+    if (max_times_ > 0) {
+      // The samples the evicted items still had leave with them.
+      int64_t left = 0;
+      for (size_t e = 0; e < evict.size(); ++e) {
+        left += std::max<int64_t>(0, max_times_ - meta_->TimesSampled(evict_slots[e], ring_.codec().Generation(evict[e])));
+      }
+      header_->remaining.fetch_sub(left, std::memory_order_acq_rel);
+    }
     const int64_t gone = RemoveLocked(evict_slots.data(), evict.data(), static_cast<int64_t>(evict.size()));
     // The evicted items' stamps changed before any byte of their blocks is overwritten.
     std::atomic_thread_fence(std::memory_order_release);
@@ -413,6 +421,9 @@ int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged, 
     }
     evicted_in_call = offered.count - static_cast<int64_t>(kept_rows.size());
     arena_->CountEvicted(gone + evicted_in_call);
+    if (meta_ && meta_->columns()) {
+      for (int64_t e = 0; e < evicted_in_call; ++e) arena_->CountEvictedStaleness(0);  // written and evicted at once
+    }
     batch.offered = kept_rows.data();
     batch.count = static_cast<int64_t>(kept_rows.size());
   }

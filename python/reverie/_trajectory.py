@@ -261,6 +261,8 @@ class TrajectoryBuffer(ReplayBuffer):
         self._groups: List[str] = list(dict.fromkeys(f.group for f in ragged.values() if f.group is not None))
         self._arena_bytes = int(arena_bytes)
         self._pads = [np.array(f.pad).astype(_np_dtype(f)).tobytes() for f in ragged.values()]
+        self._group_of = {name: f.group or "" for name, f in ragged.items()}
+        self._layouts: Dict[Tuple[str, int, Optional[str]], Tuple[List[bool], int]] = {}
 
     def _build(self, spec: Dict[str, Field]) -> Any:
         return super()._build({name: f for name, f in spec.items() if not f.ragged})
@@ -523,8 +525,18 @@ class TrajectoryBuffer(ReplayBuffer):
                     raise
                 time.sleep(0.001)
 
-    def _layout_args(self, layout: str, multiple: int, sides: Optional[Mapping[str, str]],
+    def _layout_args(self, layout: str, multiple: Any, sides: Optional[Mapping[str, str]],
                      group: Optional[str]) -> Tuple[List[bool], int]:
+        if sides is None and type(multiple) is int:
+            key = (layout, multiple, group)
+            cached = self._layouts.get(key)
+            if cached is None:
+                cached = self._layouts[key] = self._check_layout(layout, multiple, None, group)
+            return cached
+        return self._check_layout(layout, multiple, sides, group)
+
+    def _check_layout(self, layout: str, multiple: Any, sides: Optional[Mapping[str, str]],
+                      group: Optional[str]) -> Tuple[List[bool], int]:
         multiple = _as_int("pad_to_multiple_of", multiple)
         if multiple < 1:
             raise ValueError(f"pad_to_multiple_of must be >= 1, got {multiple}")
@@ -560,22 +572,29 @@ class TrajectoryBuffer(ReplayBuffer):
         table = self._table
         cut = n < len(keys)
         fields: Dict[str, torch.Tensor] = {}
-        for name, t in table.tensors(fixed, table.names).items():
-            fields[name] = t[:n] if cut else t
+        if table.bf16 or cut:
+            for name, t in table.tensors(fixed, table.names).items():
+                fields[name] = t[:n] if cut else t
+        else:
+            for name, a in zip(table.names, fixed):
+                fields[name] = torch.from_numpy(a)
         F = len(self._ragged)
-        lens = torch.from_numpy(lengths)[:n]
+        if cut:
+            lengths = lengths[:n]
+        lens = torch.from_numpy(lengths)
+        longest = lengths.max(axis=0).tolist() if n else [0] * len(self._groups)
         groups: Dict[str, GroupLayout] = {}
+        packed = layout != "padded"
         for g, gname in enumerate(self._groups):
-            cu = torch.from_numpy(outs[F + 2 * g])
             mask = outs[F + 2 * g + 1]
-            lg = lens[:, g]
-            groups[gname] = GroupLayout(lg, cu, int(lg.max()) if n else 0,
-                                        None if mask is None else torch.from_numpy(mask), layout != "padded")
+            groups[gname] = GroupLayout(lens[:, g], torch.from_numpy(outs[F + 2 * g]), longest[g],
+                                        None if mask is None else torch.from_numpy(mask), packed)
+        nested = layout == "nested"
         for i, (name, f) in enumerate(self._ragged.items()):
             values = torch.from_numpy(outs[i])
             if f.dtype == "bfloat16":
                 values = values.view(torch.bfloat16)
-            if layout == "nested":
+            if nested:
                 cu = groups[f.group or ""].cu_seqlens
                 values = torch.nested.nested_tensor_from_jagged(values, offsets=cu.to(torch.int64))
             fields[name] = values
@@ -591,7 +610,7 @@ class TrajectoryBuffer(ReplayBuffer):
         batch.max_seqlen = top.max_seqlen
         batch._main = top
         batch.group_sizes = None
-        batch._group_of = {name: f.group or "" for name, f in self._ragged.items()}
+        batch._group_of = self._group_of
         if batch.meta is not None:
             age = np.clip(self.version - batch.meta["version"].numpy(), 0, STALENESS_BUCKETS - 1)
             self._served_staleness += np.bincount(age, minlength=STALENESS_BUCKETS)

@@ -104,6 +104,11 @@ class TokenArena final : public Part {
   // Reader side: the group links of the item in `slot` (racy, checked as Handle).
   void GroupLinks(int64_t slot, int64_t* head, int64_t* next) const;
   int64_t groups_held() const;
+  // After a writer died holding the lock (Table's lock repair): drops its pending
+  // reservations; Released(slot) says whether a slot's block lies below the tail (its item
+  // must leave: its bytes may be reused).
+  void RepairPending();
+  bool Released(int64_t slot) const;
   // The keys of the blocks in allocation order (oldest first) for which keep(key) holds,
   // at most n. Writer lock held.
   template <typename Keep>
@@ -170,7 +175,6 @@ class TokenArena final : public Part {
   };
   int64_t width() const { return 3 + num_groups(); }  // position, lengths, group head key, next member key
   int64_t* handle(int64_t slot) const { return handles_ + slot * width(); }
-  void ReleaseTail();
 
   std::vector<RaggedFieldSpec> fields_;
   std::vector<std::string> groups_;

@@ -173,6 +173,11 @@ class Table : public WriteSink {
   // null). May wait for the rate limiter. Throws ValueError when it cannot be served.
   void Sample(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights,
               const BatchMeta* meta = nullptr);
+  // Called once a batch's rows, keys, weights and metadata are final, before the remover
+  // takes the items it used up (SampleRagged copies the ragged values here). If it throws,
+  // the call is taken back as a failed one: counts undone, the limiter's and the remover's
+  // reservations returned.
+  using BatchHook = std::function<void(int64_t* keys)>;
   // Copies the stored items of keys[0..n) into out[f] (and their metadata). Throws
   // IndexError naming the first key that names no stored item (never written, not a key of
   // this table, or written again since).
@@ -371,7 +376,9 @@ class Table : public WriteSink {
   // the items the batch used up. Returns false when a position could not be filled.
   template <typename Redraw>
   bool CountSamples(const SampleRequest& request, int64_t* slots, int64_t* keys,
-                    const BatchMeta* meta, float* weights, Redraw&& redraw);
+                    const BatchMeta* meta, float* weights, Redraw&& redraw, const BatchHook* hook = nullptr);
+  void SampleWith(int64_t batch, uint8_t* const* out, int64_t* keys, float* weights, const BatchMeta* meta,
+                  const BatchHook* hook);
   void RemoveUsedUp(const int64_t* slots, const int64_t* keys, int64_t n);
   // Under the writer lock: items keys[i] in slots[i] leave (those still held); returns how
   // many did.
