@@ -756,3 +756,81 @@ def test_consume_once_queue_loses_nothing_under_concurrent_writes():
     assert len(delivered) == len(set(delivered)) and not set(held) & set(delivered)
     assert len(delivered) + len(held) + buf.stats()["arena_evicted"] >= written[0]
     assert len(delivered) > 100
+
+
+# ---- the archive of past successes (keyed archive writer) ------------------------------------
+
+ARCHIVE_SPEC = {"uid": rv.Field("int64"), "reward": rv.Field("float32"),
+                "ids": rv.Field("int64", (None,)), "logp": rv.Field("float32", (None,))}
+
+
+def test_keyed_archive_of_trajectories_keeps_the_best_per_prompt_within_the_byte_bound():
+    arc = rv.TrajectoryBuffer(16, ARCHIVE_SPEC, seed=0, arena_bytes=4096,
+                              writer=rv.KeyedArchive(key="uid", score="reward"))
+    assert arc.extend(uid=torch.tensor([1, 2, 1]), reward=torch.tensor([0.5, 0.2, 0.9]),
+                      ids=[torch.arange(3), torch.arange(4), torch.arange(5)],
+                      logp=[torch.zeros(3), torch.zeros(4), torch.ones(5)]) == 3
+    assert arc.extend(uid=torch.tensor([1]), reward=torch.tensor([0.1]), ids=[torch.arange(9)],
+                      logp=[torch.zeros(9)]) == 0  # worse than the held entry: dropped
+    keys = arc.writer.lookup([1, 2, 3])
+    assert keys[2] == -1
+    got = arc.get(keys[:2])
+    assert got["uid"].tolist() == [1, 2] and got.lengths.tolist() == [5, 4] and got["reward"][0] == pytest.approx(0.9)
+    assert arc.stats()["arena_held_bytes"] == (5 * 8 + 24) + (4 * 8 + 16)  # the held blocks: 8-aligned runs
+    # The byte bound evicts the least recently written entries whole; the keys leave too.
+    for i in range(40):
+        arc.extend(uid=torch.tensor([100 + i]), reward=torch.tensor([float(i)]), ids=[torch.arange(50)],
+                   logp=[torch.zeros(50)])
+        assert arc.stats()["arena_used_bytes"] <= 4096
+    held = arc.get(arc.keys())["uid"].tolist()
+    assert 1 not in held and held == sorted(held) and held[-1] == 139
+    assert int(arc.writer.lookup([1])[0]) == -1 and int(arc.writer.lookup([139])[0]) >= 0
+    with pytest.raises(ValueError, match="FIFO writer"):
+        arc.add_group(uid=torch.tensor([5, 5]), reward=torch.zeros(2), ids=[torch.arange(1)] * 2,
+                      logp=[torch.zeros(1)] * 2)
+
+
+def test_refill_a_zero_advantage_group_from_the_archive():
+    arc = rv.TrajectoryBuffer(16, ARCHIVE_SPEC, seed=0, arena_bytes=1 << 14,
+                              writer=rv.KeyedArchive(key="uid", score="reward"))
+    arc.extend(uid=torch.tensor([7]), reward=torch.tensor([1.0]), ids=[torch.tensor([70, 71])],
+               logp=[torch.tensor([-0.5, -0.25])])
+    group = {"uid": torch.full((4,), 7), "reward": torch.zeros(4),
+             "ids": [torch.arange(3)] * 4, "logp": [torch.zeros(3)] * 4}
+    keep = rv.StdFilter("reward")
+    assert not keep(group)
+    refilled = rv.refill_group(group, arc, 7, replace=1)
+    assert keep(refilled)
+    assert refilled["reward"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert refilled["ids"][0].tolist() == [70, 71] and refilled["ids"][1].tolist() == [0, 1, 2]
+    assert rv.refill_group(group, arc, 8)["reward"].tolist() == [0.0] * 4  # nothing archived for 8
+    buf = group_buffer()
+    buf_group = {"prompt": refilled["uid"], "member": torch.arange(4), "reward": refilled["reward"],
+                 "prompt_ids": torch.zeros(3, dtype=torch.int32), "ids": refilled["ids"],
+                 "advantages": [torch.zeros(len(x)) for x in refilled["ids"]]}
+    assert buf.add_group(**buf_group) == 4
+
+
+@settings(max_examples=30, deadline=None)
+@given(offers=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 9), st.integers(0, 60)), min_size=1, max_size=80),
+       capacity=st.integers(2, 6), arena=st.integers(800, 3000))
+def test_keyed_archive_invariants_under_byte_eviction(offers, capacity, arena):
+    arc = rv.TrajectoryBuffer(capacity, ARCHIVE_SPEC, seed=0, arena_bytes=arena,
+                              writer=rv.KeyedArchive(key="uid", score="reward"))
+    for uid, score, n in offers:
+        arc.extend(uid=torch.tensor([uid]), reward=torch.tensor([float(score)]),
+                   ids=[torch.full((n,), uid)], logp=[torch.full((n,), float(score))])
+        keys = arc.keys()
+        got = arc.get(keys) if len(keys) else None
+        stats = arc.stats()
+        assert stats["arena_used_bytes"] <= arena and len(keys) <= capacity
+        if got is None:
+            continue
+        uids = got["uid"].tolist()
+        assert len(set(uids)) == len(uids)  # one entry per key
+        assert arc.writer.lookup(uids).tolist() == keys.tolist()  # the index names exactly the held items
+        for j, u in enumerate(uids):  # every item whole and its own
+            a, b = int(got.cu_seqlens[j]), int(got.cu_seqlens[j + 1])
+            assert bool((got["ids"][a:b] == u).all()) and bool((got["logp"][a:b] == got["reward"][j]).all())
+        blocks = sum(max(8, -(-int(n) * 8 // 8) * 8 + -(-int(n) * 4 // 8) * 8) for n in got.lengths.tolist())
+        assert stats["arena_held_bytes"] == blocks

@@ -190,6 +190,23 @@ void KeyedArchive::Placed(int64_t slot) {
   }
 }
 
+void KeyedArchive::OnRemove(int64_t slot) {
+  LockedWriter::OnRemove(slot);  // the slot is free again
+  Entry* e = Probe(user_key_[slot]);
+  if (e->slot1 == slot + 1) Erase(e);
+  const int64_t at = position_[slot] - 1;
+  if (at < 0) return;
+  position_[slot] = 0;
+  const int64_t last = --*size_;
+  if (at == last) return;
+  const Node moved = heap_[last];
+  if (at > 0 && Less(moved, heap_[(at - 1) / kArity])) {
+    MoveUp(at, moved);
+  } else {
+    MoveDown(at, moved);
+  }
+}
+
 void KeyedArchive::RestoreDerived(const ConfigValue&, const Ring& stamps) {
   *size_ = 0;
   std::fill(position_, position_ + capacity(), 0);

@@ -130,13 +130,23 @@ void Table::BuildParts(const ConfigValue& config) {
     // Ragged values live in a byte ring in insertion order (arena.h): the FIFO rule, decided
     // under the writer lock so that blocks are reserved and items evicted in one step.
     const ConfigValue writer = PartOr(config, "writer", "fifo");
-    REVERIE_CHECK(KindOf(writer, "writer") == "fifo" && !PinsSetting(writer, "fifo"),
+    const std::string& kind = KindOf(writer, "writer");
+    const bool pins = (kind == "fifo" || kind == "reservoir") && PinsSetting(writer, kind);
+    REVERIE_CHECK((kind == "fifo" || kind == "keyed_archive") && !pins,
                   "a table with ragged fields keeps them in a byte ring in insertion order: it needs the FIFO "
-                  "writer without pins, not the ", KindOf(writer, "writer"),
-                  PinsSetting(writer, "fifo") ? " writer with pins" : " writer");
+                  "writer without pins (or the keyed_archive writer), not the ", kind,
+                  pins ? " writer with pins" : " writer");
     REVERIE_CHECK(view.is_null(), "an episode buffer cannot have ragged fields");
     REVERIE_CHECK(config.Get("partition").is_null(), "a partition cannot have ragged fields");
-    writer_ = std::make_unique<LockedFifo>(capacity());
+    // FIFO: decided under the lock (locked_fifo.h), the arena keeping the item bound too. A
+    // keyed archive decides which item of a key stays and which key leaves when full; the
+    // arena's byte bound then evicts the least recently written entries.
+    arena_fifo_ = kind == "fifo";
+    if (arena_fifo_) {
+      writer_ = std::make_unique<LockedFifo>(capacity());
+    } else {
+      writer_ = Writers().Make(writer, ctx);
+    }
     arena_ = std::make_unique<TokenArena>(ragged, capacity(), ring_.codec());
     for (const RaggedFieldSpec& f : arena_->fields()) {
       for (const FieldSpec& fixed : storage_.spec()) {

@@ -169,6 +169,7 @@ SplitInputs Split(const TokenArena& arena, const FieldInput* inputs, size_t n) {
 
 int64_t Table::ExtendGroup(const FieldInput* inputs, size_t n) {
   REVERIE_CHECK(arena_, "add_group is for tables with ragged fields");
+  REVERIE_CHECK(arena_fifo_, "add_group stores a group in order: it needs the FIFO writer, not a keyed archive");
   REVERIE_CHECK(!admission_, "add_group stores a whole group: it cannot be combined with an admission rule");
   return Write(inputs, n, /*batched=*/true, nullptr, 0, /*group=*/true);
 }
@@ -395,8 +396,8 @@ int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged, 
     for (int64_t i = 0; i < offered.count; ++i) {
       bytes[static_cast<size_t>(i)] = ragged->block_bytes[static_cast<size_t>(offered.Row(i))];
     }
-    arena_->Reserve(bytes.data(), offered.count, size(), group, [&](int64_t key) { return ring_.Holds(key); }, &evict,
-                    &survives, &positions);
+    arena_->Reserve(bytes.data(), offered.count, size(), arena_fifo_ ? capacity() : 0, group,
+                    [&](int64_t key) { return ring_.Holds(key); }, &evict, &survives, &positions);
     std::vector<int64_t> evict_slots(evict.size());
     for (size_t e = 0; e < evict.size(); ++e) evict_slots[e] = ring_.codec().Slot(evict[e]);
     if (meta_ && meta_->columns()) {
@@ -429,6 +430,13 @@ int64_t Table::WriteLocked(const WriteBatch& offered, const RaggedRows* ragged, 
   }
   std::vector<int64_t> slots(static_cast<size_t>(batch.count));
   const int64_t placed = writer_->Place(batch, ring_, first, slots.data());
+  if (ragged != nullptr) {
+    // A keyed archive drops items that do not rank above their key's entry: their blocks
+    // were reserved for nothing.
+    for (int64_t i = 0; i < batch.count; ++i) {
+      if (slots[static_cast<size_t>(i)] < 0) arena_->Abandon(kept_positions[static_cast<size_t>(i)]);
+    }
+  }
   if (placed == 0) return evicted_in_call;
   // A group's members link to their first member and to the next one: their keys up front
   // (the arena keeps free slots, so each member has a slot of its own).

@@ -36,6 +36,7 @@ from ._trajectory import (
     RaggedBatch,
     StdFilter,
     TrajectoryBuffer,
+    refill_group,
     rollout_quota,
 )
 
@@ -49,7 +50,7 @@ def cuda_built() -> bool:
 
 __all__ = [
     "Batch", "ClassBalanced", "GroupFilter", "GroupLayout", "MeanFilter", "NonZeroFilter", "Packed",
-    "RaggedBatch", "StdFilter", "TrajectoryBuffer", "rollout_quota", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
+    "RaggedBatch", "StdFilter", "TrajectoryBuffer", "refill_group", "rollout_quota", "DeviceReplayBuffer", "EpisodeBuffer", "Field", "Fifo", "KeepTopK",
     "KeyedArchive", "MicroBatches", "Partition", "PartitionedBuffer", "Prioritized", "Quotas", "RateLimiter", "Recency",
     "ReplayBuffer", "Reservoir", "Threshold", "Uniform", "cuda_available",
     "cuda_built", "from_minari", "from_npz", "micro_batches", "sequence_priority", "to_minari", "to_npz",

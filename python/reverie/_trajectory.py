@@ -193,6 +193,44 @@ def rollout_quota(version: int, max_staleness: int, batch_size: int, started: in
     return max(0, (int(max_staleness) + int(version) + 1) * int(batch_size) - int(started))
 
 
+def refill_group(group: Mapping[str, Any], archive: "TrajectoryBuffer", key: int, *, reward: str = "reward",
+                 replace: int = 1) -> Dict[str, Any]:
+    """A group with its ``replace`` lowest-reward members replaced by the archived
+    trajectory of the same prompt (ARPO's replay of past successes): ``archive`` is a
+    TrajectoryBuffer with ``writer=rv.KeyedArchive(key=..., score=...)`` (its best
+    trajectory per prompt key), ``key`` the prompt's key. ``group`` holds, as for
+    ``add_group``, fixed fields [G, ...] and ragged fields as lists of G values; the result
+    has the same form (recompute the advantages before ``add_group``). Unchanged when the
+    archive holds nothing for ``key``."""
+    keys = archive._core.lookup(np.asarray([int(key)], dtype=np.int64))
+    if int(keys[0]) < 0:
+        return dict(group)
+    if reward not in group:
+        raise ValueError(f"refill_group ranks members by field '{reward}', which the group does not have")
+    stored = archive.get(keys)
+    rewards = torch.as_tensor(group[reward]).reshape(-1)
+    size = len(rewards)
+    if not 1 <= replace <= size:
+        raise ValueError(f"replace must be in [1, {size}] (the group's size), got {replace}")
+    worst = torch.argsort(rewards, stable=True)[:replace].tolist()
+    out: Dict[str, Any] = {}
+    for name, value in group.items():
+        if name not in stored:
+            raise ValueError(f"the archive has no field '{name}' to refill the group with")
+        if name in archive._ragged:
+            members = list(value)
+            if len(members) != size:
+                raise ValueError(f"ragged field '{name}': {len(members)} members, the group has {size}")
+            for i in worst:
+                members[i] = stored[name]
+            out[name] = members
+        else:
+            column = torch.as_tensor(value).clone()
+            column[worst] = stored[name][0].to(column.dtype)
+            out[name] = column
+    return out
+
+
 def _np_dtype(field: Field) -> np.dtype:
     return np.dtype("uint16") if field.dtype == "bfloat16" else np.dtype(field.dtype)
 

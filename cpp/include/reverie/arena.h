@@ -92,9 +92,13 @@ class TokenArena final : public Part {
   // oldest blocks, so the writer always finds a free slot. `group`: the n items are one
   // group (add_group), released together; a released block of a group releases the rest of
   // its group with it, so groups leave whole.
+  // `capacity`: the item bound to keep (0: the writer keeps it).
   template <typename Held>
-  void Reserve(const int64_t* bytes, int64_t n, int64_t size, bool group, Held&& held, std::vector<int64_t>* evict,
-               std::vector<uint8_t>* survives, std::vector<int64_t>* positions);
+  void Reserve(const int64_t* bytes, int64_t n, int64_t size, int64_t capacity, bool group, Held&& held,
+               std::vector<int64_t>* evict, std::vector<uint8_t>* survives, std::vector<int64_t>* positions);
+  // Under the writer lock: the reserved block at queue position `position` holds nothing (the
+  // writer dropped its item): dead, reclaimed when the tail passes it.
+  void Abandon(int64_t position) { queue_[position % queue_size_].key = -1; }
   // Under the writer lock, after the table placed the surviving items: item i of the
   // reservation (queue position positions[i]) is `key` in `slot`.
   // `group_head` / `group_next`: the key of its group's first member and of the next member
@@ -189,7 +193,7 @@ class TokenArena final : public Part {
 };
 
 template <typename Held>
-void TokenArena::Reserve(const int64_t* bytes, int64_t n, int64_t size, bool group, Held&& held,
+void TokenArena::Reserve(const int64_t* bytes, int64_t n, int64_t size, int64_t capacity, bool group, Held&& held,
                          std::vector<int64_t>* evict, std::vector<uint8_t>* survives, std::vector<int64_t>* positions) {
   survives->assign(static_cast<size_t>(n), 1);
   positions->assign(static_cast<size_t>(n), -1);
@@ -225,7 +229,9 @@ void TokenArena::Reserve(const int64_t* bytes, int64_t n, int64_t size, bool gro
     int64_t at = head;
     const int64_t physical = at % arena;
     if (physical + b > arena) at += arena - physical;  // never split a block across the end
-    while (qtail < qhead && (at + b - tail > arena || qhead - qtail >= queue_size_ || live + 1 > capacity_)) pop();
+    while (qtail < qhead && (at + b - tail > arena || qhead - qtail >= queue_size_ || (capacity > 0 && live + 1 > capacity))) {
+      pop();
+    }
     if (qtail == qhead) tail = at;  // empty: the next block may start anywhere
     queue_[qhead % queue_size_] = Entry{at, b, -2 - i, serial};
     (*positions)[static_cast<size_t>(i)] = qhead;

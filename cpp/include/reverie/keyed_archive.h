@@ -18,7 +18,8 @@
 // Cost: O(1) expected per offered item for the key lookup (an open-addressing hash table of
 // user key -> slot in the region; the batch's buckets are prefetched together), plus
 // O(log k) for an item that enters (an indexed 4-ary min-heap of the entries by rank), under
-// the writer lock. Lookup by user key (Lookup) is O(1) expected. Not with max_times_sampled.
+// the writer lock. Lookup by user key (Lookup) is O(1) expected. Not with max_times_sampled;
+// removals (a ragged table's byte bound) take the key out (OnRemove).
 #pragma once
 
 #include "reverie/locked_writer.h"
@@ -33,6 +34,9 @@ class KeyedArchive final : public LockedWriter {
   void StateArrays(std::vector<StateArray>* out) override;
   // slots[i] = the slot holding user key user_keys[i], or -1. O(1) expected each.
   void Lookup(const int64_t* user_keys, int64_t n, int64_t* slots) const override;
+  // Under the writer lock: the item in `slot` left (a ragged table's arena evicted it): its
+  // key leaves the archive and its heap entry goes. O(log k).
+  void OnRemove(int64_t slot) override;
 
  protected:
   void Check(const WriteBatch& batch) const override;

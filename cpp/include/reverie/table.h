@@ -409,6 +409,7 @@ class Table : public WriteSink {
   std::unique_ptr<ItemMetadata> meta_;
   std::unique_ptr<EpisodeView> view_;
   std::unique_ptr<TokenArena> arena_;
+  bool arena_fifo_ = true;  // the arena keeps the item bound (FIFO writer), else the writer does
   bool reopened_ = false;
   std::function<void()> poll_;
   std::atomic<int> skip_quiet_{0};  // sample calls left that skip the quiet path (a hint)
