@@ -260,3 +260,49 @@ TEST(ArenaWritersRaceSamplers) {
   CHECK(t.arena()->used_bytes() <= 65536);
   CHECK(t.arena()->evicted_items() > 100);
 }
+
+TEST(ArenaWithAKeyedArchiveKeepsItsIndexThroughEvictions) {
+  // A keyed archive of trajectories (key "id" = the prompt, score "score"): the byte bound
+  // evicts entries; the archive's index and heap must follow (every held item found by its
+  // key, no key twice).
+  ConfigValue extra = ConfigValue::MakeMap();
+  ConfigValue ragged = ConfigValue::MakeMap();
+  ragged.Set("bytes", ConfigValue::Int(2048));
+  ragged.Set("groups", ConfigValue::MakeList({ConfigValue::String("seq")}));
+  ragged.Set("fields", ConfigValue::MakeList({ConfigValue::MakeList(
+      {ConfigValue::String("tok"), ConfigValue::String("int64"), ConfigValue::MakeList(), ConfigValue::String("seq")})}));
+  extra.Set("ragged", ragged);
+  ConfigValue writer = ConfigValue::MakeMap();
+  writer.Set("kind", ConfigValue::String("keyed_archive"));
+  writer.Set("key", ConfigValue::String("id"));
+  writer.Set("score", ConfigValue::String("score"));
+  extra.Set("writer", writer);
+  Table t(reverie_test::TableConfig(6, {FieldSpec{"id", DType::kInt64, {}}, FieldSpec{"score", DType::kFloat64, {}}},
+                                    reverie_test::conc::UniformSampling(), 3, {}, extra),
+          {});
+  std::mt19937_64 rng(9);
+  for (int round = 0; round < 400; ++round) {
+    std::vector<int64_t> id = {static_cast<int64_t>(rng() % 9)}, len = {static_cast<int64_t>(rng() % 60)};
+    std::vector<double> score = {static_cast<double>(rng() % 5)};
+    std::vector<int64_t> tok(static_cast<size_t>(len[0]), id[0]);
+    std::vector<FieldInput> in = {MakeInput("id", id.data(), DType::kInt64, {}, 1),
+                                  MakeInput("score", score.data(), DType::kFloat64, {}, 1),
+                                  MakeInput("tok", tok.data(), DType::kInt64, {}, len[0])};
+    in[2].lengths = len.data();
+    in[2].num_lengths = 1;
+    t.Extend(in.data(), in.size());
+    const std::vector<int64_t> keys = t.StoredKeys();
+    std::vector<int64_t> ids(keys.size());
+    std::vector<double> scores(keys.size());
+    uint8_t* out[] = {reinterpret_cast<uint8_t*>(ids.data()), reinterpret_cast<uint8_t*>(scores.data())};
+    t.Get(keys.data(), static_cast<int64_t>(keys.size()), out);
+    std::vector<int64_t> found(keys.size());
+    t.Lookup(ids.data(), static_cast<int64_t>(ids.size()), found.data());
+    for (size_t i = 0; i < keys.size(); ++i) CHECK(found[i] == keys[i]);
+    std::vector<int64_t> sorted = ids;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());
+    CHECK(t.arena()->used_bytes() <= 2048);
+  }
+  CHECK(t.arena()->evicted_items() > 0);
+}
