@@ -834,3 +834,17 @@ def test_keyed_archive_invariants_under_byte_eviction(offers, capacity, arena):
             assert bool((got["ids"][a:b] == u).all()) and bool((got["logp"][a:b] == got["reward"][j]).all())
         blocks = sum(max(8, -(-int(n) * 8 // 8) * 8 + -(-int(n) * 4 // 8) * 8) for n in got.lengths.tolist())
         assert stats["arena_held_bytes"] == blocks
+
+
+def test_extend_forms_and_scalar_items():
+    spec = {"ids": rv.Field("int64", (None,)), "w": rv.Field("bfloat16", (None,), group="tokens")}
+    buf = rv.TrajectoryBuffer(8, spec, seed=0, arena_bytes=4096)
+    buf.extend(ids=[np.arange(2), [5, 6, 7]], w=[torch.ones(2, dtype=torch.bfloat16), torch.zeros(3, dtype=torch.bfloat16)])
+    got = buf.get(buf.keys())
+    assert got["ids"].tolist() == [0, 1, 5, 6, 7] and got["w"].dtype == torch.bfloat16
+    assert got["w"].float().tolist() == [1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="a scalar item"):
+        buf.extend(ids=[torch.tensor(3)], w=[torch.ones(1, dtype=torch.bfloat16)])
+    with pytest.raises(ValueError, match="a scalar item"):
+        buf.extend(ids=[np.int64(3)], w=[torch.ones(1, dtype=torch.bfloat16)])
+    assert len(buf) == 2
