@@ -57,6 +57,7 @@ REVERIE_HD void StoreRelaxed(uint64_t* p, uint64_t v) {
 // by another thread, the result being checked afterwards by the seqlock protocol (ring.h).
 // TSan build: relaxed atomic byte accesses; release: memcpy (see above). Host only.
 inline void RacyCopy(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;  // an empty run may come with a null pointer (memcpy's null is undefined)
 #if defined(REVERIE_TSAN)
   auto* d = static_cast<uint8_t*>(dst);
   const auto* s = static_cast<const uint8_t*>(src);
