@@ -44,8 +44,17 @@ def test_the_interval_holds_across_sampler_threads():
     lock = threading.Lock()
 
     def run() -> None:
-        for _ in range(300):
-            b = buf.sample(16)
+        done = 0
+        while done < 300:
+            try:
+                b = buf.sample(16)
+            except ValueError as e:
+                # A call numbered below every item's last claim finds nothing it may take (the
+                # gate is monotone in the call number): a thread descheduled while the other ran
+                # 30+ calls (a loaded machine) gets this documented error and samples again.
+                assert "reuse rules allow" in str(e)
+                continue
+            done += 1
             with lock:
                 for x, prev in zip(b["x"].tolist(), b.meta["last_sampled"].tolist()):
                     if prev >= 0:
