@@ -359,4 +359,46 @@ Int64Array KeyArray(const py::array& keys) {
   return Int64Array::ensure(keys);
 }
 
+py::list NewRowArrays(const std::vector<reverie::FieldSpec>& spec, int64_t n, std::vector<uint8_t*>* dst) {
+  py::list arrays;
+  for (const reverie::FieldSpec& f : spec) {
+    std::vector<py::ssize_t> shape{n};
+    shape.insert(shape.end(), f.shape.begin(), f.shape.end());
+    py::array a(NumpyDType(f.dtype), shape);
+    dst->push_back(static_cast<uint8_t*>(a.mutable_data()));
+    arrays.append(std::move(a));
+  }
+  return arrays;
+}
+
+py::object NewMetaArrays(int64_t n, bool wanted, reverie::BatchMeta* meta) {
+  if (!wanted) return py::none();
+  py::dict out;
+  const std::pair<const char*, int64_t**> fields[] = {{"inserted", &meta->inserted},
+                                                     {"version", &meta->version},
+                                                     {"times_sampled", &meta->times_sampled},
+                                                     {"last_sampled", &meta->last_sampled}};
+  for (const auto& [name, ptr] : fields) {
+    py::array_t<int64_t> a(n);
+    *ptr = a.mutable_data();
+    out[name] = std::move(a);
+  }
+  return std::move(out);
+}
+
+void AttachLengths(Inputs& in, const py::dict& lengths, std::vector<Int64Array>* keep) {
+  keep->reserve(lengths.size());  // pointers into it stay valid
+  for (size_t k = 0; k < in.count; ++k) {
+    reverie::FieldInput& f = in.fields()[k];
+    const py::str name(std::string(f.name));
+    if (!lengths.contains(name)) continue;
+    keep->push_back(Int64Array::ensure(lengths[name]));
+    if (!keep->back() || keep->back().ndim() != 1) {
+      ThrowType("the lengths of ragged field '" + std::string(f.name) + "' must be a 1-D integer array");
+    }
+    f.lengths = keep->back().data();
+    f.num_lengths = keep->back().size();
+  }
+}
+
 }  // namespace reverie_py

@@ -72,4 +72,13 @@ reverie::StorageConfig MakeStorage(const std::string& storage, const std::string
 // 1-D integer keys as a C-contiguous int64 array (TypeError / ValueError otherwise).
 Int64Array KeyArray(const py::array& keys);
 
+// Fresh arrays [n, *shape] for every field of `spec` (dst gets their addresses). GIL held.
+py::list NewRowArrays(const std::vector<reverie::FieldSpec>& spec, int64_t n, std::vector<uint8_t*>* dst);
+// Metadata outputs of n items: {name: int64 [n]} and the pointers the core fills, or None
+// when not wanted. GIL held.
+py::object NewMetaArrays(int64_t n, bool wanted, reverie::BatchMeta* meta);
+// Points each ragged input of `in` named in `lengths` ({field: 1-D ints}) at its lengths,
+// kept alive in `keep` for the call. TypeError for lengths that are not 1-D integers.
+void AttachLengths(Inputs& in, const py::dict& lengths, std::vector<Int64Array>* keep);
+
 }  // namespace reverie_py

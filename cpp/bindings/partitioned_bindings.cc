@@ -21,32 +21,6 @@ using namespace reverie;
 
 namespace {
 
-py::list NewArrays(const PartitionedTable& table, int64_t n, std::vector<uint8_t*>* dst) {
-  py::list arrays;
-  for (const FieldSpec& f : table.spec()) {
-    std::vector<py::ssize_t> shape{n};
-    shape.insert(shape.end(), f.shape.begin(), f.shape.end());
-    py::array a(NumpyDType(f.dtype), shape);
-    dst->push_back(static_cast<uint8_t*>(a.mutable_data()));
-    arrays.append(std::move(a));
-  }
-  return arrays;
-}
-
-py::object Meta(int64_t n, bool wanted, BatchMeta* meta) {
-  if (!wanted) return py::none();
-  py::dict out;
-  const std::pair<const char*, int64_t**> fields[] = {{"inserted", &meta->inserted}, {"version", &meta->version},
-                                                     {"times_sampled", &meta->times_sampled},
-                                                     {"last_sampled", &meta->last_sampled}};
-  for (const auto& [name, ptr] : fields) {
-    py::array_t<int64_t> a(n);
-    *ptr = a.mutable_data();
-    out[name] = std::move(a);
-  }
-  return std::move(out);
-}
-
 bool AnyPrioritized(PartitionedTable& table) {
   for (int64_t p = 0; p < table.count(); ++p) {
     if (table.partition(p).selector().prioritized()) return true;
@@ -90,7 +64,7 @@ void BindPartitionedTable(py::module_& m) {
           if (out->size() != table.spec().size()) throw std::invalid_argument("one output per field expected");
           for (uintptr_t p : *out) dst.push_back(reinterpret_cast<uint8_t*>(p));
         } else {
-          arrays = NewArrays(table, batch, &dst);
+          arrays = NewRowArrays(table.spec(), batch, &dst);
         }
         py::array_t<int64_t> keys(batch), partition(batch);
         py::object weights = py::none();
@@ -101,7 +75,7 @@ void BindPartitionedTable(py::module_& m) {
           weights = std::move(a);
         }
         BatchMeta bm;
-        py::object meta_out = Meta(batch, meta, &bm);
+        py::object meta_out = NewMetaArrays(batch, meta, &bm);
         int64_t* k = keys.mutable_data();
         int64_t* part = partition.mutable_data();
         {
@@ -116,10 +90,10 @@ void BindPartitionedTable(py::module_& m) {
         const auto k = KeyArray(keys);
         const int64_t n = k.size();
         std::vector<uint8_t*> dst;
-        py::list arrays = NewArrays(table, n, &dst);
+        py::list arrays = NewRowArrays(table.spec(), n, &dst);
         py::array_t<int64_t> partition(n);
         BatchMeta bm;
-        py::object meta_out = Meta(n, meta, &bm);
+        py::object meta_out = NewMetaArrays(n, meta, &bm);
         int64_t* part = partition.mutable_data();
         {
           py::gil_scoped_release release;

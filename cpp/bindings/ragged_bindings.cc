@@ -82,33 +82,6 @@ const TokenArena& ArenaOf(const Table& table) {
   return *table.arena();
 }
 
-py::list NewFixedArrays(const Table& table, int64_t n, std::vector<uint8_t*>* dst) {
-  py::list arrays;
-  for (const FieldSpec& spec : table.spec()) {
-    std::vector<py::ssize_t> shape{n};
-    shape.insert(shape.end(), spec.shape.begin(), spec.shape.end());
-    py::array a(NumpyDType(spec.dtype), shape);
-    dst->push_back(static_cast<uint8_t*>(a.mutable_data()));
-    arrays.append(std::move(a));
-  }
-  return arrays;
-}
-
-py::object NewMetaArrays(int64_t n, bool wanted, BatchMeta* meta) {
-  if (!wanted) return py::none();
-  py::dict out;
-  const std::pair<const char*, int64_t**> fields[] = {{"inserted", &meta->inserted},
-                                                     {"version", &meta->version},
-                                                     {"times_sampled", &meta->times_sampled},
-                                                     {"last_sampled", &meta->last_sampled}};
-  for (const auto& [name, ptr] : fields) {
-    py::array_t<int64_t> a(n);
-    *ptr = a.mutable_data();
-    out[name] = std::move(a);
-  }
-  return std::move(out);
-}
-
 }  // namespace
 
 void BindRagged(py::module_& m) {
@@ -120,18 +93,7 @@ void BindRagged(py::module_& m) {
         size_t i = 0;
         for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
         std::vector<Int64Array> keep;
-        keep.reserve(lengths.size());
-        for (size_t k = 0; k < in.count; ++k) {
-          FieldInput& f = in.fields()[k];
-          const py::str name(std::string(f.name));
-          if (!lengths.contains(name)) continue;
-          keep.push_back(Int64Array::ensure(lengths[name]));
-          if (!keep.back() || keep.back().ndim() != 1) {
-            ThrowType("the lengths of ragged field '" + std::string(f.name) + "' must be a 1-D integer array");
-          }
-          f.lengths = keep.back().data();
-          f.num_lengths = keep.back().size();
-        }
+        AttachLengths(in, lengths, &keep);
         py::gil_scoped_release release;
         return batched ? table.Extend(in.fields(), in.count) : table.Add(in.fields(), in.count);
       }, py::arg("batched"), py::arg("lengths"))
@@ -141,15 +103,7 @@ void BindRagged(py::module_& m) {
         size_t i = 0;
         for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
         std::vector<Int64Array> keep;
-        keep.reserve(lengths.size());
-        for (size_t k = 0; k < in.count; ++k) {
-          FieldInput& f = in.fields()[k];
-          const py::str name(std::string(f.name));
-          if (!lengths.contains(name)) continue;
-          keep.push_back(Int64Array::ensure(lengths[name]));
-          f.lengths = keep.back().data();
-          f.num_lengths = keep.back().size();
-        }
+        AttachLengths(in, lengths, &keep);
         py::gil_scoped_release release;
         return table.ExtendGroup(in.fields(), in.count);
       }, py::arg("lengths"))
@@ -160,15 +114,7 @@ void BindRagged(py::module_& m) {
         size_t i = 0;
         for (auto [key, value] : fields) ConvertOne(key.ptr(), value.ptr(), i++, in);
         std::vector<Int64Array> keep;
-        keep.reserve(lengths.size());
-        for (size_t j = 0; j < in.count; ++j) {
-          FieldInput& f = in.fields()[j];
-          const py::str name(std::string(f.name));
-          if (!lengths.contains(name)) continue;
-          keep.push_back(Int64Array::ensure(lengths[name]));
-          f.lengths = keep.back().data();
-          f.num_lengths = keep.back().size();
-        }
+        AttachLengths(in, lengths, &keep);
         py::gil_scoped_release release;
         return table.UpdateRagged(k.data(), k.size(), in.fields(), in.count);
       }, py::arg("keys"), py::arg("lengths"))
@@ -203,7 +149,7 @@ void BindRagged(py::module_& m) {
         const TokenArena& arena = ArenaOf(table);
         const RaggedLayout layout = MakeLayout(padded, multiple, left, pad, max_tokens);
         std::vector<uint8_t*> dst;
-        py::list fixed = NewFixedArrays(table, batch, &dst);
+        py::list fixed = NewRowArrays(table.spec(), batch, &dst);
         py::array_t<int64_t> keys(batch);
         py::object weights = py::none();
         float* w = nullptr;
@@ -234,7 +180,7 @@ void BindRagged(py::module_& m) {
         const int64_t n = k.size();
         const RaggedLayout layout = MakeLayout(padded, multiple, left, pad, 0);
         std::vector<uint8_t*> dst;
-        py::list fixed = NewFixedArrays(table, n, &dst);
+        py::list fixed = NewRowArrays(table.spec(), n, &dst);
         BatchMeta bm;
         py::object meta_out = NewMetaArrays(n, meta, &bm);
         py::array_t<int64_t> lengths({n, static_cast<int64_t>(arena.num_groups())});

@@ -55,22 +55,6 @@ py::object NewWeights(const Table& table, int64_t batch, float** w) {
   return std::move(weights);
 }
 
-// Metadata outputs: {name: int64 [n]} and the pointers the core fills, or None.
-py::object NewMeta(int64_t n, bool wanted, BatchMeta* meta) {
-  if (!wanted) return py::none();
-  py::dict out;
-  const std::pair<const char*, int64_t** > fields[] = {{"inserted", &meta->inserted},
-                                                      {"version", &meta->version},
-                                                      {"times_sampled", &meta->times_sampled},
-                                                      {"last_sampled", &meta->last_sampled}};
-  for (const auto& [name, ptr] : fields) {
-    py::array_t<int64_t> a(n);
-    *ptr = a.mutable_data();
-    out[name] = std::move(a);
-  }
-  return std::move(out);
-}
-
 EpisodeView& Episodes(Table& table, const char* what) {
   EpisodeView* view = table.episodes();
   if (view == nullptr) throw std::invalid_argument(std::string(what) + " needs an episode buffer (num_envs)");
@@ -120,7 +104,7 @@ void BindTable(py::module_& m) {
         float* w = nullptr;
         py::object weights = NewWeights(table, batch, &w);
         BatchMeta bm;
-        py::object meta_out = NewMeta(batch, meta, &bm);
+        py::object meta_out = NewMetaArrays(batch, meta, &bm);
         int64_t* k = keys.mutable_data();
         {
           py::gil_scoped_release release;
@@ -134,16 +118,9 @@ void BindTable(py::module_& m) {
         const auto k = KeyArray(keys);
         const int64_t n = k.size();
         std::vector<uint8_t*> dst;
-        py::list arrays;
-        for (size_t i = 0; i < table.spec().size(); ++i) {
-          std::vector<py::ssize_t> shape{n};
-          shape.insert(shape.end(), table.spec()[i].shape.begin(), table.spec()[i].shape.end());
-          py::array a(NumpyDType(table.spec()[i].dtype), shape);
-          dst.push_back(static_cast<uint8_t*>(a.mutable_data()));
-          arrays.append(std::move(a));
-        }
+        py::list arrays = NewRowArrays(table.spec(), n, &dst);
         BatchMeta bm;
-        py::object meta_out = NewMeta(n, meta, &bm);
+        py::object meta_out = NewMetaArrays(n, meta, &bm);
         {
           py::gil_scoped_release release;
           table.Get(k.data(), n, dst.data(), meta ? &bm : nullptr);
